@@ -1,0 +1,78 @@
+"""Command line: ``python -m embedlab eval|models``."""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from .adapters import AdapterError
+from .registry import MODELS, PAPER_RESULTS, UnknownModelError, available_models
+from .sts import EXTRA_TASKS, SICK_SPLITS, TASKS
+
+
+def _eval(args: argparse.Namespace) -> int:
+    from .evaluation import run_eval
+    from .loading import ModelUnavailableError, load_encoder
+
+    unknown = [t for t in args.tasks if t not in TASKS + EXTRA_TASKS]
+    if unknown:
+        print(f"error: unknown task(s) {', '.join(unknown)}; known: {', '.join(TASKS + EXTRA_TASKS)}", file=sys.stderr)
+        return 2
+    if args.limit is not None and args.limit < 2:
+        print("error: --limit must be at least 2 pairs", file=sys.stderr)
+        return 2
+    try:
+        enc = load_encoder(args.model, adapter=args.adapter, device=args.device)
+    except (UnknownModelError, ModelUnavailableError, AdapterError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    record = run_eval(enc, args.tasks, limit=args.limit, sick=args.sick, use_adapter=not args.base, progress=True)
+    print(format_table(record))
+    if args.json:
+        from .provenance import write_json_atomic
+
+        write_json_atomic(args.json, record)
+        print(f"wrote {args.json}")
+    return 0
+
+
+def format_table(record: dict) -> str:
+    """The eval record as a fixed-width table, with the paper's range for context."""
+    lines = [f"{record['model']}" + (f" + {record['adapter']}" if record.get("adapter") else "")]
+    lines.append(f"{'task':<18}{'pairs':>7}{'Spearman':>10}")
+    for name, score in record["tasks"].items():
+        lines.append(f"{name:<18}{record['pairs'][name]:>7}{score:>10.2f}")
+    lines.append(f"{'average':<18}{'':>7}{record['average']:>10.2f}")
+    lines.append(f"({record['seconds']:.1f} s on {record['environment']['device']})")
+    return "\n".join(lines)
+
+
+def _models(_: argparse.Namespace) -> int:
+    for key, (ok, why) in available_models().items():
+        spec = MODELS[key]
+        print(f"{key:<14} {'ok ' if ok else 'no '} {spec.title}" + (f"  -- {why}" if why else ""))
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    e = sub.add_parser("eval", help="STS evaluation (Spearman x100 of cosine vs gold)")
+    e.add_argument("--model", default="smollm2-135m", help=f"one of: {', '.join(MODELS)}")
+    e.add_argument("--adapter", help="LoRA adapter folder (PEFT format, safetensors)")
+    e.add_argument("--base", action="store_true", help="evaluate with the adapter switched off")
+    e.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK", help=f"default: all 9 ({', '.join(TASKS)}); also {', '.join(EXTRA_TASKS)}")
+    e.add_argument("--limit", type=int, help="seeded random subsample of N pairs per task (quick runs)")
+    e.add_argument("--sick", choices=sorted(SICK_SPLITS), default="mteb", help="SICK-R pairs: MTEB's train+trial+test or SentEval's test")
+    e.add_argument("--json", type=Path, help="write the result record here")
+    e.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda if available)")
+    e.set_defaults(fn=_eval)
+    m = sub.add_parser("models", help="list registered models and whether they load here")
+    m.set_defaults(fn=_models)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return args.fn(args)
+
+
+__all__ = ["main", "format_table", "PAPER_RESULTS"]

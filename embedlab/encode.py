@@ -1,0 +1,228 @@
+"""Text -> sentence embedding: tokenisation, batching and pooling.
+
+One code path serves inference (:meth:`Encoder.encode`) and training
+(:func:`embed_batch` with gradients), so the EOS a model is trained with is the
+EOS it is evaluated with.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from .registry import ModelSpec
+
+log = logging.getLogger(__name__)
+
+MAX_TEXT_CHARS = 20_000  # one text; longer is refused (it would be truncated to max_length tokens anyway)
+
+
+class TextError(ValueError):
+    """A text the encoder refuses (empty, not a string, too long)."""
+
+
+@dataclass
+class EncodeReport:
+    """What happened during one encode call."""
+
+    n_texts: int
+    n_truncated: int  # texts cut to max_length tokens
+    max_length: int
+    seconds: float
+    tokens: int  # real (non-pad) tokens processed
+
+
+def validate_texts(texts: Sequence[str]) -> list[str]:
+    """Check a batch of texts; raise :class:`TextError` naming the first bad one."""
+    if isinstance(texts, str):
+        raise TextError("expected a list of texts, got a single string")
+    out = list(texts)
+    if not out:
+        raise TextError("no texts given")
+    for i, t in enumerate(out):
+        if not isinstance(t, str):
+            raise TextError(f"text {i + 1} is {type(t).__name__}, not a string")
+        if not t.strip():
+            raise TextError(f"text {i + 1} is empty or whitespace only")
+        if len(t) > MAX_TEXT_CHARS:
+            raise TextError(f"text {i + 1} has {len(t):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+    return out
+
+
+def tokenize(tokenizer, spec: ModelSpec, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
+    """Token ids per text with the spec's prompt, BOS and EOS; and how many were truncated.
+
+    Causal LMs: ``[BOS if spec.add_bos] + ids(prompt(text)) + [EOS]`` — the EOS is always
+    kept, so truncation cuts the text, never the token we pool. Encoders: the
+    tokenizer's own special tokens ([CLS] ... [SEP]).
+    """
+    prompted = [spec.prompt.format(s=t) for t in texts]
+    plain = tokenizer(prompted, add_special_tokens=False)["input_ids"]
+    if spec.causal:
+        prefix = [tokenizer.bos_token_id] if spec.add_bos and tokenizer.bos_token_id is not None else []
+        eos_id = tokenizer.convert_tokens_to_ids(spec.eos_token)
+        if eos_id is None or eos_id == tokenizer.unk_token_id:
+            raise ValueError(f"{spec.key}: EOS token {spec.eos_token!r} is not in the tokenizer's vocabulary")
+        budget = max_length - len(prefix) - 1
+        ids = [prefix + x[:budget] + [eos_id] for x in plain]
+    else:
+        budget = max_length - tokenizer.num_special_tokens_to_add(pair=False)
+        ids = tokenizer(prompted, truncation=True, max_length=max_length)["input_ids"]
+    return ids, sum(len(x) > budget for x in plain)
+
+
+def collate(ids: Sequence[Sequence[int]], pad_id: int, left: bool, device: torch.device) -> dict[str, torch.Tensor]:
+    """Pad id lists to one (B, L) batch. Left padding also gets explicit position ids.
+
+    Position ids count real tokens only, so a left-padded text sees the same
+    positions as it would alone (batched == one-at-a-time).
+    """
+    L = max(len(x) for x in ids)
+    input_ids = torch.full((len(ids), L), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(ids), L), dtype=torch.long)
+    for i, x in enumerate(ids):
+        sl = slice(L - len(x), L) if left else slice(0, len(x))
+        input_ids[i, sl] = torch.tensor(x, dtype=torch.long)
+        mask[i, sl] = 1
+    batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    if left:
+        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
+    return batch
+
+
+def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
+    """(B, L, d) hidden states + (B, L) mask -> (B, d) sentence vectors (not normalised).
+
+    eos: the last real token of each row (works for left or right padding).
+    mean: average over real tokens.
+    """
+    if pooling == "eos":
+        positions = torch.arange(mask.shape[1], device=mask.device)
+        last = (mask * positions).argmax(dim=1)
+        return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+    if pooling == "mean":
+        m = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+def embed_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: ModelSpec) -> torch.Tensor:
+    """Backbone forward (no LM head) + pooling -> (B, d) float32, L2-normalised. Keeps the graph.
+
+    ``model`` is the bare backbone (AutoModel, or a PeftModel around one), so the
+    vocabulary-sized LM head is never computed.
+    """
+    # A causal LM would otherwise build a KV cache we never read.
+    extra = {"use_cache": False} if spec.causal else {}
+    out = model(**batch, **extra)
+    vec = pool(out.last_hidden_state, batch["attention_mask"], spec.pooling)
+    return F.normalize(vec.float(), dim=-1)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+    """Indices grouped into batches of similar length (longest first).
+
+    A batch holds at most ``batch_size`` texts and ``max_tokens`` padded tokens,
+    so a few long texts do not force padding on many short ones.
+    """
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    cur: list[int] = []
+    for i in order:
+        width = lengths[cur[0]] if cur else lengths[i]
+        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > max_tokens):
+            yield cur
+            cur = []
+        cur.append(i)
+    if cur:
+        yield cur
+
+
+@dataclass
+class Encoder:
+    """A loaded backbone (+ optional LoRA adapters) that turns texts into vectors.
+
+    Built by :func:`embedlab.loading.load_encoder`. Thread-safe: one lock guards
+    the model because switching adapters is model state.
+    """
+
+    spec: ModelSpec
+    model: torch.nn.Module
+    tokenizer: object
+    device: torch.device
+    max_length: int
+    weights_dir: str = ""
+    adapters: dict = field(default_factory=dict)  # name -> AdapterInfo
+    active_adapter: str | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+
+    @property
+    def dim(self) -> int:
+        return int(self.model.config.hidden_size)
+
+    @property
+    def pad_id(self) -> int:
+        tok = self.tokenizer
+        if tok.pad_token_id is not None:
+            return int(tok.pad_token_id)
+        # Causal LMs often have no pad token: the EOS serves (it is masked anyway).
+        return int(tok.convert_tokens_to_ids(self.spec.eos_token)) if self.spec.eos_token else 0
+
+    @contextlib.contextmanager
+    def adapter_mode(self, use_adapter: bool | str = True) -> Iterator[None]:
+        """Run the block with the adapter on (True / a name) or off (False)."""
+        with self.lock:
+            if not self.adapters or use_adapter is False:
+                if self.adapters:
+                    with self.model.disable_adapter():
+                        yield
+                else:
+                    yield
+                return
+            name = self.active_adapter if use_adapter is True else use_adapter
+            if name not in self.adapters:
+                raise KeyError(f"adapter {name!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
+            if self.model.active_adapter != name:
+                self.model.set_adapter(name)
+            yield
+
+    def encode(
+        self,
+        texts: Sequence[str],
+        use_adapter: bool | str = True,
+        batch_size: int = 64,
+        max_tokens: int = 4096,
+        progress: bool = False,
+        return_report: bool = False,
+    ) -> np.ndarray | tuple[np.ndarray, EncodeReport]:
+        """Texts -> float32 (N, d) L2-normalised embeddings, in input order.
+
+        ``use_adapter``: True = the active adapter (if any), False = the base model,
+        a name = that loaded adapter. Texts longer than ``max_length`` tokens are
+        truncated and counted in the report (and logged).
+        """
+        texts = validate_texts(texts)
+        t0 = time.perf_counter()
+        ids, n_trunc = tokenize(self.tokenizer, self.spec, texts, self.max_length)
+        if n_trunc:
+            log.warning("%d of %d texts truncated to %d tokens", n_trunc, len(texts), self.max_length)
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        lengths = [len(x) for x in ids]
+        batches = list(length_batches(lengths, batch_size, max_tokens))
+        bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
+        with self.adapter_mode(use_adapter), torch.inference_mode():
+            self.model.eval()
+            for idx in batches:
+                batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
+                out[idx] = embed_batch(self.model, batch, self.spec).cpu().numpy()
+                bar.update(len(idx))
+        bar.close()
+        report = EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))
+        return (out, report) if return_report else out

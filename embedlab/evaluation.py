@@ -1,0 +1,55 @@
+"""Evaluate an encoder on the STS sets and produce the JSON record we commit and show."""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+from tqdm.auto import tqdm
+
+from .encode import Encoder
+from .provenance import environment
+from .sts import TASKS, evaluate
+
+
+def run_eval(
+    enc: Encoder,
+    tasks: Sequence[str] = TASKS,
+    limit: int | None = None,
+    sick: str = "mteb",
+    use_adapter: bool | str = True,
+    progress: bool | Callable[[int, int, str], None] = False,
+) -> dict:
+    """Run :func:`embedlab.sts.evaluate` and return the record
+    ``{"model","adapter","adapter_sha256","tasks","average","pairs","seconds",...}``.
+
+    ``progress``: True for a tqdm bar, or a callback ``(done, total, task)``.
+    """
+    adapter = None
+    if use_adapter is not False and enc.adapters:
+        adapter = enc.adapters[enc.active_adapter if use_adapter is True else use_adapter]
+    bar = None
+    if progress is True:
+        bar = tqdm(total=len(tasks), desc="STS", unit="task")
+
+        def progress(done: int, total: int, name: str) -> None:
+            bar.n = done
+            bar.set_postfix_str(name)
+            bar.refresh()
+
+    result = evaluate(lambda t: enc.encode(t, use_adapter=use_adapter), tasks, limit=limit, sick=sick,
+                      progress=progress or None)
+    if bar is not None:
+        bar.close()
+    return {
+        "model": enc.spec.key,
+        "adapter": str(adapter.path) if adapter else None,
+        "adapter_sha256": adapter.sha256 if adapter else None,
+        "tasks": {k: round(v, 4) for k, v in result.tasks.items()},
+        "average": round(result.average, 4),
+        "pairs": result.pairs,
+        "seconds": round(result.seconds, 2),
+        "limit": limit,
+        "sick": sick,
+        "prompt": enc.spec.prompt,
+        "max_length": enc.max_length,
+        "environment": environment(enc.device),
+    }

