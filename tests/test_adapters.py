@@ -1,0 +1,112 @@
+import json
+
+import numpy as np
+import pytest
+
+from embedlab.adapters import AdapterError, inspect_adapter
+from embedlab.loading import attach_adapter
+from tiny import LLAMA_SPEC, make_adapter, tiny_encoder
+
+SENTS = ["a man is playing a guitar .", "the dog is running in the park ."]
+
+
+@pytest.fixture
+def adapter_dir(tmp_path):
+    make_adapter(tmp_path / "ad")
+    return tmp_path / "ad"
+
+
+def test_adapter_changes_embeddings_and_switches_off(adapter_dir):
+    enc = tiny_encoder("llama")
+    base = enc.encode(SENTS)
+    info = attach_adapter(enc, adapter_dir)
+    tuned = enc.encode(SENTS)
+    off = enc.encode(SENTS, use_adapter=False)
+    assert info.r == 4 and info.targets == ("q_proj", "v_proj") and len(info.sha256) == 64
+    assert np.allclose(off, base, atol=1e-6)  # switching off gives the base model back, no reload
+    assert (np.einsum("ij,ij->i", tuned, base) < 0.999).all()
+    assert np.allclose(enc.encode(SENTS, use_adapter=info.name), tuned, atol=1e-6)
+
+
+def test_two_adapters_on_one_backbone(tmp_path):
+    make_adapter(tmp_path / "a", seed=1)
+    make_adapter(tmp_path / "b", seed=2)
+    enc = tiny_encoder("llama")
+    a = attach_adapter(enc, tmp_path / "a")
+    ea = enc.encode(SENTS)
+    b = attach_adapter(enc, tmp_path / "b")
+    assert enc.active_adapter == b.name
+    assert not np.allclose(enc.encode(SENTS), ea, atol=1e-4)
+    assert np.allclose(enc.encode(SENTS, use_adapter=a.name), ea, atol=1e-6)
+    assert attach_adapter(enc, tmp_path / "a").name == a.name and len(enc.adapters) == 2
+
+
+def test_pickle_weights_refused(adapter_dir):
+    (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / "adapter_model.bin")
+    with pytest.raises(AdapterError, match="pickle"):
+        inspect_adapter(adapter_dir, LLAMA_SPEC)
+
+
+def test_adapter_for_another_base_refused(tmp_path):
+    make_adapter(tmp_path / "x", base="google/gemma-2b-it")
+    with pytest.raises(AdapterError, match="trained for"):
+        inspect_adapter(tmp_path / "x", LLAMA_SPEC)
+
+
+def test_truncated_weights_refused(adapter_dir):
+    w = adapter_dir / "adapter_model.safetensors"
+    w.write_bytes(w.read_bytes()[: w.stat().st_size // 2])
+    with pytest.raises(AdapterError, match="corrupt or truncated"):
+        inspect_adapter(adapter_dir, LLAMA_SPEC)
+
+
+def test_garbage_weights_and_config_refused(adapter_dir):
+    (adapter_dir / "adapter_config.json").write_bytes(b"\xff\xfe not json")
+    with pytest.raises(AdapterError, match="not valid JSON"):
+        inspect_adapter(adapter_dir, LLAMA_SPEC)
+    (adapter_dir / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "tiny-llama"}))
+    (adapter_dir / "adapter_model.safetensors").write_bytes(b"\x00" * 64)
+    with pytest.raises(AdapterError):
+        inspect_adapter(adapter_dir, LLAMA_SPEC)
+
+
+def test_oversized_weights_refused(adapter_dir, monkeypatch):
+    import embedlab.adapters as ad
+
+    monkeypatch.setattr(ad, "MAX_ADAPTER_BYTES", 100)
+    with pytest.raises(AdapterError, match="limit"):
+        inspect_adapter(adapter_dir, LLAMA_SPEC)
+
+
+@pytest.mark.parametrize("bad", ["", "   ", None, 42, "/definitely/not/here"])
+def test_not_an_adapter(bad):
+    with pytest.raises(AdapterError):
+        inspect_adapter(bad, LLAMA_SPEC)
+
+
+def test_missing_files(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(AdapterError, match="no adapter_model.safetensors"):
+        inspect_adapter(tmp_path / "empty", LLAMA_SPEC)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.raises(AdapterError, match="not a folder"):
+        inspect_adapter(tmp_path / "f.txt", LLAMA_SPEC)
+
+
+def test_outside_allowed_roots_refused(adapter_dir, tmp_path):
+    allowed = tmp_path / "allowed"
+    allowed.mkdir()
+    with pytest.raises(AdapterError, match="outside"):
+        inspect_adapter(adapter_dir, LLAMA_SPEC, allowed_roots=[allowed])
+    # a symlink inside the allowed folder pointing outside is still outside
+    (allowed / "link").symlink_to(adapter_dir)
+    with pytest.raises(AdapterError, match="outside"):
+        inspect_adapter(allowed / "link", LLAMA_SPEC, allowed_roots=[allowed])
+    assert inspect_adapter(adapter_dir, LLAMA_SPEC, allowed_roots=[tmp_path]).r == 4
+
+
+def test_adapter_with_wrong_shapes_refused_at_attach(tmp_path):
+    make_adapter(tmp_path / "ad")
+    enc = tiny_encoder("bert")  # BERT spec: base check fails first
+    with pytest.raises(AdapterError):
+        attach_adapter(enc, tmp_path / "ad")

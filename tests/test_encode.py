@@ -1,0 +1,89 @@
+import numpy as np
+import pytest
+import torch
+
+from embedlab.encode import TextError, collate, length_batches, pool, tokenize
+from tiny import tiny_encoder
+
+SENTS = ["a man is playing a guitar .", "the dog", "a woman is eating food in the park with a cat .",
+         "cat", "the man is running in the park ."]
+
+
+@pytest.mark.parametrize("kind", ["llama", "bert"])
+def test_batched_equals_one_at_a_time(kind):
+    enc = tiny_encoder(kind)
+    batched = enc.encode(SENTS, batch_size=3)
+    single = np.stack([enc.encode([s])[0] for s in SENTS])
+    assert batched.dtype == np.float32 and batched.shape == (len(SENTS), 32)
+    assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
+    assert (np.einsum("ij,ij->i", batched, single) >= 0.9999).all()
+
+
+def test_order_is_input_order_despite_length_sorting():
+    enc = tiny_encoder("llama")
+    a = enc.encode(SENTS)
+    b = enc.encode(SENTS[::-1])[::-1]
+    assert np.allclose(a, b, atol=1e-5)
+
+
+def test_eos_appended_after_truncated_text_and_reported():
+    enc = tiny_encoder("llama", max_length=8)
+    long = " ".join(["dog"] * 50)
+    ids, n_trunc = tokenize(enc.tokenizer, enc.spec, [long, "cat"], enc.max_length)
+    eos = enc.tokenizer.convert_tokens_to_ids("</s>")
+    bos = enc.tokenizer.bos_token_id
+    assert n_trunc == 1
+    assert len(ids[0]) == 8 and ids[0][0] == bos and ids[0][-1] == eos
+    assert ids[1][0] == bos and ids[1][-1] == eos
+    _, report = enc.encode([long, "cat"], return_report=True)
+    assert report.n_truncated == 1 and report.n_texts == 2
+
+
+def test_bert_truncation_keeps_sep():
+    enc = tiny_encoder("bert", max_length=6)
+    ids, n_trunc = tokenize(enc.tokenizer, enc.spec, ["a b c d e f g h", "a b"], 6)
+    sep = enc.tokenizer.sep_token_id
+    assert n_trunc == 1 and len(ids[0]) == 6 and ids[0][-1] == sep and ids[1][-1] == sep
+
+
+@pytest.mark.parametrize("bad", [[], [""], ["   \n\t"], ["ok", None], ["ok", 3], "a plain string"])
+def test_bad_texts_rejected(bad):
+    with pytest.raises(TextError):
+        tiny_encoder("llama").encode(bad)
+
+
+def test_huge_text_rejected():
+    with pytest.raises(TextError, match="characters"):
+        tiny_encoder("llama").encode(["a" * 200_000])
+
+
+def test_pool_eos_left_and_right_padding():
+    h = torch.arange(2 * 4 * 1, dtype=torch.float32).reshape(2, 4, 1)
+    left = torch.tensor([[0, 0, 1, 1], [1, 1, 1, 1]])
+    right = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    assert pool(h, left, "eos").flatten().tolist() == [3.0, 7.0]
+    assert pool(h, right, "eos").flatten().tolist() == [1.0, 7.0]
+    assert pool(h, right, "mean").flatten().tolist() == [0.5, 5.5]
+
+
+def test_collate_left_padding_positions():
+    b = collate([[5, 6, 7], [8]], pad_id=0, left=True, device=torch.device("cpu"))
+    assert b["input_ids"].tolist() == [[5, 6, 7], [0, 0, 8]]
+    assert b["attention_mask"].tolist() == [[1, 1, 1], [0, 0, 1]]
+    assert b["position_ids"].tolist() == [[0, 1, 2], [0, 0, 0]]
+    r = collate([[5, 6, 7], [8]], pad_id=0, left=False, device=torch.device("cpu"))
+    assert r["input_ids"].tolist() == [[5, 6, 7], [8, 0, 0]] and "position_ids" not in r
+
+
+def test_length_batches_bounds_and_coverage():
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(1, 100, size=500).tolist()
+    batches = list(length_batches(lengths, batch_size=16, max_tokens=512))
+    flat = sorted(i for b in batches for i in b)
+    assert flat == list(range(500))
+    for b in batches:
+        assert len(b) <= 16
+        assert len(b) == 1 or max(lengths[i] for i in b) * len(b) <= 512
+    # sorted: each batch's lengths are contiguous in the descending order
+    widths = [max(lengths[i] for i in b) for b in batches]
+    assert widths == sorted(widths, reverse=True)
