@@ -1,0 +1,136 @@
+"""Contrastive loss (InfoNCE with in-batch and hard negatives), all-gather, gradient cache.
+
+Shapes: B triplets per device, d embedding width, W processes. Embeddings are
+L2-normalised, so a dot product is a cosine.
+"""
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+
+def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None,
+             temperature: float = 0.05, anchor_offset: int = 0) -> torch.Tensor:
+    """Mean cross-entropy of each anchor picking its own positive.
+
+    Args:
+        anchor: (B, d) normalised anchors (premises).
+        positive: (N, d) normalised positives; ``positive[anchor_offset + i]`` belongs to ``anchor[i]``.
+        negative: (N, d) normalised hard negatives, or None for in-batch negatives only.
+        temperature: logits = cos / temperature (0.05 in the paper).
+        anchor_offset: where this device's anchors start in the gathered positives.
+
+    Candidates for every anchor are all positives and all hard negatives, so each
+    anchor has 2N - 1 negatives. Example::
+
+        a, p, n = (F.normalize(torch.randn(4, 8), dim=-1) for _ in range(3))
+        loss = info_nce(a, p, n)            # scalar
+    """
+    cands = positive if negative is None else torch.cat([positive, negative], dim=0)
+    logits = anchor @ cands.T / temperature  # (B, N or 2N)
+    target = torch.arange(anchor.shape[0], device=anchor.device) + anchor_offset
+    return F.cross_entropy(logits.float(), target)
+
+
+def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
+    """All-gather (B, d) -> (W*B, d) across processes; the local slice keeps its graph.
+
+    Returns the gathered tensor and the offset of the local slice. Without a
+    process group it is the identity (offset 0).
+    """
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return x, 0
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.detach().contiguous())
+    rank = dist.get_rank()
+    parts[rank] = x  # gradient flows back to what this process computed
+    return torch.cat(parts, dim=0), rank * x.shape[0]
+
+
+def distributed_info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None,
+                         temperature: float) -> torch.Tensor:
+    """InfoNCE over the global batch: every process's anchors against all processes' candidates.
+
+    Each process computes the same global loss, with gradient only through its own
+    slice; DDP averages gradients over W processes, so the loss is scaled by W to
+    give exactly the gradient of the global mean loss: backprop
+    ``loss * world_size()``, log ``loss``.
+    """
+    a, _ = gather_with_grad(anchor)
+    p, _ = gather_with_grad(positive)
+    n = gather_with_grad(negative)[0] if negative is not None else None
+    return info_nce(a, p, n, temperature)
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+class RandContext:
+    """Captures the RNG state at creation and restores it inside ``with`` (dropout replays exactly)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.cpu = torch.get_rng_state()
+        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+        self.device = device
+
+    def __enter__(self) -> None:
+        self._saved = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda is not None else None)
+        torch.set_rng_state(self.cpu)
+        if self.cuda is not None:
+            torch.cuda.set_rng_state(self.cuda, self.device)
+
+    def __exit__(self, *exc) -> None:
+        torch.set_rng_state(self._saved[0])
+        if self._saved[1] is not None:
+            torch.cuda.set_rng_state(self._saved[1], self.device)
+
+
+def grad_cache_step(
+    embed: Callable[[object], torch.Tensor],
+    chunks: Sequence[object],
+    loss_from_embeddings: Callable[[torch.Tensor], torch.Tensor],
+    device: torch.device,
+    no_sync: Callable[[], object] | None = None,
+) -> torch.Tensor:
+    """One contrastive step with a gradient cache (Gao et al. 2021, "GradCache").
+
+    1. embed every chunk without a graph (memory ~ one chunk's activations);
+    2. compute the loss on all embeddings at once, backprop to the embeddings only;
+    3. re-embed each chunk with a graph, replaying its RNG state so dropout matches,
+       and backprop ``sum(emb * cached_grad)`` into the parameters.
+
+    Args:
+        embed: chunk -> (n_chunk, d) embeddings with graph.
+        chunks: model inputs; their embeddings are concatenated in order.
+        loss_from_embeddings: (sum n_chunk, d) -> scalar loss.
+        no_sync: context factory (DDP ``no_sync``) used for all but the last chunk's backward.
+    Returns the loss (detached). Parameter gradients are accumulated as by ``loss.backward()``.
+    """
+    states, reps = [], []
+    with torch.no_grad():
+        for c in chunks:
+            states.append(RandContext(device))
+            reps.append(embed(c))
+    reps_all = torch.cat(reps).detach().requires_grad_()
+    loss = loss_from_embeddings(reps_all)
+    loss.backward()
+    grads = reps_all.grad.split([r.shape[0] for r in reps])
+    for i, (c, state, g) in enumerate(zip(chunks, states, grads)):
+        last = i == len(chunks) - 1
+        ctx = no_sync() if (no_sync is not None and not last) else _null()
+        with ctx, state:
+            emb = embed(c)
+            emb.backward(gradient=g)
+    return loss.detach()
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc) -> None:
+        return None
