@@ -1,0 +1,169 @@
+"""train.py on a tiny random Llama: loss goes down, kill-and-resume, adapter loads and changes embeddings."""
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import train
+from embedlab.loading import attach_adapter
+from tiny import tiny_encoder
+
+WORDS = "a the man woman dog cat is are playing eating guitar food running park".split()
+
+
+@pytest.fixture
+def triplets(tmp_path):
+    rng = np.random.default_rng(0)
+    rows = ["sent0,sent1,hard_neg"]
+    for _ in range(64):
+        s = " ".join(rng.choice(WORDS, size=5))
+        rows.append(f"{s},{s} .,{' '.join(rng.choice(WORDS, size=5))}")
+    path = tmp_path / "tri.csv"
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+def tiny_load(key, adapter=None, device=None, max_length=None):
+    enc = tiny_encoder("llama", max_length=max_length)
+    if adapter is not None:
+        attach_adapter(enc, adapter)
+    return enc
+
+
+def cfg(tmp_path, data, **kw):
+    base = dict(model="tiny-llama", data=str(data), out=str(tmp_path / "out"), steps=20, batch_size=16, chunk_size=12,
+                lr=3e-3, warmup_steps=2, log_every=5, ckpt_every=5, eval_tasks=["STS17"], eval_limit=20,
+                max_length=32, device="cpu")
+    base.update(kw)
+    return train.Config(**base)
+
+
+def test_twenty_steps_lower_the_loss_and_save_a_working_adapter(tmp_path, triplets):
+    c = cfg(tmp_path, triplets)
+    assert train.main(c, load=tiny_load) == 0
+    out = tmp_path / "out"
+    rec = json.loads((out / "training.json").read_text())
+    curve = [l for _, l in rec["training"]["loss_curve"]]
+    assert len(curve) == 20 and np.mean(curve[-5:]) < np.mean(curve[:5]) - 0.2
+    assert rec["data"]["rows"] == 64 and len(rec["data"]["sha256"]) == 64
+    assert rec["trained_on"] == "cpu" and rec["training"]["effective_contrastive_batch"] == 16
+    assert "STSBenchmark-dev" in rec["dev"] and "STS17" in rec["test"]["tasks"]
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "checkpoint").exists()
+    cfg_json = json.loads((out / "adapter_config.json").read_text())
+    assert cfg_json["base_model_name_or_path"] == "tiny-llama" and cfg_json["r"] == 8
+    enc = tiny_encoder("llama")
+    sents = ["a man is playing a guitar", "the dog is eating food"]
+    base = enc.encode(sents)
+    attach_adapter(enc, out)
+    assert (np.einsum("ij,ij->i", enc.encode(sents), base) < 0.9999).all()
+
+
+def test_gradient_cache_and_plain_training_agree(tmp_path, triplets):
+    a = cfg(tmp_path / "a", triplets, steps=3, chunk_size=12, lora_dropout=0.0, eval_tasks=[])
+    b = cfg(tmp_path / "b", triplets, steps=3, chunk_size=0, lora_dropout=0.0, eval_tasks=[])
+    assert train.main(a, load=tiny_load) == 0 and train.main(b, load=tiny_load) == 0
+    la = json.loads((tmp_path / "a/out/training.json").read_text())["training"]["loss_curve"]
+    lb = json.loads((tmp_path / "b/out/training.json").read_text())["training"]["loss_curve"]
+    assert np.allclose([x for _, x in la], [x for _, x in lb], atol=1e-4)
+
+
+def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch):
+    from safetensors.torch import load_file
+
+    full = cfg(tmp_path / "full", triplets, steps=10, eval_tasks=[])
+    assert train.main(full, load=tiny_load) == 0
+
+    class Killed(Exception):
+        pass
+
+    real_save = train.save_checkpoint
+
+    def save_then_die(path, model, opt, sched, step, history):
+        real_save(path, model, opt, sched, step, history)
+        if step == 5:
+            raise Killed  # the process dies right after the step-5 checkpoint
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    part = cfg(tmp_path / "part", triplets, steps=10, eval_tasks=[])
+    with pytest.raises(Killed):
+        train.main(part, load=tiny_load)
+    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    resumed = cfg(tmp_path / "part", triplets, steps=10, eval_tasks=[], resume=True)
+    assert train.main(resumed, load=tiny_load) == 0
+    a = load_file(str(tmp_path / "full/out/adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "part/out/adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    rec = json.loads((tmp_path / "part/out/training.json").read_text())
+    assert rec["training"]["resumed_at"] == 5 and len(rec["training"]["loss_curve"]) == 10
+
+
+def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, triplets, monkeypatch, capsys):
+    calls = {"n": 0}
+    real = train.distributed_info_nce
+
+    def poisoned(*a, **k):
+        calls["n"] += 1
+        loss = real(*a, **k)
+        return loss * float("nan") if calls["n"] > 6 else loss
+
+    monkeypatch.setattr(train, "distributed_info_nce", poisoned)
+    c = cfg(tmp_path, triplets, steps=10, eval_tasks=[])
+    assert train.main(c, load=tiny_load) == 3
+    err = capsys.readouterr().out
+    assert "loss is nan at step 7" in err and "checkpoint" in err
+    state = torch.load(tmp_path / "out/checkpoint/state.pt", weights_only=True)
+    assert state["step"] == 5 and not (tmp_path / "out/adapter_model.safetensors").exists()
+
+
+@pytest.mark.parametrize("content,msg", [
+    ("a,b,c\n1,2,3\n", "lacks column"),
+    ("sent0,sent1,hard_neg\nx,y,\n", "empty hard_neg"),
+    ("sent0,sent1,hard_neg\nx,y,z\n", "at least 2"),
+])
+def test_bad_training_files(tmp_path, content, msg):
+    from embedlab.nli import DataError, read_triplets
+
+    p = tmp_path / "d.csv"
+    p.write_text(content)
+    with pytest.raises(DataError, match=msg):
+        read_triplets(p)
+
+
+def test_non_utf8_training_file(tmp_path):
+    from embedlab.nli import DataError, read_triplets
+
+    p = tmp_path / "d.csv"
+    p.write_bytes(b"sent0,sent1,hard_neg\n\xff\xfe,b,c\n")
+    with pytest.raises(DataError, match="not UTF-8"):
+        read_triplets(p)
+
+
+def test_config_flags_and_file(tmp_path):
+    f = tmp_path / "c.json"
+    f.write_text(json.dumps({"lr": 0.001, "batch_size": 32}))
+    c = train.parse_config(["--config", str(f), "--batch-size", "64", "--lora-targets", "q_proj", "k_proj", "--no-bf16"])
+    assert c.lr == 0.001 and c.batch_size == 64 and c.lora_targets == ["q_proj", "k_proj"] and c.bf16 is False
+    f.write_text(json.dumps({"learning_rate": 1}))
+    with pytest.raises(SystemExit):
+        train.parse_config(["--config", str(f)])
+    with pytest.raises(SystemExit):
+        train.parse_config(["--batch-size", "1"])
+
+
+def test_batches_are_a_function_of_step():
+    a = train.batch_indices(7, 100, 16, seed=0)
+    assert (a == train.batch_indices(7, 100, 16, seed=0)).all() and len(set(a)) == 16
+    epoch0 = np.concatenate([train.batch_indices(s, 100, 16, 0) for s in range(6)])
+    assert len(set(epoch0)) == 96  # no triplet repeats within an epoch
+
+
+def test_snli_triplets_exclude_evaluation_sentences():
+    from embedlab.nli import evaluation_sentences, normalise, read_triplets
+
+    t = read_triplets("assets/data/NLI/snli_all_triplets.csv")
+    banned = evaluation_sentences()
+    assert len(t) > 6000
+    assert not any(normalise(s) in banned for s in t.anchor + t.positive + t.negative)
