@@ -1,18 +1,192 @@
-"""embedlab web app (placeholder until the app issue lands): lists the models and whether they load here."""
+"""embedlab: see what contrastive fine-tuning does to a small LM's sentence embeddings.
+
+    python app.py        # http://127.0.0.1:7860  (EMBEDLAB_HOST / EMBEDLAB_PORT to change)
+
+Layout and wiring only; the handlers are in embedlab/views.py, the work in embedlab/lab.py.
+"""
+from __future__ import annotations
+
+import functools
+import logging
 import os
+import threading
 
 import gradio as gr
 
-from embedlab.registry import MODELS, available_models
+from embedlab import views
+from embedlab.corpora import BUILTINS
+from embedlab.lab import Lab
+from embedlab.registry import DEFAULT_MODEL, MODELS, available_models
+from embedlab.sts import TASKS
+
+HOW_IT_WORKS = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "how_it_works.md"), encoding="utf-8").read()
+CSS = """
+.gradio-container {max-width: 1400px !important}
+#status {font-size: 0.9em; opacity: 0.85}
+"""
 
 
-def build() -> gr.Blocks:
-    rows = [[k, MODELS[k].title, "yes" if ok else "no", why] for k, (ok, why) in available_models().items()]
+def gradio_errors(fn):
+    """UserError -> gr.Error: the user sees the message, never a stack trace."""
+
+    @functools.wraps(fn)
+    def wrapper(*a, **k):
+        try:
+            return fn(*a, **k)
+        except views.UserError as e:
+            raise gr.Error(str(e), print_exception=False) from None
+
+    return wrapper
+
+
+def build(lab: Lab) -> gr.Blocks:
+    h = lambda f: gradio_errors(functools.partial(f, lab))  # noqa: E731  handler bound to the shared lab
+    loadable = [k for k, (ok, _) in available_models().items() if ok]
+    default = DEFAULT_MODEL if DEFAULT_MODEL in loadable else (loadable[0] if loadable else None)
+    adapters0 = lab.adapter_choices(default) if default else [("none", "none")]
+
     with gr.Blocks(title="embedlab") as demo:
-        gr.Markdown("# embedlab\nSentence embeddings of small language models, before and after contrastive fine-tuning.")
-        gr.Dataframe(rows, headers=["key", "model", "loads here", "why not"], interactive=False)
+        gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
+                    "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690). Base and tuned come from one model in memory.")
+        with gr.Row(equal_height=False):
+            model = gr.Dropdown([(f"{k} — {MODELS[k].title}", k) for k in loadable], value=default, label="Base model", scale=2)
+            adapter = gr.Dropdown(adapters0, value=adapters0[0][1], label="Adapter (the 'tuned' side)", scale=2,
+                                  allow_custom_value=True)  # API callers may name any adapter under the allowed folders
+            with gr.Column(scale=3):
+                card = gr.Markdown(views.model_card(lab, default, adapters0[0][1]) if default else "no model can load here")
+        gr.Markdown(views.unavailable_note())
+        status = gr.Markdown(elem_id="status")
+        upload_state = gr.State(None)
+        map_state = gr.State(None)
+
+        with gr.Tabs():
+            with gr.Tab("Pairs"):
+                with gr.Row():
+                    s1 = gr.Textbox(label="Sentence A", value="A man is playing a guitar.", max_lines=4)
+                    s2 = gr.Textbox(label="Sentence B", value="A person plays an instrument.", max_lines=4)
+                with gr.Row():
+                    go_pair = gr.Button("Compare", variant="primary")
+                    ex = gr.Button("Load an STSBenchmark example")
+                gold_note = gr.Markdown()
+                pair_out = gr.Markdown()
+                with gr.Accordion("Batch: many pairs, optionally with your scores", open=False):
+                    batch_text = gr.Textbox(label="One pair per line: sentence A <TAB> sentence B [<TAB> score]", lines=5)
+                    batch_file = gr.File(label="…or upload a .tsv/.txt/.csv (s1,s2[,gold])", file_types=[".tsv", ".txt", ".csv"], type="filepath")
+                    go_batch = gr.Button("Score pairs")
+                    batch_note = gr.Markdown()
+                    batch_plot = gr.Plot()
+                    batch_df = gr.Dataframe(interactive=False, wrap=True)
+                    batch_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
+                with gr.Accordion("Anisotropy: are all sentences alike?", open=True):
+                    go_aniso = gr.Button("Measure random-pair cosines")
+                    aniso_note = gr.Markdown()
+                    aniso_plot = gr.Plot()
+
+            with gr.Tab("Map"):
+                with gr.Row():
+                    map_corpus = gr.Dropdown([(v, k) for k, v in BUILTINS.items()] + [("your upload", "upload")],
+                                             value="topics", label="Corpus")
+                    map_upload = gr.File(label="Upload a corpus (.txt one per line, or .csv with text[,label])",
+                                         file_types=[".txt", ".csv"], type="filepath")
+                    map_queries = gr.Textbox(label="Place your own sentences (one per line)", lines=2)
+                upload_note = gr.Markdown()
+                go_map = gr.Button("Draw the maps", variant="primary")
+                map_note = gr.Markdown()
+                map_plot = gr.Plot()
+                with gr.Row(equal_height=False):
+                    with gr.Column(scale=3):
+                        moved = gr.Dataframe(label="What moved: texts whose 10 nearest neighbours changed most "
+                                             "(kept = Jaccard overlap of base and tuned neighbours)",
+                                             interactive=False, wrap=True, column_widths=["8%", "62%", "18%", "12%"])
+                    with gr.Column(scale=2):
+                        moved_detail = gr.Markdown("Click a row to see its neighbours under base and tuned.")
+                map_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
+
+            with gr.Tab("Search"):
+                with gr.Row():
+                    search_corpus = gr.Dropdown([(v, k) for k, v in BUILTINS.items()] + [("your upload (Map tab)", "upload")],
+                                                value="stsb", label="Corpus")
+                    query = gr.Textbox(label="Query", value="A dog runs through the snow.", scale=3)
+                    k = gr.Slider(1, 50, value=10, step=1, label="k")
+                go_search = gr.Button("Search", variant="primary")
+                search_note = gr.Markdown()
+                with gr.Row():
+                    res_base = gr.Dataframe(label="Base", interactive=False, wrap=True)
+                    res_tuned = gr.Dataframe(label="Tuned", interactive=False, wrap=True)
+                search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
+
+            with gr.Tab("Benchmarks"):
+                table = views.results_table()
+                gr.Markdown("Spearman ×100 between cosine and human scores (MTEB conventions). Paper columns: arXiv 2408.00690, Table 1.")
+                gr.Dataframe(table, interactive=False)
+                gr.Plot(views.results_chart(table))
+                loss_fig, records = views.training_records()
+                gr.Markdown("### Shipped adapters: training records")
+                gr.Dataframe(records, interactive=False)
+                if loss_fig is not None:
+                    gr.Plot(loss_fig)
+                gr.Markdown("### Run an evaluation now (selected model and adapter)")
+                with gr.Row():
+                    eval_tasks = gr.CheckboxGroup(list(TASKS), value=["STSBenchmark", "SICK-R"], label="Tasks")
+                    quick = gr.Checkbox(value=True, label="Quick (200 random pairs per task; CPU-friendly)")
+                go_eval = gr.Button("Evaluate")
+                eval_note = gr.Markdown()
+                eval_df = gr.Dataframe(interactive=False)
+                eval_files = gr.File(label="Download", file_count="multiple")
+
+            with gr.Tab("How it works"):
+                gr.Markdown(views.how_it_works(HOW_IT_WORKS))
+
+        # --- wiring: every event has an api_name; heavy ones share one slot so cheap ones stay fast ---
+        model.change(h(lambda lab_, m: gr.update(choices=(c := lab_.adapter_choices(m)), value=c[0][1])),
+                     [model], [adapter], api_name="adapters")
+        adapter.change(h(views.model_card), [model, adapter], [card], api_name="model_card")
+        go_pair.click(h(views.compare), [model, adapter, s1, s2], [pair_out], api_name="pairs", concurrency_limit=4)
+        ex.click(gradio_errors(lambda: views.sts_example()), None, [s1, s2, gold_note], api_name="example")
+        go_batch.click(h(views.batch_pairs), [model, adapter, batch_text, batch_file],
+                       [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", concurrency_id="heavy")
+        go_aniso.click(h(views.anisotropy), [model, adapter], [aniso_note, aniso_plot], api_name="anisotropy",
+                       concurrency_id="heavy")
+        map_upload.upload(gradio_errors(views.upload_corpus), [map_upload], [upload_state, upload_note], api_name="upload_corpus")
+        go_map.click(h(views.draw_map), [model, adapter, map_corpus, upload_state, map_queries],
+                     [map_plot, moved, map_note, map_files, map_state], api_name="map", concurrency_id="heavy")
+        def show_neighbours(st, df, evt: gr.SelectData):
+            return views.neighbours(st, df, evt.index[0] if evt.index else None)
+
+        moved.select(show_neighbours, [map_state, moved], [moved_detail], api_visibility="private")
+        go_search.click(h(views.search), [model, adapter, search_corpus, upload_state, query, k],
+                        [res_base, res_tuned, search_note, search_files], api_name="search", concurrency_limit=4)
+        query.submit(h(views.search), [model, adapter, search_corpus, upload_state, query, k],
+                     [res_base, res_tuned, search_note, search_files], api_visibility="private", concurrency_limit=4)
+
+        def evaluate(lab_, m, a, tasks, q, progress=gr.Progress()):
+            return views.run_evaluation(lab_, m, a, tasks, q, progress=progress)
+
+        go_eval.click(h(evaluate), [model, adapter, eval_tasks, quick], [eval_df, eval_note, eval_files],
+                      api_name="evaluate", concurrency_id="heavy")
+        def embed(model: str, adapter: str, texts: list[str], tuned: bool = True) -> dict:
+            """Embeddings of up to 256 texts: base and (with an adapter) tuned, as lists of floats."""
+            return views.embed_api(lab, model, adapter, texts, tuned)
+
+        gr.api(gradio_errors(embed), api_name="embed")
+        timer = gr.Timer(2.0)
+        timer.tick(lambda: lab.status_line(), None, [status], api_visibility="private", show_progress="hidden")
+        demo.load(lambda: lab.status_line(), None, [status], api_visibility="private")
     return demo
 
 
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    lab = Lab()
+    demo = build(lab)
+    # The page is served at once while the caches build; EMBEDLAB_WARM_CORPORA limits what is built (tests, small hosts).
+    corpora = [c for c in os.environ.get("EMBEDLAB_WARM_CORPORA", ",".join(BUILTINS)).split(",") if c in BUILTINS]
+    threading.Thread(target=lab.warm, kwargs={"corpora": corpora}, daemon=True, name="warm-up").start()
+    demo.queue(default_concurrency_limit=2, max_size=64)
+    demo.launch(server_name=os.environ.get("EMBEDLAB_HOST", "127.0.0.1"),
+                server_port=int(os.environ.get("EMBEDLAB_PORT", "7860")),
+                theme=gr.themes.Soft(primary_hue="blue"), css=CSS, show_error=True)
+
+
 if __name__ == "__main__":
-    build().launch(server_name=os.environ.get("EMBEDLAB_HOST", "127.0.0.1"), server_port=int(os.environ.get("EMBEDLAB_PORT", "7860")))
+    main()

@@ -3,11 +3,31 @@ from __future__ import annotations
 
 from typing import Callable, Sequence
 
+import numpy as np
+
 from tqdm.auto import tqdm
 
 from .encode import Encoder
 from .provenance import environment
 from .sts import TASKS, evaluate
+
+
+ANISOTROPY_TEXTS = 1000  # STSBenchmark sentences sampled for the random-pair cosine
+
+
+def anisotropy_texts(seed: int = 0) -> tuple[str, ...]:
+    """The sentences whose random pairs measure anisotropy (same sample in the CLI and the app)."""
+    from .corpora import builtin
+
+    return builtin("stsb").head(ANISOTROPY_TEXTS, seed=seed).texts
+
+
+def random_pair_cosines(vectors: np.ndarray, n_pairs: int = 2000, seed: int = 0) -> np.ndarray:
+    """Cosines of random distinct pairs of rows of (N, d) L2-normalised vectors -> (<= n_pairs,) float32."""
+    rng = np.random.default_rng(seed)
+    i, j = rng.integers(0, len(vectors), n_pairs), rng.integers(0, len(vectors), n_pairs)
+    keep = i != j
+    return np.einsum("ij,ij->i", vectors[i[keep]], vectors[j[keep]]).astype(np.float32)
 
 
 def run_eval(
@@ -39,6 +59,9 @@ def run_eval(
                       progress=progress or None)
     if bar is not None:
         bar.close()
+    aniso = None
+    if limit is None:  # full runs also record how alike random sentences look (anisotropy)
+        aniso = float(random_pair_cosines(enc.encode(list(anisotropy_texts()), use_adapter=use_adapter)).mean())
     return {
         "model": enc.spec.key,
         "adapter": str(adapter.path) if adapter else None,
@@ -47,6 +70,7 @@ def run_eval(
         "average": round(result.average, 4),
         "pairs": result.pairs,
         "seconds": round(result.seconds, 2),
+        "random_pair_cosine": None if aniso is None else round(aniso, 4),
         "limit": limit,
         "sick": sick,
         "prompt": enc.spec.prompt,

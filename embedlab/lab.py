@@ -1,0 +1,302 @@
+"""The lab behind the web app: models, adapters, corpora, caches, and one function per view.
+
+Plain functions over numpy arrays and dicts; app.py only lays them out. Shared
+state (loaded models, caches) lives in one :class:`Lab` object, bounded; nothing
+per user lives here.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import threading
+import time
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+
+from . import index as faiss_index
+from .adapters import ADAPTERS_DIR, AdapterError, inspect_adapter, shipped_adapters
+from .cache import EmbeddingCache, embedding_key
+from .corpora import Corpus, InputError, builtin
+from .encode import Encoder, validate_texts
+from .loading import attach_adapter, cache_root, load_encoder
+from .projection import AlignedUMAP, neighbour_overlap, place_by_neighbours
+from .registry import DEFAULT_MODEL, MODELS, get_spec
+from .sts import spearman100
+
+log = logging.getLogger(__name__)
+ROOT = Path(__file__).resolve().parent.parent
+RUNS_DIR = ROOT / "runs"
+RESULTS_DIR = ROOT / "assets" / "results"
+MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
+NONE = "none"
+
+
+def adapter_roots() -> list[Path]:
+    """Folders adapters may be loaded from in the app (plus $EMBEDLAB_ADAPTER_DIRS, ':'-separated)."""
+    extra = [Path(p) for p in os.environ.get("EMBEDLAB_ADAPTER_DIRS", "").split(":") if p]
+    return [ADAPTERS_DIR, RUNS_DIR, *extra]
+
+
+@dataclass
+class Side:
+    """Which encoder and which adapter make the 'tuned' side."""
+
+    enc: Encoder
+    adapter: str | None  # loaded adapter name, None = no adapter chosen
+
+    @property
+    def label(self) -> str:
+        if not self.adapter:
+            return "tuned (no adapter)"
+        info = self.enc.adapters[self.adapter]
+        return f"tuned ({info.path.name})"
+
+
+class Lab:
+    """Bounded caches of models, embeddings, indexes and maps, shared by all users."""
+
+    def __init__(self, cache_dir: Path | None = None, max_models: int = 2, device: str | None = "cpu") -> None:
+        self.cache_dir = Path(cache_dir or cache_root())
+        self.embeddings = EmbeddingCache(self.cache_dir / "embeddings")
+        self.max_models = max_models
+        self.device = device
+        self._models: OrderedDict[str, Encoder] = OrderedDict()
+        self._load_locks: dict[str, threading.Lock] = {k: threading.Lock() for k in MODELS}
+        self._lock = threading.Lock()
+        self._indexes: OrderedDict[str, faiss_index.Index] = OrderedDict()
+        self._maps: OrderedDict[str, dict] = OrderedDict()
+        self.status: dict[str, str] = {}  # background work, shown in the UI
+
+    # --- models and adapters -------------------------------------------------------------------
+    def encoder(self, key: str) -> Encoder:
+        """The loaded encoder for ``key`` (loads on first use; least recently used is evicted)."""
+        get_spec(key)
+        with self._lock:
+            if key in self._models:
+                self._models.move_to_end(key)
+                return self._models[key]
+        with self._load_locks[key]:  # one load per model even when many users ask at once
+            with self._lock:
+                if key in self._models:
+                    return self._models[key]
+            enc = load_encoder(key, device=self.device)
+            with self._lock:
+                self._models[key] = enc
+                while len(self._models) > self.max_models:
+                    self._models.popitem(last=False)
+            return enc
+
+    def adapter_choices(self, key: str) -> list[tuple[str, str]]:
+        """(label, value) for the adapter menu: shipped ones, local training runs, 'none'."""
+        out = []
+        for path in shipped_adapters(key):
+            out.append((f"{path.name} (shipped){_device_tag(path)}", str(path.relative_to(ROOT))))
+        if RUNS_DIR.is_dir():
+            for cfg in sorted(RUNS_DIR.glob("*/adapter_config.json")):
+                try:
+                    if json.loads(cfg.read_text()).get("base_model_name_or_path") in MODELS[key].base_ids:
+                        out.append((f"{cfg.parent.name} (local run){_device_tag(cfg.parent)}",
+                                    str(cfg.parent.relative_to(ROOT))))
+                except (OSError, ValueError):
+                    continue
+        return out + [("none (base model only)", NONE)]
+
+    def side(self, key: str, adapter: str | None) -> Side:
+        """Encoder for ``key`` with ``adapter`` (a path under the allowed folders, or 'none') attached."""
+        enc = self.encoder(key)
+        if not adapter or adapter == NONE:
+            return Side(enc, None)
+        path = Path(adapter)
+        if not path.is_absolute():
+            path = ROOT / path
+        info = attach_adapter(enc, path, allowed_roots=adapter_roots(), activate=False)
+        return Side(enc, info.name)
+
+    # --- embeddings ------------------------------------------------------------------------------
+    def embed_pair_sides(self, s: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
+        texts = validate_texts(texts)
+        base = s.enc.encode(texts, use_adapter=False)
+        tuned = s.enc.encode(texts, use_adapter=s.adapter) if s.adapter else None
+        return base, tuned
+
+    def corpus_vectors(self, s: Side, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
+                       wait: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        """Base and tuned vectors of a corpus (cached). ``wait=False``: a corpus another request is
+        embedding right now raises CacheBusy with its progress instead of blocking this request."""
+        base = self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=False, progress=progress, wait=wait)
+        tuned = (self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=s.adapter, progress=progress, wait=wait)
+                 if s.adapter else None)
+        return base, tuned
+
+    # --- views --------------------------------------------------------------------------------
+    def compare_pair(self, s: Side, a: str, b: str) -> dict:
+        """Cosine of one pair under base and tuned."""
+        base, tuned = self.embed_pair_sides(s, [a, b])
+        return {"base": float(base[0] @ base[1]), "tuned": float(tuned[0] @ tuned[1]) if tuned is not None else None}
+
+    def batch_pairs(self, s: Side, s1: list[str], s2: list[str], gold: list[float] | None) -> dict:
+        """Cosines for many pairs; Spearman x100 against gold when given."""
+        uniq = list(dict.fromkeys(s1 + s2))
+        pos = {t: i for i, t in enumerate(uniq)}
+        base, tuned = self.embed_pair_sides(s, uniq)
+        i1, i2 = [pos[t] for t in s1], [pos[t] for t in s2]
+        cb = np.einsum("ij,ij->i", base[i1], base[i2])
+        ct = np.einsum("ij,ij->i", tuned[i1], tuned[i2]) if tuned is not None else None
+        out = {"s1": s1, "s2": s2, "gold": gold, "base": cb.tolist(), "tuned": ct.tolist() if ct is not None else None}
+        if gold is not None and len(gold) >= 3:
+            out["spearman_base"] = spearman100(cb, np.asarray(gold))
+            out["spearman_tuned"] = spearman100(ct, np.asarray(gold)) if ct is not None else None
+        return out
+
+    def anisotropy(self, s: Side, n_pairs: int = 2000, seed: int = 0) -> dict:
+        """Cosines of random sentence pairs from the STSBenchmark corpus, base vs tuned.
+
+        A useful embedding spreads unrelated sentences apart; a raw LM puts almost
+        every pair near the same high cosine (its vectors share one dominant direction).
+        """
+        from .evaluation import anisotropy_texts, random_pair_cosines
+
+        texts = anisotropy_texts(seed)
+        corpus = Corpus("anisotropy sample", texts, ("stsb",) * len(texts), "")
+        base, tuned = self.corpus_vectors(s, corpus)
+        cb = random_pair_cosines(base, n_pairs, seed)
+        return {"base": cb, "tuned": random_pair_cosines(tuned, n_pairs, seed) if tuned is not None else None,
+                "n_pairs": len(cb)}
+
+    def index_for(self, s: Side, corpus: Corpus, tuned: bool) -> tuple[faiss_index.Index, np.ndarray]:
+        base_v, tuned_v = self.corpus_vectors(s, corpus)
+        vecs = tuned_v if tuned else base_v
+        key = embedding_key(s.enc, s.adapter if tuned else False, corpus.sha256)
+        with self._lock:
+            if key in self._indexes:
+                self._indexes.move_to_end(key)
+                return self._indexes[key], vecs
+        idx = faiss_index.build(vecs)
+        with self._lock:
+            self._indexes[key] = idx
+            while len(self._indexes) > 8:
+                self._indexes.popitem(last=False)
+        return idx, vecs
+
+    def search(self, s: Side, corpus: Corpus, query: str, k: int = 10) -> dict:
+        """Top-k corpus texts for a query under base and tuned, with overlap@k and rank shifts."""
+        k = int(max(1, min(k, 50, len(corpus))))
+        qb, qt = self.embed_pair_sides(s, [query])
+        ib, _ = self.index_for(s, corpus, tuned=False)
+        sb, nb = ib.search(qb, k)
+        res = {"k": k, "index": ib.kind, "recall_at_10": ib.recall_at_10, "n": len(corpus),
+               "base": [(int(i), float(x)) for i, x in zip(nb[0], sb[0]) if i >= 0], "tuned": None}
+        if qt is not None:
+            it, _ = self.index_for(s, corpus, tuned=True)
+            st, nt = it.search(qt, k)
+            res["tuned"] = [(int(i), float(x)) for i, x in zip(nt[0], st[0]) if i >= 0]
+            res["overlap"] = len({i for i, _ in res["base"]} & {i for i, _ in res["tuned"]}) / k
+        return res
+
+    def map(self, s: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> dict:
+        """Aligned UMAP layouts (base, tuned) + per-text neighbour overlap; cached on disk."""
+        corpus = corpus.head(MAP_MAX)
+        base, tuned = self.corpus_vectors(s, corpus)
+        tuned_for_fit = base if tuned is None else tuned  # no adapter: both panels show the base model
+        key = hashlib.sha256("|".join([embedding_key(s.enc, False, corpus.sha256),
+                                       embedding_key(s.enc, s.adapter or False, corpus.sha256),
+                                       f"umap15-0.1-{seed}-k{k}"]).encode()).hexdigest()[:24]
+        with self._lock:
+            if key in self._maps:
+                return self._maps[key]
+        path = self.cache_dir / "maps" / f"{key}.npz"
+        m = None
+        if path.is_file():
+            try:
+                z = np.load(path, allow_pickle=False)
+                m = {k_: z[k_] for k_ in ("base_xy", "tuned_xy", "jaccard", "nn_base", "nn_tuned")}
+                m["params"] = json.loads(str(z["params"]))
+            except (OSError, ValueError, KeyError):
+                log.warning("map cache %s unreadable; recomputing", path.name)
+                m = None
+        if m is None:
+            um = AlignedUMAP(seed=seed).fit(base, tuned_for_fit, same=tuned is None)
+            jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
+            m = {"base_xy": um.base_xy, "tuned_xy": um.tuned_xy, "jaccard": jac, "nn_base": nb, "nn_tuned": nt,
+                 "params": um.params}
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp.npz")
+            np.savez(tmp, **{k_: v for k_, v in m.items() if k_ != "params"}, params=json.dumps(m["params"]))
+            os.replace(tmp, path)
+        m = {**m, "corpus": corpus, "base_vecs": base, "tuned_vecs": tuned, "has_tuned": tuned is not None}
+        with self._lock:
+            self._maps[key] = m
+            while len(self._maps) > 6:
+                self._maps.popitem(last=False)
+        return m
+
+    def place_queries(self, s: Side, m: dict, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        qb, qt = self.embed_pair_sides(s, queries)
+        pb = place_by_neighbours(qb, m["base_vecs"], m["base_xy"])
+        pt = place_by_neighbours(qt, m["tuned_vecs"], m["tuned_xy"]) if qt is not None else pb
+        return pb, pt
+
+    # --- start-up -----------------------------------------------------------------------------
+    def warm(self, key: str = DEFAULT_MODEL, corpora: Sequence[str] = ("topics", "snli", "stsb")) -> None:
+        """Load the default model + first shipped adapter and build the built-in corpora's caches."""
+        try:
+            self.status["model"] = f"loading {key}…"
+            choices = self.adapter_choices(key)
+            s = self.side(key, choices[0][1])
+            self.status["model"] = "ready"
+            self.status["anisotropy"] = "embedding"
+            self.anisotropy(s)
+            self.status["anisotropy"] = "ready"
+            for name in corpora:
+                c = builtin(name)
+
+                def prog(done: int, total: int, name: str = name) -> None:
+                    self.status[name] = f"embedding {done:,}/{total:,}"
+
+                self.corpus_vectors(s, c, progress=prog, wait=True)
+                self.status[name] = "building map…"
+                self.map(s, c)
+                if len(c) > 1000:
+                    self.index_for(s, c, tuned=False)
+                self.status[name] = "ready"
+        except Exception as e:  # background thread: report, never crash the app
+            log.exception("warm-up failed")
+            self.status["error"] = f"warm-up failed: {e}"
+
+    def status_line(self) -> str:
+        if not self.status:
+            return ""
+        busy = {k: v for k, v in self.status.items() if v != "ready"}
+        if not busy:
+            return "Ready: model, adapter and built-in corpora are cached."
+        return "Preparing in the background (other views work meanwhile): " + "; ".join(f"{k}: {v}" for k, v in busy.items())
+
+
+def _device_tag(path: Path) -> str:
+    try:
+        rec = json.loads((path / "training.json").read_text())
+        return " · GPU-trained" if rec.get("trained_on") == "cuda" else " · CPU-trained"
+    except (OSError, ValueError):
+        return ""
+
+
+def load_results() -> list[dict]:
+    """Every committed evaluation record under assets/results (sorted by file name)."""
+    out = []
+    for p in sorted(RESULTS_DIR.glob("*.json")):
+        try:
+            rec = json.loads(p.read_text())
+            rec["_file"] = p.name
+            out.append(rec)
+        except (OSError, ValueError):
+            log.warning("unreadable result file %s", p)
+    return out
+
+
+__all__ = ["Lab", "Side", "InputError", "AdapterError", "load_results", "NONE", "MAP_MAX"]

@@ -1,0 +1,369 @@
+"""Handlers of the web app: plain functions (UI values in, UI values out) over a :class:`~embedlab.lab.Lab`.
+
+Every handler validates its input and raises :class:`UserError` with a message
+for the user; app.py turns that into a Gradio error (no stack trace).
+"""
+from __future__ import annotations
+
+import csv
+import functools
+import json
+import logging
+import random
+import tempfile
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from . import plots
+from .adapters import AdapterError
+from .cache import CacheBusy
+from .cache import corpus_sha256
+from .corpora import BUILTINS, Corpus, InputError, builtin, parse_corpus, parse_pairs
+from .encode import TextError
+from .lab import MAP_MAX, NONE, Lab, Side, load_results
+from .loading import ModelUnavailableError
+from .nli import DataError
+from .provenance import environment
+from .registry import MODELS, PAPER_RESULTS, UnknownModelError, available_models
+from .sts import TASKS, load_task
+
+log = logging.getLogger(__name__)
+MAX_QUERY_CHARS = 1000
+MAX_QUERIES = 10
+USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, UnknownModelError, DataError, CacheBusy)
+
+
+class UserError(Exception):
+    """Shown to the user as is."""
+
+
+def user_facing(fn: Callable) -> Callable:
+    """Turn expected errors into UserError and unexpected ones into a short message (logged in full)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except UserError:
+            raise
+        except USER_ERRORS as e:
+            raise UserError(str(e)) from None
+        except Exception as e:  # never a stack trace in the browser; the server log has it
+            log.exception("handler %s failed", fn.__name__)
+            raise UserError(f"Sorry, that failed on the server ({type(e).__name__}). The app is still running; "
+                            "try again or pick other inputs.") from None
+
+    return wrapper
+
+
+def _text(value: Any, what: str, max_chars: int = MAX_QUERY_CHARS) -> str:
+    if not isinstance(value, str):
+        raise UserError(f"{what} must be text")
+    value = "".join(ch for ch in value if ch >= " " or ch in "\t\n").strip()
+    if not value:
+        raise UserError(f"{what} is empty")
+    if len(value) > max_chars:
+        raise UserError(f"{what} has {len(value):,} characters; the limit is {max_chars:,}")
+    return value
+
+
+def _model(key: Any) -> str:
+    if key not in MODELS:
+        raise UserError(f"unknown model {key!r}")
+    ok, why = available_models()[key]
+    if not ok:
+        raise UserError(f"{key} cannot be loaded here: {why}")
+    return key
+
+
+def _side(lab: Lab, model: Any, adapter: Any) -> Side:
+    return lab.side(_model(model), adapter if isinstance(adapter, str) else NONE)
+
+
+def _corpus(name: Any, upload: Corpus | None) -> Corpus:
+    if name == "upload":
+        if upload is None:
+            raise UserError("upload a .txt or .csv corpus first (or pick a built-in one)")
+        return upload
+    if name not in BUILTINS:
+        raise UserError(f"unknown corpus {name!r}")
+    return builtin(name)
+
+
+def _files(stem: str, rows: list[dict], record: dict) -> list[str]:
+    """Write the view's data (CSV) and its reproducibility record (JSON); return both paths."""
+    folder = Path(tempfile.mkdtemp(prefix="embedlab-"))
+    csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
+    if rows:
+        with open(csv_path, "w", newline="", encoding="utf-8") as f:
+            w = csv.DictWriter(f, fieldnames=list(rows[0]))
+            w.writeheader()
+            w.writerows(rows)
+    else:
+        csv_path.write_text("")
+    json_path.write_text(json.dumps({**record, "environment": environment("cpu")}, indent=2, default=str))
+    return [str(csv_path), str(json_path)]
+
+
+def _record(s: Side, corpus: Corpus | None = None, **extra: Any) -> dict:
+    info = s.enc.adapters.get(s.adapter) if s.adapter else None
+    rec = {"model": s.enc.spec.key, "prompt": s.enc.spec.prompt, "max_length": s.enc.max_length,
+           "adapter": str(info.path.name) if info else None, "adapter_sha256": info.sha256 if info else None}
+    if corpus is not None:
+        rec["corpus"] = {"name": corpus.name, "texts": len(corpus), "sha256": corpus.sha256}
+    return {**rec, **extra}
+
+
+def _fmt(x: float | None) -> str:
+    return "—" if x is None else f"{x:.3f}"
+
+
+# --- model bar -------------------------------------------------------------------------------------
+def model_card(lab: Lab, model: str, adapter: str) -> str:
+    spec = MODELS[_model(model)]
+    lines = [f"**{spec.title}** · {spec.params_m:g}M parameters · {spec.licence} · pooling: "
+             f"{'EOS token ' + repr(spec.eos_token) if spec.pooling == 'eos' else 'mean of tokens'}"]
+    if adapter and adapter != NONE:
+        p = Path(adapter)
+        rec_path = (p if p.is_absolute() else Path(__file__).resolve().parent.parent / p) / "training.json"
+        try:
+            rec = json.loads(rec_path.read_text())
+            t = rec.get("training", {})
+            dev = (rec.get("dev") or {}).get("STSBenchmark-dev")
+            lines.append(f"Adapter **{p.name}**: trained on {rec.get('device', '?')}, {t.get('steps', '?')} steps × "
+                         f"{t.get('effective_contrastive_batch', '?')} triplets, lr {rec.get('config', {}).get('lr', '?')}"
+                         + (f", STS-B dev {dev:.1f}" if dev is not None else ""))
+        except (OSError, ValueError):
+            lines.append(f"Adapter **{p.name}** (no training record)")
+    else:
+        lines.append("No adapter: the *tuned* column is empty. Pick an adapter to compare.")
+    return "\n\n".join(lines)
+
+
+def unavailable_note() -> str:
+    rows = [f"- `{k}`: {why}" for k, (ok, why) in available_models().items() if not ok]
+    return ("**Not loadable here:**\n" + "\n".join(rows)) if rows else ""
+
+
+# --- pairs -----------------------------------------------------------------------------------------
+@user_facing
+def compare(lab: Lab, model: str, adapter: str, a: str, b: str) -> str:
+    s = _side(lab, model, adapter)
+    r = lab.compare_pair(s, _text(a, "sentence A"), _text(b, "sentence B"))
+    tuned = "—" if r["tuned"] is None else f"{r['tuned']:.3f}"
+    return (f"| | cosine |\n|---|---|\n| base {model} | **{r['base']:.3f}** |\n| {s.label} | **{tuned}** |")
+
+
+@user_facing
+def sts_example(seed: Any = None) -> tuple[str, str, str]:
+    t = load_task("STSBenchmark")
+    i = random.Random(seed).randrange(len(t))
+    return t.s1[i], t.s2[i], f"Human similarity score: **{t.gold[i]:.2f} / 5** (STSBenchmark test, {t.subset[i]})"
+
+
+@user_facing
+def batch_pairs(lab: Lab, model: str, adapter: str, text: str | None, file: str | None):
+    if file:
+        data = Path(file).read_bytes()
+    elif text and text.strip():
+        data = text
+    else:
+        raise UserError("paste pairs (one per line: sentence A <TAB> sentence B [<TAB> score]) or upload a file")
+    s1, s2, gold = parse_pairs(data)
+    s = _side(lab, model, adapter)
+    r = lab.batch_pairs(s, s1, s2, gold)
+    rows = [{"sentence A": a, "sentence B": b, "gold": g, "cos base": round(cb, 4),
+             "cos tuned": None if r["tuned"] is None else round(r["tuned"][i], 4)}
+            for i, (a, b, g, cb) in enumerate(zip(s1, s2, gold or [None] * len(s1), r["base"]))]
+    summary = f"{len(s1)} pairs."
+    fig = None
+    if gold is not None and "spearman_base" in r:
+        summary += f" Spearman ×100 vs your scores: base **{r['spearman_base']:.1f}**"
+        if r.get("spearman_tuned") is not None:
+            summary += f", tuned **{r['spearman_tuned']:.1f}**"
+        fig = plots.scatter_vs_gold(gold, r["base"], r["tuned"], r["spearman_base"], r.get("spearman_tuned"))
+    files = _files("pairs", rows, _record(s, pairs_sha256=corpus_sha256(s1 + s2)))
+    return pd.DataFrame(rows), fig, summary, files
+
+
+@user_facing
+def anisotropy(lab: Lab, model: str, adapter: str):
+    s = _side(lab, model, adapter)
+    r = lab.anisotropy(s)
+    msg = (f"Mean cosine of {r['n_pairs']:,} random STSBenchmark sentence pairs: base **{r['base'].mean():.3f}**"
+           + (f", tuned **{r['tuned'].mean():.3f}**" if r["tuned"] is not None else "")
+           + ". Unrelated sentences should score low; a raw LM scores almost every pair the same.")
+    return msg, plots.cosine_histogram(r["base"], r["tuned"], "Random-pair cosines (anisotropy)")
+
+
+# --- map -------------------------------------------------------------------------------------------
+@user_facing
+def upload_corpus(file: str | None) -> tuple[Corpus, str]:
+    if not file:
+        raise UserError("no file received")
+    path = Path(file)
+    return (c := parse_corpus(path.read_bytes(), path.name)), f"Loaded **{c.name}**: {len(c):,} texts. Choose 'upload' as corpus."
+
+
+@user_facing
+def draw_map(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus | None, queries: str | None):
+    s = _side(lab, model, adapter)
+    m = lab.map(s, _corpus(corpus_name, upload))
+    c: Corpus = m["corpus"]
+    q = None
+    if queries and queries.strip():
+        qs = [_text(x, "query") for x in queries.splitlines() if x.strip()][:MAX_QUERIES]
+        pb, pt = lab.place_queries(s, m, qs)
+        q = (pb, pt, [x if len(x) < 40 else x[:37] + "…" for x in qs])
+    tuned_title = s.label if m["has_tuned"] else "no adapter: base again"
+    fig = plots.twin_maps(m["base_xy"], m["tuned_xy"], c.texts, c.labels, (f"base {model}", tuned_title), q)
+    order = np.argsort(m["jaccard"])[:50]
+    moved = pd.DataFrame({"#": order, "text": [c.texts[i] for i in order], "label": [c.labels[i] for i in order],
+                          "kept": np.round(m["jaccard"][order], 2)})
+    note = (f"{len(c):,} texts{' (sampled from ' + str(len(_corpus(corpus_name, upload))) + ')' if len(_corpus(corpus_name, upload)) > MAP_MAX else ''}; "
+            f"mean neighbour overlap (k=10) base→tuned: **{m['jaccard'].mean():.2f}**. Click a row to compare its neighbours.")
+    rows = [{"text": t, "label": l, "base_x": float(bx), "base_y": float(by), "tuned_x": float(tx), "tuned_y": float(ty),
+             "jaccard": float(j)} for t, l, (bx, by), (tx, ty), j in zip(c.texts, c.labels, m["base_xy"], m["tuned_xy"], m["jaccard"])]
+    files = _files("map", rows, _record(s, c, umap=m["params"]))
+    state = {"texts": c.texts, "nn_base": m["nn_base"].tolist(), "nn_tuned": m["nn_tuned"].tolist()}
+    return fig, moved, note, files, state
+
+
+def neighbours(state: dict | None, moved: pd.DataFrame | None, row: int) -> str:
+    """Both neighbour lists of the clicked 'what moved' row."""
+    if not state or moved is None or row is None or row >= len(moved):
+        return ""
+    i = int(moved.iloc[row]["#"])
+    t = state["texts"]
+    nb, nt = state["nn_base"][i], state["nn_tuned"][i]
+    kept = set(nb) & set(nt)
+    fmt = lambda ids: "\n".join(f"{k + 1}. {'**' if j in kept else ''}{t[j]}{'**' if j in kept else ''}" for k, j in enumerate(ids))  # noqa: E731
+    return f"#### “{t[i]}”\n\n**Base neighbours**\n\n{fmt(nb)}\n\n**Tuned neighbours**\n\n{fmt(nt)}\n\n(bold: in both)"
+
+
+# --- search ----------------------------------------------------------------------------------------
+@user_facing
+def search(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus | None, query: str, k: Any):
+    s = _side(lab, model, adapter)
+    c = _corpus(corpus_name, upload)
+    try:
+        k = int(k)
+    except (TypeError, ValueError):
+        raise UserError("k must be a whole number") from None
+    r = lab.search(s, c, _text(query, "query"), k)
+    base_rank = {i: n for n, (i, _) in enumerate(r["base"], 1)}
+    tuned_rank = {i: n for n, (i, _) in enumerate(r["tuned"] or [], 1)}
+    def table(hits, other):  # noqa: E306
+        return pd.DataFrame([{"rank": n, "score": round(sc, 3), "text": c.texts[i], "label": c.labels[i],
+                              "rank on other side": other.get(i, f">{r['k']}")} for n, (i, sc) in enumerate(hits, 1)])
+    tb = table(r["base"], tuned_rank)
+    tt = table(r["tuned"], base_rank) if r["tuned"] is not None else pd.DataFrame()
+    idx = "exact (flat)" if r["index"] == "exact" else f"{r['index']} (recall@10 vs exact {r['recall_at_10']:.3f})"
+    note = f"{r['n']:,} texts, FAISS {idx}."
+    if r["tuned"] is not None:
+        note += f" Overlap@{r['k']} between base and tuned: **{r['overlap']:.0%}**."
+    rows = [{"side": side, "rank": n, "score": sc, "text": c.texts[i]} for side, hits in
+            (("base", r["base"]), ("tuned", r["tuned"] or [])) for n, (i, sc) in enumerate(hits, 1)]
+    return tb, tt, note, _files("search", rows, _record(s, c, query=query, k=r["k"], index=r["index"]))
+
+
+# --- benchmarks ------------------------------------------------------------------------------------
+def results_table() -> pd.DataFrame:
+    """Our committed results beside the paper's (Spearman ×100)."""
+    cols: dict[str, dict[str, float]] = {}
+    for rec in load_results():
+        if rec.get("limit"):
+            continue  # subsampled runs are not comparable
+        name = rec["model"] + (" + " + Path(rec["adapter"]).name if rec.get("adapter") else " (base)")
+        cols[name] = {**rec["tasks"], "average": rec["average"]}
+    for paper, scores in PAPER_RESULTS.items():
+        cols[f"{paper} paper before"] = {t: v[0] for t, v in scores.items()}
+        cols[f"{paper} paper after"] = {t: v[1] for t, v in scores.items()}
+    rows = list(TASKS) + ["average"]
+    df = pd.DataFrame({"task": rows, **{k: [round(v[t], 2) if t in v else None for t in rows] for k, v in cols.items()}})
+    return df
+
+
+def results_chart(df: pd.DataFrame):
+    tasks = list(df["task"])
+    return plots.grouped_bars(tasks, {c: df[c].fillna(0).tolist() for c in df.columns[1:]
+                                      if "paper before" not in c})
+
+
+def training_records() -> tuple[Any, pd.DataFrame]:
+    curves, rows = {}, []
+    root = Path(__file__).resolve().parent.parent / "assets" / "adapters"
+    for p in sorted(root.glob("*/*/training.json")):
+        try:
+            rec = json.loads(p.read_text())
+        except (OSError, ValueError):
+            continue
+        name = f"{p.parent.parent.name}/{p.parent.name}"
+        t, c = rec.get("training", {}), rec.get("config", {})
+        curves[name] = t.get("loss_curve") or [[0, 0]]
+        rows.append({"adapter": name, "device": rec.get("device"), "steps": t.get("steps"),
+                     "batch": t.get("effective_contrastive_batch"), "lr": c.get("lr"), "temperature": c.get("temperature"),
+                     "LoRA r/alpha": f"{c.get('lora_r')}/{c.get('lora_alpha')}", "minutes": round((t.get("wall_seconds") or 0) / 60, 1),
+                     "sentences/s": t.get("sentences_per_second"), "STS-B dev": (rec.get("dev") or {}).get("STSBenchmark-dev"),
+                     "9-set avg": (rec.get("test") or {}).get("average")})
+    return (plots.loss_curve(curves) if curves else None), pd.DataFrame(rows)
+
+
+@user_facing
+def run_evaluation(lab: Lab, model: str, adapter: str, tasks: list[str] | None, quick: bool, progress=None):
+    from .evaluation import run_eval
+
+    tasks = [t for t in (tasks or []) if t in TASKS]
+    if not tasks:
+        raise UserError("pick at least one task")
+    s = _side(lab, model, adapter)
+    limit = 200 if quick else None
+    sides = [("base", False)] + ([("tuned", s.adapter)] if s.adapter else [])
+    out = {}
+    for n, (label, use) in enumerate(sides):
+        def cb(done, total, name, n=n, label=label):
+            if progress is not None:
+                progress((n * total + done) / (len(sides) * total), desc=f"{label}: {name}")
+        out[label] = run_eval(s.enc, tasks, limit=limit, use_adapter=use, progress=cb)
+    rows = [{"task": t, **{lab_: out[lab_]["tasks"][t] for lab_ in out}, "pairs": out["base"]["pairs"][t]} for t in tasks]
+    rows.append({"task": "average", **{lab_: out[lab_]["average"] for lab_ in out}, "pairs": None})
+    note = f"{'Quick mode: 200 random pairs per task. ' if quick else ''}{out['base']['seconds'] + out.get('tuned', {}).get('seconds', 0):.0f} s."
+    return pd.DataFrame(rows).round(2), note, _files("evaluation", rows, _record(s, results=out))
+
+
+__all__ = ["UserError", "user_facing"]
+
+
+@user_facing
+def embed_api(lab: Lab, model: str, adapter: str, texts: list[str], tuned: bool = True) -> dict:
+    """API: embeddings of ``texts`` (at most 256) as lists of floats, base and (if an adapter is set) tuned."""
+    if not isinstance(texts, list) or not texts:
+        raise UserError("texts must be a non-empty list of strings")
+    if len(texts) > 256:
+        raise UserError(f"{len(texts)} texts; the API embeds at most 256 per call")
+    s = _side(lab, model, adapter)
+    base, tun = lab.embed_pair_sides(s, [_text(t, f"text {i + 1}", 20_000) for i, t in enumerate(texts)])
+    return {"model": model, "adapter": s.label, "dim": int(base.shape[1]), "base": base.round(6).tolist(),
+            "tuned": tun.round(6).tolist() if (tun is not None and tuned) else None}
+
+
+def how_it_works(template: str) -> str:
+    """The teaching notes with numbers from the committed results and training records."""
+    recs = load_results()
+    base = next((r for r in recs if r["model"] == "smollm2-135m" and not r.get("adapter") and not r.get("limit")), None)
+    tuned = next((r for r in recs if r["model"] == "smollm2-135m" and r.get("adapter") and not r.get("limit")), None)
+    fmt = lambda r, t: f"{r['tasks'][t]:.1f}" if r and t in r.get("tasks", {}) else "(not yet measured)"  # noqa: E731
+    aniso = (base or {}).get("random_pair_cosine")
+    tuned_line = (f"After training, STSBenchmark rises from {fmt(base, 'STSBenchmark')} to **{fmt(tuned, 'STSBenchmark')}**"
+                  f" and the 9-set average from {base['average']:.1f} to **{tuned['average']:.1f}**"
+                  if base and tuned else "Pick an adapter and compare the tabs.")
+    if tuned and tuned.get("random_pair_cosine") is not None:
+        tuned_line += f"; random pairs drop to a mean cosine of **{tuned['random_pair_cosine']:.2f}**."
+    else:
+        tuned_line += "."
+    return template.format(dim=576, aniso_base=f"{aniso:.2f}" if aniso is not None else "0.9 (measure it in the Pairs tab)",
+                           base_stsb=fmt(base, "STSBenchmark"), model="SmolLM2-135M", tuned_line=tuned_line,
+                           lora_note="about 0.46M trainable parameters for SmolLM2-135M, 0.3% of the model")
