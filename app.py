@@ -169,6 +169,11 @@ def build(lab: Lab) -> gr.Blocks:
             return views.embed_api(lab, model, adapter, texts, tuned)
 
         gr.api(gradio_errors(embed), api_name="embed")
+        def status_api() -> str:
+            """Background warm-up progress ('Ready: …' when done)."""
+            return lab.status_line() or "starting"
+
+        gr.api(status_api, api_name="status")
         timer = gr.Timer(2.0)
         timer.tick(lambda: lab.status_line(), None, [status], api_visibility="private", show_progress="hidden")
         demo.load(lambda: lab.status_line(), None, [status], api_visibility="private")

@@ -267,7 +267,9 @@ def main(cfg: Config, load=load_encoder) -> int:
     record["dev"] = run_eval(tuned, ["STSBenchmark-dev"], progress=True)["tasks"]
     tasks = [t for t in cfg.eval_tasks if t != "STSBenchmark-dev"]
     if tasks:
-        record["test"] = run_eval(tuned, tasks, limit=cfg.eval_limit or None, progress=True)
+        # the same record format as `python -m embedlab eval`, so it can go under assets/results as is
+        record["test"] = {**run_eval(tuned, tasks, limit=cfg.eval_limit or None, progress=True),
+                          "trained_on": acc.device.type}
     write_json_atomic(out / "training.json", record)
     shutil.rmtree(ckpt, ignore_errors=True)
     acc.print(f"saved {out}: STSBenchmark dev {record['dev']['STSBenchmark-dev']:.2f}"

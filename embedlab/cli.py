@@ -55,6 +55,17 @@ def _models(_: argparse.Namespace) -> int:
     return 0
 
 
+def _report(args: argparse.Namespace) -> int:
+    from .report import markdown_table, results_frame, update_readme
+
+    if args.readme:
+        changed = update_readme(args.readme)
+        print(f"{args.readme}: results table {'updated' if changed else 'already current'}")
+    else:
+        print(markdown_table(results_frame()))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -70,6 +81,9 @@ def main(argv: list[str] | None = None) -> int:
     e.set_defaults(fn=_eval)
     m = sub.add_parser("models", help="list registered models and whether they load here")
     m.set_defaults(fn=_models)
+    r = sub.add_parser("report", help="results table (ours beside the paper's) from assets/results")
+    r.add_argument("--readme", type=Path, help="rewrite the table between the results markers of this file")
+    r.set_defaults(fn=_report)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)

@@ -32,7 +32,6 @@ from .sts import spearman100
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = ROOT / "runs"
-RESULTS_DIR = ROOT / "assets" / "results"
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
 NONE = "none"
 
@@ -286,17 +285,4 @@ def _device_tag(path: Path) -> str:
         return ""
 
 
-def load_results() -> list[dict]:
-    """Every committed evaluation record under assets/results (sorted by file name)."""
-    out = []
-    for p in sorted(RESULTS_DIR.glob("*.json")):
-        try:
-            rec = json.loads(p.read_text())
-            rec["_file"] = p.name
-            out.append(rec)
-        except (OSError, ValueError):
-            log.warning("unreadable result file %s", p)
-    return out
-
-
-__all__ = ["Lab", "Side", "InputError", "AdapterError", "load_results", "NONE", "MAP_MAX"]
+__all__ = ["Lab", "Side", "InputError", "AdapterError", "NONE", "MAP_MAX"]

@@ -23,11 +23,12 @@ from .cache import CacheBusy
 from .cache import corpus_sha256
 from .corpora import BUILTINS, Corpus, InputError, builtin, parse_corpus, parse_pairs
 from .encode import TextError
-from .lab import MAP_MAX, NONE, Lab, Side, load_results
+from .lab import MAP_MAX, NONE, Lab, Side
+from .report import load_results, results_frame
 from .loading import ModelUnavailableError
 from .nli import DataError
 from .provenance import environment
-from .registry import MODELS, PAPER_RESULTS, UnknownModelError, available_models
+from .registry import MODELS, UnknownModelError, available_models
 from .sts import TASKS, load_task
 
 log = logging.getLogger(__name__)
@@ -273,18 +274,7 @@ def search(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus 
 # --- benchmarks ------------------------------------------------------------------------------------
 def results_table() -> pd.DataFrame:
     """Our committed results beside the paper's (Spearman ×100)."""
-    cols: dict[str, dict[str, float]] = {}
-    for rec in load_results():
-        if rec.get("limit"):
-            continue  # subsampled runs are not comparable
-        name = rec["model"] + (" + " + Path(rec["adapter"]).name if rec.get("adapter") else " (base)")
-        cols[name] = {**rec["tasks"], "average": rec["average"]}
-    for paper, scores in PAPER_RESULTS.items():
-        cols[f"{paper} paper before"] = {t: v[0] for t, v in scores.items()}
-        cols[f"{paper} paper after"] = {t: v[1] for t, v in scores.items()}
-    rows = list(TASKS) + ["average"]
-    df = pd.DataFrame({"task": rows, **{k: [round(v[t], 2) if t in v else None for t in rows] for k, v in cols.items()}})
-    return df
+    return results_frame()
 
 
 def results_chart(df: pd.DataFrame):

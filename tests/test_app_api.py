@@ -1,0 +1,85 @@
+"""Every endpoint of the running app through gradio_client, plus bad input over the API."""
+import time
+
+import pytest
+from gradio_client import Client, handle_file
+
+pytestmark = pytest.mark.integration
+M = "smollm2-135m"
+
+
+@pytest.fixture(scope="module")
+def client(app_server):
+    return Client(app_server.url, verbose=False)
+
+
+def retry_busy(fn, timeout=600):
+    """Built-in corpora are embedded in the background at start-up; a busy corpus answers 'try again'."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            return fn()
+        except Exception as e:
+            if "being computed right now" not in str(e) or time.time() > deadline:
+                raise
+            time.sleep(3)
+
+
+def test_endpoints_are_all_named(client):
+    names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
+    assert {"/pairs", "/example", "/batch_pairs", "/anisotropy", "/upload_corpus", "/map", "/search", "/evaluate",
+            "/embed", "/adapters", "/model_card"} <= names
+
+
+def test_pairs_example_embed(client):
+    out = client.predict(M, "none", "A man is playing a guitar.", "A man plays the guitar.", api_name="/pairs")
+    assert "base smollm2-135m" in out
+    s1, s2, note = client.predict(api_name="/example")
+    assert s1 and s2 and "Human similarity" in note
+    emb = client.predict(M, "none", ["hello", "world"], True, api_name="/embed")
+    assert emb["dim"] == 576 and len(emb["base"]) == 2 and emb["tuned"] is None
+
+
+def test_adapters_and_card(client):
+    upd = client.predict(M, api_name="/adapters")
+    assert upd is not None
+    card = client.predict(M, "none", api_name="/model_card")
+    assert "SmolLM2" in card
+
+
+def test_batch_pairs_and_anisotropy(client):
+    text = "A man plays guitar.\tA man is playing a guitar.\t4.8\nA dog runs.\tThe stock market fell.\t0.0\nA woman cooks.\tA lady is cooking.\t4.5"
+    df, fig, summary, files = client.predict(M, "none", text, None, api_name="/batch_pairs")
+    assert "Spearman" in summary and len(files) == 2
+    note, plot = retry_busy(lambda: client.predict(M, "none", api_name="/anisotropy"))
+    assert "Mean cosine" in note
+
+
+def test_upload_map_search_evaluate(client, tmp_path):
+    corpus = tmp_path / "mine.txt"
+    corpus.write_text("\n".join(["The cat sleeps on the sofa.", "A kitten naps on the couch.", "Stocks fell sharply today.",
+                                 "The market dropped this morning.", "It will rain tomorrow.", "Expect showers tomorrow."]))
+    state, note = client.predict(handle_file(str(corpus)), api_name="/upload_corpus")
+    assert "6 texts" in note
+    fig, moved, note, files, _ = retry_busy(lambda: client.predict(M, "none", "topics", None, "a football match", api_name="/map"))
+    assert "mean neighbour overlap" in note and len(files) == 2
+    base, tuned, note, files = retry_busy(lambda: client.predict(M, "none", "topics", None, "the weather tomorrow", 5, api_name="/search"))
+    assert "FAISS" in note and len(base["data"]) == 5
+    df, note, files = client.predict(M, "none", ["STS17"], True, api_name="/evaluate")
+    assert "Quick mode" in note and df["data"][0][0] == "STS17"
+
+
+@pytest.mark.parametrize("args,api,msg", [
+    ((M, "none", "", "x"), "/pairs", "sentence A is empty"),
+    ((M, "none", "x" * 5000, "y"), "/pairs", "limit"),
+    (("gpt-17", "none", "a", "b"), "/pairs", "gpt-17"),
+    ((M, "/etc", "a", "b"), "/pairs", "outside the allowed adapter folders"),
+    ((M, "none", "no tab here", None), "/batch_pairs", "two sentences"),
+    ((M, "none", "topics", None, "", 5), "/search", "query is empty"),
+    ((M, "none", [], True), "/evaluate", "pick at least one task"),
+])
+def test_bad_input_gets_a_message_and_the_app_survives(client, app_server, args, api, msg):
+    with pytest.raises(Exception) as e:
+        client.predict(*args, api_name=api)
+    assert msg in str(e.value) and "Traceback" not in str(e.value)
+    assert app_server.alive()

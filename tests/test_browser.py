@@ -1,0 +1,75 @@
+"""The app in headless Debian Chromium: every tab, visible results, no console errors, screenshots."""
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.browser]
+SHOTS = Path(__file__).resolve().parent / "screenshots"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--no-first-run", "--disable-sync"]
+
+
+@pytest.fixture(scope="module")
+def page(app_server):
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
+        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
+        pg.console_errors = []
+        pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
+        pg.goto(app_server.url)
+        pg.wait_for_selector("text=embedlab", timeout=60_000)
+        yield pg
+        browser.close()
+
+
+def test_pairs_tab(page):
+    page.get_by_role("button", name="Compare").click()
+    page.wait_for_selector("text=base smollm2-135m", timeout=120_000)
+    page.get_by_role("button", name="Load an STSBenchmark example").click()
+    page.wait_for_selector("text=Human similarity score", timeout=60_000)
+    page.get_by_role("button", name="Measure random-pair cosines").click()
+    page.wait_for_selector("text=/Mean cosine of|being computed/", timeout=600_000)
+    page.screenshot(path=str(SHOTS / "pairs.png"), full_page=True)
+
+
+def test_map_tab(page):
+    page.get_by_role("tab", name="Map").click()
+    page.get_by_role("button", name="Draw the maps").click()
+    page.wait_for_selector("text=mean neighbour overlap", timeout=600_000)
+    page.locator("text=She chopped").first.wait_for(timeout=30_000)
+    page.screenshot(path=str(SHOTS / "map.png"), full_page=True)
+
+
+def test_search_tab(page):
+    page.get_by_role("tab", name="Search").click()
+    page.get_by_label("Corpus").last.click()
+    page.get_by_role("option", name=re.compile("Topics demo")).click()
+    page.get_by_role("button", name="Search", exact=True).click()
+    page.wait_for_selector("text=FAISS exact", timeout=600_000)
+    page.screenshot(path=str(SHOTS / "search.png"), full_page=True)
+
+
+def test_benchmarks_and_how_it_works(page):
+    page.get_by_role("tab", name="Benchmarks").click()
+    page.wait_for_selector("text=MiniCPM-2B paper after", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "benchmarks.png"), full_page=True)
+    page.get_by_role("tab", name="How it works").click()
+    page.wait_for_selector("text=Contrastive fine-tuning (InfoNCE)", timeout=30_000)
+    page.screenshot(path=str(SHOTS / "how_it_works.png"), full_page=True)
+
+
+def test_bad_input_shows_a_message_not_a_trace(page):
+    page.get_by_role("tab", name="Pairs").click()
+    page.get_by_label("Sentence A").fill("   ")
+    page.get_by_role("button", name="Compare").click()
+    page.wait_for_selector("text=sentence A is empty", timeout=60_000)
+    assert page.locator("text=Traceback").count() == 0
+
+
+def test_no_console_errors(page):
+    errors = [e for e in page.console_errors if "favicon" not in e]
+    assert not errors, errors
