@@ -128,6 +128,35 @@ def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history:
     shutil.rmtree(old, ignore_errors=True)
 
 
+def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positives: list[str], negatives: list[str],
+                     cfg: Config, device: torch.device, backward=lambda loss: loss.backward(), no_sync=None) -> float:
+    """Forward + backward of one InfoNCE step on this process's B triplets (no optimiser step).
+
+    ``embed(batch) -> (n, d)`` normalised embeddings with graph. Returns the global loss.
+    """
+    B, W = len(anchors), world_size()
+    ids, _ = tokenize(tok, spec, anchors + positives + negatives, cfg.max_length)
+    # Length-bucketed chunks: sentences of similar length share a forward pass (little padding).
+    order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
+    chunk = cfg.chunk_size or len(ids)
+    chunks = [collate([ids[i] for i in order[j : j + chunk]], pad_id, spec.causal, device)
+              for j in range(0, len(order), chunk)]
+    inverse = torch.empty(len(order), dtype=torch.long)
+    inverse[torch.tensor(order)] = torch.arange(len(order))
+
+    def loss_fn(reps: torch.Tensor) -> torch.Tensor:
+        e = reps[inverse.to(reps.device)]  # back to (anchors, positives, negatives) order
+        # x W: DDP averages gradients over W processes (see embedlab.loss.distributed_info_nce)
+        return distributed_info_nce(e[:B], e[B : 2 * B], e[2 * B :], cfg.temperature) * W
+
+    if cfg.chunk_size:
+        loss = grad_cache_step(embed, chunks, loss_fn, device, no_sync=no_sync)
+    else:
+        loss = loss_fn(torch.cat([embed(c) for c in chunks]))
+        backward(loss)
+    return float(loss.detach()) / W
+
+
 def peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
@@ -200,28 +229,9 @@ def main(cfg: Config, load=load_encoder) -> int:
     for step in bar:
         idx = batch_indices(step, len(data), global_batch, cfg.seed)
         idx = idx[acc.process_index * cfg.batch_size : (acc.process_index + 1) * cfg.batch_size]
-        B = len(idx)
-        texts = [data.anchor[i] for i in idx] + [data.positive[i] for i in idx] + [data.negative[i] for i in idx]
-        ids, _ = tokenize(tok, spec, texts, cfg.max_length)
-        # Length-bucketed chunks: sentences of similar length share a forward pass (little padding).
-        order = sorted(range(len(ids)), key=lambda i: len(ids[i]))
-        chunk = cfg.chunk_size or len(ids)
-        chunks = [collate([ids[i] for i in order[j : j + chunk]], enc.pad_id, spec.causal, acc.device)
-                  for j in range(0, len(order), chunk)]
-        inverse = torch.empty(len(order), dtype=torch.long)
-        inverse[torch.tensor(order)] = torch.arange(len(order))
-
-        def loss_fn(reps: torch.Tensor) -> torch.Tensor:
-            e = reps[inverse.to(reps.device)]  # back to (anchors, positives, negatives) order
-            return distributed_info_nce(e[:B], e[B : 2 * B], e[2 * B :], cfg.temperature) * W
-
-        if cfg.chunk_size:
-            loss = grad_cache_step(embed, chunks, loss_fn, acc.device, no_sync=lambda: acc.no_sync(model))
-        else:
-            loss = loss_fn(torch.cat([embed(c) for c in chunks]))
-            acc.backward(loss)
-            loss = loss.detach()
-        loss_value = float(loss) / W
+        loss_value = contrastive_step(embed, tok, spec, enc.pad_id, [data.anchor[i] for i in idx],
+                                      [data.positive[i] for i in idx], [data.negative[i] for i in idx], cfg, acc.device,
+                                      backward=acc.backward, no_sync=lambda: acc.no_sync(model))
         if not math.isfinite(loss_value):
             optimizer.zero_grad(set_to_none=True)
             where = f"{ckpt} (step {history[-1][0] if history else 0})" if ckpt.exists() else "none written yet"

@@ -179,14 +179,14 @@ class Encoder:
     def adapter_mode(self, use_adapter: bool | str = True) -> Iterator[None]:
         """Run the block with the adapter on (True / a name) or off (False)."""
         with self.lock:
-            if not self.adapters or use_adapter is False:
-                if self.adapters:
+            name = self.active_adapter if use_adapter is True else (use_adapter or None)
+            if name is None or not self.adapters:
+                if self.adapters:  # adapters are loaded: switch them off for this block
                     with self.model.disable_adapter():
                         yield
                 else:
                     yield
                 return
-            name = self.active_adapter if use_adapter is True else use_adapter
             if name not in self.adapters:
                 raise KeyError(f"adapter {name!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
             if self.model.active_adapter != name:

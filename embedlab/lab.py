@@ -26,7 +26,7 @@ from .corpora import Corpus, InputError, builtin
 from .encode import Encoder, validate_texts
 from .loading import attach_adapter, cache_root, load_encoder
 from .projection import AlignedUMAP, neighbour_overlap, place_by_neighbours
-from .registry import DEFAULT_MODEL, MODELS, get_spec
+from .registry import DEFAULT_MODEL, MODELS, get_spec, hub_reachable
 from .sts import spearman100
 
 log = logging.getLogger(__name__)
@@ -34,6 +34,22 @@ ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = ROOT / "runs"
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
 NONE = "none"
+HUB_PREFIX = "hub:"
+
+
+def hub_adapter_dir(key: str, repo: str) -> Path:
+    """Download (or find in the HF cache) one of the registry's published adapters for ``key``.
+
+    Only repositories the registry lists are fetched; the files then go through the
+    same validation as any adapter (safetensors only, matching base model).
+    """
+    if repo not in MODELS[key].hub_adapters:
+        raise AdapterError(f"{repo} is not a published adapter for {key}")
+    if not hub_reachable():
+        raise AdapterError(f"{repo} needs the Hugging Face Hub, which is not reachable from this machine")
+    from huggingface_hub import snapshot_download
+
+    return Path(snapshot_download(repo, allow_patterns=["adapter_config.json", "adapter_model.safetensors", "*.bin"]))
 
 
 def adapter_roots() -> list[Path]:
@@ -104,6 +120,8 @@ class Lab:
                                     str(cfg.parent.relative_to(ROOT))))
                 except (OSError, ValueError):
                     continue
+        if MODELS[key].hub_adapters and hub_reachable():
+            out += [(f"{repo} (Hugging Face Hub)", HUB_PREFIX + repo) for repo in MODELS[key].hub_adapters]
         return out + [("none (base model only)", NONE)]
 
     def side(self, key: str, adapter: str | None) -> Side:
@@ -111,6 +129,8 @@ class Lab:
         enc = self.encoder(key)
         if not adapter or adapter == NONE:
             return Side(enc, None)
+        if adapter.startswith(HUB_PREFIX):
+            return Side(enc, attach_adapter(enc, hub_adapter_dir(key, adapter[len(HUB_PREFIX):]), activate=False).name)
         path = Path(adapter)
         if not path.is_absolute():
             path = ROOT / path

@@ -212,7 +212,8 @@ def upload_corpus(file: str | None) -> tuple[Corpus, str]:
 @user_facing
 def draw_map(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus | None, queries: str | None):
     s = _side(lab, model, adapter)
-    m = lab.map(s, _corpus(corpus_name, upload))
+    full = _corpus(corpus_name, upload)
+    m = lab.map(s, full)
     c: Corpus = m["corpus"]
     q = None
     if queries and queries.strip():
@@ -224,7 +225,7 @@ def draw_map(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpu
     order = np.argsort(m["jaccard"])[:50]
     moved = pd.DataFrame({"#": order, "text": [c.texts[i] for i in order], "label": [c.labels[i] for i in order],
                           "kept": np.round(m["jaccard"][order], 2)})
-    note = (f"{len(c):,} texts{' (sampled from ' + str(len(_corpus(corpus_name, upload))) + ')' if len(_corpus(corpus_name, upload)) > MAP_MAX else ''}; "
+    note = (f"{len(c):,} texts{f' (a seeded sample of {len(full):,})' if len(full) > MAP_MAX else ''}; "
             f"mean neighbour overlap (k=10) base→tuned: **{m['jaccard'].mean():.2f}**. Click a row to compare its neighbours.")
     rows = [{"text": t, "label": l, "base_x": float(bx), "base_y": float(by), "tuned_x": float(tx), "tuned_y": float(ty),
              "jaccard": float(j)} for t, l, (bx, by), (tx, ty), j in zip(c.texts, c.labels, m["base_xy"], m["tuned_xy"], m["jaccard"])]

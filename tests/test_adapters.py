@@ -110,3 +110,11 @@ def test_adapter_with_wrong_shapes_refused_at_attach(tmp_path):
     enc = tiny_encoder("bert")  # BERT spec: base check fails first
     with pytest.raises(AdapterError):
         attach_adapter(enc, tmp_path / "ad")
+
+
+def test_inactive_adapter_means_base(adapter_dir):
+    enc = tiny_encoder("llama")
+    base = enc.encode(SENTS)
+    attach_adapter(enc, adapter_dir, activate=False)
+    assert enc.active_adapter is None
+    assert np.allclose(enc.encode(SENTS), base, atol=1e-6)  # use_adapter=True with none active -> base

@@ -150,3 +150,15 @@ def test_results_table_has_paper_columns_and_ours():
 def test_sts_example_is_a_real_pair():
     a, b, note = views.sts_example(seed=1)
     assert a and b and "/ 5" in note
+
+
+def test_hub_adapters_only_from_the_registry_and_only_online(lab, monkeypatch):
+    with pytest.raises(views.UserError, match="not a published adapter"):
+        views.compare(lab, M, "hub:someone/anything", "a", "b")
+    import embedlab.lab as L
+
+    monkeypatch.setitem(L.MODELS, M, __import__("dataclasses").replace(L.MODELS[M], hub_adapters=("org/ad",)))
+    monkeypatch.setattr(L, "hub_reachable", lambda: False)
+    with pytest.raises(views.UserError, match="not reachable"):
+        views.compare(lab, M, "hub:org/ad", "a", "b")
+    assert all(not v.startswith("hub:") for _, v in lab.adapter_choices(M))
