@@ -56,7 +56,7 @@ def _source_id(spec: ModelSpec) -> str:
     """Identifies the source weights without hashing them (package name + version + file)."""
     src = spec.source
     version = importlib.metadata.version(src.dist)
-    return f"{src.dist}=={version}:{src.path or src.function}"
+    return f"{src.dist}=={version}:{src.path or src.function}:tokenizer={spec.gguf_tokenizer}"
 
 
 def _write_manifest(folder: Path, source: str) -> None:
@@ -89,7 +89,12 @@ def convert_gguf(spec: ModelSpec, out_dir: Path) -> Path:
     path = gguf_file(spec)
     t0 = time.perf_counter()
     log.info("converting %s (one time, slow)", path.name)
-    tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    if spec.gguf_tokenizer == "spm_bpe":
+        from .gguf_tokenizer import spm_bpe_tokenizer
+
+        tok = spm_bpe_tokenizer(path)
+    else:
+        tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))

@@ -57,6 +57,7 @@ class ModelSpec:
     base_ids: tuple[str, ...] = ()  # names an adapter's base_model_name_or_path may carry
     hub_adapters: tuple[str, ...] = ()  # published adapters for this base
     paper_key: str | None = None  # column of PAPER_RESULTS for this model
+    gguf_tokenizer: Literal["transformers", "spm_bpe"] = "transformers"  # how a GGUF's tokenizer is rebuilt
     notes: str = ""
     tags: tuple[str, ...] = field(default_factory=tuple)
 
@@ -100,6 +101,8 @@ MODELS: dict[str, ModelSpec] = {
             eos_token="<eos>",
             add_bos=True,
             base_ids=("gemma3-270m", "google/gemma-3-270m"),
+            # transformers' GGUF converter gives a character-level tokenizer for this file
+            gguf_tokenizer="spm_bpe",
             notes="170M of its 268M parameters are the token embeddings.",
         ),
         ModelSpec(

