@@ -80,7 +80,6 @@ def main() -> None:
 
     t_ours = timed_steps(ours, args.steps, dev)
     peak_ours = torch.cuda.max_memory_allocated(dev) / 2**30 if dev.type == "cuda" else float("nan")
-    del model, enc
     print(f"device: {device_name(dev)}; {args.model}; {B} triplets/step ({3 * B} sentences)")
     print(f"embedlab train step : {3 * B / t_ours:9.1f} sentences/s ({t_ours:.2f} s/step, chunk {args.chunk_size}, peak {peak_ours:.1f} GiB)")
     if args.skip_naive:

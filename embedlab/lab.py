@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import index as faiss_index
-from .adapters import ADAPTERS_DIR, AdapterError, inspect_adapter, shipped_adapters
+from .adapters import ADAPTERS_DIR, AdapterError, shipped_adapters
 from .cache import EmbeddingCache, embedding_key
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder, validate_texts
