@@ -41,7 +41,7 @@ def build(vectors: np.ndarray, kind: str = "auto", exact_max: int = EXACT_MAX, h
         idx.hnsw.efConstruction = 80
         idx.hnsw.efSearch = ef_search
     elif kind == "ivf":
-        nlist = nlist or max(1, int(4 * np.sqrt(n)))
+        nlist = nlist or max(1, int(np.sqrt(n)))  # ~sqrt(N) lists: FAISS guidance for up to ~1M vectors
         idx = faiss.IndexIVFFlat(faiss.IndexFlatIP(d), d, nlist, faiss.METRIC_INNER_PRODUCT)
         idx.train(x[np.random.default_rng(0).choice(n, size=min(n, 64 * nlist), replace=False)])
         idx.nprobe = nprobe
