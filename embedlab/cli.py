@@ -66,6 +66,21 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_data(args: argparse.Namespace) -> int:
+    from .nli import build_snli_triplets, write_triplets
+    from .provenance import write_json_atomic
+
+    rows, counts = build_snli_triplets()
+    sha = write_triplets(rows, args.out)
+    meta = {"file": args.out.name, "rows": len(rows), "sha256": sha, **counts,
+            "built_from": "SNLI 1.0 dev+test (SentEval format): every entailment x contradiction pair per premise, "
+                          "minus triplets containing a sentence of any evaluation set (letters+digits comparison)",
+            "licence": "SNLI 1.0: CC BY-SA 4.0"}
+    write_json_atomic(args.out.with_suffix(".json"), meta)
+    print(f"wrote {args.out}: {len(rows):,} triplets ({counts['dropped_overlap']} dropped for evaluation overlap), sha256 {sha}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -84,6 +99,9 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="results table (ours beside the paper's) from assets/results")
     r.add_argument("--readme", type=Path, help="rewrite the table between the results markers of this file")
     r.set_defaults(fn=_report)
+    b = sub.add_parser("build-data", help="build the SNLI training triplets CSV")
+    b.add_argument("--out", type=Path, default=Path("assets/data/NLI/snli_all_triplets.csv"))
+    b.set_defaults(fn=_build_data)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)
