@@ -63,11 +63,11 @@ def main() -> None:
         results = {
             "pair compare": (timed(lambda i: c.predict("smollm2-135m", adapter, QUERIES[i % 6], QUERIES[(i + 1) % 6],
                                                          api_name="/pairs"), args.n), 200),
-            "search 10K (incl. query encoding)": (timed(lambda i: c.predict("smollm2-135m", adapter, "stsb", None,
+            "search 10K (incl. query encoding)": (timed(lambda i: c.predict("smollm2-135m", adapter, "stsb",
                                                                          QUERIES[i % 6] + f" {i}", 10, api_name="/search"), args.n), 300),
-            "map view from cache (topics)": (timed(lambda i: c.predict("smollm2-135m", adapter, "topics", None, "",
+            "map view from cache (topics)": (timed(lambda i: c.predict("smollm2-135m", adapter, "topics", "",
                                                                     api_name="/map"), max(5, args.n // 3)), 1500),
-            "map view from cache (stsb 2K sample)": (timed(lambda i: c.predict("smollm2-135m", adapter, "stsb", None, "",
+            "map view from cache (stsb 2K sample)": (timed(lambda i: c.predict("smollm2-135m", adapter, "stsb", "",
                                                                             api_name="/map"), max(5, args.n // 3)), 1500),
         }
         for name, (ms, goal) in results.items():

@@ -59,11 +59,11 @@ def test_upload_map_search_evaluate(client, tmp_path):
     corpus = tmp_path / "mine.txt"
     corpus.write_text("\n".join(["The cat sleeps on the sofa.", "A kitten naps on the couch.", "Stocks fell sharply today.",
                                  "The market dropped this morning.", "It will rain tomorrow.", "Expect showers tomorrow."]))
-    state, note = client.predict(handle_file(str(corpus)), api_name="/upload_corpus")
+    note = client.predict(handle_file(str(corpus)), api_name="/upload_corpus")  # gr.State outputs stay on the server
     assert "6 texts" in note
-    fig, moved, note, files, _ = retry_busy(lambda: client.predict(M, "none", "topics", None, "a football match", api_name="/map"))
+    fig, moved, note, files = retry_busy(lambda: client.predict(M, "none", "topics", "a football match", api_name="/map"))
     assert "mean neighbour overlap" in note and len(files) == 2
-    base, tuned, note, files = retry_busy(lambda: client.predict(M, "none", "topics", None, "the weather tomorrow", 5, api_name="/search"))
+    base, tuned, note, files = retry_busy(lambda: client.predict(M, "none", "topics", "the weather tomorrow", 5, api_name="/search"))
     assert "FAISS" in note and len(base["data"]) == 5
     df, note, files = client.predict(M, "none", ["STS17"], True, api_name="/evaluate")
     assert "Quick mode" in note and df["data"][0][0] == "STS17"
@@ -75,7 +75,7 @@ def test_upload_map_search_evaluate(client, tmp_path):
     (("gpt-17", "none", "a", "b"), "/pairs", "gpt-17"),
     ((M, "/etc", "a", "b"), "/pairs", "outside the allowed adapter folders"),
     ((M, "none", "no tab here", None), "/batch_pairs", "two sentences"),
-    ((M, "none", "topics", None, "", 5), "/search", "query is empty"),
+    ((M, "none", "topics", "", 5), "/search", "query is empty"),
     ((M, "none", [], True), "/evaluate", "pick at least one task"),
 ])
 def test_bad_input_gets_a_message_and_the_app_survives(client, app_server, args, api, msg):
