@@ -12,6 +12,7 @@ import os
 import threading
 
 import gradio as gr
+import pandas as pd
 
 from embedlab import views
 from embedlab.corpora import BUILTINS
@@ -111,8 +112,9 @@ def build(lab: Lab) -> gr.Blocks:
                 go_search = gr.Button("Search", variant="primary")
                 search_note = gr.Markdown()
                 with gr.Row():
-                    res_base = gr.Dataframe(label="Base", interactive=False, wrap=True)
-                    res_tuned = gr.Dataframe(label="Tuned", interactive=False, wrap=True)
+                    widths = ["8%", "12%", "52%", "14%", "14%"]
+                    res_base = gr.Dataframe(label="Base", interactive=False, wrap=True, column_widths=widths)
+                    res_tuned = gr.Dataframe(label="Tuned", interactive=False, wrap=True, column_widths=widths)
                 search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
 
             with gr.Tab("Benchmarks"):
@@ -122,7 +124,10 @@ def build(lab: Lab) -> gr.Blocks:
                 gr.Plot(views.results_chart(table))
                 loss_fig, records = views.training_records()
                 gr.Markdown("### Shipped adapters: training records")
-                gr.Dataframe(records, interactive=False)
+                if len(records):
+                    gr.Dataframe(records, interactive=False)
+                else:
+                    gr.Markdown("No adapter is shipped yet (assets/adapters/). Train one with `python train.py`.")
                 if loss_fig is not None:
                     gr.Plot(loss_fig)
                 gr.Markdown("### Run an evaluation now (selected model and adapter)")
@@ -131,7 +136,7 @@ def build(lab: Lab) -> gr.Blocks:
                     quick = gr.Checkbox(value=True, label="Quick (200 random pairs per task; CPU-friendly)")
                 go_eval = gr.Button("Evaluate")
                 eval_note = gr.Markdown()
-                eval_df = gr.Dataframe(interactive=False)
+                eval_df = gr.Dataframe(pd.DataFrame(columns=["task", "base", "tuned", "pairs"]), interactive=False)
                 eval_files = gr.File(label="Download", file_count="multiple")
 
             with gr.Tab("How it works"):

@@ -259,10 +259,11 @@ def search(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus 
     base_rank = {i: n for n, (i, _) in enumerate(r["base"], 1)}
     tuned_rank = {i: n for n, (i, _) in enumerate(r["tuned"] or [], 1)}
     def table(hits, other):  # noqa: E306
-        return pd.DataFrame([{"rank": n, "score": round(sc, 3), "text": c.texts[i], "label": c.labels[i],
-                              "rank on other side": other.get(i, f">{r['k']}")} for n, (i, sc) in enumerate(hits, 1)])
+        return pd.DataFrame([{"#": n, "cosine": round(sc, 3), "text": c.texts[i], "label": c.labels[i],
+                              "# other side": other.get(i, f">{r['k']}")} for n, (i, sc) in enumerate(hits, 1)])
     tb = table(r["base"], tuned_rank)
-    tt = table(r["tuned"], base_rank) if r["tuned"] is not None else pd.DataFrame()
+    tt = (table(r["tuned"], base_rank) if r["tuned"] is not None
+          else pd.DataFrame({"tuned": ["No adapter selected: pick one in the Adapter menu to compare."]}))
     idx = "exact (flat)" if r["index"] == "exact" else f"{r['index']} (recall@10 vs exact {r['recall_at_10']:.3f})"
     note = f"{r['n']:,} texts, FAISS {idx}."
     if r["tuned"] is not None:

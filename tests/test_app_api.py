@@ -64,7 +64,7 @@ def test_upload_map_search_evaluate(client, tmp_path):
     fig, moved, note, files = retry_busy(lambda: client.predict(M, "none", "topics", "a football match", api_name="/map"))
     assert "mean neighbour overlap" in note and len(files) == 2
     base, tuned, note, files = retry_busy(lambda: client.predict(M, "none", "topics", "the weather tomorrow", 5, api_name="/search"))
-    assert "FAISS" in note and len(base["data"]) == 5
+    assert "FAISS" in note and len(base["data"]) == 5 and "No adapter selected" in str(tuned["data"])
     df, note, files = client.predict(M, "none", ["STS17"], True, api_name="/evaluate")
     assert "Quick mode" in note and df["data"][0][0] == "STS17"
 

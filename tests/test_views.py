@@ -124,7 +124,7 @@ def test_map_search_and_neighbours(lab, adapter, tmp_path):
     assert np.allclose(fig.data[0].x, fig2.data[0].x)
     tb, tt, note, files = views.search(lab, M, adapter, "upload", corpus, "a dog is running in the park", 5)
     assert len(tb) == 5 and len(tt) == 5 and "Overlap@5" in note and "exact" in note
-    assert (np.diff(tb["score"]) <= 1e-6).all()
+    assert (np.diff(tb["cosine"]) <= 1e-6).all()
     with pytest.raises(views.UserError, match="upload a .txt"):
         views.search(lab, M, adapter, "upload", None, "x", 5)
     with pytest.raises(views.UserError, match="query is empty"):
