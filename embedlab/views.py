@@ -351,11 +351,11 @@ def how_it_works(template: str) -> str:
     aniso = (base or {}).get("random_pair_cosine")
     tuned_line = (f"After training, STSBenchmark rises from {fmt(base, 'STSBenchmark')} to **{fmt(tuned, 'STSBenchmark')}**"
                   f" and the 9-set average from {base['average']:.1f} to **{tuned['average']:.1f}**"
-                  if base and tuned else "Pick an adapter and compare the tabs.")
+                  if base and tuned else "Pick an adapter and compare the tabs")
     if tuned and tuned.get("random_pair_cosine") is not None:
         tuned_line += f"; random pairs drop to a mean cosine of **{tuned['random_pair_cosine']:.2f}**."
     else:
         tuned_line += "."
-    return template.format(dim=576, aniso_base=f"{aniso:.2f}" if aniso is not None else "0.9 (measure it in the Pairs tab)",
+    return template.format(dim=576, aniso_base=f"{aniso:.2f}" if aniso is not None else "0.9",
                            base_stsb=fmt(base, "STSBenchmark"), model="SmolLM2-135M", tuned_line=tuned_line,
                            lora_note="about 0.46M trainable parameters for SmolLM2-135M, 0.3% of the model")
