@@ -98,7 +98,8 @@ def build(lab: Lab) -> gr.Blocks:
                     with gr.Column(scale=3):
                         moved = gr.Dataframe(label="What moved: texts whose 10 nearest neighbours changed most "
                                              "(kept = Jaccard overlap of base and tuned neighbours)",
-                                             interactive=False, wrap=True, column_widths=["8%", "62%", "18%", "12%"])
+                                             interactive=False, wrap=True, column_widths=["8%", "62%", "18%", "12%"],
+                                             elem_id="moved")
                     with gr.Column(scale=2):
                         moved_detail = gr.Markdown("Click a row to see its neighbours under base and tuned.")
                 map_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")

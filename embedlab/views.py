@@ -224,7 +224,7 @@ def draw_map(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpu
     fig = plots.twin_maps(m["base_xy"], m["tuned_xy"], c.texts, c.labels, (f"base {model}", tuned_title), q)
     order = np.argsort(m["jaccard"])[:50]
     moved = pd.DataFrame({"#": order, "text": [c.texts[i] for i in order], "label": [c.labels[i] for i in order],
-                          "kept": np.round(m["jaccard"][order], 2)})
+                          "kept": [round(float(j), 2) for j in m["jaccard"][order]]})
     note = (f"{len(c):,} texts{f' (a seeded sample of {len(full):,})' if len(full) > MAP_MAX else ''}; "
             f"mean neighbour overlap (k=10) base→tuned: **{m['jaccard'].mean():.2f}**. Click a row to compare its neighbours.")
     rows = [{"text": t, "label": l, "base_x": float(bx), "base_y": float(by), "tuned_x": float(tx), "tuned_y": float(ty),

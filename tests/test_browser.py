@@ -33,6 +33,7 @@ def test_pairs_tab(page):
     page.wait_for_selector("text=Human similarity score", timeout=60_000)
     page.get_by_role("button", name="Measure random-pair cosines").click()
     page.wait_for_selector("text=/Mean cosine of|being computed/", timeout=600_000)
+    page.wait_for_timeout(1500)  # let plotly draw before the screenshot
     page.screenshot(path=str(SHOTS / "pairs.png"), full_page=True)
 
 
@@ -40,7 +41,10 @@ def test_map_tab(page):
     page.get_by_role("tab", name="Map").click()
     page.get_by_role("button", name="Draw the maps").click()
     page.wait_for_selector("text=mean neighbour overlap", timeout=600_000)
-    page.locator("text=She chopped").first.wait_for(timeout=30_000)
+    cell = page.locator("#moved [role=gridcell]").nth(1)
+    cell.wait_for(timeout=30_000)
+    cell.click()  # a 'what moved' row -> both neighbour lists
+    page.wait_for_selector("text=Base neighbours", timeout=60_000)
     page.screenshot(path=str(SHOTS / "map.png"), full_page=True)
 
 
