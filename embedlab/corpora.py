@@ -98,9 +98,10 @@ def decode_upload(data: bytes | str, what: str = "file") -> str:
     return text
 
 
-def _clean(s: str) -> str:
-    # control characters other than tab break tokenisers' whitespace handling and the table display
-    return "".join(ch for ch in s if ch >= " " or ch == "\t").strip()
+def clean_text(s: str, keep: str = "\t") -> str:
+    """Drop control characters (except those in ``keep``) and strip: they break tokenisers' whitespace
+    handling and the table display."""
+    return "".join(ch for ch in s if ch >= " " or ch in keep).strip()
 
 
 def parse_corpus(data: bytes | str, filename: str = "upload.txt") -> Corpus:
@@ -113,10 +114,10 @@ def parse_corpus(data: bytes | str, filename: str = "upload.txt") -> Corpus:
             raise InputError(f"malformed CSV: {e}") from None
         if not rows or "text" not in rows[0]:
             raise InputError("a CSV corpus needs a header row with a 'text' column (and optionally 'label')")
-        texts = [_clean(r.get("text") or "") for r in rows]
-        labels = [_clean(r.get("label") or "") or "-" for r in rows]
+        texts = [clean_text(r.get("text") or "") for r in rows]
+        labels = [clean_text(r.get("label") or "") or "-" for r in rows]
     else:
-        texts = [_clean(line) for line in text.splitlines()]
+        texts = [clean_text(line) for line in text.splitlines()]
         labels = ["-"] * len(texts)
     keep = [(t, l) for t, l in zip(texts, labels) if t]
     if len(keep) < 4:
@@ -144,9 +145,9 @@ def parse_pairs(data: bytes | str) -> tuple[list[str], list[str], list[float] | 
         raise InputError(f"found {len(rows):,} pairs; the limit is {MAX_PAIRS:,}")
     s1, s2, gold = [], [], []
     for i, r in enumerate(rows, 1):
-        if len(r) < 2 or not _clean(r[0]) or not _clean(r[1]):
+        if len(r) < 2 or not clean_text(r[0]) or not clean_text(r[1]):
             raise InputError(f"line {i}: expected two sentences separated by a tab (or CSV s1,s2[,gold])")
-        a, b = _clean(r[0]), _clean(r[1])
+        a, b = clean_text(r[0]), clean_text(r[1])
         if max(len(a), len(b)) > MAX_CHARS:
             raise InputError(f"line {i}: a sentence longer than {MAX_CHARS:,} characters")
         s1.append(a); s2.append(b)  # noqa: E702

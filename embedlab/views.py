@@ -21,7 +21,7 @@ from . import plots
 from .adapters import AdapterError
 from .cache import CacheBusy
 from .cache import corpus_sha256
-from .corpora import BUILTINS, Corpus, InputError, builtin, parse_corpus, parse_pairs
+from .corpora import BUILTINS, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs
 from .encode import TextError
 from .lab import MAP_MAX, NONE, Lab, Side
 from .report import load_results, results_frame
@@ -63,7 +63,7 @@ def user_facing(fn: Callable) -> Callable:
 def _text(value: Any, what: str, max_chars: int = MAX_QUERY_CHARS) -> str:
     if not isinstance(value, str):
         raise UserError(f"{what} must be text")
-    value = "".join(ch for ch in value if ch >= " " or ch in "\t\n").strip()
+    value = clean_text(value, keep="\t\n")
     if not value:
         raise UserError(f"{what} is empty")
     if len(value) > max_chars:
