@@ -200,16 +200,18 @@ def main(cfg: Config, load=load_encoder) -> int:
     model, optimizer = acc.prepare(model, optimizer)
 
     start, history = 0, []
-    if cfg.resume and (ckpt / "state.pt").is_file():
-        state = torch.load(ckpt / "state.pt", weights_only=True)
-        set_peft_model_state_dict(acc.unwrap_model(model), load_file(str(ckpt / "adapter_model.safetensors")))
+    # A kill between save_checkpoint's two renames leaves only checkpoint.old: it is just as good.
+    found = [c for c in (ckpt, ckpt.with_name(ckpt.name + ".old")) if (c / "state.pt").is_file()]
+    if cfg.resume and found:
+        state = torch.load(found[0] / "state.pt", weights_only=True)
+        set_peft_model_state_dict(acc.unwrap_model(model), load_file(str(found[0] / "adapter_model.safetensors")))
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["rng_cpu"])
         if state["rng_cuda"]:
             torch.cuda.set_rng_state_all(state["rng_cuda"])
         start, history = state["step"], state["history"]
-        acc.print(f"resumed from {ckpt} at step {start}")
+        acc.print(f"resumed from {found[0]} at step {start}")
 
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)

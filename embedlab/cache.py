@@ -2,7 +2,10 @@
 
 Chunks make a long embedding job resumable (a killed run keeps the chunks it
 finished) and let a corrupt or half-written file be detected and recomputed
-instead of silently served.
+instead of silently served. Three tiers, looked up in order: recently used
+arrays in memory, the user's cache folder, then read-only *seed* folders
+(``assets/cache``: float16 copies of the built-in corpora's vectors shipped with
+the repository, so a first visit does not wait for 2 CPU cores to embed 10K texts).
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import json
 import logging
 import os
 import tempfile
+import shutil
 import threading
+from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -78,11 +83,23 @@ class EmbeddingCache:
     computing the same vectors twice.
     """
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, seeds: Sequence[Path] = (), memory_bytes: int = 512 << 20) -> None:
         self.root = Path(root)
+        self.seeds = [Path(p) for p in seeds]
+        self.memory_bytes = memory_bytes
+        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()  # key -> read-only (N, d) float32
         self._locks: dict[str, threading.Lock] = {}
         self._progress: dict[str, str] = {}
         self._guard = threading.Lock()
+
+    def _remember(self, key: str, arr: np.ndarray) -> np.ndarray:
+        arr.flags.writeable = False  # shared between requests: nobody may change it in place
+        with self._guard:
+            self._memory[key] = arr
+            self._memory.move_to_end(key)
+            while sum(a.nbytes for a in self._memory.values()) > self.memory_bytes and self._memory:
+                self._memory.popitem(last=False)
+        return arr
 
     def get_or_compute(
         self,
@@ -91,30 +108,47 @@ class EmbeddingCache:
         use_adapter: bool | str = True,
         progress: Callable[[int, int], None] | None = None,
         wait: bool = True,
+        sha: str | None = None,
     ) -> np.ndarray:
-        """Embeddings of ``texts`` (float32, (N, d)), computing only the chunks not yet cached."""
+        """Embeddings of ``texts`` (float32, (N, d)), computing only the chunks not yet cached.
+
+        ``sha``: :func:`corpus_sha256` of ``texts`` when the caller knows it (hashing 10K texts costs 20 ms).
+        """
         texts = list(texts)
-        key = embedding_key(enc, use_adapter, corpus_sha256(texts))
+        key = embedding_key(enc, use_adapter, sha or corpus_sha256(texts))
         with self._guard:
+            if key in self._memory:
+                self._memory.move_to_end(key)
+                return self._memory[key]
             lock = self._locks.setdefault(key, threading.Lock())
         if not lock.acquire(blocking=wait):
             raise CacheBusy(f"these embeddings are being computed right now ({self._progress.get(key, 'starting')}); "
                             "try again in a moment")
         try:
-            return self._get_or_compute(enc, texts, use_adapter, progress, key)
+            return self._remember(key, self._get_or_compute(enc, texts, use_adapter, progress, key))
         finally:
             self._progress.pop(key, None)
             lock.release()
 
+    def peek(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
+             sha: str | None = None) -> np.ndarray | None:
+        """The cached embeddings of ``texts`` if every chunk is already cached, else None (never computes)."""
+        texts = list(texts)
+        key = embedding_key(enc, use_adapter, sha or corpus_sha256(texts))
+        with self._guard:
+            if key in self._memory:
+                return self._memory[key]
+        arr = self._get_or_compute(enc, texts, use_adapter, None, key, compute=False)
+        return None if arr is None else self._remember(key, arr)
+
     def _get_or_compute(self, enc: Encoder, texts: list[str], use_adapter: bool | str,
-                        progress: Callable[[int, int], None] | None, key: str) -> np.ndarray:
+                        progress: Callable[[int, int], None] | None, key: str, compute: bool = True) -> np.ndarray | None:
         folder = self.root / key
-        folder.mkdir(parents=True, exist_ok=True)
+        if compute:
+            folder.mkdir(parents=True, exist_ok=True)
         manifest_path = folder / "manifest.json"
-        try:
-            manifest = json.loads(manifest_path.read_text())
-        except (OSError, ValueError):
-            manifest = {}
+        manifest = _read_manifest(manifest_path)
+        seeds = [(d / key, _read_manifest(d / key / "manifest.json")) for d in self.seeds]
         parts = []
         n_chunks = (len(texts) + CHUNK - 1) // CHUNK
         for c in range(n_chunks):
@@ -124,7 +158,14 @@ class EmbeddingCache:
             name = f"part-{c:05d}.npy"
             lo, hi = c * CHUNK, min(len(texts), (c + 1) * CHUNK)
             arr = _load_checked(folder / name, manifest[name]) if name in manifest else None
+            for seed_dir, seed_manifest in seeds:
+                if arr is None and name in seed_manifest:
+                    arr = _load_checked(seed_dir / name, seed_manifest[name])
+                    if arr is None:
+                        log.warning("seed chunk %s/%s is corrupt; ignoring it", seed_dir.name, name)
             if arr is None or arr.shape != (hi - lo, enc.dim):
+                if not compute:
+                    return None
                 if name in manifest:
                     log.warning("cache chunk %s/%s is corrupt; recomputing", folder.name, name)
                 arr = np.concatenate([enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=use_adapter)
@@ -135,6 +176,32 @@ class EmbeddingCache:
         if progress:
             progress(len(texts), len(texts))
         return np.concatenate(parts).astype(np.float32, copy=False)
+
+    def export(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str, out_root: Path) -> str:
+        """Copy one key's vectors, computing them if needed, to ``out_root/<key>`` as float16 chunks.
+
+        float16 halves what the repository carries; its rounding (~5e-4 relative) moves
+        cosines by ~1e-5, far below any difference the app shows. Returns the key.
+        """
+        texts = list(texts)
+        vecs = self.get_or_compute(enc, texts, use_adapter=use_adapter)
+        key = embedding_key(enc, use_adapter, corpus_sha256(texts))
+        folder = Path(out_root) / key
+        shutil.rmtree(folder, ignore_errors=True)
+        folder.mkdir(parents=True)
+        manifest = {}
+        for c, lo in enumerate(range(0, len(texts), CHUNK)):
+            name = f"part-{c:05d}.npy"
+            manifest[name] = _save_npy_atomic(folder / name, vecs[lo : lo + CHUNK].astype(np.float16))
+        _write_manifest(folder / "manifest.json", manifest)
+        return key
+
+
+def _read_manifest(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:

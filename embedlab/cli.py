@@ -1,4 +1,4 @@
-"""Command line: ``python -m embedlab eval|models``."""
+"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache``."""
 from __future__ import annotations
 
 import argparse
@@ -81,6 +81,15 @@ def _build_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _build_cache(args: argparse.Namespace) -> int:
+    from .lab import Lab
+
+    files = Lab(device=args.device).export_seeds(args.model, out=args.out)
+    size = sum(f.stat().st_size for f in files)
+    print(f"wrote {len(files)} files, {size / 2**20:.1f} MiB, under {args.out}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -102,6 +111,12 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build-data", help="build the SNLI training triplets CSV")
     b.add_argument("--out", type=Path, default=Path("assets/data/NLI/snli_all_triplets.csv"))
     b.set_defaults(fn=_build_data)
+    c = sub.add_parser("build-cache", help="precompute the built-in corpora's vectors and maps the app ships "
+                                           "(run after a shipped adapter changes)")
+    c.add_argument("--model", default="smollm2-135m")
+    c.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "assets" / "cache")
+    c.add_argument("--device", help="cpu, cuda ... (default: cpu)", default="cpu")
+    c.set_defaults(fn=_build_cache)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)

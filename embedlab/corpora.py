@@ -33,13 +33,19 @@ class Corpus:
     def __len__(self) -> int:
         return len(self.texts)
 
+    def sample_indices(self, n: int, seed: int = 0) -> list[int]:
+        """Sorted positions of a seeded sample of at most n texts."""
+        if n >= len(self):
+            return list(range(len(self)))
+        import numpy as np
+
+        return sorted(np.random.default_rng(seed).choice(len(self), size=n, replace=False).tolist())
+
     def head(self, n: int, seed: int = 0) -> "Corpus":
         """A seeded sample of at most n texts (label mix kept), e.g. to fit a map."""
         if n >= len(self):
             return self
-        import numpy as np
-
-        idx = sorted(np.random.default_rng(seed).choice(len(self), size=n, replace=False).tolist())
+        idx = self.sample_indices(n, seed)
         return Corpus(f"{self.name} ({n} of {len(self)})", tuple(self.texts[i] for i in idx),
                       tuple(self.labels[i] for i in idx), self.description)
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import faiss
 import numpy as np
 
+from .compute import on_compute_thread
+
 EXACT_MAX = 50_000
 
 
@@ -24,7 +26,7 @@ class Index:
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
         """(Q, d) float32 -> scores (Q, k) and ids (Q, k); ids are -1 where fewer than k exist."""
         q = np.ascontiguousarray(queries, dtype=np.float32)
-        return self.index.search(q, min(k, self.n))
+        return on_compute_thread(lambda: self.index.search(q, min(k, self.n)))
 
 
 def build(vectors: np.ndarray, kind: str = "auto", exact_max: int = EXACT_MAX, hnsw_m: int = 32,

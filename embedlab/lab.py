@@ -10,6 +10,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ from . import index as faiss_index
 from .adapters import ADAPTERS_DIR, AdapterError, shipped_adapters
 from .cache import EmbeddingCache, embedding_key
 from .corpora import Corpus, InputError, builtin
-from .encode import Encoder, validate_texts
+from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
 from .projection import AlignedUMAP, neighbour_overlap, place_by_neighbours
 from .registry import DEFAULT_MODEL, MODELS, get_spec, hub_reachable
@@ -31,6 +32,8 @@ from .sts import spearman100
 log = logging.getLogger(__name__)
 ROOT = Path(__file__).resolve().parent.parent
 RUNS_DIR = ROOT / "runs"
+SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
+WARM_CORPORA = ("topics", "snli", "stsb")
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
 NONE = "none"
 HUB_PREFIX = "hub:"
@@ -75,9 +78,12 @@ class Side:
 class Lab:
     """Bounded caches of models, embeddings, indexes and maps, shared by all users."""
 
-    def __init__(self, cache_dir: Path | None = None, max_models: int = 2, device: str | None = "cpu") -> None:
+    def __init__(self, cache_dir: Path | None = None, max_models: int = 2, device: str | None = "cpu",
+                 seed_dir: Path | None = SEED_DIR) -> None:
         self.cache_dir = Path(cache_dir or cache_root())
-        self.embeddings = EmbeddingCache(self.cache_dir / "embeddings")
+        self.seed_dir = Path(seed_dir) if seed_dir else None
+        self.embeddings = EmbeddingCache(self.cache_dir / "embeddings",
+                                         seeds=[self.seed_dir / "embeddings"] if self.seed_dir else [])
         self.max_models = max_models
         self.device = device
         self._models: OrderedDict[str, Encoder] = OrderedDict()
@@ -85,6 +91,7 @@ class Lab:
         self._lock = threading.Lock()
         self._indexes: OrderedDict[str, faiss_index.Index] = OrderedDict()
         self._maps: OrderedDict[str, dict] = OrderedDict()
+        self._attached: dict[tuple, str] = {}  # (model, adapter path, file stats) -> loaded adapter name
         self.status: dict[str, str] = {}  # background work, shown in the UI
 
     # --- models and adapters -------------------------------------------------------------------
@@ -133,24 +140,40 @@ class Lab:
         path = Path(adapter)
         if not path.is_absolute():
             path = ROOT / path
+        try:  # already validated and attached, and the files unchanged since: skip re-reading them
+            sig = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()))
+        except OSError:
+            sig = None
+        memo = (key, str(path), sig)
+        if sig is not None and self._attached.get(memo) in enc.adapters:
+            return Side(enc, self._attached[memo])
         info = attach_adapter(enc, path, allowed_roots=adapter_roots(), activate=False)
+        self._attached[memo] = info.name
         return Side(enc, info.name)
 
     # --- embeddings ------------------------------------------------------------------------------
     def embed_pair_sides(self, s: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        texts = validate_texts(texts)
-        base = s.enc.encode(texts, use_adapter=False)
-        tuned = s.enc.encode(texts, use_adapter=s.adapter) if s.adapter else None
-        return base, tuned
+        return s.enc.encode_sides(texts, s.adapter)
 
     def corpus_vectors(self, s: Side, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
                        wait: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Base and tuned vectors of a corpus (cached). ``wait=False``: a corpus another request is
         embedding right now raises CacheBusy with its progress instead of blocking this request."""
-        base = self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=False, progress=progress, wait=wait)
-        tuned = (self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=s.adapter, progress=progress, wait=wait)
-                 if s.adapter else None)
+        kw = {"progress": progress, "wait": wait, "sha": corpus.sha256}
+        base = self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=False, **kw)
+        tuned = self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=s.adapter, **kw) if s.adapter else None
         return base, tuned
+
+    def _sample_vectors(self, s: Side, full: Corpus, sample: Corpus) -> tuple[np.ndarray, np.ndarray | None]:
+        """Vectors of a map's sample: rows of the whole corpus's when those are cached already
+        (the 10K search corpus), else the sample embedded on its own (a fresh 50K upload)."""
+        if sample is not full:
+            fb = self.embeddings.peek(s.enc, full.texts, use_adapter=False, sha=full.sha256)
+            ft = self.embeddings.peek(s.enc, full.texts, use_adapter=s.adapter, sha=full.sha256) if s.adapter else None
+            if fb is not None and (ft is not None or not s.adapter):
+                idx = full.sample_indices(len(sample))
+                return fb[idx], (ft[idx] if ft is not None else None)
+        return self.corpus_vectors(s, sample)
 
     # --- views --------------------------------------------------------------------------------
     def compare_pair(self, s: Side, a: str, b: str) -> dict:
@@ -219,25 +242,24 @@ class Lab:
 
     def map(self, s: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> dict:
         """Aligned UMAP layouts (base, tuned) + per-text neighbour overlap; cached on disk."""
-        corpus = corpus.head(MAP_MAX)
-        base, tuned = self.corpus_vectors(s, corpus)
+        full, corpus = corpus, corpus.head(MAP_MAX)
+        base, tuned = self._sample_vectors(s, full, corpus)
         tuned_for_fit = base if tuned is None else tuned  # no adapter: both panels show the base model
-        key = hashlib.sha256("|".join([embedding_key(s.enc, False, corpus.sha256),
-                                       embedding_key(s.enc, s.adapter or False, corpus.sha256),
-                                       f"umap15-0.1-{seed}-k{k}"]).encode()).hexdigest()[:24]
+        key = self.map_key(s, corpus, k, seed)
         with self._lock:
             if key in self._maps:
                 return self._maps[key]
         path = self.cache_dir / "maps" / f"{key}.npz"
         m = None
-        if path.is_file():
-            try:
-                z = np.load(path, allow_pickle=False)
-                m = {k_: z[k_] for k_ in ("base_xy", "tuned_xy", "jaccard", "nn_base", "nn_tuned")}
-                m["params"] = json.loads(str(z["params"]))
-            except (OSError, ValueError, KeyError):
-                log.warning("map cache %s unreadable; recomputing", path.name)
-                m = None
+        for candidate in [path] + ([self.seed_dir / "maps" / path.name] if self.seed_dir else []):
+            if m is None and candidate.is_file():
+                try:
+                    z = np.load(candidate, allow_pickle=False)
+                    m = {k_: z[k_] for k_ in ("base_xy", "tuned_xy", "jaccard", "nn_base", "nn_tuned")}
+                    m["params"] = json.loads(str(z["params"]))
+                except (OSError, ValueError, KeyError):
+                    log.warning("map cache %s unreadable; recomputing", candidate)
+                    m = None
         if m is None:
             um = AlignedUMAP(seed=seed).fit(base, tuned_for_fit, same=tuned is None)
             jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
@@ -254,6 +276,13 @@ class Lab:
                 self._maps.popitem(last=False)
         return m
 
+    @staticmethod
+    def map_key(s: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> str:
+        """Cache key of one map: both sides' embedding keys plus the projection settings."""
+        return hashlib.sha256("|".join([embedding_key(s.enc, False, corpus.sha256),
+                                        embedding_key(s.enc, s.adapter or False, corpus.sha256),
+                                        f"umap15-0.1-{seed}-k{k}"]).encode()).hexdigest()[:24]
+
     def place_queries(self, s: Side, m: dict, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         qb, qt = self.embed_pair_sides(s, queries)
         pb = place_by_neighbours(qb, m["base_vecs"], m["base_xy"])
@@ -261,31 +290,58 @@ class Lab:
         return pb, pt
 
     # --- start-up -----------------------------------------------------------------------------
-    def warm(self, key: str = DEFAULT_MODEL, corpora: Sequence[str] = ("topics", "snli", "stsb")) -> None:
-        """Load the default model + first shipped adapter and build the built-in corpora's caches."""
+    def prepare(self, key: str = DEFAULT_MODEL, corpora: Sequence[str] = WARM_CORPORA) -> Side:
+        """Load ``key`` + its first adapter and make the built-in corpora's vectors, maps and indexes ready."""
+        self.status["model"] = f"loading {key}…"
+        s = self.side(key, self.adapter_choices(key)[0][1])
+        self.status["model"] = "ready"
+        self.status["anisotropy"] = "embedding"
+        self.anisotropy(s)
+        self.status["anisotropy"] = "ready"
+        for name in corpora:
+            c = builtin(name)
+
+            def prog(done: int, total: int, name: str = name) -> None:
+                self.status[name] = f"embedding {done:,}/{total:,}"
+
+            self.corpus_vectors(s, c, progress=prog, wait=True)
+            self.status[name] = "building map…"
+            self.map(s, c)
+            self.index_for(s, c, tuned=False)
+            if s.adapter:
+                self.index_for(s, c, tuned=True)
+            self.status[name] = "ready"
+        return s
+
+    def warm(self, key: str = DEFAULT_MODEL, corpora: Sequence[str] = WARM_CORPORA) -> None:
+        """:meth:`prepare` in a background thread: failures are reported in the status line, never raised."""
         try:
-            self.status["model"] = f"loading {key}…"
-            choices = self.adapter_choices(key)
-            s = self.side(key, choices[0][1])
-            self.status["model"] = "ready"
-            self.status["anisotropy"] = "embedding"
-            self.anisotropy(s)
-            self.status["anisotropy"] = "ready"
-            for name in corpora:
-                c = builtin(name)
-
-                def prog(done: int, total: int, name: str = name) -> None:
-                    self.status[name] = f"embedding {done:,}/{total:,}"
-
-                self.corpus_vectors(s, c, progress=prog, wait=True)
-                self.status[name] = "building map…"
-                self.map(s, c)
-                if len(c) > 1000:
-                    self.index_for(s, c, tuned=False)
-                self.status[name] = "ready"
+            self.prepare(key, corpora)
         except Exception as e:  # background thread: report, never crash the app
             log.exception("warm-up failed")
             self.status["error"] = f"warm-up failed: {e}"
+
+    def export_seeds(self, key: str = DEFAULT_MODEL, corpora: Sequence[str] = WARM_CORPORA,
+                     out: Path = SEED_DIR) -> list[Path]:
+        """Write what :meth:`prepare` builds (vectors as float16, maps) to ``out``, replacing what was there.
+
+        Run by ``python -m embedlab build-cache`` after an adapter changes; returns the files written.
+        """
+        from .evaluation import anisotropy_texts
+
+        s = self.prepare(key, corpora)
+        out = Path(out)
+        for sub in ("embeddings", "maps"):
+            shutil.rmtree(out / sub, ignore_errors=True)
+        texts = [anisotropy_texts(0)] + [builtin(n).texts for n in corpora]
+        for t in texts:
+            for side in ([False, s.adapter] if s.adapter else [False]):
+                self.embeddings.export(s.enc, t, side, out / "embeddings")
+        (out / "maps").mkdir(parents=True, exist_ok=True)
+        for name in corpora:
+            mk = self.map_key(s, builtin(name).head(MAP_MAX))
+            shutil.copyfile(self.cache_dir / "maps" / f"{mk}.npz", out / "maps" / f"{mk}.npz")
+        return sorted(p for p in out.rglob("*") if p.is_file())
 
     def status_line(self) -> str:
         if not self.status:

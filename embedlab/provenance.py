@@ -1,6 +1,7 @@
 """What produced a result: library versions and the device, for every record we write."""
 from __future__ import annotations
 
+import functools
 import importlib.metadata
 import json
 import os
@@ -24,13 +25,19 @@ def device_name(device: torch.device | str | None = None) -> str:
 
 def environment(device: torch.device | str | None = None) -> dict[str, Any]:
     """Python, library versions and device, as a JSON-ready dict."""
+    return {"python": platform.python_version(), "device": device_name(device), "libraries": dict(_versions())}
+
+
+@functools.lru_cache(maxsize=1)
+def _versions() -> dict[str, str | None]:
+    """Installed versions of LIBRARIES (reading package metadata costs ~25 ms, so once per process)."""
     versions = {}
     for lib in LIBRARIES:
         try:
             versions[lib] = importlib.metadata.version(lib)
         except importlib.metadata.PackageNotFoundError:
             versions[lib] = None
-    return {"python": platform.python_version(), "device": device_name(device), "libraries": versions}
+    return versions
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:

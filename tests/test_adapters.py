@@ -118,3 +118,18 @@ def test_inactive_adapter_means_base(adapter_dir):
     attach_adapter(enc, adapter_dir, activate=False)
     assert enc.active_adapter is None
     assert np.allclose(enc.encode(SENTS), base, atol=1e-6)  # use_adapter=True with none active -> base
+
+
+def test_base_and_tuned_in_one_pass_equal_separate_passes(adapter_dir):
+    enc = tiny_encoder("llama")
+    attach_adapter(enc, adapter_dir)
+    name = enc.active_adapter
+    texts = ["a man is playing a guitar", "the dog", "a woman is eating food in the park today"]
+    base, tuned = enc.encode_sides(texts, name)
+    assert np.allclose(base, enc.encode(texts, use_adapter=False), atol=1e-5)
+    assert np.allclose(tuned, enc.encode(texts, use_adapter=name), atol=1e-5)
+    assert not np.allclose(base, tuned, atol=1e-3)
+    b2, none = enc.encode_sides(texts, None)
+    assert none is None and np.allclose(b2, base, atol=1e-5)
+    with pytest.raises(KeyError):
+        enc.encode_sides(texts, "not-loaded")

@@ -167,3 +167,67 @@ def test_snli_triplets_exclude_evaluation_sentences():
     banned = evaluation_sentences()
     assert len(t) > 6000
     assert not any(normalise(s) in banned for s in t.anchor + t.positive + t.negative)
+
+
+KILLABLE = """
+import sys, time
+sys.path[:0] = [{root!r}, {tests!r}]
+import train
+from embedlab.loading import attach_adapter
+from tiny import tiny_encoder
+
+def load(key, adapter=None, device=None, max_length=None):
+    enc = tiny_encoder("llama", max_length=max_length)
+    if adapter is not None:
+        attach_adapter(enc, adapter)
+    return enc
+
+real = train.contrastive_step
+train.contrastive_step = lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1]  # slow enough to be killed mid-run
+cfg = train.Config(**{cfg!r})
+sys.exit(train.main(cfg, load=load))
+"""
+
+
+def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, triplets):
+    """A real SIGKILL (no cleanup, no exception handlers) after the first checkpoint, then --resume."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    from safetensors.torch import load_file
+
+    kw = dict(model="tiny-llama", data=str(triplets), out=str(tmp_path / "killed"), steps=12, batch_size=16,
+              chunk_size=12, lr=3e-3, warmup_steps=2, log_every=5, ckpt_every=4, eval_tasks=[], max_length=32,
+              device="cpu")
+    root = Path(__file__).resolve().parent.parent
+    script = tmp_path / "run.py"
+    script.write_text(KILLABLE.format(root=str(root), tests=str(root / "tests"), cfg=kw))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    ckpt = tmp_path / "killed" / "checkpoint" / "state.pt"
+    deadline = time.time() + 120
+    while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    assert proc.poll() is None, proc.stdout.read().decode()
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
+
+    resumed = subprocess.run([sys.executable, "-c", KILLABLE.format(root=str(root), tests=str(root / "tests"),
+                                                                   cfg={**kw, "resume": True})],
+                             capture_output=True, text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resumed from" in resumed.stdout
+    full = cfg(tmp_path / "full", triplets, steps=12, ckpt_every=4, eval_tasks=[])
+    assert train.main(full, load=tiny_load) == 0
+    a = load_file(str(tmp_path / "full/out/adapter_model.safetensors"))
+    b = load_file(str(tmp_path / "killed/adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-4), k
+    rec = json.loads((tmp_path / "killed/training.json").read_text())
+    assert rec["training"]["resumed_at"] in (4, 8) and len(rec["training"]["loss_curve"]) == 12
