@@ -30,11 +30,12 @@ import torch
 from tqdm.auto import tqdm
 
 from embedlab.encode import collate, embed_batch, tokenize
-from embedlab.loading import load_encoder
+from embedlab.loading import ModelUnavailableError, load_encoder
 from embedlab.loss import distributed_info_nce, grad_cache_step, world_size
-from embedlab.nli import read_triplets
+from embedlab.nli import DataError, read_triplets
 from embedlab.provenance import device_name, environment, write_json_atomic
-from embedlab.sts import TASKS
+from embedlab.registry import UnknownModelError
+from embedlab.sts import EXTRA_TASKS, TASKS
 
 
 @dataclass
@@ -69,6 +70,34 @@ class Config:
     device: str = ""  # "" = accelerate's choice
 
 
+_TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list[str]": (list,)}
+
+
+def _read_config_file(path: str, ap: argparse.ArgumentParser) -> dict:
+    """A JSON object of Config fields, each of its declared type; anything else ends in ap.error (exit 2)."""
+    try:
+        base = json.loads(Path(path).read_text(encoding="utf-8"))
+    except OSError as e:
+        ap.error(f"cannot read {path}: {e.strerror}")
+    except (ValueError, UnicodeDecodeError) as e:
+        ap.error(f"{path} is not a JSON file ({str(e)[:120]})")
+    if not isinstance(base, dict):
+        ap.error(f"{path} must hold a JSON object of settings, not {type(base).__name__}")
+    fields = {f.name: f.type for f in dataclasses.fields(Config)}
+    unknown = set(base) - set(fields)
+    if unknown:
+        ap.error(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
+    for name, value in base.items():
+        ok = isinstance(value, _TYPES[fields[name]]) and (fields[name] == "bool" or not isinstance(value, bool))
+        if fields[name] == "list[str]":
+            ok = ok and all(isinstance(v, str) for v in value)
+        if fields[name] == "float" and ok:
+            ok = math.isfinite(value)
+        if not ok:
+            ap.error(f"{path}: {name} must be {fields[name]}, got {json.dumps(value)[:60]}")
+    return base
+
+
 def parse_config(argv: list[str] | None = None) -> Config:
     """Flags from the dataclass, optionally on top of a JSON file (--config)."""
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -83,16 +112,22 @@ def parse_config(argv: list[str] | None = None) -> Config:
             ap.add_argument(flag, type={"int": int, "float": float}.get(f.type, str), default=None)
     args = vars(ap.parse_args(argv))
     base: dict = {}
-    if args.pop("config"):
-        base = json.loads(Path(args_config := ap.parse_args(argv).config).read_text())
-        unknown = set(base) - {f.name for f in dataclasses.fields(Config)}
-        if unknown:
-            ap.error(f"{args_config}: unknown setting(s) {', '.join(sorted(unknown))}")
+    if path := args.pop("config"):
+        base = _read_config_file(path, ap)
     base.update({k: v for k, v in args.items() if v is not None})
     cfg = Config(**base)
-    for name in ("batch_size", "lora_r", "max_length"):
+    for name in ("batch_size", "lora_r", "lora_alpha", "max_length", "log_every"):
         if getattr(cfg, name) < 1:
             ap.error(f"--{name.replace('_', '-')} must be >= 1")
+    for name in ("steps", "warmup_steps", "chunk_size", "ckpt_every", "max_rows", "eval_limit", "seed"):
+        if getattr(cfg, name) < 0:
+            ap.error(f"--{name.replace('_', '-')} must be >= 0")
+    if not (0 <= cfg.lora_dropout < 1 and cfg.weight_decay >= 0 and cfg.epochs > 0):
+        ap.error("--lora-dropout must be in [0, 1), --weight-decay >= 0 and --epochs > 0")
+    if unknown_tasks := [t for t in cfg.eval_tasks if t not in TASKS + EXTRA_TASKS]:
+        ap.error(f"unknown evaluation task(s) {', '.join(unknown_tasks)}; known: {', '.join(TASKS + EXTRA_TASKS)}")
+    if cfg.prompt and "{s}" not in cfg.prompt:
+        ap.error('--prompt must contain {s} where the sentence goes, e.g. "{s} means: "')
     if cfg.batch_size < 2:
         ap.error("--batch-size must be >= 2 (in-batch negatives)")
     if not (cfg.temperature > 0 and cfg.lr > 0):
@@ -186,7 +221,10 @@ def main(cfg: Config, load=load_encoder) -> int:
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_targets or list(spec.lora_targets))
-    model = get_peft_model(enc.model, lora)
+    try:
+        model = get_peft_model(enc.model, lora)
+    except ValueError as e:  # e.g. --lora-targets naming modules this model does not have
+        raise DataError(f"LoRA does not fit {spec.key}: {str(e).splitlines()[0][:200]}") from None
     model.peft_config["default"].base_model_name_or_path = spec.key  # what the loader checks
     params = [p for p in model.parameters() if p.requires_grad]
 
@@ -289,5 +327,15 @@ def main(cfg: Config, load=load_encoder) -> int:
     return 0
 
 
+def cli(argv: list[str] | None = None) -> int:
+    """``python train.py ...``: bad data, model or adapter settings end in one line on stderr and exit 2."""
+    cfg = parse_config(argv)
+    try:
+        return main(cfg)
+    except (DataError, UnknownModelError, ModelUnavailableError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main(parse_config()))
+    sys.exit(cli())

@@ -14,8 +14,8 @@ import io
 import json
 import logging
 import os
-import tempfile
 import shutil
+import tempfile
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -23,12 +23,13 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from .compute import BACKGROUND
 from .encode import Encoder
 
 log = logging.getLogger(__name__)
 CHUNK = 2048  # sentences per cached file
-SLICE = 128  # sentences per encode call: the encoder's lock is released between slices so a
-#              long background job never makes an interactive request wait more than one slice
+SLICE = 128  # sentences per encode call (progress is reported per slice); the compute thread runs
+#              them at background priority, so interactive requests go first between two batches
 
 
 def corpus_sha256(texts: Sequence[str]) -> str:
@@ -168,8 +169,8 @@ class EmbeddingCache:
                     return None
                 if name in manifest:
                     log.warning("cache chunk %s/%s is corrupt; recomputing", folder.name, name)
-                arr = np.concatenate([enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=use_adapter)
-                                      for j in range(lo, hi, SLICE)])
+                arr = np.concatenate([enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=use_adapter,
+                                                 priority=BACKGROUND) for j in range(lo, hi, SLICE)])
                 manifest[name] = _save_npy_atomic(folder / name, arr)
                 _write_manifest(manifest_path, manifest)
             parts.append(arr)

@@ -6,9 +6,7 @@ EOS it is evaluated with.
 """
 from __future__ import annotations
 
-import contextlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -18,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .compute import on_compute_thread
+from .compute import INTERACTIVE, on_compute_thread
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -55,6 +53,10 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
             raise TextError(f"text {i + 1} is empty or whitespace only")
         if len(t) > MAX_TEXT_CHARS:
             raise TextError(f"text {i + 1} has {len(t):,} characters; the limit is {MAX_TEXT_CHARS:,}")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError as e:  # a lone surrogate (e.g. from JSON "\ud800"): tokenisers cannot take it
+            raise TextError(f"text {i + 1} is not valid Unicode (a lone surrogate at character {e.start + 1})") from None
     return out
 
 
@@ -152,8 +154,9 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
 class Encoder:
     """A loaded backbone (+ optional LoRA adapters) that turns texts into vectors.
 
-    Built by :func:`embedlab.loading.load_encoder`. Thread-safe: one lock guards
-    the model because switching adapters is model state.
+    Built by :func:`embedlab.loading.load_encoder`. Thread-safe: every forward pass
+    and every change of model state (switching or attaching adapters) runs on the
+    one compute thread (:mod:`embedlab.compute`), one batch at a time.
     """
 
     spec: ModelSpec
@@ -164,7 +167,7 @@ class Encoder:
     weights_dir: str = ""
     adapters: dict = field(default_factory=dict)  # name -> AdapterInfo
     active_adapter: str | None = None
-    lock: threading.RLock = field(default_factory=threading.RLock, repr=False)
+    _mode: str | None = field(default="?", repr=False)  # adapter the backbone runs now; "?" = not yet set
 
     @property
     def dim(self) -> int:
@@ -178,23 +181,24 @@ class Encoder:
         # Causal LMs often have no pad token: the EOS serves (it is masked anyway).
         return int(tok.convert_tokens_to_ids(self.spec.eos_token)) if self.spec.eos_token else 0
 
-    @contextlib.contextmanager
-    def adapter_mode(self, use_adapter: bool | str = True) -> Iterator[None]:
-        """Run the block with the adapter on (True / a name) or off (False)."""
-        with self.lock:
-            name = self.active_adapter if use_adapter is True else (use_adapter or None)
-            if name is None or not self.adapters:
-                if self.adapters:  # adapters are loaded: switch them off for this block
-                    with self.model.disable_adapter():
-                        yield
-                else:
-                    yield
-                return
-            if name not in self.adapters:
-                raise KeyError(f"adapter {name!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
+    def _check(self, name: str | None) -> str | None:
+        if name is not None and name not in self.adapters:
+            raise KeyError(f"adapter {name!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
+        return name
+
+    def _set_mode(self, name: str | None) -> None:
+        """Switch the backbone to adapter ``name`` (None = base model). Compute thread only:
+        it is model state, so it changes only between two batches that run there."""
+        if not self.adapters or name == self._mode:
+            return
+        if name is None:
+            self.model.base_model.disable_adapter_layers()
+        else:
+            if self._mode is None or self._mode == "?":
+                self.model.base_model.enable_adapter_layers()
             if self.model.active_adapter != name:
                 self.model.set_adapter(name)
-            yield
+        self._mode = name
 
     def encode(
         self,
@@ -204,6 +208,7 @@ class Encoder:
         max_tokens: int = 4096,
         progress: bool = False,
         return_report: bool = False,
+        priority: int = INTERACTIVE,
     ) -> np.ndarray | tuple[np.ndarray, EncodeReport]:
         """Texts -> float32 (N, d) L2-normalised embeddings, in input order.
 
@@ -212,11 +217,12 @@ class Encoder:
         truncated and counted in the report (and logged).
         """
         texts = validate_texts(texts)
-        with self.adapter_mode(use_adapter):
-            out, report = self._run(texts, None, batch_size, max_tokens, progress)
+        name = self._check(self.active_adapter if use_adapter is True else (use_adapter or None))
+        out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)
         return (out, report) if return_report else out
 
-    def encode_sides(self, texts: Sequence[str], adapter: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+    def encode_sides(self, texts: Sequence[str], adapter: str | None,
+                     priority: int = INTERACTIVE) -> tuple[np.ndarray, np.ndarray | None]:
         """Base and ``adapter`` embeddings of the same texts, (N, d) float32 each, in one pass.
 
         PEFT's mixed-adapter batches run each text with and without the adapter in the
@@ -225,36 +231,38 @@ class Encoder:
         """
         texts = validate_texts(texts)
         if not adapter:
-            return self.encode(texts, use_adapter=False), None
-        if adapter not in self.adapters:
-            raise KeyError(f"adapter {adapter!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
+            return self.encode(texts, use_adapter=False, priority=priority), None
+        self._check(adapter)
         n = len(texts)
-        with self.lock:
-            out, _ = self._run(texts + texts, ["__base__"] * n + [adapter] * n, 64, 4096, False)
+        out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, 64, 4096, False, priority)
         return out[:n], out[n:]
 
-    def _run(self, texts: list[str], adapter_names: list[str] | None, batch_size: int, max_tokens: int,
-             progress: bool) -> tuple[np.ndarray, EncodeReport]:
-        """The one encoding loop: tokenise, length-sorted batches, backbone, pool. Caller holds the lock."""
+    def _run(self, texts: list[str], mode: str | None, adapter_names: list[str] | None, batch_size: int,
+             max_tokens: int, progress: bool, priority: int) -> tuple[np.ndarray, EncodeReport]:
+        """The one encoding loop: tokenise, length-sorted batches, backbone, pool.
+
+        Each batch is one task on the compute thread (adapter switch + forward), so
+        work of a higher priority can run between two batches of a long job.
+        """
         t0 = time.perf_counter()
         ids, n_trunc = tokenize(self.tokenizer, self.spec, texts, self.max_length)
         if n_trunc:
             log.warning("%d of %d texts truncated to %d tokens", n_trunc, len(texts), self.max_length)
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         lengths = [len(x) for x in ids]
-        batches = list(length_batches(lengths, batch_size, max_tokens))
         bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
-        if self.model.training:  # walking ~5K modules costs 10 ms: only when something left training mode on
-            self.model.eval()
 
-        def forward_all() -> None:
+        def forward(idx: list[int]) -> None:
+            if self.model.training:  # walking ~5K modules costs 10 ms: only if something left training on
+                self.model.eval()
+            self._set_mode(mode)
+            batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
+            extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names else {}
             with torch.inference_mode():
-                for idx in batches:
-                    batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
-                    extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names else {}
-                    out[idx] = embed_batch(self.model, batch, self.spec, **extra).cpu().numpy()
-                    bar.update(len(idx))
+                out[idx] = embed_batch(self.model, batch, self.spec, **extra).cpu().numpy()
 
-        on_compute_thread(forward_all)
+        for idx in length_batches(lengths, batch_size, max_tokens):
+            on_compute_thread(lambda idx=idx: forward(idx), priority)
+            bar.update(len(idx))
         bar.close()
         return out, EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))

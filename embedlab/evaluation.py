@@ -1,16 +1,16 @@
 """Evaluate an encoder on the STS sets and produce the JSON record we commit and show."""
 from __future__ import annotations
 
+import functools
 from typing import Callable, Sequence
 
 import numpy as np
-
 from tqdm.auto import tqdm
 
+from .compute import BACKGROUND
 from .encode import Encoder
 from .provenance import environment
 from .sts import TASKS, evaluate
-
 
 ANISOTROPY_TEXTS = 1000  # STSBenchmark sentences sampled for the random-pair cosine
 
@@ -55,13 +55,13 @@ def run_eval(
             bar.set_postfix_str(name)
             bar.refresh()
 
-    result = evaluate(lambda t: enc.encode(t, use_adapter=use_adapter), tasks, limit=limit, sick=sick,
-                      progress=progress or None)
+    encode = functools.partial(enc.encode, use_adapter=use_adapter, priority=BACKGROUND)  # interactive work goes first
+    result = evaluate(encode, tasks, limit=limit, sick=sick, progress=progress or None)
     if bar is not None:
         bar.close()
     aniso = None
     if limit is None:  # full runs also record how alike random sentences look (anisotropy)
-        aniso = float(random_pair_cosines(enc.encode(list(anisotropy_texts()), use_adapter=use_adapter)).mean())
+        aniso = float(random_pair_cosines(encode(list(anisotropy_texts()))).mean())
     return {
         "model": enc.spec.key,
         "adapter": str(adapter.path) if adapter else None,

@@ -21,6 +21,7 @@ from typing import Sequence
 import torch
 
 from .adapters import AdapterError, AdapterInfo, inspect_adapter, sha256_file
+from .compute import on_compute_thread
 from .encode import Encoder
 from .registry import ModelSpec, availability, get_spec
 
@@ -176,7 +177,8 @@ def attach_adapter(
     from peft import PeftModel
 
     info = inspect_adapter(path, enc.spec, allowed_roots)
-    with enc.lock:
+
+    def attach() -> None:  # on the compute thread: it changes the model other requests are running
         if info.name not in enc.adapters:
             try:
                 if not enc.adapters:
@@ -188,7 +190,9 @@ def attach_adapter(
                 raise AdapterError(f"adapter does not fit {enc.spec.key}: {str(e).splitlines()[0][:200]}") from e
             enc.model.eval()
             enc.adapters[info.name] = info
+            enc._mode = "?"  # loading switched the model's adapter state: set it again before the next batch
         if activate:
             enc.active_adapter = info.name
-            enc.model.set_adapter(info.name)
+
+    on_compute_thread(attach)
     return info

@@ -44,7 +44,11 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 (byte {e.start})") from None
     reader = csv.DictReader(text.splitlines())
-    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    try:
+        header = reader.fieldnames or []
+    except csv.Error as e:  # e.g. a 'header' longer than the csv module's field limit
+        raise DataError(f"{path}: malformed CSV header ({e})") from None
+    missing = [c for c in COLUMNS if c not in header]
     if missing:
         raise DataError(f"{path} lacks column(s) {', '.join(missing)}; need {','.join(COLUMNS)} (found {reader.fieldnames})")
     a, pos, neg = [], [], []

@@ -19,16 +19,15 @@ import pandas as pd
 
 from . import plots
 from .adapters import AdapterError
-from .cache import CacheBusy
-from .cache import corpus_sha256
-from .corpora import BUILTINS, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs
+from .cache import CacheBusy, corpus_sha256
+from .corpora import BUILTINS, MAX_UPLOAD_BYTES, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs
 from .encode import TextError
 from .lab import MAP_MAX, NONE, Lab, Side
-from .report import load_results, results_frame
 from .loading import ModelUnavailableError
 from .nli import DataError
 from .provenance import environment
 from .registry import MODELS, UnknownModelError, available_models
+from .report import load_results, results_frame
 from .sts import TASKS, load_task
 
 log = logging.getLogger(__name__)
@@ -92,6 +91,22 @@ def _corpus(name: Any, upload: Corpus | None) -> Corpus:
     if name not in BUILTINS:
         raise UserError(f"unknown corpus {name!r}")
     return builtin(name)
+
+
+def _upload(file: Any) -> tuple[bytes, str]:
+    """An uploaded file's bytes and name, refusing what is not a readable file within the size limit."""
+    if not isinstance(file, (str, Path)) or not str(file):
+        raise UserError("no file received")
+    path = Path(file)
+    try:
+        size = path.stat().st_size
+        if not path.is_file():
+            raise UserError(f"{path.name} is not a file")
+        if size > MAX_UPLOAD_BYTES:  # checked before reading: a 2 GB upload never enters memory
+            raise UserError(f"{path.name} is {size / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB")
+        return path.read_bytes(), path.name
+    except OSError as e:
+        raise UserError(f"cannot read the uploaded file ({e.strerror})") from None
 
 
 def _files(stem: str, rows: list[dict], record: dict) -> list[str]:
@@ -168,9 +183,11 @@ def sts_example(seed: Any = None) -> tuple[str, str, str]:
 @user_facing
 def batch_pairs(lab: Lab, model: str, adapter: str, text: str | None, file: str | None):
     if file:
-        data = Path(file).read_bytes()
-    elif text and text.strip():
+        data = _upload(file)[0]
+    elif isinstance(text, str) and text.strip():
         data = text
+    elif text is not None and not isinstance(text, str):
+        raise UserError("the pairs must be text")
     else:
         raise UserError("paste pairs (one per line: sentence A <TAB> sentence B [<TAB> score]) or upload a file")
     s1, s2, gold = parse_pairs(data)
@@ -203,10 +220,8 @@ def anisotropy(lab: Lab, model: str, adapter: str):
 # --- map -------------------------------------------------------------------------------------------
 @user_facing
 def upload_corpus(file: str | None) -> tuple[Corpus, str]:
-    if not file:
-        raise UserError("no file received")
-    path = Path(file)
-    return (c := parse_corpus(path.read_bytes(), path.name)), f"Loaded **{c.name}**: {len(c):,} texts. Choose 'upload' as corpus."
+    data, name = _upload(file)
+    return (c := parse_corpus(data, name)), f"Loaded **{c.name}**: {len(c):,} texts. Choose 'upload' as corpus."
 
 
 @user_facing

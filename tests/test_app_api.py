@@ -83,3 +83,27 @@ def test_bad_input_gets_a_message_and_the_app_survives(client, app_server, args,
         client.predict(*args, api_name=api)
     assert msg in str(e.value) and "Traceback" not in str(e.value)
     assert app_server.alive()
+
+
+def test_arbitrary_text_over_the_api_gets_an_answer_or_a_message(client, app_server):
+    """Property test through gradio_client: any text (control characters, all scripts, lone surrogates,
+    1 MB) to pairs, search and embed either works or returns a clear error; the app stays up."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    text = st.one_of(st.text(st.characters(codec=None, categories=None), max_size=120),
+                     st.sampled_from(["", "   \n\t", "x" * 1_000_000, "\ud800 lone", "狗在跑 Собака 🐕 كلب", "\x00\x07\x1b[31m"]))
+
+    @given(a=text, b=text, api=st.sampled_from(["/pairs", "/search", "/embed"]))
+    @settings(max_examples=25, deadline=None, suppress_health_check=list(HealthCheck))
+    def check(a, b, api):
+        args = {"/pairs": (M, "none", a, b), "/search": (M, "none", "topics", a, 5), "/embed": (M, "none", [a, b], True)}[api]
+        try:
+            retry_busy(lambda: client.predict(*args, api_name=api))
+        except Exception as e:
+            msg = str(e)
+            assert msg and "Traceback" not in msg and "Sorry, that failed" not in msg, msg[:300]
+        assert app_server.alive()
+
+    check()
+    assert client.predict(M, "none", "a dog runs", "a dog is running", api_name="/pairs")  # still answering
