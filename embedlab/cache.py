@@ -169,8 +169,12 @@ class EmbeddingCache:
                     return None
                 if name in manifest:
                     log.warning("cache chunk %s/%s is corrupt; recomputing", folder.name, name)
-                arr = np.concatenate([enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=use_adapter,
-                                                 priority=BACKGROUND) for j in range(lo, hi, SLICE)])
+                pieces = []
+                for j in range(lo, hi, SLICE):
+                    pieces.append(enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=use_adapter, priority=BACKGROUND))
+                    if progress:
+                        progress(min(hi, j + SLICE), len(texts))
+                arr = np.concatenate(pieces)
                 manifest[name] = _save_npy_atomic(folder / name, arr)
                 _write_manifest(manifest_path, manifest)
             parts.append(arr)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import sys
 from pathlib import Path
@@ -81,6 +82,68 @@ def _build_data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _embed(args: argparse.Namespace) -> int:
+    """Embed a corpus file into a .npy, resumably: chunks land in the embedding cache as they finish.
+
+    Under ``accelerate launch`` each process embeds a contiguous shard on its own device
+    and process 0 joins the shards in order.
+    """
+    import time
+
+    import numpy as np
+    from accelerate import PartialState
+    from tqdm.auto import tqdm
+
+    from .cache import CHUNK, EmbeddingCache, corpus_sha256, embedding_key
+    from .corpora import InputError, parse_corpus
+    from .loading import ModelUnavailableError, cache_root, load_encoder
+
+    state = PartialState(cpu=args.device == "cpu")
+    try:
+        if args.corpus.stat().st_size > args.max_mib * 2**20:
+            raise InputError(f"{args.corpus} is over --max-mib {args.max_mib}")
+        corpus = parse_corpus(args.corpus.read_bytes(), args.corpus.name, max_texts=10**8, max_bytes=args.max_mib * 2**20)
+        enc = load_encoder(args.model, adapter=args.adapter, device=str(state.device))
+    except OSError as e:
+        print(f"error: cannot read {args.corpus}: {e.strerror}", file=sys.stderr)
+        return 2
+    except (InputError, UnknownModelError, ModelUnavailableError, AdapterError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    use_adapter = bool(args.adapter) and not args.base
+    with state.split_between_processes(list(corpus.texts)) as shard:
+        cache = EmbeddingCache(cache_root() / "embeddings")
+        key = embedding_key(enc, use_adapter, corpus_sha := corpus_sha256(shard))
+        manifest = cache.root / key / "manifest.json"
+        start = min(len(shard), (len(json.loads(manifest.read_text())) if manifest.is_file() else 0) * CHUNK)
+        print(f"process {state.process_index}: {len(shard):,} of {len(corpus):,} distinct texts; "
+              f"{start:,} already in the cache ({key})", flush=True)
+        bar = tqdm(total=len(shard), initial=start, unit="text", desc=f"embed {args.model} [{state.process_index}]",
+                   smoothing=0.1, position=state.process_index)
+        t0 = time.perf_counter()
+        vecs = cache.get_or_compute(enc, shard, use_adapter=use_adapter, sha=corpus_sha,
+                                    progress=lambda done, total: bar.update(max(0, done - bar.n)))
+        bar.close()
+        wall = time.perf_counter() - t0
+        part = args.out.with_name(f"{args.out.stem}.part{state.process_index}.npy")
+        part.parent.mkdir(parents=True, exist_ok=True)
+        np.save(part, vecs)
+        computed = len(shard) - start
+        print(f"process {state.process_index}: computed {computed:,} texts in {wall:.1f} s = "
+              f"{computed / wall if computed and wall > 0 else float('nan'):.1f} sentences/s on {enc.device}", flush=True)
+    state.wait_for_everyone()
+    if state.is_main_process:
+        parts = [args.out.with_name(f"{args.out.stem}.part{i}.npy") for i in range(state.num_processes)]
+        vecs = np.concatenate([np.load(p) for p in parts])
+        np.save(args.out, vecs)
+        args.out.with_suffix(".txt").write_text("\n".join(corpus.texts) + "\n", encoding="utf-8")
+        for p in parts:
+            p.unlink()
+        print(f"wrote {args.out} ({vecs.shape[0]:,} x {vecs.shape[1]} float32) and {args.out.with_suffix('.txt')} "
+              f"(the distinct texts, one per line, in row order)")
+    return 0
+
+
 def _build_cache(args: argparse.Namespace) -> int:
     from .lab import Lab
 
@@ -111,6 +174,16 @@ def main(argv: list[str] | None = None) -> int:
     b = sub.add_parser("build-data", help="build the SNLI training triplets CSV")
     b.add_argument("--out", type=Path, default=Path("assets/data/NLI/snli_all_triplets.csv"))
     b.set_defaults(fn=_build_data)
+    em = sub.add_parser("embed", help="embed a .txt (one text per line) or .csv ('text' column) corpus into a .npy; "
+                                      "resumable: rerun the same command after an interruption")
+    em.add_argument("corpus", type=Path)
+    em.add_argument("--model", default="smollm2-135m")
+    em.add_argument("--adapter", help="LoRA adapter folder; its embeddings unless --base")
+    em.add_argument("--base", action="store_true")
+    em.add_argument("--out", type=Path, required=True, help="vectors .npy (the distinct texts go beside it as .txt)")
+    em.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
+    em.add_argument("--max-mib", type=int, default=512, help="refuse larger corpus files (default 512)")
+    em.set_defaults(fn=_embed)
     c = sub.add_parser("build-cache", help="precompute the built-in corpora's vectors and maps the app ships "
                                            "(run after a shipped adapter changes)")
     c.add_argument("--model", default="smollm2-135m")

@@ -6,13 +6,15 @@ calls handlers from rotating threads, and on 2 cores the spinning teams stole th
 (a forward pass took ~250 ms instead of ~110 ms, a 10K FAISS search ~45 ms more).
 (2) Work is queued by priority, one batch at a time, so a long background job (embedding
 a corpus, an evaluation) lets an interactive request in after its current batch instead
-of after the whole job; and the model's adapter state is only touched from here.
+of after the whole job, and pauses while interactive requests keep coming; and the
+model's adapter state is only touched from here.
 """
 from __future__ import annotations
 
 import itertools
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from typing import Callable, TypeVar
 
@@ -25,15 +27,28 @@ _started = threading.Lock()
 _thread: threading.Thread | None = None
 
 
+GRACE_S = 0.25  # background work starts only after this long without interactive work
+
+
 def _loop() -> None:
+    last_interactive = 0.0
     while True:
-        _, _, fn, fut = _queue.get()
+        priority, order, fn, fut = _queue.get()
+        if priority > INTERACTIVE and (wait := last_interactive + GRACE_S - time.monotonic()) > 0:
+            # Users send requests in bursts (a click, then the next while they read). A background
+            # batch started in a gap makes the next click wait for it, so hold background work
+            # back until interactive traffic pauses; an interactive task arriving meanwhile goes first.
+            _queue.put((priority, order, fn, fut))
+            time.sleep(min(wait, 0.02))
+            continue
         if not fut.set_running_or_notify_cancel():
             continue
         try:
             fut.set_result(fn())
         except BaseException as e:  # handed to the caller, which re-raises it
             fut.set_exception(e)
+        if priority == INTERACTIVE:
+            last_interactive = time.monotonic()
 
 
 def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:

@@ -87,14 +87,14 @@ def builtin(name: str) -> Corpus:
 BUILTINS = {"topics": "Topics demo (96)", "snli": "SNLI triplets (900)", "stsb": "STSBenchmark (10K)"}
 
 
-def decode_upload(data: bytes | str, what: str = "file") -> str:
+def decode_upload(data: bytes | str, what: str = "file", max_bytes: int = MAX_UPLOAD_BYTES) -> str:
     """Bytes -> text; refuses empty, oversized, non-UTF-8 and binary input with a clear message."""
     if isinstance(data, str):
         data = data.encode("utf-8", "surrogatepass")
     if not data or not data.strip():
         raise InputError(f"the {what} is empty")
-    if len(data) > MAX_UPLOAD_BYTES:
-        raise InputError(f"the {what} is {len(data) / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB")
+    if len(data) > max_bytes:
+        raise InputError(f"the {what} is {len(data) / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:g} MiB")
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
@@ -110,9 +110,13 @@ def clean_text(s: str, keep: str = "\t") -> str:
     return "".join(ch for ch in s if ch >= " " or ch in keep).strip()
 
 
-def parse_corpus(data: bytes | str, filename: str = "upload.txt") -> Corpus:
-    """A .txt (one text per line) or .csv (column 'text', optional 'label') upload -> Corpus."""
-    text = decode_upload(data)
+def parse_corpus(data: bytes | str, filename: str = "upload.txt", max_texts: int = MAX_TEXTS,
+                 max_bytes: int = MAX_UPLOAD_BYTES) -> Corpus:
+    """A .txt (one text per line) or .csv (column 'text', optional 'label') upload -> Corpus.
+
+    The default limits are the web app's; the command line (``python -m embedlab embed``) raises them.
+    """
+    text = decode_upload(data, max_bytes=max_bytes)
     if filename.lower().endswith(".csv"):
         try:
             rows = list(csv.DictReader(io.StringIO(text)))
@@ -128,8 +132,8 @@ def parse_corpus(data: bytes | str, filename: str = "upload.txt") -> Corpus:
     keep = [(t, l) for t, l in zip(texts, labels) if t]
     if len(keep) < 4:
         raise InputError(f"found {len(keep)} non-empty text(s); a corpus needs at least 4")
-    if len(keep) > MAX_TEXTS:
-        raise InputError(f"found {len(keep):,} texts; the limit is {MAX_TEXTS:,}")
+    if len(keep) > max_texts:
+        raise InputError(f"found {len(keep):,} texts; the limit is {max_texts:,}")
     long = next((i for i, (t, _) in enumerate(keep) if len(t) > MAX_CHARS), None)
     if long is not None:
         raise InputError(f"text {long + 1} has {len(keep[long][0]):,} characters; the limit is {MAX_CHARS:,}")

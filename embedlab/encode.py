@@ -205,7 +205,7 @@ class Encoder:
         texts: Sequence[str],
         use_adapter: bool | str = True,
         batch_size: int = 64,
-        max_tokens: int = 4096,
+        max_tokens: int | None = None,
         progress: bool = False,
         return_report: bool = False,
         priority: int = INTERACTIVE,
@@ -214,8 +214,14 @@ class Encoder:
 
         ``use_adapter``: True = the active adapter (if any), False = the base model,
         a name = that loaded adapter. Texts longer than ``max_length`` tokens are
-        truncated and counted in the report (and logged).
+        truncated and counted in the report (and logged). ``max_tokens``: padded
+        tokens per batch; by default 4096, but 128 for background work on a CPU,
+        where a 4096-token batch holds the compute thread for ~5 s and an
+        interactive request would wait that long behind it (128: ~0.3 s, and
+        ~12% fewer sentences/s than 4096 on 2 cores).
         """
+        if max_tokens is None:
+            max_tokens = 128 if priority != INTERACTIVE and self.device.type == "cpu" else 4096
         texts = validate_texts(texts)
         name = self._check(self.active_adapter if use_adapter is True else (use_adapter or None))
         out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)

@@ -12,6 +12,7 @@ import logging
 import os
 import shutil
 import threading
+import zipfile
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ import numpy as np
 from . import index as faiss_index
 from .adapters import ADAPTERS_DIR, AdapterError, shipped_adapters
 from .cache import EmbeddingCache, embedding_key
+from .compute import on_compute_thread
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
@@ -228,14 +230,18 @@ class Lab:
     def search(self, s: Side, corpus: Corpus, query: str, k: int = 10) -> dict:
         """Top-k corpus texts for a query under base and tuned, with overlap@k and rank shifts."""
         k = int(max(1, min(k, 50, len(corpus))))
-        qb, qt = self.embed_pair_sides(s, [query])
         ib, _ = self.index_for(s, corpus, tuned=False)
-        sb, nb = ib.search(qb, k)
+        it = self.index_for(s, corpus, tuned=True)[0] if s.adapter else None
+
+        def query_both() -> tuple:  # one task on the compute thread: one wait behind background work, not three
+            qb, qt = self.embed_pair_sides(s, [query])
+            return ib.search(qb, k), (it.search(qt, k) if it is not None else None)
+
+        (sb, nb), tuned_hits = on_compute_thread(query_both)
         res = {"k": k, "index": ib.kind, "recall_at_10": ib.recall_at_10, "n": len(corpus),
                "base": [(int(i), float(x)) for i, x in zip(nb[0], sb[0]) if i >= 0], "tuned": None}
-        if qt is not None:
-            it, _ = self.index_for(s, corpus, tuned=True)
-            st, nt = it.search(qt, k)
+        if tuned_hits is not None:
+            st, nt = tuned_hits
             res["tuned"] = [(int(i), float(x)) for i, x in zip(nt[0], st[0]) if i >= 0]
             res["overlap"] = len({i for i, _ in res["base"]} & {i for i, _ in res["tuned"]}) / k
         return res
@@ -257,8 +263,8 @@ class Lab:
                     z = np.load(candidate, allow_pickle=False)
                     m = {k_: z[k_] for k_ in ("base_xy", "tuned_xy", "jaccard", "nn_base", "nn_tuned")}
                     m["params"] = json.loads(str(z["params"]))
-                except (OSError, ValueError, KeyError):
-                    log.warning("map cache %s unreadable; recomputing", candidate)
+                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # npz members carry a CRC
+                    log.warning("map cache %s unreadable or corrupt; recomputing", candidate)
                     m = None
         if m is None:
             um = AlignedUMAP(seed=seed).fit(base, tuned_for_fit, same=tuned is None)

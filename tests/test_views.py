@@ -162,3 +162,70 @@ def test_hub_adapters_only_from_the_registry_and_only_online(lab, monkeypatch):
     with pytest.raises(views.UserError, match="not reachable"):
         views.compare(lab, M, "hub:org/ad", "a", "b")
     assert all(not v.startswith("hub:") for _, v in lab.adapter_choices(M))
+
+
+def test_a_model_that_fails_to_load_is_reported_and_the_lab_goes_on(tmp_path, monkeypatch):
+    """The real Lab.encoder path: the loader fails (corrupt weights, missing package) -> the user reads why;
+    the next request loads again and, once the model loads, works."""
+    import embedlab.lab as lab_mod
+    from embedlab.loading import ModelUnavailableError
+
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    calls = {"n": 0}
+
+    def flaky(key, device=None):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise ModelUnavailableError(f"{key}: the cached weights are corrupt (sha256 mismatch); delete and retry")
+        return tiny_encoder("llama")
+
+    monkeypatch.setattr(lab_mod, "load_encoder", flaky)
+    with pytest.raises(views.UserError, match="cached weights are corrupt") as e:
+        views.compare(lab, M, "none", "a dog", "a cat")
+    assert "Traceback" not in str(e.value)
+    assert "base" in views.compare(lab, M, "none", "a dog", "a cat") and calls["n"] == 2
+
+
+def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tmp_path, monkeypatch):
+    """`python -m embedlab build-cache` in small: export, then a Lab with an empty cache and only the seeds
+    answers the map and search views without encoding a corpus or fitting UMAP again."""
+    import embedlab.lab as lab_mod
+    from embedlab.corpora import builtin
+
+    monkeypatch.setattr(lab, "adapter_choices", lambda key: [("tiny", adapter), ("none", "none")])
+    files = lab.export_seeds(M, corpora=("topics",), out=tmp_path / "seed")
+    assert any(f.suffix == ".npz" for f in files) and sum(f.name == "manifest.json" for f in files) == 4
+
+    fresh = Lab(cache_dir=tmp_path / "empty", seed_dir=tmp_path / "seed")
+    enc = lab.encoder(M)
+    monkeypatch.setattr(fresh, "encoder", lambda key: enc)
+    monkeypatch.setattr(lab_mod.AlignedUMAP, "fit", lambda *a, **k: pytest.fail("UMAP refitted"))
+    real = enc.encode
+    monkeypatch.setattr(enc, "encode", lambda texts, **k: real(texts, **k) if len(texts) <= 2
+                        else pytest.fail(f"corpus of {len(texts)} re-encoded"))
+    s = fresh.side(M, adapter)
+    m = fresh.map(s, builtin("topics"))
+    assert m["base_xy"].shape == (len(builtin("topics")), 2) and m["has_tuned"]
+    assert fresh.search(s, builtin("topics"), "a football match", k=3)["tuned"]
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
+def test_a_corrupt_map_cache_file_is_detected_and_rebuilt(lab, adapter, damage):
+    from embedlab.corpora import builtin
+
+    s = lab.side(M, adapter)
+    first = lab.map(s, builtin("topics"))
+    path = next((lab.cache_dir / "maps").glob("*.npz"))
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    elif damage == "flip":
+        data[len(data) // 3] ^= 0xFF  # inside a member: its CRC no longer matches
+    else:
+        data = bytearray(b"not a zip file at all" * 10)
+    path.write_bytes(bytes(data))
+    fresh = Lab(cache_dir=lab.cache_dir, seed_dir=None)
+    fresh.encoder = lab.encoder
+    again = fresh.map(fresh.side(M, adapter), builtin("topics"))
+    assert again["base_xy"].shape == first["base_xy"].shape
+    assert np.load(path)["base_xy"].shape == first["base_xy"].shape  # rewritten whole
