@@ -15,6 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from embedlab import views
+from embedlab.compute import set_threads
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
 from embedlab.registry import DEFAULT_MODEL, MODELS, available_models
@@ -188,6 +189,7 @@ def build(lab: Lab) -> gr.Blocks:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    set_threads(int(os.environ.get("EMBEDLAB_COMPUTE_THREADS", max(1, (os.cpu_count() or 2) - 1))))  # a core for the server
     lab = Lab()
     demo = build(lab)
     # The page is served at once while the caches build; EMBEDLAB_WARM_CORPORA limits what is built (tests, small hosts).
