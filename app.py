@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from embedlab import views
-from embedlab.compute import set_threads
+from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
 from embedlab.registry import DEFAULT_MODEL, MODELS, available_models
@@ -58,8 +58,10 @@ def build(lab: Lab) -> gr.Blocks:
                 card = gr.Markdown(views.model_card(lab, default, adapters0[0][1]) if default else "no model can load here")
         gr.Markdown(views.unavailable_note())
         status = gr.Markdown(elem_id="status")
-        upload_state = gr.State(None)
-        map_state = gr.State(None)
+        # Per-user data lives in the session; dropped an hour after it was last set so abandoned sessions
+        # (API clients never say goodbye) do not pile up.
+        upload_state = gr.State(None, time_to_live=3600)
+        map_state = gr.State(None, time_to_live=3600)
 
         with gr.Tabs():
             with gr.Tab("Pairs"):
@@ -189,8 +191,9 @@ def build(lab: Lab) -> gr.Blocks:
 
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    set_threads(int(os.environ.get("EMBEDLAB_COMPUTE_THREADS", max(1, (os.cpu_count() or 2) - 1))))  # a core for the server
     lab = Lab()
+    configure_for_serving(background_batch_tokens=256 if lab.device in (None, "cpu") else None,
+                          threads=int(os.environ.get("EMBEDLAB_COMPUTE_THREADS", "0")) or None)
     demo = build(lab)
     # The page is served at once while the caches build; EMBEDLAB_WARM_CORPORA limits what is built (tests, small hosts).
     corpora = [c for c in os.environ.get("EMBEDLAB_WARM_CORPORA", ",".join(BUILTINS)).split(",") if c in BUILTINS]

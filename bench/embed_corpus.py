@@ -95,8 +95,9 @@ def main() -> None:
         raise SystemExit(f"run 2 failed:\n{out[-2000:]}")
     first = next(line for line in r.stdout.splitlines() if "already in the cache" in line)
     wrote = next(line for line in r.stdout.splitlines() if line.startswith("wrote"))
+    rate = next(line for line in r.stdout.splitlines() if "sentences/s" in line)
     progress_lines = len(re.findall(r"\d+%\|", r.stderr))
-    print(f"run 2: {first}\nrun 2: {wrote}\nrun 2: {wall:.0f} s wall including model load; "
+    print(f"run 2: {first}\nrun 2: {rate}\nrun 2: {wrote}\nrun 2: {wall:.0f} s wall including model load; "
           f"{progress_lines} progress-bar updates on stderr", flush=True)
 
     vecs = np.load(work / "vecs.npy")

@@ -12,6 +12,7 @@ model's adapter state is only touched from here.
 from __future__ import annotations
 
 import itertools
+import os
 import queue
 import sys
 import threading
@@ -26,9 +27,10 @@ _queue: queue.PriorityQueue = queue.PriorityQueue()
 _order = itertools.count()  # FIFO within one priority
 _started = threading.Lock()
 _thread: threading.Thread | None = None
+_background_batch_tokens: int | None = None
 
 
-SWITCH_INTERVAL_S = 0.0002
+SWITCH_INTERVAL_S = float(os.environ.get("EMBEDLAB_SWITCH_INTERVAL", "0.0002"))  # seconds
 GRACE_S = 0.25  # background work starts only after this long without interactive work
 
 
@@ -75,13 +77,26 @@ def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:
     return fut.result()
 
 
-def set_threads(n: int) -> None:
-    """Intra-op threads (torch, and FAISS through the same OpenMP setting) of the compute thread.
+def configure_for_serving(background_batch_tokens: int | None, threads: int | None = None) -> None:
+    """Settings for a process that serves interactive users (the web app); the command line keeps the defaults.
 
-    The web app leaves one core to the server: on 2 cores a 2-thread forward pass took
-    102 ms alone but 372 ms beside one busy process (each OpenMP region waits for its
-    preempted thread), while a 1-thread one took 122 ms either way.
+    ``background_batch_tokens``: padded tokens per batch of background work, so that an
+    interactive request never waits long behind one (a 4096-token batch takes ~5 s on
+    2 cores; 256 tokens ~0.5 s, at ~10% fewer sentences/s). None: no cap.
+    ``threads``: intra-op threads of the compute thread (torch, and FAISS through the same
+    OpenMP setting); None keeps torch's default (all cores). Measured on 2 cores: one
+    thread is robust to a busy neighbour process (122 ms per compare either way, against
+    102 ms alone / 372 ms beside it with two), but through the app it made a compare
+    276 ms instead of 156 ms and did not raise throughput under load, so it is not the default.
     """
-    import torch
+    global _background_batch_tokens
+    _background_batch_tokens = background_batch_tokens
+    if threads:
+        import torch
 
-    on_compute_thread(lambda: torch.set_num_threads(max(1, n)))
+        on_compute_thread(lambda: torch.set_num_threads(max(1, threads)))
+
+
+def background_batch_tokens() -> int | None:
+    """The cap set by :func:`configure_for_serving` (None: batches as large as for any other work)."""
+    return _background_batch_tokens

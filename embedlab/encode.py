@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .compute import INTERACTIVE, on_compute_thread
+from .compute import INTERACTIVE, background_batch_tokens, on_compute_thread
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -215,13 +215,11 @@ class Encoder:
         ``use_adapter``: True = the active adapter (if any), False = the base model,
         a name = that loaded adapter. Texts longer than ``max_length`` tokens are
         truncated and counted in the report (and logged). ``max_tokens``: padded
-        tokens per batch; by default 4096, but 128 for background work on a CPU,
-        where a 4096-token batch holds the compute thread for ~5 s and an
-        interactive request would wait that long behind it (128: ~0.3 s, and
-        ~12% fewer sentences/s than 4096 on 2 cores).
+        tokens per batch; by default 4096, or for background work in a serving
+        process the cap :func:`embedlab.compute.configure_for_serving` set.
         """
         if max_tokens is None:
-            max_tokens = 128 if priority != INTERACTIVE and self.device.type == "cpu" else 4096
+            max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or 4096
         texts = validate_texts(texts)
         name = self._check(self.active_adapter if use_adapter is True else (use_adapter or None))
         out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)
