@@ -258,7 +258,8 @@ def neighbours(state: dict | None, moved: pd.DataFrame | None, row: int) -> str:
     t = state["texts"]
     nb, nt = [int(j) for j in state["nn_base"][i]], [int(j) for j in state["nn_tuned"][i]]
     kept = set(nb) & set(nt)
-    fmt = lambda ids: "\n".join(f"{k + 1}. {'**' if j in kept else ''}{t[j]}{'**' if j in kept else ''}" for k, j in enumerate(ids))  # noqa: E731
+    # "1\." with hard line breaks, not a Markdown list: the app's list style clipped the "10." marker
+    fmt = lambda ids: "  \n".join(f"{k + 1}\\. {'**' if j in kept else ''}{t[j]}{'**' if j in kept else ''}" for k, j in enumerate(ids))  # noqa: E731
     return f"#### “{t[i]}”\n\n**Base neighbours**\n\n{fmt(nb)}\n\n**Tuned neighbours**\n\n{fmt(nt)}\n\n(bold: in both)"
 
 
