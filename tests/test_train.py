@@ -68,9 +68,17 @@ def test_gradient_cache_and_plain_training_agree(tmp_path, triplets):
     assert np.allclose([x for _, x in la], [x for _, x in lb], atol=1e-4)
 
 
-def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch):
+def assert_same_adapter(a_dir, b_dir, atol: float) -> None:
     from safetensors.torch import load_file
 
+    a = load_file(str(a_dir / "adapter_model.safetensors"))
+    b = load_file(str(b_dir / "adapter_model.safetensors"))
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=atol), k
+
+
+def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch):
     full = cfg(tmp_path / "full", triplets, steps=10, eval_tasks=[])
     assert train.main(full, load=tiny_load) == 0
 
@@ -91,11 +99,7 @@ def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch)
     monkeypatch.setattr(train, "save_checkpoint", real_save)
     resumed = cfg(tmp_path / "part", triplets, steps=10, eval_tasks=[], resume=True)
     assert train.main(resumed, load=tiny_load) == 0
-    a = load_file(str(tmp_path / "full/out/adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "part/out/adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-5), k
+    assert_same_adapter(tmp_path / "full/out", tmp_path / "part/out", atol=1e-5)
     rec = json.loads((tmp_path / "part/out/training.json").read_text())
     assert rec["training"]["resumed_at"] == 5 and len(rec["training"]["loss_curve"]) == 10
 
@@ -198,8 +202,6 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
     import time
     from pathlib import Path
 
-    from safetensors.torch import load_file
-
     kw = dict(model="tiny-llama", data=str(triplets), out=str(tmp_path / "killed"), steps=12, batch_size=16,
               chunk_size=12, lr=3e-3, warmup_steps=2, log_every=5, ckpt_every=4, eval_tasks=[], max_length=32,
               device="cpu")
@@ -224,10 +226,6 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
     assert "resumed from" in resumed.stdout
     full = cfg(tmp_path / "full", triplets, steps=12, ckpt_every=4, eval_tasks=[])
     assert train.main(full, load=tiny_load) == 0
-    a = load_file(str(tmp_path / "full/out/adapter_model.safetensors"))
-    b = load_file(str(tmp_path / "killed/adapter_model.safetensors"))
-    assert a.keys() == b.keys()
-    for k in a:
-        assert torch.allclose(a[k], b[k], atol=1e-4), k
+    assert_same_adapter(tmp_path / "full/out", tmp_path / "killed", atol=1e-4)
     rec = json.loads((tmp_path / "killed/training.json").read_text())
     assert rec["training"]["resumed_at"] in (4, 8) and len(rec["training"]["loss_curve"]) == 12
