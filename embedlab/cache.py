@@ -189,8 +189,9 @@ class EmbeddingCache:
         cosines by ~1e-5, far below any difference the app shows. Returns the key.
         """
         texts = list(texts)
-        vecs = self.get_or_compute(enc, texts, use_adapter=use_adapter)
-        key = embedding_key(enc, use_adapter, corpus_sha256(texts))
+        sha = corpus_sha256(texts)
+        vecs = self.get_or_compute(enc, texts, use_adapter=use_adapter, sha=sha)
+        key = embedding_key(enc, use_adapter, sha)
         folder = Path(out_root) / key
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

@@ -261,7 +261,7 @@ class Lab:
             if m is None and candidate.is_file():
                 try:
                     z = np.load(candidate, allow_pickle=False)
-                    m = {k_: z[k_] for k_ in ("base_xy", "tuned_xy", "jaccard", "nn_base", "nn_tuned")}
+                    m = {k_: z[k_] for k_ in _MAP_ARRAYS}
                     m["params"] = json.loads(str(z["params"]))
                 except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # npz members carry a CRC
                     log.warning("map cache %s unreadable or corrupt; recomputing", candidate)
@@ -271,10 +271,7 @@ class Lab:
             jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
             m = {"base_xy": um.base_xy, "tuned_xy": um.tuned_xy, "jaccard": jac, "nn_base": nb, "nn_tuned": nt,
                  "params": um.params}
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".tmp.npz")
-            np.savez(tmp, **{k_: v for k_, v in m.items() if k_ != "params"}, params=json.dumps(m["params"]))
-            os.replace(tmp, path)
+            _save_map(path, m)
         m = {**m, "corpus": corpus, "base_vecs": base, "tuned_vecs": tuned, "has_tuned": tuned is not None}
         with self._lock:
             self._maps[key] = m
@@ -332,21 +329,26 @@ class Lab:
         """Write what :meth:`prepare` builds (vectors as float16, maps) to ``out``, replacing what was there.
 
         Run by ``python -m embedlab build-cache`` after an adapter changes; returns the files written.
+        Everything is written to a sibling folder first and swapped in at the end: ``out`` may be
+        this lab's own seed folder, which the export reads from while it runs.
         """
         from .evaluation import anisotropy_texts
 
         s = self.prepare(key, corpora)
         out = Path(out)
+        tmp = out.with_name(out.name + ".new")
+        shutil.rmtree(tmp, ignore_errors=True)
+        for t in [anisotropy_texts(0)] + [builtin(n).texts for n in corpora]:
+            for side in ([False, s.adapter] if s.adapter else [False]):
+                self.embeddings.export(s.enc, t, side, tmp / "embeddings")
+        for name in corpora:
+            c = builtin(name).head(MAP_MAX)
+            _save_map(tmp / "maps" / f"{self.map_key(s, c)}.npz", self.map(s, builtin(name)))
         for sub in ("embeddings", "maps"):
             shutil.rmtree(out / sub, ignore_errors=True)
-        texts = [anisotropy_texts(0)] + [builtin(n).texts for n in corpora]
-        for t in texts:
-            for side in ([False, s.adapter] if s.adapter else [False]):
-                self.embeddings.export(s.enc, t, side, out / "embeddings")
-        (out / "maps").mkdir(parents=True, exist_ok=True)
-        for name in corpora:
-            mk = self.map_key(s, builtin(name).head(MAP_MAX))
-            shutil.copyfile(self.cache_dir / "maps" / f"{mk}.npz", out / "maps" / f"{mk}.npz")
+            (out / sub).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / sub, out / sub)
+        shutil.rmtree(tmp, ignore_errors=True)
         return sorted(p for p in out.rglob("*") if p.is_file())
 
     def status_line(self) -> str:
@@ -356,6 +358,17 @@ class Lab:
         if not busy:
             return "Ready: model, adapter and built-in corpora are cached."
         return "Preparing in the background (other views work meanwhile): " + "; ".join(f"{k}: {v}" for k, v in busy.items())
+
+
+_MAP_ARRAYS = ("base_xy", "tuned_xy", "jaccard", "nn_base", "nn_tuned")
+
+
+def _save_map(path: Path, m: dict) -> None:
+    """A map's layouts and neighbour lists as .npz (written to a temp name, then renamed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, **{k: m[k] for k in _MAP_ARRAYS}, params=json.dumps(m["params"]))
+    os.replace(tmp, path)
 
 
 def _device_tag(path: Path) -> str:

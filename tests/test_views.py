@@ -208,6 +208,12 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     assert m["base_xy"].shape == (len(builtin("topics")), 2) and m["has_tuned"]
     assert fresh.search(s, builtin("topics"), "a football match", k=3)["tuned"]
 
+    # build-cache again on a machine whose only copy is the seed folder itself (maps and vectors read from it)
+    monkeypatch.setattr(fresh, "adapter_choices", lambda key: [("tiny", adapter), ("none", "none")])
+    again = fresh.export_seeds(M, corpora=("topics",), out=tmp_path / "seed")
+    assert [f.name for f in again] == [f.name for f in files]
+    assert np.allclose(np.load(next((tmp_path / "seed" / "maps").glob("*.npz")))["base_xy"], m["base_xy"])
+
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_a_corrupt_map_cache_file_is_detected_and_rebuilt(lab, adapter, damage):
