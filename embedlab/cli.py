@@ -95,18 +95,14 @@ def _embed(args: argparse.Namespace) -> int:
     from tqdm.auto import tqdm
 
     from .cache import CHUNK, EmbeddingCache, corpus_sha256, embedding_key
-    from .corpora import InputError, parse_corpus
+    from .corpora import InputError, parse_corpus, read_upload
     from .loading import ModelUnavailableError, cache_root, load_encoder
 
     state = PartialState(cpu=args.device == "cpu")
     try:
-        if args.corpus.stat().st_size > args.max_mib * 2**20:
-            raise InputError(f"{args.corpus} is over --max-mib {args.max_mib}")
-        corpus = parse_corpus(args.corpus.read_bytes(), args.corpus.name, max_texts=10**8, max_bytes=args.max_mib * 2**20)
+        limit = args.max_mib * 2**20
+        corpus = parse_corpus(read_upload(args.corpus, limit), args.corpus.name, max_texts=10**8, max_bytes=limit)
         enc = load_encoder(args.model, adapter=args.adapter, device=str(state.device))
-    except OSError as e:
-        print(f"error: cannot read {args.corpus}: {e.strerror}", file=sys.stderr)
-        return 2
     except (InputError, UnknownModelError, ModelUnavailableError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -5,6 +5,7 @@ import csv
 import functools
 import io
 from dataclasses import dataclass
+from pathlib import Path
 
 from .cache import corpus_sha256
 from .sts import DATA_DIR
@@ -85,6 +86,21 @@ def builtin(name: str) -> Corpus:
 
 
 BUILTINS = {"topics": "Topics demo (96)", "snli": "SNLI triplets (900)", "stsb": "STSBenchmark (10K)"}
+
+
+def read_upload(path: str | Path, max_bytes: int = MAX_UPLOAD_BYTES) -> bytes:
+    """A file's bytes, refusing a missing file, a folder, or one over ``max_bytes`` before reading it
+    (a 2 GB upload never enters memory)."""
+    p = Path(path)
+    try:
+        size = p.stat().st_size
+        if not p.is_file():
+            raise InputError(f"{p.name} is not a file")
+        if size > max_bytes:
+            raise InputError(f"{p.name} is {size / 2**20:.1f} MiB; the limit is {max_bytes / 2**20:g} MiB")
+        return p.read_bytes()
+    except OSError as e:
+        raise InputError(f"cannot read {p.name} ({e.strerror})") from None
 
 
 def decode_upload(data: bytes | str, what: str = "file", max_bytes: int = MAX_UPLOAD_BYTES) -> str:

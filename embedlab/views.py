@@ -20,7 +20,7 @@ import pandas as pd
 from . import plots
 from .adapters import AdapterError
 from .cache import CacheBusy, corpus_sha256
-from .corpora import BUILTINS, MAX_UPLOAD_BYTES, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs
+from .corpora import BUILTINS, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs, read_upload
 from .encode import TextError
 from .lab import MAP_MAX, NONE, Lab, Side
 from .loading import ModelUnavailableError
@@ -94,19 +94,10 @@ def _corpus(name: Any, upload: Corpus | None) -> Corpus:
 
 
 def _upload(file: Any) -> tuple[bytes, str]:
-    """An uploaded file's bytes and name, refusing what is not a readable file within the size limit."""
+    """An uploaded file's bytes and name (size-checked before reading)."""
     if not isinstance(file, (str, Path)) or not str(file):
         raise UserError("no file received")
-    path = Path(file)
-    try:
-        size = path.stat().st_size
-        if not path.is_file():
-            raise UserError(f"{path.name} is not a file")
-        if size > MAX_UPLOAD_BYTES:  # checked before reading: a 2 GB upload never enters memory
-            raise UserError(f"{path.name} is {size / 2**20:.1f} MiB; the limit is {MAX_UPLOAD_BYTES // 2**20} MiB")
-        return path.read_bytes(), path.name
-    except OSError as e:
-        raise UserError(f"cannot read the uploaded file ({e.strerror})") from None
+    return read_upload(file), Path(file).name
 
 
 def _files(stem: str, rows: list[dict], record: dict) -> list[str]:
