@@ -131,6 +131,13 @@ class EmbeddingCache:
             self._progress.pop(key, None)
             lock.release()
 
+    def cached_rows(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
+                    sha: str | None = None) -> int:
+        """How many of ``texts`` the user cache already holds (rows of the chunks its manifest lists;
+        checksums are verified when they are read, not here)."""
+        key = embedding_key(enc, use_adapter, sha or corpus_sha256(list(texts)))
+        return min(len(texts), len(_read_manifest(self.root / key / "manifest.json")) * CHUNK)
+
     def peek(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
              sha: str | None = None) -> np.ndarray | None:
         """The cached embeddings of ``texts`` if every chunk is already cached, else None (never computes)."""

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 from pathlib import Path
@@ -94,7 +93,7 @@ def _embed(args: argparse.Namespace) -> int:
     from accelerate import PartialState
     from tqdm.auto import tqdm
 
-    from .cache import CHUNK, EmbeddingCache, corpus_sha256, embedding_key
+    from .cache import EmbeddingCache, corpus_sha256, embedding_key
     from .corpora import InputError, parse_corpus, read_upload
     from .loading import ModelUnavailableError, cache_root, load_encoder
 
@@ -109,11 +108,10 @@ def _embed(args: argparse.Namespace) -> int:
     use_adapter = bool(args.adapter) and not args.base
     with state.split_between_processes(list(corpus.texts)) as shard:
         cache = EmbeddingCache(cache_root() / "embeddings")
-        key = embedding_key(enc, use_adapter, corpus_sha := corpus_sha256(shard))
-        manifest = cache.root / key / "manifest.json"
-        start = min(len(shard), (len(json.loads(manifest.read_text())) if manifest.is_file() else 0) * CHUNK)
+        corpus_sha = corpus_sha256(shard)
+        start = cache.cached_rows(enc, shard, use_adapter, sha=corpus_sha)
         print(f"process {state.process_index}: {len(shard):,} of {len(corpus):,} distinct texts; "
-              f"{start:,} already in the cache ({key})", flush=True)
+              f"{start:,} already in the cache ({embedding_key(enc, use_adapter, corpus_sha)})", flush=True)
         bar = tqdm(total=len(shard), initial=start, unit="text", desc=f"embed {args.model} [{state.process_index}]",
                    smoothing=0.1, position=state.process_index)
         t0 = time.perf_counter()
