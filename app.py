@@ -199,8 +199,12 @@ def main() -> None:
     corpora = [c for c in os.environ.get("EMBEDLAB_WARM_CORPORA", ",".join(BUILTINS)).split(",") if c in BUILTINS]
     threading.Thread(target=lab.warm, kwargs={"corpora": corpora}, daemon=True, name="warm-up").start()
     demo.queue(default_concurrency_limit=2, max_size=64)
+    # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value
+    # of each output, e.g. a map's plot JSON) until 10,000 sessions: on a public Space memory grew
+    # ~0.8 MB per new visitor without end. Keep the most recently active ones only.
     demo.launch(server_name=os.environ.get("EMBEDLAB_HOST", "127.0.0.1"),
                 server_port=int(os.environ.get("EMBEDLAB_PORT", "7860")),
+                state_session_capacity=int(os.environ.get("EMBEDLAB_MAX_SESSIONS", "200")),
                 theme=gr.themes.Soft(primary_hue="blue"), css=CSS, show_error=True)
 
 

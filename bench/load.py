@@ -1,15 +1,20 @@
 """Load test: 16 concurrent gradio_client users x 25 mixed requests, 3 rounds, against a running app.
 
 Starts `python app.py` on a free loopback port (built-in corpora warmed from the shipped
-cache), then per round: 16 threads, each its own gradio_client, each 25 requests drawn
-from pairs / search (10K corpus) / embed / map, with fresh sentences every time (nothing
-is answered from a result cache). One extra user runs a quick evaluation each round: an
-expensive request in the 'heavy' concurrency group whose batches run at background
-priority, to show it does not starve the cheap ones. Reports errors (goal: 0), p50/p95
-per endpoint, and the app's resident memory after each round (goal: no growth after the
-first).
+cache), then per round: 16 threads, each a user with its own gradio_client (the same 16
+users every round), each 25 requests drawn from pairs / search (10K corpus) / embed / map,
+with fresh sentences every time (nothing is answered from a result cache). One extra user
+runs a quick evaluation each round: an expensive request in the 'heavy' concurrency group
+whose batches run at background priority, to show it does not starve the cheap ones.
+Reports errors (goal: 0), p50/p95 per endpoint, and the app's resident memory after each
+round (goal: no growth after the first).
 
-    python bench/load.py [--users 16] [--requests 25] [--rounds 3]
+--churn makes every round 16 *new* users (new Gradio sessions). Gradio keeps each
+session's page config and last outputs (~0.8 MB here) until the app's session cap
+(EMBEDLAB_MAX_SESSIONS, default 200) evicts the least recently used; --max-sessions 16
+lowers the cap so the plateau shows within a few rounds.
+
+    python bench/load.py [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
 """
 from __future__ import annotations
 
@@ -48,11 +53,9 @@ def app_rss_mib(pid: int) -> float:
     return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
 
 
-def user(url: str, adapter: str, n: int, seed: int, times: dict, errors: list, lock: threading.Lock) -> None:
-    from gradio_client import Client
-
+def user(c, adapter: str, n: int, seed: int, times: dict, errors: list, lock: threading.Lock) -> None:
+    """``n`` mixed requests from one user (``c``: that user's gradio_client.Client)."""
     rng = random.Random(seed)
-    c = Client(url, verbose=False, download_files=False)
     calls = {
         "pairs": lambda: c.predict(M, adapter, sentence(rng), sentence(rng), api_name="/pairs"),
         "search": lambda: c.predict(M, adapter, "stsb", sentence(rng), 10, api_name="/search"),
@@ -92,8 +95,11 @@ def main() -> None:
     ap.add_argument("--users", type=int, default=16)
     ap.add_argument("--requests", type=int, default=25)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--churn", action="store_true", help="new users (sessions) every round")
+    ap.add_argument("--max-sessions", type=int, default=0, help="the app's session cap (0: its default)")
     args = ap.parse_args()
-    server = AppServer(Path(tempfile.mkdtemp()) / "app.log", warm="topics,snli,stsb")
+    env = {"EMBEDLAB_MAX_SESSIONS": str(args.max_sessions)} if args.max_sessions else {}
+    server = AppServer(Path(tempfile.mkdtemp()) / "app.log", warm="topics,snli,stsb", env=env)
     try:
         c = Client(server.url, verbose=False)
         t0 = time.perf_counter()
@@ -106,15 +112,20 @@ def main() -> None:
 
         adapter = Lab().adapter_choices(M)[0][1]
         print(f"app ready {server.ready_s:.1f} s after start; adapter {adapter}; RSS {app_rss_mib(server.proc.pid):.0f} MiB")
-        print(f"{args.users} users x {args.requests} requests (+1 quick evaluation) per round, {args.rounds} rounds")
+        print(f"{args.users} users x {args.requests} requests (+1 quick evaluation) per round, {args.rounds} rounds, "
+              f"{'new users every round' if args.churn else 'the same users every round'}"
+              + (f", session cap {args.max_sessions}" if args.max_sessions else ""))
         rss = []
         total_errors = 0
+        clients: list = []
         for r in range(1, args.rounds + 1):
+            if args.churn or not clients:
+                clients = [Client(server.url, verbose=False, download_files=False) for _ in range(args.users)]
             times: dict[str, list[float]] = defaultdict(list)
             errors: list[str] = []
             lock = threading.Lock()
             threads = [threading.Thread(target=heavy_user, args=(server.url, adapter, times, errors, lock))]
-            threads += [threading.Thread(target=user, args=(server.url, adapter, args.requests, 1000 * r + u, times,
+            threads += [threading.Thread(target=user, args=(clients[u], adapter, args.requests, 1000 * r + u, times,
                                                             errors, lock)) for u in range(args.users)]
             t0 = time.perf_counter()
             for t in threads:

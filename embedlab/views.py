@@ -243,8 +243,10 @@ def draw_map(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpu
 
 def neighbours(state: dict | None, moved: pd.DataFrame | None, row: int) -> str:
     """Both neighbour lists of the clicked 'what moved' row."""
-    if not state or moved is None or row is None or row >= len(moved):
+    if moved is None or row is None or row >= len(moved):
         return ""
+    if not state:  # the session's map state expired (an hour idle, or evicted among many newer sessions)
+        return "This map's neighbour lists have expired: draw the map again to see them."
     i = int(moved.iloc[row]["#"])
     t = state["texts"]
     nb, nt = [int(j) for j in state["nn_base"][i]], [int(j) for j in state["nn_tuned"][i]]

@@ -19,11 +19,11 @@ def free_port() -> int:
 
 
 class AppServer:
-    def __init__(self, log_path: Path, warm: str = "topics") -> None:
+    def __init__(self, log_path: Path, warm: str = "topics", env: dict[str, str] | None = None) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
         env = {**os.environ, "EMBEDLAB_PORT": str(self.port), "EMBEDLAB_HOST": "127.0.0.1",
-               "EMBEDLAB_WARM_CORPORA": warm, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False"}
+               "EMBEDLAB_WARM_CORPORA": warm, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         self.log = open(log_path, "w")
         self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)

@@ -69,3 +69,23 @@ def test_concurrent_base_and_adapter_requests_never_mix_adapter_state(tmp_path):
     for t in threads:
         t.join(60)
     assert not errors
+
+
+def test_serving_settings_bound_the_heap_and_keep_computing():
+    """configure_for_serving (the app's process settings): glibc arenas capped, a trimming thread running,
+    background batches capped, and the compute thread still answers. In a subprocess: the settings are process-wide."""
+    import subprocess
+    import sys
+
+    code = (
+        "import threading, embedlab.compute as c\n"
+        "c.configure_for_serving(256, threads=1, trim_heap_every_s=0.05)\n"
+        "assert c.background_batch_tokens() == 256\n"
+        "assert c._glibc() is not None, 'this test expects glibc (Linux)'\n"
+        "assert any(t.name == 'heap-trim' for t in threading.enumerate())\n"
+        "import time; time.sleep(0.2)\n"
+        "import torch; assert c.on_compute_thread(torch.get_num_threads) == 1\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]

@@ -119,6 +119,7 @@ def test_map_search_and_neighbours(lab, adapter, tmp_path):
     assert rec["umap"]["seed"] == 42 and rec["corpus"]["sha256"] == corpus.sha256
     detail = views.neighbours(state, moved, 0)
     assert "Base neighbours" in detail and "Tuned neighbours" in detail
+    assert "draw the map again" in views.neighbours(None, moved, 0)  # session state expired or evicted
     # second draw comes from the cache: same layout
     fig2, *_ = views.draw_map(lab, M, adapter, "upload", corpus, "")
     assert np.allclose(fig.data[0].x, fig2.data[0].x)
