@@ -18,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .adapters import AdapterError
+from .adapters import ADAPTERS_DIR, AdapterError
 from .cache import CacheBusy, corpus_sha256
 from .corpora import BUILTINS, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs, read_upload
 from .encode import TextError
@@ -295,9 +295,9 @@ def results_chart(df: pd.DataFrame):
                                       if "paper before" not in c})
 
 
-def training_records() -> tuple[Any, pd.DataFrame]:
+def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
+    """Loss curves (plotly figure) and one row of settings and scores per shipped adapter's training.json."""
     curves, rows = {}, []
-    root = Path(__file__).resolve().parent.parent / "assets" / "adapters"
     for p in sorted(root.glob("*/*/training.json")):
         try:
             rec = json.loads(p.read_text())
@@ -310,8 +310,11 @@ def training_records() -> tuple[Any, pd.DataFrame]:
                      "batch": t.get("effective_contrastive_batch"), "lr": c.get("lr"), "temperature": c.get("temperature"),
                      "LoRA r/alpha": f"{c.get('lora_r')}/{c.get('lora_alpha')}", "minutes": round((t.get("wall_seconds") or 0) / 60, 1),
                      "sentences/s": t.get("sentences_per_second"), "STS-B dev": (rec.get("dev") or {}).get("STSBenchmark-dev"),
-                     "9-set avg": (rec.get("test") or {}).get("average")})
-    return (plots.loss_curve(curves) if curves else None), pd.DataFrame(rows)
+                     "9-set avg": (rec.get("test") or {}).get("average"), "note": rec.get("note", "")})
+    df = pd.DataFrame(rows)
+    if "note" in df and not df["note"].any():  # the column only when some record carries a note
+        df = df.drop(columns="note")
+    return (plots.loss_curve(curves) if curves else None), df
 
 
 @user_facing

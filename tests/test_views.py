@@ -236,3 +236,20 @@ def test_a_corrupt_map_cache_file_is_detected_and_rebuilt(lab, adapter, damage):
     again = fresh.map(fresh.side(M, adapter), builtin("topics"))
     assert again["base_xy"].shape == first["base_xy"].shape
     assert np.load(path)["base_xy"].shape == first["base_xy"].shape  # rewritten whole
+
+
+def test_training_records_show_every_shipped_adapter_and_notes(tmp_path):
+    _, df = views.training_records()
+    assert "smollm2-135m/nli-cft" in set(df["adapter"]) and df["device"].notna().all()
+    rec = {"device": "CPU", "training": {"steps": 3, "loss_curve": [[1, 2.0], [2, 1.5]], "wall_seconds": 120},
+           "config": {"lr": 1e-3}, "note": "paused mid-run"}
+    for name, r in [("a", rec), ("b", {k: v for k, v in rec.items() if k != "note"})]:
+        (tmp_path / "m" / name).mkdir(parents=True)
+        (tmp_path / "m" / name / "training.json").write_text(json.dumps(r))
+    (tmp_path / "m" / "c").mkdir()
+    (tmp_path / "m" / "c" / "training.json").write_text("{not json")  # skipped, not fatal
+    fig, df = views.training_records(tmp_path)
+    assert list(df["adapter"]) == ["m/a", "m/b"] and list(df["note"]) == ["paused mid-run", ""]
+    assert list(df["minutes"]) == [2.0, 2.0] and fig is not None
+    _, df = views.training_records(tmp_path / "nothing")
+    assert df.empty
