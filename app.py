@@ -177,7 +177,7 @@ def build(lab: Lab) -> gr.Blocks:
             """Embeddings of up to 256 texts: base and (with an adapter) tuned, as lists of floats."""
             return views.embed_api(lab, model, adapter, texts, tuned)
 
-        gr.api(gradio_errors(embed), api_name="embed")
+        gr.api(gradio_errors(embed), api_name="embed", concurrency_limit=4)  # like pairs/search: its batches share the compute thread
         def status_api() -> str:
             """Background warm-up progress ('Ready: …' when done)."""
             return lab.status_line() or "starting"
