@@ -8,7 +8,8 @@ the map view from cache. Prints p50/p95 and the goals.
 Each request is timed twice: through gradio_client (the goal's yardstick) and over Gradio's
 plain REST API (POST /gradio_api/call/<api>, then read the event stream: what a browser or
 curl waits). gradio_client polls its message queue every 50 ms, so it adds a floor, printed
-as the round trip of the trivial /status endpoint. The client is made with download_files=False:
+as the round trip of the trivial /status endpoint. The app remembers recent sentences, so
+every timed text is new unless the case says otherwise. The client is made with download_files=False:
 by default it would also fetch each view's CSV + JSON downloads after every search.
 
     python bench/app_latency.py [--n 30]
@@ -81,19 +82,28 @@ def main() -> None:
 
         http = httpx.Client(base_url=server.url, timeout=120)
         m = "smollm2-135m"
-        cases = [  # name, api, arguments for call i, goal (ms), repeats
-            ("status (floor: trivial endpoint)", "status", lambda i: [], None, args.n),
-            ("pair compare", "pairs", lambda i: [m, adapter, QUERIES[i % 6] + f" {i}", QUERIES[(i + 1) % 6]], 200, args.n),
-            ("search 10K (incl. query encoding)", "search", lambda i: [m, adapter, "stsb", QUERIES[i % 6] + f" {i}", 10],
+        # Every text a timed request sends is new to the server (the tag makes each run's texts
+        # distinct from every other run's), except where a case says otherwise: the app remembers
+        # recent sentences.
+        cases = [  # name, api, arguments for call i of the run tagged t, goal (ms), repeats
+            ("status (floor: trivial endpoint)", "status", lambda i, t: [], None, args.n),
+            ("pair compare, both sentences new", "pairs",
+             lambda i, t: [m, adapter, QUERIES[i % 6] + f" {t}{i}", QUERIES[(i + 1) % 6] + f" {t}{i}"], 200, args.n),
+            ("pair compare, one sentence edited", "pairs",
+             lambda i, t: [m, adapter, QUERIES[0] + f" {t}", QUERIES[(i + 1) % 6] + f" {t}{i}"], 200, args.n),
+            ("search 10K (incl. query encoding)", "search", lambda i, t: [m, adapter, "stsb", QUERIES[i % 6] + f" {t}{i}", 10],
              300, args.n),
-            ("map view from cache (topics)", "map", lambda i: [m, adapter, "topics", ""], 1500, max(5, args.n // 3)),
-            ("map view from cache (stsb 2K sample)", "map", lambda i: [m, adapter, "stsb", ""], 1500, max(5, args.n // 3)),
+            ("map view from cache (topics)", "map", lambda i, t: [m, adapter, "topics", ""], 1500, max(5, args.n // 3)),
+            ("map view from cache (stsb 2K sample)", "map", lambda i, t: [m, adapter, "stsb", ""], 1500, max(5, args.n // 3)),
         ]
         print(f"{'':<38}{'gradio_client':>26}{'REST API':>26}")
         print(f"{'endpoint':<38}{'p50 ms':>13}{'p95 ms':>13}{'p50 ms':>13}{'p95 ms':>13}   goal p50")
-        for name, api, make, goal, n in cases:
-            via_client = timed(lambda i, api=api, make=make: c.predict(*make(i), api_name=f"/{api}"), n)
-            via_rest = timed(lambda i, api=api, make=make: rest_call(http, api, make(i)), n)
+        for j, (name, api, make, goal, n) in enumerate(cases):
+            tc, tr = f"c{j}.", f"r{j}."
+            c.predict(*make(-1, tc), api_name=f"/{api}")  # the "edited" case's fixed sentence is seen first
+            rest_call(http, api, make(-1, tr))
+            via_client = timed(lambda i, api=api, make=make, t=tc: c.predict(*make(i, t), api_name=f"/{api}"), n)
+            via_rest = timed(lambda i, api=api, make=make, t=tr: rest_call(http, api, make(i, t)), n)
             print(f"{name:<38}{statistics.median(via_client):>13.0f}{pct(via_client, 0.95):>13.0f}"
                   f"{statistics.median(via_rest):>13.0f}{pct(via_rest, 0.95):>13.0f}   {f'<= {goal} ms' if goal else ''}")
     finally:

@@ -6,6 +6,7 @@ instead of silently served. Three tiers, looked up in order: recently used
 arrays in memory, the user's cache folder, then read-only *seed* folders
 (``assets/cache``: float16 copies of the built-in corpora's vectors shipped with
 the repository, so a first visit does not wait for 2 CPU cores to embed 10K texts).
+Short interactive texts (a pair, a query) are remembered one by one, in memory only.
 """
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from .compute import BACKGROUND
-from .encode import Encoder
+from .encode import Encoder, validate_texts
 
 log = logging.getLogger(__name__)
 CHUNK = 2048  # sentences per cached file
@@ -84,11 +85,15 @@ class EmbeddingCache:
     computing the same vectors twice.
     """
 
-    def __init__(self, root: Path, seeds: Sequence[Path] = (), memory_bytes: int = 512 << 20) -> None:
+    def __init__(self, root: Path, seeds: Sequence[Path] = (), memory_bytes: int = 512 << 20,
+                 memory_texts: int = 4096) -> None:
         self.root = Path(root)
         self.seeds = [Path(p) for p in seeds]
         self.memory_bytes = memory_bytes
+        self.memory_texts = memory_texts
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()  # key -> read-only (N, d) float32
+        # text key -> (base, tuned) rows, (d,) each; 4096 texts of a 576-d model hold ~19 MB
+        self._texts: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._progress: dict[str, str] = {}
         self._guard = threading.Lock()
@@ -130,6 +135,35 @@ class EmbeddingCache:
         finally:
             self._progress.pop(key, None)
             lock.release()
+
+    def sides(self, enc: Encoder, texts: Sequence[str], adapter: str | None) -> tuple[np.ndarray, np.ndarray | None]:
+        """Base and ``adapter`` vectors of interactive texts, float32 (N, d) each (tuned None without adapter).
+
+        Each text's pair of vectors is remembered (the ``memory_texts`` most recent), so
+        re-scoring a pair with one sentence edited, or re-running a query, embeds only
+        what is new: on a CPU the forward pass is most of a compare's time.
+        """
+        texts = validate_texts(texts)
+        if adapter and adapter not in enc.adapters:
+            raise KeyError(f"adapter {adapter!r} is not loaded; loaded: {', '.join(enc.adapters) or 'none'}")
+        key_of = {t: embedding_key(enc, adapter or False, corpus_sha256([t])) for t in texts}
+        with self._guard:
+            found = {k: self._texts[k] for k in key_of.values() if k in self._texts}
+            for k in found:
+                self._texts.move_to_end(k)
+        new = [t for t, k in key_of.items() if k not in found]
+        if new:
+            base, tuned = enc.encode_sides(new, adapter)
+            computed = {key_of[t]: (base[i], None if tuned is None else tuned[i]) for i, t in enumerate(new)}
+            found.update(computed)
+            with self._guard:
+                self._texts.update(computed)
+                while len(self._texts) > self.memory_texts:
+                    self._texts.popitem(last=False)
+        keys = [key_of[t] for t in texts]
+        base = np.stack([found[k][0] for k in keys])
+        tuned = np.stack([found[k][1] for k in keys]) if adapter else None
+        return base, tuned
 
     def cached_rows(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
                     sha: str | None = None) -> int:

@@ -155,7 +155,8 @@ class Lab:
 
     # --- embeddings ------------------------------------------------------------------------------
     def embed_pair_sides(self, s: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
-        return s.enc.encode_sides(texts, s.adapter)
+        """Base and tuned vectors of a request's texts, (N, d) float32 each; recent texts come from memory."""
+        return self.embeddings.sides(s.enc, texts, s.adapter)
 
     def corpus_vectors(self, s: Side, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
                        wait: bool = False) -> tuple[np.ndarray, np.ndarray | None]:

@@ -133,3 +133,34 @@ def test_base_and_tuned_in_one_pass_equal_separate_passes(adapter_dir):
     assert none is None and np.allclose(b2, base, atol=1e-5)
     with pytest.raises(KeyError):
         enc.encode_sides(texts, "not-loaded")
+
+
+def test_interactive_texts_are_remembered_per_text_and_adapter(adapter_dir, tmp_path):
+    from embedlab.cache import EmbeddingCache
+
+    enc = tiny_encoder("llama")
+    name = attach_adapter(enc, adapter_dir, activate=False).name
+    cache = EmbeddingCache(tmp_path / "c", memory_texts=3)
+    calls = []
+    real = enc.encode_sides
+    enc.encode_sides = lambda texts, adapter: calls.append(list(texts)) or real(texts, adapter)
+    a, b, c = "a man is playing a guitar", "the dog", "a woman is eating food"
+    base, tuned = cache.sides(enc, [a, b], name)
+    ref_b, ref_t = real([a, b], name)
+    assert base.dtype == np.float32 and base.shape == (2, enc.dim)
+    assert np.allclose(base, ref_b, atol=1e-5) and np.allclose(tuned, ref_t, atol=1e-5)
+    # one sentence edited: only the new one is embedded; the order of the answer follows the request
+    base2, tuned2 = cache.sides(enc, [c, a, c], name)
+    assert calls == [[a, b], [c]]
+    assert np.allclose(base2[1], base[0]) and np.allclose(tuned2[1], tuned[0]) and np.allclose(base2[0], base2[2])
+    # answers are copies: a caller writing into one cannot change what the next request gets
+    base2[1] += 1
+    assert np.array_equal(cache.sides(enc, [a], name)[0][0], base[0]) and len(calls) == 2
+    # the base side is its own entry: no adapter -> tuned None, embedded once more without the adapter
+    only_base, none = cache.sides(enc, [a], None)
+    assert none is None and np.allclose(only_base[0], base[0], atol=1e-5) and calls[-1] == [a]
+    # bounded: 3 entries, least recently used dropped first (b was)
+    cache.sides(enc, [b], name)
+    assert calls[-1] == [b]
+    with pytest.raises(KeyError, match="not loaded"):
+        cache.sides(enc, [a], "not-loaded")
