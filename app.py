@@ -189,21 +189,6 @@ def build(lab: Lab) -> gr.Blocks:
     return demo
 
 
-def calm_queue(demo: gr.Blocks, poll_s: float = 0.02, progress_poll_s: float = 0.05) -> None:
-    """Slow Gradio's queue loops from polling every 1 ms / 10 ms to ``poll_s`` / ``progress_poll_s``.
-
-    Measured on 2 cores: the 1 ms loop alone kept the idle server at 9% of a core (2% after),
-    and while a compare ran it competed with the forward pass for the CPU and the GIL: REST
-    pair compare p50 253 -> 226 ms, /status 32 -> 34 ms. These are private attributes of
-    gradio 6.31 (pinned); if a later version drops them this does nothing and says so.
-    """
-    q = getattr(demo, "_queue", None)
-    if q is None or not all(hasattr(q, a) for a in ("sleep_when_free", "progress_update_sleep_when_free")):
-        logging.getLogger(__name__).warning("gradio's queue has no polling intervals to set; left as they are")
-        return
-    q.sleep_when_free, q.progress_update_sleep_when_free = poll_s, progress_poll_s
-
-
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lab = Lab()
@@ -214,7 +199,6 @@ def main() -> None:
     corpora = [c for c in os.environ.get("EMBEDLAB_WARM_CORPORA", ",".join(BUILTINS)).split(",") if c in BUILTINS]
     threading.Thread(target=lab.warm, kwargs={"corpora": corpora}, daemon=True, name="warm-up").start()
     demo.queue(default_concurrency_limit=2, max_size=64)
-    calm_queue(demo)
     # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value
     # of each output, e.g. a map's plot JSON) until 10,000 sessions: on a public Space memory grew
     # ~0.8 MB per new visitor without end. Keep the most recently active ones only.

@@ -90,17 +90,3 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
-
-def test_calm_queue_slows_gradios_polling_loops_or_says_it_cannot(caplog):
-    import types
-
-    import gradio as gr
-
-    import app
-
-    demo = gr.Blocks().queue()
-    assert demo._queue.sleep_when_free < 0.02  # gradio's own 1 ms (this test fails if that changes)
-    app.calm_queue(demo, poll_s=0.02, progress_poll_s=0.05)
-    assert (demo._queue.sleep_when_free, demo._queue.progress_update_sleep_when_free) == (0.02, 0.05)
-    app.calm_queue(types.SimpleNamespace(_queue=object()))
-    assert "left as they are" in caplog.text
