@@ -43,6 +43,8 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
         text = raw.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 (byte {e.start})") from None
+    if "\x00" in text:
+        raise DataError(f"{path} contains NUL bytes: a binary file, not a CSV text")
     reader = csv.DictReader(text.splitlines())
     try:
         header = reader.fieldnames or []
@@ -50,7 +52,9 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
         raise DataError(f"{path}: malformed CSV header ({e})") from None
     missing = [c for c in COLUMNS if c not in header]
     if missing:
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; need {','.join(COLUMNS)} (found {reader.fieldnames})")
+        found = ",".join(str(h) for h in header)
+        found = repr(found[:80] + ("…" if len(found) > 80 else ""))  # a 'header' can be a whole garbage line
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; need {','.join(COLUMNS)} (found {found})")
     a, pos, neg = [], [], []
     try:
         for i, row in enumerate(reader, start=2):
