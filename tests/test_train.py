@@ -229,3 +229,38 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
     assert_same_adapter(tmp_path / "full/out", tmp_path / "killed", atol=1e-4)
     rec = json.loads((tmp_path / "killed/training.json").read_text())
     assert rec["training"]["resumed_at"] in (4, 8) and len(rec["training"]["loss_curve"]) == 12
+
+
+def test_length_bucketed_passes_give_the_loss_and_gradients_of_one_pass():
+    from peft import LoraConfig, get_peft_model
+
+    from embedlab.encode import embed_batch
+
+    enc = tiny_encoder("llama")
+    model = get_peft_model(enc.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    rng = np.random.default_rng(1)
+    sents = [" ".join(rng.choice(WORDS, size=n)) for n in rng.integers(2, 25, size=24)]  # lengths vary 10x
+    a, p, n = sents[:8], sents[8:16], sents[16:]
+    device = torch.device("cpu")
+    embed = lambda b: embed_batch(model, b, enc.spec)  # noqa: E731
+
+    def run(**kw):
+        c = train.Config(model="tiny-llama", batch_size=8, max_length=32, **kw)
+        passes = []
+        loss = train.contrastive_step(lambda b: passes.append(b["input_ids"].shape) or embed(b), enc.tokenizer, enc.spec,
+                                      enc.pad_id, a, p, n, c, device)
+        grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
+        model.zero_grad(set_to_none=True)
+        return loss, grads, passes
+
+    one_loss, one, one_passes = run(chunk_size=0, max_tokens=10**9)
+    assert len(one_passes) == 1 and len(one) == 8  # 2 layers x (q, v) x (A, B)
+    for kw in (dict(chunk_size=0, max_tokens=40), dict(chunk_size=10, max_tokens=40)):  # plain, gradient cache
+        loss, grads, passes = run(**kw)
+        assert len(passes) > 2 and all(rows * width <= 40 or rows == 1 for rows, width in passes)
+        assert loss == pytest.approx(one_loss, abs=1e-5)
+        for k in one:
+            assert torch.allclose(grads[k], one[k], atol=1e-5), k
+    assert train.tokens_per_pass(train.Config(), device) == 512
+    assert train.tokens_per_pass(train.Config(), torch.device("cuda")) == 0
+    assert train.tokens_per_pass(train.Config(max_tokens=2048), torch.device("cuda")) == 2048
