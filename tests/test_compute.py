@@ -89,4 +89,3 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
-
