@@ -144,8 +144,7 @@ class EmbeddingCache:
         what is new: on a CPU the forward pass is most of a compare's time.
         """
         texts = validate_texts(texts)
-        if adapter and adapter not in enc.adapters:
-            raise KeyError(f"adapter {adapter!r} is not loaded; loaded: {', '.join(enc.adapters) or 'none'}")
+        enc.check_adapter(adapter or None)
         key_of = {t: embedding_key(enc, adapter or False, corpus_sha256([t])) for t in texts}
         with self._guard:
             found = {k: self._texts[k] for k in key_of.values() if k in self._texts}

@@ -181,7 +181,8 @@ class Encoder:
         # Causal LMs often have no pad token: the EOS serves (it is masked anyway).
         return int(tok.convert_tokens_to_ids(self.spec.eos_token)) if self.spec.eos_token else 0
 
-    def _check(self, name: str | None) -> str | None:
+    def check_adapter(self, name: str | None) -> str | None:
+        """``name`` if that adapter is loaded (None = base passes), else KeyError naming the loaded ones."""
         if name is not None and name not in self.adapters:
             raise KeyError(f"adapter {name!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
         return name
@@ -221,7 +222,7 @@ class Encoder:
         if max_tokens is None:
             max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or 4096
         texts = validate_texts(texts)
-        name = self._check(self.active_adapter if use_adapter is True else (use_adapter or None))
+        name = self.check_adapter(self.active_adapter if use_adapter is True else (use_adapter or None))
         out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)
         return (out, report) if return_report else out
 
@@ -236,7 +237,7 @@ class Encoder:
         texts = validate_texts(texts)
         if not adapter:
             return self.encode(texts, use_adapter=False, priority=priority), None
-        self._check(adapter)
+        self.check_adapter(adapter)
         n = len(texts)
         out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, 64, 4096, False, priority)
         return out[:n], out[n:]
