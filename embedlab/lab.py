@@ -27,7 +27,7 @@ from .compute import on_compute_thread
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
-from .projection import AlignedUMAP, neighbour_overlap, place_by_neighbours
+from .projection import TwinMaps, neighbour_overlap, place_by_neighbours
 from .registry import DEFAULT_MODEL, MODELS, get_spec, hub_reachable
 from .sts import spearman100
 
@@ -268,7 +268,7 @@ class Lab:
                     log.warning("map cache %s unreadable or corrupt; recomputing", candidate)
                     m = None
         if m is None:
-            um = AlignedUMAP(seed=seed).fit(base, tuned_for_fit, same=tuned is None)
+            um = TwinMaps(seed=seed).fit(base, tuned_for_fit, same=tuned is None)
             jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
             m = {"base_xy": um.base_xy, "tuned_xy": um.tuned_xy, "jaccard": jac, "nn_base": nb, "nn_tuned": nt,
                  "params": um.params}

@@ -200,7 +200,7 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     fresh = Lab(cache_dir=tmp_path / "empty", seed_dir=tmp_path / "seed")
     enc = lab.encoder(M)
     monkeypatch.setattr(fresh, "encoder", lambda key: enc)
-    monkeypatch.setattr(lab_mod.AlignedUMAP, "fit", lambda *a, **k: pytest.fail("UMAP refitted"))
+    monkeypatch.setattr(lab_mod.TwinMaps, "fit", lambda *a, **k: pytest.fail("UMAP refitted"))
     real = enc.encode
     monkeypatch.setattr(enc, "encode", lambda texts, **k: real(texts, **k) if len(texts) <= 2
                         else pytest.fail(f"corpus of {len(texts)} re-encoded"))
