@@ -285,7 +285,7 @@ class Lab:
         """Cache key of one map: both sides' embedding keys plus the projection settings."""
         return hashlib.sha256("|".join([embedding_key(s.enc, False, corpus.sha256),
                                         embedding_key(s.enc, s.adapter or False, corpus.sha256),
-                                        f"umap15-0.1-{seed}-k{k}"]).encode()).hexdigest()[:24]
+                                        f"{TwinMaps(seed=seed).tag}-k{k}"]).encode()).hexdigest()[:24]
 
     def place_queries(self, s: Side, m: dict, queries: list[str]) -> tuple[np.ndarray, np.ndarray]:
         qb, qt = self.embed_pair_sides(s, queries)
