@@ -39,9 +39,21 @@ class ModelUnavailableError(RuntimeError):
     """A registered model that cannot be loaded here; the message says why."""
 
 
+SPACE_DATA = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
+
+
 def cache_root() -> Path:
-    """Root of embedlab's caches (converted models, embeddings, indexes)."""
-    return Path(os.environ.get("EMBEDLAB_CACHE") or Path.home() / ".cache" / "embedlab")
+    """Root of embedlab's caches (converted models, embeddings, indexes).
+
+    ``$EMBEDLAB_CACHE``; else ``/data/embedlab`` where ``/data`` exists and is
+    writable (a Space's persistent storage: the one-time conversion survives
+    restarts); else ``~/.cache/embedlab``.
+    """
+    if os.environ.get("EMBEDLAB_CACHE"):
+        return Path(os.environ["EMBEDLAB_CACHE"])
+    if SPACE_DATA.is_dir() and os.access(SPACE_DATA, os.W_OK | os.X_OK):
+        return SPACE_DATA / "embedlab"
+    return Path.home() / ".cache" / "embedlab"
 
 
 def default_device() -> torch.device:

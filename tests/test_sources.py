@@ -224,3 +224,17 @@ def test_processes_converting_at_once_convert_once(tmp_path):
     # a stale cache (other source) is rebuilt once
     L.build_once(folder, "src2", lambda out: (out.mkdir(exist_ok=True), L._write_manifest(out, "src2")))
     assert L.cache_is_valid(folder, "src2")
+
+
+def test_cache_root_prefers_env_then_space_storage_then_home(tmp_path, monkeypatch):
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("EMBEDLAB_CACHE", raising=False)
+    monkeypatch.setattr(L, "SPACE_DATA", tmp_path / "data")  # no persistent storage
+    assert L.cache_root() == tmp_path / "home" / ".cache" / "embedlab"
+    (tmp_path / "data").mkdir()
+    assert L.cache_root() == tmp_path / "data" / "embedlab"
+    with monkeypatch.context() as m:  # read-only (chmod can't show it: these tests may run as root)
+        m.setattr(L.os, "access", lambda path, mode: False)
+        assert L.cache_root() == tmp_path / "home" / ".cache" / "embedlab"
+    monkeypatch.setenv("EMBEDLAB_CACHE", str(tmp_path / "mine"))
+    assert L.cache_root() == tmp_path / "mine"
