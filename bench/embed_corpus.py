@@ -63,7 +63,9 @@ def main() -> None:
     print(f"corpus: {len(texts):,} sentences ({n_real:,} real, {len(texts) - n_real:,} recombined), "
           f"{corpus.stat().st_size / 2**20:.1f} MiB", flush=True)
     env = {**os.environ, "EMBEDLAB_CACHE": str(work / "cache"), "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    models = Path(os.environ.get("EMBEDLAB_CACHE", Path.home() / ".cache" / "embedlab")) / "models"
+    from embedlab.loading import cache_root
+
+    models = cache_root() / "models"
     (work / "cache").mkdir()
     if models.is_dir():  # reuse converted weights; only the embeddings start empty
         (work / "cache" / "models").symlink_to(models)

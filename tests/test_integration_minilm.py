@@ -24,13 +24,14 @@ def test_embed_cli_resumes_and_shards_across_processes(tmp_path):
 
     import numpy as np
 
+    from embedlab.loading import cache_root
     from embedlab.sts import load_task
 
     t = load_task("STSBenchmark")
     texts = list(dict.fromkeys(t.s1[:60] + t.s2[:60]))
     corpus = tmp_path / "c.txt"
     corpus.write_text("\n".join(texts) + "\n")
-    models = Path(os.environ.get("EMBEDLAB_CACHE", Path.home() / ".cache" / "embedlab")) / "models"
+    models = cache_root() / "models"
     env = {**os.environ, "EMBEDLAB_CACHE": str(tmp_path / "cache"), "HF_HUB_OFFLINE": "1"}
     (tmp_path / "cache").mkdir()
     if models.is_dir():
