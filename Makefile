@@ -5,7 +5,7 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 7860
 
-.PHONY: run test test-fast bench browser clean-cache
+.PHONY: run test test-fast fuzz bench browser clean-cache
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -24,6 +24,11 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Property tests with random seeds and 20x the examples (tests/conftest.py's "fuzz" profile); `make test`
+# draws the same examples every run. Add what this finds to the test as an @example.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/test_properties.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not browser"
