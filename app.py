@@ -30,7 +30,9 @@ CSS = """
 
 HEAVY_WAITING = 8  # long requests of one kind (maps; batch pairs, anisotropy, evaluation) queued behind the running one
 MAX_FILE_SIZE = "4mb"  # uploads over this are refused before Gradio stores them (the app reads at most 2 MiB)
-DELETE_CACHE = (300, 900)  # every 5 min, Gradio deletes the files it stored (uploads, downloads) older than 15 min
+# Every 5 min, Gradio deletes the files it stored (uploads, downloads) older than 15 min; our own copies of the
+# downloads (views.DOWNLOADS) go after the same age. EMBEDLAB_DELETE_CACHE="freq,age" (seconds) changes both.
+DELETE_CACHE = tuple(int(x) for x in os.environ.get("EMBEDLAB_DELETE_CACHE", "300,900").split(",")[:2])
 
 
 def client_gone_check():
@@ -81,6 +83,7 @@ def build(lab: Lab) -> gr.Blocks:
     default = DEFAULT_MODEL if DEFAULT_MODEL in loadable else (loadable[0] if loadable else None)
     adapters0 = lab.adapter_choices(default) if default else [("none", "none")]
 
+    views.DOWNLOAD_TTL_S = DELETE_CACHE[1]
     with gr.Blocks(title="embedlab", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
                     "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690). Base and tuned come from one model in memory.")

@@ -46,7 +46,7 @@ USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, Unkno
 # Downloads (CSV + JSON per result) are written here; Gradio copies each into its own cache (cleaned by the
 # app's delete_cache), so a folder older than DOWNLOAD_TTL_S is no longer needed and is removed.
 DOWNLOADS = Path(tempfile.gettempdir()) / "embedlab-downloads"
-DOWNLOAD_TTL_S = 600
+DOWNLOAD_TTL_S = 900  # seconds; app.py sets it to its delete_cache age
 
 
 def full_eval_allowed() -> bool:
