@@ -44,6 +44,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app_server import AppServer  # noqa: E402
 
 M = "smollm2-135m"
@@ -210,6 +211,7 @@ def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Pat
         return du(tmp), du(uploads)
 
     before = sizes()
+    print(f"  before: temp {before[0] / 2**20:.2f} MiB, upload cache {before[1] / 2**20:.2f} MiB", flush=True)
     peak = list(before)
     done = threading.Event()
 
@@ -244,9 +246,9 @@ def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Pat
                     c.predict(M, adapter, "", handle_file(str(p)), api_name="/batch_pairs")
                 with lock:
                     n_ok[0] += 1
-                    if n_ok[0] % 100 == 0:
-                        print(f"  {n_ok[0]} answered, {time.perf_counter() - t0:.0f} s, temp {du(tmp) / 2**20:.1f} MiB",
-                              flush=True)
+                    if n_ok[0] % 50 == 0:
+                        print(f"  {n_ok[0]} answered, {time.perf_counter() - t0:.0f} s: temp {du(tmp) / 2**20:.2f} MiB, "
+                              f"upload cache {du(uploads) / 2**20:.2f} MiB", flush=True)
             except Exception as e:
                 with lock:
                     errors.append(f"{type(e).__name__}: {str(e)[:200]}")
@@ -293,9 +295,14 @@ def main() -> None:
     args = ap.parse_args()
     env = {"EMBEDLAB_MAX_SESSIONS": str(args.max_sessions)} if args.max_sessions else {}
     tmp = Path(tempfile.mkdtemp(prefix="embedlab-bench-"))
-    if args.disk:  # the app's temp folders (Gradio's cache, the downloads) in a folder of their own, to measure
+    cache = None
+    if args.disk:  # the app's temp folders (Gradio's cache, the downloads) and caches in folders of their own, to measure
+        from embedlab.loading import cache_root
+
+        cache = Path(tempfile.mkdtemp(prefix="embedlab-bench-cache-"))
+        (cache / "models").symlink_to(cache_root() / "models")  # the converted model, shared (read only here)
         env.update({"TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "EMBEDLAB_DELETE_CACHE": args.clean,
-                    "EMBEDLAB_UPLOAD_CACHE_MB": args.upload_cache_mb})
+                    "EMBEDLAB_UPLOAD_CACHE_MB": args.upload_cache_mb, "EMBEDLAB_CACHE": str(cache)})
     server = AppServer(Path(tempfile.mkdtemp()) / "app.log", warm="topics,snli,stsb", env=env)
     try:
         c = Client(server.url, verbose=False)
@@ -313,10 +320,7 @@ def main() -> None:
         if args.expensive:
             return run_expensive(server, adapter, args)
         if args.disk:
-            from embedlab.loading import cache_root
-
-            return run_disk(server, adapter, args, tmp, cache_root() / "embeddings" / "uploads",
-                            int(args.clean.split(",")[0]) + 10)
+            return run_disk(server, adapter, args, tmp, cache / "embeddings" / "uploads", int(args.clean.split(",")[0]) + 10)
         print(f"{args.users} users x {args.requests} requests (+1 quick evaluation) per round, {args.rounds} rounds, "
               f"{'new users every round' if args.churn else 'the same users every round'}"
               + (f", session cap {args.max_sessions}" if args.max_sessions else ""))
