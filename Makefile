@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 GRADIO_SERVER_NAME ?= 127.0.0.1
 GRADIO_SERVER_PORT ?= 7860
 
-.PHONY: run test test-fast bench browser clean-cache space-check
+.PHONY: run test test-fast fuzz bench browser clean-cache space-check
 
 # Lock tooling (`make lock` only): pip-tools in a venv of its own, so it never enters the app's pinned set.
 LOCK_VENV   ?= .venv-lock
@@ -46,6 +46,11 @@ run: $(STAMP)
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
+
+# Property tests with random seeds and 20x the examples (tests/conftest.py's "fuzz" profile); `make test`
+# draws the same examples every run. Add what this finds to the test as an @example.
+fuzz: $(STAMP)
+	HYPOTHESIS_PROFILE=fuzz $(PY) -m pytest -q -p no:cacheprovider tests/test_properties.py
 
 test-fast: $(STAMP)
 	$(PY) -m pytest -q -m "not integration and not browser"

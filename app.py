@@ -15,7 +15,7 @@ import gradio as gr
 import pandas as pd
 
 from embedlab import views
-from embedlab.compute import configure_for_serving
+from embedlab.compute import configure_for_serving, stop_when
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
 from embedlab.registry import DEFAULT_MODEL, MODELS, available_models
@@ -28,17 +28,53 @@ CSS = """
 """
 
 
+HEAVY_WAITING = 8  # long requests of one kind (maps; batch pairs, anisotropy, evaluation) queued behind the running one
+MAX_FILE_SIZE = "4mb"  # uploads over this are refused before Gradio stores them (the app reads at most 2 MiB)
+# Every 5 min, Gradio deletes the files it stored (uploads, downloads) older than 15 min; our own copies of the
+# downloads (views.DOWNLOADS) go after the same age. EMBEDLAB_DELETE_CACHE="freq,age" (seconds) changes both.
+DELETE_CACHE = tuple(int(x) for x in os.environ.get("EMBEDLAB_DELETE_CACHE", "300,900").split(",")[:2])
+
+
+def client_gone_check():
+    """A test, for the running Gradio event, of whether its client has gone: Gradio marks the event dead
+    (``alive = False``) when its client's stream disconnects, and forgets it when it is cancelled."""
+    from gradio.context import LocalContext
+
+    blocks, event_id = LocalContext.blocks.get(None), LocalContext.event_id.get(None)
+    queue = getattr(blocks, "_queue", None)
+    if queue is None or event_id is None:  # called outside a queued event (tests, the API's direct route)
+        return None
+
+    def gone() -> bool:
+        event = queue.event_ids_to_events.get(event_id)
+        return event is None or not event.alive
+
+    return gone
+
+
 def gradio_errors(fn):
-    """UserError -> gr.Error: the user sees the message, never a stack trace."""
+    """UserError -> gr.Error: the user sees the message, never a stack trace. Work the handler queues on
+    the compute thread stops (between batches) once its client has gone."""
 
     @functools.wraps(fn)
     def wrapper(*a, **k):
         try:
-            return fn(*a, **k)
+            with stop_when(client_gone_check()):
+                return fn(*a, **k)
         except views.UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
 
     return wrapper
+
+
+def first_card(lab: Lab, model: str | None, adapter: str) -> str:
+    """The model card shown when the page loads (a broken adapter there is a line on the page, not a failed start)."""
+    if model is None:
+        return "no model can load here"
+    try:
+        return views.model_card(lab, model, adapter)
+    except views.UserError as e:
+        return f"Adapter problem: {views.md(e)}"
 
 
 def build(lab: Lab) -> gr.Blocks:
@@ -47,7 +83,8 @@ def build(lab: Lab) -> gr.Blocks:
     default = DEFAULT_MODEL if DEFAULT_MODEL in loadable else (loadable[0] if loadable else None)
     adapters0 = lab.adapter_choices(default) if default else [("none", "none")]
 
-    with gr.Blocks(title="embedlab") as demo:
+    views.DOWNLOAD_TTL_S = DELETE_CACHE[1]
+    with gr.Blocks(title="embedlab", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
                     "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690). Base and tuned come from one model in memory.")
         with gr.Row(equal_height=False):
@@ -55,7 +92,7 @@ def build(lab: Lab) -> gr.Blocks:
             adapter = gr.Dropdown(adapters0, value=adapters0[0][1], label="Adapter (the 'tuned' side)", scale=2,
                                   allow_custom_value=True)  # API callers may name any adapter under the allowed folders
             with gr.Column(scale=3):
-                card = gr.Markdown(views.model_card(lab, default, adapters0[0][1]) if default else "no model can load here")
+                card = gr.Markdown(first_card(lab, default, adapters0[0][1]))
         gr.Markdown(views.unavailable_note())
         status = gr.Markdown(elem_id="status")
         # Per-user data lives in the session; dropped an hour after it was last set so abandoned sessions
@@ -147,18 +184,36 @@ def build(lab: Lab) -> gr.Blocks:
                 gr.Markdown(views.how_it_works(HOW_IT_WORKS))
 
         # --- wiring: every event has an api_name; heavy ones share one slot so cheap ones stay fast ---
-        model.change(h(lambda lab_, m: gr.update(choices=(c := lab_.adapter_choices(m)), value=c[0][1])),
-                     [model], [adapter], api_name="adapters")
+        def slot(group: str):
+            def validator(*_args, **_kw):
+                """Refuse a long request before it queues when HEAVY_WAITING of its kind already wait, so a
+                flood of them cannot fill the app's queue (max_size) and shut out compares and searches."""
+                queue = getattr(demo, "_queue", None)
+                waiting = queue.event_queue_per_concurrency_id.get(group) if queue is not None else None
+                if waiting is not None and len(waiting.queue) >= HEAVY_WAITING:
+                    raise gr.Error(f"{len(waiting.queue)} long requests are already waiting; try again in a minute",
+                                   print_exception=False)
+                return [gr.validate(True, "")] * len(_args)
+
+            return {"concurrency_id": group, "concurrency_limit": 1, "validator": validator}
+
+        # one long request of each kind at a time (its batches at background priority on the compute thread)
+        heavy, maps = slot("heavy"), slot("map")
+
+        def adapter_menu(lab_, m):
+            choices, value = views.adapter_menu(lab_, m)
+            return gr.update(choices=choices, value=value)
+
+        model.change(h(adapter_menu), [model], [adapter], api_name="adapters")
         adapter.change(h(views.model_card), [model, adapter], [card], api_name="model_card")
         go_pair.click(h(views.compare), [model, adapter, s1, s2], [pair_out], api_name="pairs", concurrency_limit=4)
         ex.click(gradio_errors(lambda: views.sts_example()), None, [s1, s2, gold_note], api_name="example")
         go_batch.click(h(views.batch_pairs), [model, adapter, batch_text, batch_file],
-                       [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", concurrency_id="heavy")
-        go_aniso.click(h(views.anisotropy), [model, adapter], [aniso_note, aniso_plot], api_name="anisotropy",
-                       concurrency_id="heavy")
+                       [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", **heavy)
+        go_aniso.click(h(views.anisotropy), [model, adapter], [aniso_note, aniso_plot], api_name="anisotropy", **heavy)
         map_upload.upload(gradio_errors(views.upload_corpus), [map_upload], [upload_state, upload_note], api_name="upload_corpus")
         go_map.click(h(views.draw_map), [model, adapter, map_corpus, upload_state, map_queries],
-                     [map_plot, moved, map_note, map_files, map_state], api_name="map", concurrency_id="heavy")
+                     [map_plot, moved, map_note, map_files, map_state], api_name="map", **maps)
         def show_neighbours(st, df, evt: gr.SelectData):
             return views.neighbours(st, df, evt.index[0] if evt.index else None)
 
@@ -172,7 +227,7 @@ def build(lab: Lab) -> gr.Blocks:
             return views.run_evaluation(lab_, m, a, tasks, q, progress=progress)
 
         go_eval.click(h(evaluate), [model, adapter, eval_tasks, quick], [eval_df, eval_note, eval_files],
-                      api_name="evaluate", concurrency_id="heavy")
+                      api_name="evaluate", **heavy)
         def embed(model: str, adapter: str, texts: list[str], tuned: bool = True) -> dict:
             """Embeddings of up to 256 texts: base and (with an adapter) tuned, as lists of floats."""
             return views.embed_api(lab, model, adapter, texts, tuned)
@@ -205,7 +260,7 @@ def main() -> None:
     # Address and port are Gradio's own: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets
     # 0.0.0.0:7860), else 127.0.0.1 and the first free port from 7860. Passing them here would override a Space's.
     demo.launch(state_session_capacity=int(os.environ.get("EMBEDLAB_MAX_SESSIONS", "200")),
-                theme=gr.themes.Soft(primary_hue="blue"), css=CSS, show_error=True)
+                theme=gr.themes.Soft(primary_hue="blue"), css=CSS, show_error=True, max_file_size=MAX_FILE_SIZE)
 
 
 if __name__ == "__main__":

@@ -14,11 +14,24 @@ session's page config and last outputs (~0.8 MB here) until the app's session ca
 (EMBEDLAB_MAX_SESSIONS, default 200) evicts the least recently used; --max-sessions 16
 lowers the cap so the plateau shows within a few rounds.
 
+--expensive: one round of the 16 users plus, at the same time, one maximal request of each
+expensive kind (the largest batch of pairs the app accepts, a map of a maximal upload, an
+evaluation of all 9 tasks with quick off, anisotropy). Goals: interactive pair p95 <= 2 s, 0 errors.
+
+--disk N: N requests that upload files (batch pairs from an uploaded file; every 25th a new corpus
+upload + a search in it), C at a time, against an app whose temporary folders are its own; reports
+the bytes on disk (temp: Gradio's cache + the app's downloads; the embedding cache of uploads)
+before, at the peak, after, and after one more cleaning period. Goal: flat (bounded by the cleaning
+age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
+
     python bench/load.py [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
+    python bench/load.py --expensive [--users 16] [--requests 10]
+    python bench/load.py --disk 1000 [--clients 4]
 """
 from __future__ import annotations
 
 import argparse
+import os
 import random
 import statistics
 import sys
@@ -31,6 +44,7 @@ from pathlib import Path
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from app_server import AppServer  # noqa: E402
 
 M = "smollm2-135m"
@@ -88,6 +102,181 @@ def heavy_user(url: str, adapter: str, times: dict, errors: list, lock: threadin
             errors.append(f"evaluate: {type(e).__name__}: {str(e)[:200]}")
 
 
+def max_pairs_text(rng: random.Random) -> str:
+    """The largest batch of pairs the app accepts: MAX_PAIRS pairs, just under MAX_PAIR_CHARS characters."""
+    from embedlab.corpora import MAX_PAIR_CHARS, MAX_PAIRS
+
+    per = MAX_PAIR_CHARS // (2 * MAX_PAIRS) - 1  # characters per sentence (all distinct)
+    pad = lambda s: (s + " " + "and then it rains on the old town square" * 3)[:per - 8] + f" {rng.randrange(10**7):07d}"  # noqa: E731
+    return "\n".join(f"{pad(sentence(rng))}\t{pad(sentence(rng))}\t{rng.uniform(0, 5):.1f}" for _ in range(MAX_PAIRS))
+
+
+def max_upload(folder: Path, rng: random.Random) -> Path:
+    """A corpus upload at the app's limits: MAX_TEXTS distinct lines, under MAX_UPLOAD_BYTES."""
+    from embedlab.corpora import MAX_TEXTS, MAX_UPLOAD_BYTES
+
+    per = MAX_UPLOAD_BYTES // MAX_TEXTS - 2
+    lines = [(sentence(rng) + " in the old town square, said the man" * 4)[:per - 8] + f" {i:07d}" for i in range(MAX_TEXTS)]
+    path = folder / "max_upload.txt"
+    path.write_text("\n".join(lines))
+    return path
+
+
+def expensive(url: str, adapter: str, times: dict, errors: list, lock: threading.Lock, kind: str) -> None:
+    """One maximal request of ``kind`` (its own client and session), timed."""
+    from gradio_client import Client, handle_file
+
+    c = Client(url, verbose=False, download_files=False)
+    rng = random.Random(7)
+    t0 = time.perf_counter()
+    try:
+        if kind == "batch_pairs":
+            c.predict(M, adapter, max_pairs_text(rng), None, api_name="/batch_pairs")
+        elif kind == "map_upload":
+            c.predict(handle_file(str(max_upload(Path(tempfile.mkdtemp()), rng))), api_name="/upload_corpus")
+            c.predict(M, adapter, "upload", "", api_name="/map")
+        elif kind == "evaluate":
+            from embedlab.sts import TASKS
+
+            c.predict(M, adapter, list(TASKS), False, api_name="/evaluate")
+        else:
+            c.predict(M, adapter, api_name="/anisotropy")
+        with lock:
+            times[f"{kind} (max)"].append((time.perf_counter() - t0) * 1000)
+        print(f"  {kind} (max) answered after {time.perf_counter() - t0:.0f} s", flush=True)
+    except Exception as e:
+        with lock:
+            errors.append(f"{kind}: {type(e).__name__}: {str(e)[:200]}")
+        print(f"  {kind} (max) failed after {time.perf_counter() - t0:.0f} s: {str(e)[:200]}", flush=True)
+
+
+def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> None:
+    from gradio_client import Client
+
+    clients = [Client(server.url, verbose=False, download_files=False) for _ in range(args.users)]
+    times: dict[str, list[float]] = defaultdict(list)
+    errors: list[str] = []
+    lock = threading.Lock()
+    kinds = ["batch_pairs", "map_upload", "evaluate", "anisotropy"]
+    threads = [threading.Thread(target=expensive, args=(server.url, adapter, times, errors, lock, k)) for k in kinds]
+    threads += [threading.Thread(target=user, args=(clients[u], adapter, args.requests, 5000 + u, times, errors, lock))
+                for u in range(args.users)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads[len(kinds):]:  # the users first: their latencies are measured while the long requests run
+        t.join()
+    users_wall = time.perf_counter() - t0
+    running = [k for k, t in zip(kinds, threads) if t.is_alive()]
+    print(f"\nusers done after {users_wall:.0f} s; long requests still running then: {', '.join(running) or 'none'}",
+          flush=True)
+    report(times, errors, ["pairs", "search", "embed", "map"])
+    for t in threads[: len(kinds)]:
+        t.join(max(0.0, args.cutoff - (time.perf_counter() - t0)))
+    wall = time.perf_counter() - t0
+    unfinished = [k for k, t in zip(kinds, threads) if t.is_alive()]
+    print(f"\n{args.users} users x {args.requests} requests + one maximal request of each expensive kind, all at once: "
+          f"{wall:.0f} s, errors {len(errors)} (goal 0), app RSS {app_rss_mib(server.proc.pid):.0f} MiB"
+          + (f"; not finished at the {args.cutoff:.0f} s cut-off: {', '.join(unfinished)}" if unfinished else ""))
+    report(times, errors, ["pairs", "search", "embed", "map"] + [f"{k} (max)" for k in kinds])
+
+
+def report(times: dict, errors: list, names: list[str]) -> None:
+    for name in names:
+        if times[name]:
+            xs = times[name]
+            print(f"  {name:<24} n {len(xs):4d}   p50 {statistics.median(xs):7.0f} ms   p95 {pct(xs, 0.95):7.0f} ms")
+    if times["pairs"]:
+        print(f"interactive pair p95: {pct(times['pairs'], 0.95) / 1000:.2f} s (goal <= 2 s)")
+    for e in errors[:10]:
+        print(f"  error: {e}")
+
+
+def du(path: Path) -> int:
+    """Bytes of the regular files under ``path`` (0 if missing)."""
+    total = 0
+    for root, _, files in os.walk(path):
+        for f in files:
+            try:
+                total += os.lstat(os.path.join(root, f)).st_size
+            except OSError:
+                pass
+    return total
+
+
+def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Path, uploads: Path, wait_s: int) -> None:
+    from gradio_client import Client, handle_file
+
+    def sizes() -> tuple[int, int]:
+        return du(tmp), du(uploads)
+
+    before = sizes()
+    print(f"  before: temp {before[0] / 2**20:.2f} MiB, upload cache {before[1] / 2**20:.2f} MiB", flush=True)
+    peak = list(before)
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.wait(5):
+            now = sizes()
+            peak[0], peak[1] = max(peak[0], now[0]), max(peak[1], now[1])
+
+    files = Path(tempfile.mkdtemp())
+    counter = iter(range(args.disk))
+    lock = threading.Lock()
+    errors: list[str] = []
+    n_ok = [0]
+
+    def client_loop(k: int) -> None:
+        c = Client(server.url, verbose=False, download_files=False)
+        rng = random.Random(k)
+        while True:
+            with lock:
+                i = next(counter, None)
+            if i is None:
+                return
+            try:
+                if i % 25 == 0:  # a new corpus: its vectors go to the (capped) upload cache
+                    p = files / f"corpus-{i}.txt"
+                    p.write_text("\n".join(f"{sentence(rng)} #{i}-{j}" for j in range(200)))
+                    c.predict(handle_file(str(p)), api_name="/upload_corpus")
+                    c.predict(M, adapter, "upload", sentence(rng), 5, api_name="/search")
+                else:
+                    p = files / f"pairs-{i}.tsv"
+                    p.write_text("\n".join(f"{sentence(rng)}\t{sentence(rng)}\t{rng.uniform(0, 5):.1f}" for _ in range(5)))
+                    c.predict(M, adapter, "", handle_file(str(p)), api_name="/batch_pairs")
+                with lock:
+                    n_ok[0] += 1
+                    if n_ok[0] % 50 == 0:
+                        print(f"  {n_ok[0]} answered, {time.perf_counter() - t0:.0f} s: temp {du(tmp) / 2**20:.2f} MiB, "
+                              f"upload cache {du(uploads) / 2**20:.2f} MiB", flush=True)
+            except Exception as e:
+                with lock:
+                    errors.append(f"{type(e).__name__}: {str(e)[:200]}")
+
+    watcher = threading.Thread(target=watch, daemon=True)
+    watcher.start()
+    t0 = time.perf_counter()
+    threads = [threading.Thread(target=client_loop, args=(k,)) for k in range(args.clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    wall = time.perf_counter() - t0
+    after = sizes()
+    time.sleep(wait_s)  # one more cleaning period
+    later = sizes()
+    done.set()
+    mib = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
+    print(f"\n{args.disk} requests with uploads ({args.clients} clients) in {wall:.0f} s: {n_ok[0]} answered, "
+          f"{len(errors)} errors")
+    print(f"  temp (Gradio cache + downloads): before {mib(before[0])}, peak {mib(peak[0])}, after {mib(after[0])}, "
+          f"{wait_s} s later {mib(later[0])}")
+    print(f"  embedding cache of uploads:      before {mib(before[1])}, peak {mib(peak[1])}, after {mib(after[1])}, "
+          f"{wait_s} s later {mib(later[1])}")
+    for e in errors[:5]:
+        print(f"  error: {e}")
+
+
 def main() -> None:
     from gradio_client import Client
 
@@ -97,8 +286,23 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--churn", action="store_true", help="new users (sessions) every round")
     ap.add_argument("--max-sessions", type=int, default=0, help="the app's session cap (0: its default)")
+    ap.add_argument("--expensive", action="store_true", help="users + one maximal request of each expensive kind")
+    ap.add_argument("--disk", type=int, default=0, help="N requests with uploads; disk before/after")
+    ap.add_argument("--clients", type=int, default=4, help="--disk: concurrent clients")
+    ap.add_argument("--cutoff", type=float, default=3600, help="--expensive: stop waiting for the long requests after this (s)")
+    ap.add_argument("--clean", default="60,120", help="--disk: the app's EMBEDLAB_DELETE_CACHE (freq,age seconds)")
+    ap.add_argument("--upload-cache-mb", default="16", help="--disk: the app's EMBEDLAB_UPLOAD_CACHE_MB")
     args = ap.parse_args()
     env = {"EMBEDLAB_MAX_SESSIONS": str(args.max_sessions)} if args.max_sessions else {}
+    tmp = Path(tempfile.mkdtemp(prefix="embedlab-bench-"))
+    cache = None
+    if args.disk:  # the app's temp folders (Gradio's cache, the downloads) and caches in folders of their own, to measure
+        from embedlab.loading import cache_root
+
+        cache = Path(tempfile.mkdtemp(prefix="embedlab-bench-cache-"))
+        (cache / "models").symlink_to(cache_root() / "models")  # the converted model, shared (read only here)
+        env.update({"TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "EMBEDLAB_DELETE_CACHE": args.clean,
+                    "EMBEDLAB_UPLOAD_CACHE_MB": args.upload_cache_mb, "EMBEDLAB_CACHE": str(cache)})
     server = AppServer(Path(tempfile.mkdtemp()) / "app.log", warm="topics,snli,stsb", env=env)
     try:
         c = Client(server.url, verbose=False)
@@ -112,6 +316,11 @@ def main() -> None:
 
         adapter = Lab().adapter_choices(M)[0][1]
         print(f"app ready {server.ready_s:.1f} s after start; adapter {adapter}; RSS {app_rss_mib(server.proc.pid):.0f} MiB")
+        print(f"machine: {os.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
+        if args.expensive:
+            return run_expensive(server, adapter, args)
+        if args.disk:
+            return run_disk(server, adapter, args, tmp, cache / "embeddings" / "uploads", int(args.clean.split(",")[0]) + 10)
         print(f"{args.users} users x {args.requests} requests (+1 quick evaluation) per round, {args.rounds} rounds, "
               f"{'new users every round' if args.churn else 'the same users every round'}"
               + (f", session cap {args.max_sessions}" if args.max_sessions else ""))

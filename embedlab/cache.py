@@ -10,6 +10,7 @@ Short interactive texts (a pair, a query) are remembered one by one, in memory o
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -24,7 +25,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from .compute import BACKGROUND
+from .compute import BACKGROUND, INTERACTIVE
 from .encode import Encoder, validate_texts
 
 log = logging.getLogger(__name__)
@@ -86,8 +87,13 @@ class EmbeddingCache:
     """
 
     def __init__(self, root: Path, seeds: Sequence[Path] = (), memory_bytes: int = 512 << 20,
-                 memory_texts: int = 4096) -> None:
+                 memory_texts: int = 4096, upload_bytes: int | None = None) -> None:
         self.root = Path(root)
+        # Vectors of users' uploads live apart and are capped in size, least recently used removed first
+        # (a 20K-text upload holds ~90 MB for base and tuned); built-in corpora and seeds are never evicted.
+        self.uploads = self.root / "uploads"
+        self.upload_bytes = upload_bytes if upload_bytes is not None else \
+            int(float(os.environ.get("EMBEDLAB_UPLOAD_CACHE_MB", "256")) * 2**20)
         self.seeds = [Path(p) for p in seeds]
         self.memory_bytes = memory_bytes
         self.memory_texts = memory_texts
@@ -115,10 +121,12 @@ class EmbeddingCache:
         progress: Callable[[int, int], None] | None = None,
         wait: bool = True,
         sha: str | None = None,
+        uploaded: bool = False,
     ) -> np.ndarray:
         """Embeddings of ``texts`` (float32, (N, d)), computing only the chunks not yet cached.
 
         ``sha``: :func:`corpus_sha256` of ``texts`` when the caller knows it (hashing 10K texts costs 20 ms).
+        ``uploaded``: a user's upload, cached under the size-capped ``uploads`` folder.
         """
         texts = list(texts)
         key = embedding_key(enc, use_adapter, sha or corpus_sha256(texts))
@@ -131,13 +139,47 @@ class EmbeddingCache:
             raise CacheBusy(f"these embeddings are being computed right now ({self._progress.get(key, 'starting')}); "
                             "try again in a moment")
         try:
-            return self._remember(key, self._get_or_compute(enc, texts, use_adapter, progress, key))
+            return self._remember(key, self._get_or_compute(enc, texts, use_adapter, progress, key, uploaded=uploaded))
         finally:
             self._progress.pop(key, None)
             lock.release()
+            if uploaded:
+                self.trim_uploads()
 
-    def sides(self, enc: Encoder, texts: Sequence[str], adapter: str | None) -> tuple[np.ndarray, np.ndarray | None]:
-        """Base and ``adapter`` vectors of interactive texts, float32 (N, d) each (tuned None without adapter).
+    def trim_uploads(self) -> int:
+        """Remove the least recently used upload folders until the rest fit ``upload_bytes``; returns bytes freed.
+
+        Recency is the manifest's modification time, which every read touches. A folder being
+        computed right now (its lock held) is kept.
+        """
+        entries = []
+        for d in self.uploads.glob("*") if self.uploads.is_dir() else []:
+            try:
+                files = [f for f in d.iterdir() if f.is_file()]
+                used = max((d / "manifest.json").stat().st_mtime if (d / "manifest.json").exists() else 0,
+                           d.stat().st_mtime)
+                entries.append((used, sum(f.stat().st_size for f in files), d))
+            except OSError:
+                continue
+        total, freed = sum(e[1] for e in entries), 0
+        for _, size, d in sorted(entries, key=lambda e: e[0]):
+            if total <= self.upload_bytes:
+                break
+            lock = self._locks.get(d.name)
+            if lock is not None and lock.locked():
+                continue
+            shutil.rmtree(d, ignore_errors=True)
+            with self._guard:
+                self._locks.pop(d.name, None)
+            total -= size
+            freed += size
+        return freed
+
+    def sides(self, enc: Encoder, texts: Sequence[str], adapter: str | None,
+              priority: int = INTERACTIVE) -> tuple[np.ndarray, np.ndarray | None]:
+        """Base and ``adapter`` vectors of request texts, float32 (N, d) each (tuned None without adapter).
+
+        ``priority``: BACKGROUND for a long list (a batch of pairs), so interactive requests go first.
 
         Each text's pair of vectors is remembered (the ``memory_texts`` most recent), so
         re-scoring a pair with one sentence edited, or re-running a query, embeds only
@@ -152,7 +194,7 @@ class EmbeddingCache:
                 self._texts.move_to_end(k)
         new = [t for t, k in key_of.items() if k not in found]
         if new:
-            base, tuned = enc.encode_sides(new, adapter)
+            base, tuned = enc.encode_sides(new, adapter, priority=priority)
             computed = {key_of[t]: (base[i], None if tuned is None else tuned[i]) for i, t in enumerate(new)}
             found.update(computed)
             with self._guard:
@@ -172,23 +214,27 @@ class EmbeddingCache:
         return min(len(texts), len(_read_manifest(self.root / key / "manifest.json")) * CHUNK)
 
     def peek(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
-             sha: str | None = None) -> np.ndarray | None:
+             sha: str | None = None, uploaded: bool = False) -> np.ndarray | None:
         """The cached embeddings of ``texts`` if every chunk is already cached, else None (never computes)."""
         texts = list(texts)
         key = embedding_key(enc, use_adapter, sha or corpus_sha256(texts))
         with self._guard:
             if key in self._memory:
                 return self._memory[key]
-        arr = self._get_or_compute(enc, texts, use_adapter, None, key, compute=False)
+        arr = self._get_or_compute(enc, texts, use_adapter, None, key, compute=False, uploaded=uploaded)
         return None if arr is None else self._remember(key, arr)
 
     def _get_or_compute(self, enc: Encoder, texts: list[str], use_adapter: bool | str,
-                        progress: Callable[[int, int], None] | None, key: str, compute: bool = True) -> np.ndarray | None:
-        folder = self.root / key
+                        progress: Callable[[int, int], None] | None, key: str, compute: bool = True,
+                        uploaded: bool = False) -> np.ndarray | None:
+        folder = (self.uploads if uploaded else self.root) / key
         if compute:
             folder.mkdir(parents=True, exist_ok=True)
         manifest_path = folder / "manifest.json"
         manifest = _read_manifest(manifest_path)
+        if uploaded and manifest:
+            with contextlib.suppress(OSError):  # the upload cache's recency for trim_uploads
+                os.utime(manifest_path)
         seeds = [(d / key, _read_manifest(d / key / "manifest.json")) for d in self.seeds]
         parts = []
         n_chunks = (len(texts) + CHUNK - 1) // CHUNK

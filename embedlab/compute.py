@@ -11,6 +11,8 @@ model's adapter state is only touched from here.
 """
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import ctypes
 import itertools
 import os
@@ -19,7 +21,7 @@ import sys
 import threading
 import time
 from concurrent.futures import Future
-from typing import Callable, TypeVar
+from typing import Callable, Iterator, TypeVar
 
 T = TypeVar("T")
 INTERACTIVE, BACKGROUND = 0, 10
@@ -29,6 +31,31 @@ _order = itertools.count()  # FIFO within one priority
 _started = threading.Lock()
 _thread: threading.Thread | None = None
 _background_batch_tokens: int | None = None
+# The calling request's "has my client gone?" test (see stop_when); checked before each task runs.
+_stop_check: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("embedlab_stop_check", default=None)
+
+
+class Cancelled(RuntimeError):
+    """The request that queued this work has gone (its client disconnected or cancelled it)."""
+
+
+@contextlib.contextmanager
+def stop_when(check: Callable[[], bool] | None) -> Iterator[None]:
+    """Within this block, work this thread queues on the compute thread is dropped, raising
+    :class:`Cancelled`, once ``check()`` is true: a long job stops between two batches when its
+    client leaves. ``check`` runs on the compute thread and must be cheap and thread-safe."""
+    token = _stop_check.set(check)
+    try:
+        yield
+    finally:
+        _stop_check.reset(token)
+
+
+def _gone(check: Callable[[], bool] | None) -> bool:
+    try:
+        return bool(check and check())
+    except Exception:  # a failing check never stops work
+        return False
 
 
 SWITCH_INTERVAL_S = float(os.environ.get("EMBEDLAB_SWITCH_INTERVAL", "0.0002"))  # seconds
@@ -38,15 +65,18 @@ GRACE_S = 0.25  # background work starts only after this long without interactiv
 def _loop() -> None:
     last_interactive = 0.0
     while True:
-        priority, order, fn, fut = _queue.get()
+        priority, order, fn, fut, check = _queue.get()
         if priority > INTERACTIVE and (wait := last_interactive + GRACE_S - time.monotonic()) > 0:
             # Users send requests in bursts (a click, then the next while they read). A background
             # batch started in a gap makes the next click wait for it, so hold background work
             # back until interactive traffic pauses; an interactive task arriving meanwhile goes first.
-            _queue.put((priority, order, fn, fut))
+            _queue.put((priority, order, fn, fut, check))
             time.sleep(min(wait, 0.02))
             continue
         if not fut.set_running_or_notify_cancel():
+            continue
+        if _gone(check):  # nobody waits for this result any more: skip the work
+            fut.set_exception(Cancelled("stopped: the request's client has gone"))
             continue
         try:
             fut.set_result(fn())
@@ -60,10 +90,14 @@ def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:
     """Run ``fn()`` on the compute thread and return its result (its exception propagates).
 
     Lower ``priority`` runs first. Re-entrant: from the compute thread itself, runs ``fn`` directly.
+    Raises :class:`Cancelled` instead when the caller's :func:`stop_when` check is true.
     """
     global _thread
     if threading.current_thread().name == _NAME:
         return fn()
+    check = _stop_check.get()
+    if _gone(check):
+        raise Cancelled("stopped: the request's client has gone")
     with _started:
         if _thread is None:
             # A forward pass is ~3,000 torch ops; each releases the GIL and must take it back. While another
@@ -74,7 +108,7 @@ def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:
             _thread = threading.Thread(target=_loop, name=_NAME, daemon=True)
             _thread.start()
     fut: Future = Future()
-    _queue.put((priority, next(_order), fn, fut))
+    _queue.put((priority, next(_order), fn, fut, check))
     return fut.result()
 
 

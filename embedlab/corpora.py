@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import functools
 import io
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,6 +15,11 @@ MAX_UPLOAD_BYTES = 2 * 2**20
 MAX_TEXTS = 20_000  # an uploaded corpus (lines)
 MAX_PAIRS = 2_000  # batch pair mode
 MAX_CHARS = 2_000  # one text in an upload
+# Characters of distinct sentences in one batch of pairs: what bounds its work (every distinct sentence is
+# embedded by base and tuned). ~200K characters (~50K tokens) take ~40 s of background compute on 2 cores;
+# the STSBenchmark test set (1,379 pairs) has ~140K.
+MAX_PAIR_CHARS = 200_000
+MIN_TEXTS = 4  # a corpus (a map needs neighbours)
 
 
 class InputError(ValueError):
@@ -26,6 +32,7 @@ class Corpus:
     texts: tuple[str, ...]
     labels: tuple[str, ...]
     description: str
+    uploaded: bool = False  # a user's upload: its cached vectors are evictable, its maps are kept in memory only
 
     @functools.cached_property
     def sha256(self) -> str:
@@ -48,7 +55,7 @@ class Corpus:
             return self
         idx = self.sample_indices(n, seed)
         return Corpus(f"{self.name} ({n} of {len(self)})", tuple(self.texts[i] for i in idx),
-                      tuple(self.labels[i] for i in idx), self.description)
+                      tuple(self.labels[i] for i in idx), self.description, self.uploaded)
 
 
 def _dedupe(texts: list[str], labels: list[str]) -> tuple[tuple[str, ...], tuple[str, ...]]:
@@ -146,15 +153,15 @@ def parse_corpus(data: bytes | str, filename: str = "upload.txt", max_texts: int
         texts = [clean_text(line) for line in text.splitlines()]
         labels = ["-"] * len(texts)
     keep = [(t, l) for t, l in zip(texts, labels) if t]
-    if len(keep) < 4:
-        raise InputError(f"found {len(keep)} non-empty text(s); a corpus needs at least 4")
     if len(keep) > max_texts:
         raise InputError(f"found {len(keep):,} texts; the limit is {max_texts:,}")
     long = next((i for i, (t, _) in enumerate(keep) if len(t) > MAX_CHARS), None)
     if long is not None:
         raise InputError(f"text {long + 1} has {len(keep[long][0]):,} characters; the limit is {MAX_CHARS:,}")
     t, l = _dedupe([k[0] for k in keep], [k[1] for k in keep])
-    return Corpus(filename.rsplit("/", 1)[-1][:60], t, l, f"uploaded: {len(t)} distinct texts")
+    if len(t) < MIN_TEXTS:  # counted after removing duplicates: "x" four times is one text
+        raise InputError(f"found {len(t)} distinct non-empty text(s); a corpus needs at least {MIN_TEXTS}")
+    return Corpus(filename.rsplit("/", 1)[-1][:60], t, l, f"uploaded: {len(t)} distinct texts", uploaded=True)
 
 
 def parse_pairs(data: bytes | str) -> tuple[list[str], list[str], list[float] | None]:
@@ -179,9 +186,16 @@ def parse_pairs(data: bytes | str) -> tuple[list[str], list[str], list[float] | 
         s1.append(a); s2.append(b)  # noqa: E702
         if len(r) > 2 and r[2].strip():
             try:
-                gold.append(float(r[2]))
+                g = float(r[2])
             except ValueError:
-                raise InputError(f"line {i}: gold score {r[2][:20]!r} is not a number") from None
+                g = math.nan
+            if not math.isfinite(g):  # "nan" and "inf" parse as floats but rank nothing
+                raise InputError(f"line {i}: gold score {r[2][:20]!r} is not a number")
+            gold.append(g)
     if gold and len(gold) != len(s1):
         raise InputError("give a gold score on every line or on none")
+    chars = sum(map(len, dict.fromkeys(s1 + s2)))
+    if chars > MAX_PAIR_CHARS:
+        raise InputError(f"these pairs hold {chars:,} characters of distinct sentences; the limit is "
+                         f"{MAX_PAIR_CHARS:,} per request: split the list")
     return s1, s2, (gold or None)

@@ -239,7 +239,8 @@ class Encoder:
             return self.encode(texts, use_adapter=False, priority=priority), None
         self.check_adapter(adapter)
         n = len(texts)
-        out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, 64, 4096, False, priority)
+        max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or 4096
+        out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, 64, max_tokens, False, priority)
         return out[:n], out[n:]
 
     def _run(self, texts: list[str], mode: str | None, adapter_names: list[str] | None, batch_size: int,

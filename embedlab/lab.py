@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import threading
 import zipfile
 from collections import OrderedDict
@@ -21,14 +22,14 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import index as faiss_index
-from .adapters import ADAPTERS_DIR, AdapterError, shipped_adapters
+from .adapters import ADAPTERS_DIR, MAX_JSON_BYTES, AdapterError, AdapterInfo, _inside, inspect_adapter, shipped_adapters
 from .cache import EmbeddingCache, embedding_key
-from .compute import on_compute_thread
+from .compute import BACKGROUND, on_compute_thread
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
 from .projection import TwinMaps, neighbour_overlap, place_by_neighbours
-from .registry import DEFAULT_MODEL, MODELS, get_spec, hub_reachable
+from .registry import DEFAULT_MODEL, MODELS, ModelSpec, get_spec, hub_reachable
 from .sts import spearman100
 
 log = logging.getLogger(__name__)
@@ -139,9 +140,7 @@ class Lab:
             return Side(enc, None)
         if adapter.startswith(HUB_PREFIX):
             return Side(enc, attach_adapter(enc, hub_adapter_dir(key, adapter[len(HUB_PREFIX):]), activate=False).name)
-        path = Path(adapter)
-        if not path.is_absolute():
-            path = ROOT / path
+        path = allowed_adapter_path(adapter)
         try:  # already validated and attached, and the files unchanged since: skip re-reading them
             sig = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()))
         except OSError:
@@ -153,6 +152,22 @@ class Lab:
         self._attached[memo] = info.name
         return Side(enc, info.name)
 
+    def adapter_info(self, key: str, adapter: str | None) -> AdapterInfo | None:
+        """The validated adapter (its training record included) without loading the model: None for 'none'.
+
+        Same checks as :meth:`side` (allowed folders first, then :func:`inspect_adapter`).
+        """
+        spec = self.spec(key)
+        if not adapter or adapter == NONE:
+            return None
+        if adapter.startswith(HUB_PREFIX):
+            return inspect_adapter(hub_adapter_dir(key, adapter[len(HUB_PREFIX):]), spec)
+        return inspect_adapter(allowed_adapter_path(adapter), spec, allowed_roots=adapter_roots())
+
+    def spec(self, key: str) -> ModelSpec:
+        """The registry entry ``key`` serves (what its encoder will be built from)."""
+        return get_spec(key)
+
     # --- embeddings ------------------------------------------------------------------------------
     def embed_pair_sides(self, s: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray | None]:
         """Base and tuned vectors of a request's texts, (N, d) float32 each; recent texts come from memory."""
@@ -162,7 +177,7 @@ class Lab:
                        wait: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
         """Base and tuned vectors of a corpus (cached). ``wait=False``: a corpus another request is
         embedding right now raises CacheBusy with its progress instead of blocking this request."""
-        kw = {"progress": progress, "wait": wait, "sha": corpus.sha256}
+        kw = {"progress": progress, "wait": wait, "sha": corpus.sha256, "uploaded": corpus.uploaded}
         base = self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=False, **kw)
         tuned = self.embeddings.get_or_compute(s.enc, corpus.texts, use_adapter=s.adapter, **kw) if s.adapter else None
         return base, tuned
@@ -171,8 +186,9 @@ class Lab:
         """Vectors of a map's sample: rows of the whole corpus's when those are cached already
         (the 10K search corpus), else the sample embedded on its own (a fresh 50K upload)."""
         if sample is not full:
-            fb = self.embeddings.peek(s.enc, full.texts, use_adapter=False, sha=full.sha256)
-            ft = self.embeddings.peek(s.enc, full.texts, use_adapter=s.adapter, sha=full.sha256) if s.adapter else None
+            kw = {"sha": full.sha256, "uploaded": full.uploaded}
+            fb = self.embeddings.peek(s.enc, full.texts, use_adapter=False, **kw)
+            ft = self.embeddings.peek(s.enc, full.texts, use_adapter=s.adapter, **kw) if s.adapter else None
             if fb is not None and (ft is not None or not s.adapter):
                 idx = full.sample_indices(len(sample))
                 return fb[idx], (ft[idx] if ft is not None else None)
@@ -185,10 +201,13 @@ class Lab:
         return {"base": float(base[0] @ base[1]), "tuned": float(tuned[0] @ tuned[1]) if tuned is not None else None}
 
     def batch_pairs(self, s: Side, s1: list[str], s2: list[str], gold: list[float] | None) -> dict:
-        """Cosines for many pairs; Spearman x100 against gold when given."""
+        """Cosines for many pairs; Spearman x100 against gold when given.
+
+        Long work: its batches run at background priority, so single compares overtake them.
+        """
         uniq = list(dict.fromkeys(s1 + s2))
         pos = {t: i for i, t in enumerate(uniq)}
-        base, tuned = self.embed_pair_sides(s, uniq)
+        base, tuned = self.embeddings.sides(s.enc, uniq, s.adapter, priority=BACKGROUND)
         i1, i2 = [pos[t] for t in s1], [pos[t] for t in s2]
         cb = np.einsum("ij,ij->i", base[i1], base[i2])
         ct = np.einsum("ij,ij->i", tuned[i1], tuned[i2]) if tuned is not None else None
@@ -258,7 +277,9 @@ class Lab:
                 return self._maps[key]
         path = self.cache_dir / "maps" / f"{key}.npz"
         m = None
-        for candidate in [path] + ([self.seed_dir / "maps" / path.name] if self.seed_dir else []):
+        # an upload's map stays in memory only: one file per distinct upload would fill the disk
+        candidates = [] if corpus.uploaded else [path] + ([self.seed_dir / "maps" / path.name] if self.seed_dir else [])
+        for candidate in candidates:
             if m is None and candidate.is_file():
                 try:
                     z = np.load(candidate, allow_pickle=False)
@@ -272,7 +293,8 @@ class Lab:
             jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
             m = {"base_xy": um.base_xy, "tuned_xy": um.tuned_xy, "jaccard": jac, "nn_base": nb, "nn_tuned": nt,
                  "params": um.params}
-            _save_map(path, m)
+            if not corpus.uploaded:
+                _save_map(path, m)
         m = {**m, "corpus": corpus, "base_vecs": base, "tuned_vecs": tuned, "has_tuned": tuned is not None}
         with self._lock:
             self._maps[key] = m
@@ -372,12 +394,36 @@ def _save_map(path: Path, m: dict) -> None:
     os.replace(tmp, path)
 
 
-def _device_tag(path: Path) -> str:
+def allowed_adapter_path(adapter: str) -> Path:
+    """``adapter`` (absolute, or relative to the repository) resolved, refused unless inside :func:`adapter_roots`.
+
+    Checked before anything lists, stats or opens the folder.
+    """
+    path = Path(adapter).expanduser()
+    path = (path if path.is_absolute() else ROOT / path).resolve()
+    if not _inside(path, adapter_roots()):
+        raise AdapterError(f"{adapter} is outside the allowed adapter folders")
+    return path
+
+
+def read_record(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
+    """A training.json as a dict; {} unless it is a regular file under ``max_bytes`` holding a JSON object
+    (a FIFO or device there would block the reading thread)."""
     try:
-        rec = json.loads((path / "training.json").read_text())
-        return " · GPU-trained" if rec.get("trained_on") == "cuda" else " · CPU-trained"
+        st = os.stat(path)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
+            return {}
+        rec = json.loads(path.read_bytes().decode("utf-8"))
     except (OSError, ValueError):
+        return {}
+    return rec if isinstance(rec, dict) else {}
+
+
+def _device_tag(path: Path) -> str:
+    rec = read_record(path / "training.json")
+    if not rec:
         return ""
+    return " · GPU-trained" if rec.get("trained_on") == "cuda" else " · CPU-trained"
 
 
 __all__ = ["Lab", "Side", "InputError", "AdapterError", "NONE", "MAP_MAX"]

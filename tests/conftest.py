@@ -8,6 +8,22 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
+
+# `make test` must give the same answer on every run: property tests draw the same examples each time
+# (derandomize: seeded from each test's name) and keep no example database between runs. `make fuzz`
+# (profile "fuzz") draws random examples, FUZZ_SCALE times as many, to look for new failures; a failure
+# it finds belongs in the test as an @example so that `make test` checks it from then on.
+FUZZ_SCALE = 20
+settings.register_profile("default", derandomize=True, database=None, deadline=None, print_blob=True)
+settings.register_profile("fuzz", derandomize=False, database=None, deadline=None, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "default"))
+
+
+def examples(n: int) -> int:
+    """``n`` examples under the default profile, ``n * FUZZ_SCALE`` under "fuzz" (an explicit
+    ``max_examples`` in ``@settings`` overrides the profile's, so tests scale theirs through here)."""
+    return n * FUZZ_SCALE if settings.get_current_profile_name() == "fuzz" else n
 
 
 @pytest.fixture(scope="session")

@@ -89,3 +89,32 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_work_of_a_request_whose_client_has_gone_stops_between_batches():
+    """stop_when: once the check is true, the caller's next batch is not run and Cancelled is raised;
+    other callers' work goes on. (The app's check asks Gradio whether the event's client is still there.)"""
+    from embedlab.compute import Cancelled, stop_when
+
+    enc = tiny_encoder("llama")
+    texts = [f"a man is playing a guitar {i}" for i in range(200)]
+    batches = []
+    real = enc.model.forward
+
+    def counting_forward(*a, **k):
+        batches.append(1)
+        return real(*a, **k)
+
+    enc.model.forward = counting_forward
+    gone = threading.Event()
+    with stop_when(lambda: len(batches) >= 3 or gone.is_set()):
+        with pytest.raises(Cancelled):
+            enc.encode(texts, batch_size=8, priority=BACKGROUND)
+    assert len(batches) == 3  # 25 batches asked for; none ran after the client left
+    batches.clear()
+    assert enc.encode(texts[:16], batch_size=8).shape == (16, 32) and len(batches) == 2  # outside: runs as usual
+    gone.set()
+    with stop_when(gone.is_set), pytest.raises(Cancelled):  # already gone: nothing is queued at all
+        on_compute_thread(lambda: pytest.fail("ran"))
+    with stop_when(lambda: 1 / 0):  # a broken check never stops work
+        assert on_compute_thread(lambda: 5) == 5

@@ -22,6 +22,7 @@ from embedlab.corpora import MAX_TEXTS, InputError, parse_corpus, parse_pairs
 from embedlab.encode import TextError, validate_texts
 from embedlab.lab import Lab
 from embedlab.nli import DataError, read_triplets
+from conftest import examples
 from tiny import make_adapter, tiny_encoder
 
 M = "smollm2-135m"
@@ -48,6 +49,7 @@ def lab(tmp_path, monkeypatch):
     lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
     enc = tiny_encoder("llama")
     monkeypatch.setattr(lab, "encoder", lambda key: enc)
+    monkeypatch.setattr(lab, "spec", lambda key: enc.spec)
     root = tmp_path / "adapters"
     make_adapter(root / "tiny-nli")
     monkeypatch.setenv("EMBEDLAB_ADAPTER_DIRS", str(root))
@@ -66,7 +68,7 @@ def cache_is_intact(cache_dir: Path) -> bool:
 
 # --- the encoder's own check ------------------------------------------------------------------
 @given(st.lists(TEXT, max_size=6))
-@settings(max_examples=150, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=FIXTURES)
 def test_validate_texts_accepts_or_names_the_problem(texts):
     try:
         ok = validate_texts(texts)
@@ -77,7 +79,7 @@ def test_validate_texts_accepts_or_names_the_problem(texts):
 
 
 @given(st.lists(st.text(ANY_CHAR, min_size=1, max_size=300), min_size=1, max_size=5))
-@settings(max_examples=40, deadline=None)
+@settings(max_examples=examples(40), deadline=None)
 def test_whatever_passes_validation_encodes_to_unit_vectors(texts):
     enc = _tiny()
     try:
@@ -110,7 +112,7 @@ CSVISH = st.one_of(
 
 
 @given(CSVISH, st.sampled_from(["up.txt", "up.csv", "up.tsv", "UP.CSV", "noext"]))
-@settings(max_examples=200, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=FIXTURES)
 def test_corpus_upload_parses_or_explains(data, name):
     try:
         c = parse_corpus(data, name)
@@ -122,7 +124,7 @@ def test_corpus_upload_parses_or_explains(data, name):
 
 
 @given(CSVISH)
-@settings(max_examples=200, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=FIXTURES)
 def test_pair_upload_parses_or_explains(data):
     try:
         s1, s2, gold = parse_pairs(data)
@@ -135,7 +137,7 @@ def test_pair_upload_parses_or_explains(data):
 # --- app handlers (tiny model behind the real Lab) ------------------------------------------------
 @given(a=ANY_VALUE, b=ANY_VALUE, adapter=st.sampled_from(["none", "ADAPTER", "/etc", "../../x", "", None, 3]),
        model=st.sampled_from([M, "gpt-17", "", None, 42]))
-@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 @example(a="x" * 1_000_000, b="y", adapter="ADAPTER", model=M)
 @example(a="\ud800", b="fine", adapter="ADAPTER", model=M)
 def test_compare_handler(lab, a, b, adapter, model):
@@ -149,7 +151,11 @@ def test_compare_handler(lab, a, b, adapter, model):
 
 
 @given(query=ANY_VALUE, k=ANY_VALUE, corpus=st.sampled_from(["topics", "upload", "nope", None, 7]))
-@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
+@example(query="a dog", k=float("inf"), corpus="topics")  # int(inf) raised OverflowError: the generic message
+@example(query="a dog", k=float("nan"), corpus="topics")
+@example(query="a dog", k=10**30, corpus="topics")
+@example(query="a dog", k=True, corpus="topics")
 def test_search_handler(lab, query, k, corpus):
     try:
         tb, tt, note, files = views.search(lab, M, lab.adapter_path, corpus, None, query, k)
@@ -160,7 +166,7 @@ def test_search_handler(lab, query, k, corpus):
 
 
 @given(texts=st.one_of(ANY_VALUE, st.lists(ANY_VALUE, max_size=5), st.just(["ok"] * 300)), tuned=st.booleans())
-@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 def test_embed_handler(lab, texts, tuned):
     try:
         out = views.embed_api(lab, M, lab.adapter_path, texts, tuned)
@@ -171,7 +177,7 @@ def test_embed_handler(lab, texts, tuned):
 
 
 @given(text=st.one_of(ANY_VALUE, CSVISH.map(lambda b: b.decode("utf-8", "replace"))))
-@settings(max_examples=60, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 def test_batch_pairs_and_upload_handlers(lab, tmp_path, text):
     try:
         df, *_ = views.batch_pairs(lab, M, "none", text, None)
@@ -205,7 +211,7 @@ def test_bad_input_leaves_the_cache_intact(lab):
     st.tuples(st.just("--limit"), st.text(max_size=5).filter(lambda s: not s.strip().lstrip("-").isdigit())),
     st.tuples(st.just("--sick"), st.text(max_size=8)),
 ))
-@settings(max_examples=80, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(80), deadline=None, suppress_health_check=FIXTURES)
 def test_eval_cli_refuses_bad_arguments_with_a_message(capsys, arg):
     flag, value = arg
     if flag == "--tasks" and value.startswith("-"):
@@ -218,11 +224,35 @@ def test_eval_cli_refuses_bad_arguments_with_a_message(capsys, arg):
     assert rc == 2 and "error" in err and "Traceback" not in err
 
 
-def test_eval_cli_adapter_that_is_not_an_adapter(capsys, tmp_path):
-    (tmp_path / "adapter_config.json").write_text("{not json")
-    for path in [tmp_path, tmp_path / "missing", Path("/etc")]:
-        assert cli.main(["eval", "--model", "minicpm-2b", "--adapter", str(path), "--limit", "5"]) == 2
-        assert "error:" in capsys.readouterr().err
+def test_eval_cli_adapter_that_is_not_an_adapter(capsys, tmp_path, monkeypatch):
+    """`python -m embedlab eval --adapter X` on a model that loads (the tiny one, through load_encoder's own
+    adapter step): every bad adapter is refused with its own reason, and a good one gets through to the
+    evaluation (so the refusals come from the adapter checks, not from the model being unavailable)."""
+    import embedlab.loading as loading
+
+    def tiny_load(key, adapter=None, device=None, **kw):
+        enc = tiny_encoder("llama")
+        if adapter is not None:
+            loading.attach_adapter(enc, adapter)
+        return enc
+
+    monkeypatch.setattr(loading, "load_encoder", tiny_load)
+    (tmp_path / "badjson").mkdir()
+    (tmp_path / "badjson" / "adapter_config.json").write_text("{not json")
+    (tmp_path / "badjson" / "adapter_model.safetensors").write_bytes(b"x")
+    make_adapter(tmp_path / "other", base="some-other-model")
+    make_adapter(tmp_path / "pickled")
+    (tmp_path / "pickled" / "adapter_model.safetensors").rename(tmp_path / "pickled" / "adapter_model.bin")
+    make_adapter(tmp_path / "good")
+    cases = [(tmp_path / "badjson", "not valid JSON"), (tmp_path / "missing", "is not a folder"),
+             (Path("/etc"), "no adapter_model.safetensors"), (tmp_path / "other", "trained for 'some-other-model'"),
+             (tmp_path / "pickled", "pickled weights")]
+    for path, why in cases:
+        assert cli.main(["eval", "--model", M, "--adapter", str(path), "--tasks", "STS12", "--limit", "5"]) == 2
+        err = capsys.readouterr().err
+        assert "error:" in err and why in err and "Traceback" not in err, (path, err)
+    assert cli.main(["eval", "--model", M, "--adapter", str(tmp_path / "good"), "--tasks", "STS12", "--limit", "5"]) == 0
+    assert "STS12" in capsys.readouterr().out
 
 
 # --- train.py -------------------------------------------------------------------------------------
@@ -232,7 +262,7 @@ FIELD_VALUES = st.one_of(st.integers(min_value=-5, max_value=10**6), st.floats(a
 
 @given(st.dictionaries(st.sampled_from([f.name for f in train.dataclasses.fields(train.Config)] + ["bogus"]),
                        FIELD_VALUES, max_size=4))
-@settings(max_examples=150, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=FIXTURES)
 def test_train_config_file_is_checked(tmp_path_factory, capsys, values):
     path = tmp_path_factory.mktemp("cfg") / "c.json"
     path.write_text(json.dumps(values, allow_nan=True))
@@ -260,7 +290,7 @@ def test_train_config_bad_files(tmp_path, capsys, content):
 
 
 @given(CSVISH)
-@settings(max_examples=200, deadline=None, suppress_health_check=FIXTURES)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=FIXTURES)
 def test_training_file_reads_or_explains(tmp_path_factory, data):
     path = tmp_path_factory.mktemp("tri") / "t.csv"
     path.write_bytes(data)

@@ -18,6 +18,7 @@ def lab(tmp_path, monkeypatch):
     lab = Lab(cache_dir=tmp_path / "cache")
     enc = tiny_encoder("llama")
     monkeypatch.setattr(lab, "encoder", lambda key: enc)
+    monkeypatch.setattr(lab, "spec", lambda key: enc.spec)
     return lab
 
 
@@ -253,3 +254,261 @@ def test_training_records_show_every_shipped_adapter_and_notes(tmp_path):
     assert list(df["minutes"]) == [2.0, 2.0] and fig is not None
     _, df = views.training_records(tmp_path / "nothing")
     assert df.empty
+
+
+# --- public traffic (issue 11, D1-D6): each attack as a regression test ------------------------------------
+def test_d1_an_upload_that_collapses_to_under_4_distinct_texts_is_refused(tmp_path):
+    p = tmp_path / "dups.txt"
+    p.write_text("x\nx\nx\nx\n  x  \ny\n")
+    with pytest.raises(views.UserError, match="found 2 distinct non-empty text.*at least 4"):
+        views.upload_corpus(str(p))
+
+
+def _adapter_with_record(folder: Path, record: str | bytes | None = None) -> Path:
+    make_adapter(folder)
+    if record is not None:
+        (folder / "training.json").write_bytes(record if isinstance(record, bytes) else record.encode())
+    return folder
+
+
+def test_d2_model_card_reads_no_record_outside_the_allowed_folders(lab, adapter, tmp_path):
+    secret = tmp_path / "elsewhere"
+    secret.mkdir()
+    (secret / "training.json").write_text('{"device": "SECRET-CONTENT", "training": {"steps": 7}}')
+    with pytest.raises(views.UserError, match="outside the allowed adapter folders") as e:
+        views.model_card(lab, M, str(secret))
+    assert "SECRET" not in str(e.value) and str(tmp_path) not in str(e.value)
+    # inside the allowed folders, the record comes from the validated adapter
+    root = Path(adapter).parent
+    _adapter_with_record(root / "rec", '{"device": "CPU", "training": {"steps": 12, "effective_contrastive_batch": 32}}')
+    card = views.model_card(lab, M, str(root / "rec"))
+    assert "trained on CPU, 12 steps × 32 triplets" in card
+    (root / "notadapter").mkdir()  # a folder with only a training.json is not an adapter: its record is not shown
+    (root / "notadapter" / "training.json").write_text('{"device": "SHOWN"}')
+    with pytest.raises(views.UserError, match="no adapter_model.safetensors"):
+        views.model_card(lab, M, str(root / "notadapter"))
+
+
+def test_d2_a_fifo_or_a_huge_training_record_neither_blocks_nor_loads(lab, adapter):
+    import os
+    import threading
+
+    root = Path(adapter).parent
+    fifo = _adapter_with_record(root / "fifo")
+    os.mkfifo(fifo / "training.json")  # opening it for reading would block until a writer comes
+    result = {}
+    t = threading.Thread(target=lambda: result.setdefault("card", views.model_card(lab, M, str(fifo))), daemon=True)
+    t.start()
+    t.join(30)
+    assert not t.is_alive(), "model_card blocked on a FIFO"
+    assert "(no training record)" in result["card"]
+    from embedlab.lab import _device_tag, read_record
+
+    assert read_record(fifo / "training.json") == {} and _device_tag(fifo) == ""  # the menu's tag reads no FIFO either
+    big = _adapter_with_record(root / "big", b'{"device": "' + b"x" * (2 << 20) + b'"}')
+    with pytest.raises(views.UserError, match="larger than"):
+        views.model_card(lab, M, str(big))
+    assert read_record(big / "training.json") == {}
+
+
+def test_d2_side_checks_the_allowed_folders_before_listing_anything(lab, tmp_path, monkeypatch):
+    from embedlab.lab import AdapterError
+
+    outside = tmp_path / "outside"
+    make_adapter(outside)
+    listed, statted = [], []
+    real_iterdir, real_stat = Path.iterdir, Path.stat
+    monkeypatch.setattr(Path, "iterdir", lambda self: listed.append(self) or real_iterdir(self))
+    monkeypatch.setattr(Path, "stat", lambda self, **kw: statted.append(self) or real_stat(self, **kw))
+    with pytest.raises(AdapterError, match="outside"):
+        lab.side(M, str(outside))
+    # resolving the path itself (symlinks) is the check; nothing in the folder is listed or looked at
+    assert not [p for p in listed if outside in [p, *p.parents]] and not [p for p in statted if outside in p.parents]
+
+
+def test_gemma_card_shows_its_eos_token_and_data_is_escaped(lab, adapter, monkeypatch):
+    monkeypatch.setattr(views, "available_models", lambda: {k: (True, "") for k in views.MODELS})
+    card = views.model_card(lab, "gemma3-270m", "none")
+    assert "pooling: EOS token '&lt;eos&gt;'" in card  # "<eos>" raw is an HTML tag: the browser swallowed it
+    root = Path(adapter).parent
+    _adapter_with_record(root / "x_y", '{"device": "<img src=x onerror=alert(1)>*bold*", "training": {"steps": "[a](b)"}}')
+    card = views.model_card(lab, M, str(root / "x_y"))
+    assert "<img" not in card and "&lt;img" in card and r"\*bold\*" in card and r"\[a\](b)" in card
+    assert r"**x\_y**" in card
+    assert views.md("a|b`c") == r"a\|b\`c"
+
+
+BAD_TYPES = [None, ["x"], {"a": 1}, 3, 2.5, True]
+
+
+@pytest.mark.parametrize("bad", BAD_TYPES)
+def test_d3_every_parameter_is_type_checked(lab, adapter, bad, tmp_path):
+    """A wrong-typed value in any parameter of any handler: a clear message naming it, never the generic one."""
+    calls = [
+        ("model", lambda: views.compare(lab, bad, "none", "a", "b")),
+        ("adapter", lambda: views.compare(lab, M, bad, "a", "b")),
+        ("model", lambda: views.model_card(lab, bad, "none")),
+        ("adapter", lambda: views.model_card(lab, M, bad)),
+        ("model", lambda: views.adapter_menu(lab, bad)),
+        ("corpus", lambda: views.search(lab, M, "none", bad, None, "a", 5)),
+        ("k", lambda: views.search(lab, M, "none", "topics", None, "a", bad if bad is not True else "ten")),
+        ("query", lambda: views.search(lab, M, "none", "topics", None, bad, 5)),
+        ("corpus", lambda: views.draw_map(lab, M, "none", bad, None, "")),
+        ("queries", lambda: views.draw_map(lab, M, "none", "topics", None, bad)),
+        ("pairs", lambda: views.batch_pairs(lab, M, "none", bad, None)),
+        ("texts", lambda: views.embed_api(lab, M, "none", bad)),
+        ("text", lambda: views.embed_api(lab, M, "none", ["ok", bad])),
+        ("tuned", lambda: views.embed_api(lab, M, "none", ["ok"], bad if bad is not True else "maybe")),
+        ("tasks", lambda: views.run_evaluation(lab, M, "none", bad if bad is not None else 7, True)),
+        ("quick", lambda: views.run_evaluation(lab, M, "none", ["STS12"], bad if bad is not True else "perhaps")),
+        ("model", lambda: views.anisotropy(lab, bad, "none")),
+    ]
+    for what, call in calls:
+        if (bad is None and what in ("queries", "pairs")) or (what == "texts" and bad == ["x"]) or (what == "k" and bad == 3):
+            continue  # optional inputs (None: left empty), and values that are right for that parameter
+        with pytest.raises(views.UserError) as e:
+            call()
+            pytest.fail(f"{what}={bad!r} accepted")
+        msg = str(e.value)
+        assert what in msg and "Sorry" not in msg and "Traceback" not in msg and len(msg) < 300, (what, bad, msg)
+
+
+def test_d3_no_message_shows_a_server_path(lab, monkeypatch):
+    from embedlab.corpora import InputError
+    from embedlab.lab import ROOT
+
+    assert views.scrub(f"cannot open {ROOT}/assets/adapters/x") == "cannot open assets/adapters/x"
+    assert views.scrub("'/home/someone/.cache/embedlab/part-00001.npy' is corrupt") == "'part-00001.npy' is corrupt"
+    assert views.scrub("cannot read /tmp/gradio/4f2a/mine.txt (No such file)") == "cannot read mine.txt (No such file)"
+    assert views.scrub("score 3/5 at https://example.org/a/b") == "score 3/5 at https://example.org/a/b"
+    for err in [InputError(f"bad file {ROOT}/runs/x/training.json"), views.UserError("see /var/lib/secret/place/f.txt"),
+                views.AdapterError("/srv/adapters/a is outside the allowed adapter folders")]:
+        monkeypatch.setattr(lab, "compare_pair", lambda *a, err=err: (_ for _ in ()).throw(err))
+        with pytest.raises(views.UserError) as e:
+            views.compare(lab, M, "none", "a", "b")
+        assert str(ROOT) not in str(e.value) and not any(p in str(e.value) for p in ("/var/", "/srv/", "/runs/"))
+
+
+def test_d4_batch_pairs_are_bounded_by_characters(lab):
+    from embedlab.corpora import MAX_PAIR_CHARS
+
+    text = "\n".join(f"{'a' * 140} {i}\t{'b' * 140} {i}" for i in range(1000))
+    with pytest.raises(views.UserError, match=f"limit is {MAX_PAIR_CHARS:,}"):
+        views.batch_pairs(lab, M, "none", text, None)
+
+
+def test_d4_batch_pairs_run_at_background_priority(lab, adapter, monkeypatch):
+    from embedlab.compute import BACKGROUND
+
+    enc = lab.encoder(M)
+    seen = []
+    real = enc.encode_sides
+    monkeypatch.setattr(enc, "encode_sides", lambda texts, a, priority=0: seen.append(priority) or real(texts, a, priority))
+    views.batch_pairs(lab, M, adapter, "a man\ta dog\na cat\ta park", None)
+    assert seen == [BACKGROUND]
+    views.compare(lab, M, adapter, "a woman", "a guitar")
+    assert seen[-1] != BACKGROUND  # a single compare stays interactive
+
+
+def test_d4_full_evaluation_only_where_the_host_opts_in(lab, monkeypatch):
+    import embedlab.evaluation as ev
+
+    limits = []
+
+    def fake_run_eval(enc, tasks, limit=None, use_adapter=False, progress=None):
+        limits.append(limit)
+        return {"tasks": {t: 50.0 for t in tasks}, "average": 50.0, "pairs": {t: 10 for t in tasks}, "seconds": 1.0}
+
+    monkeypatch.setattr(ev, "run_eval", fake_run_eval)
+    monkeypatch.delenv("EMBEDLAB_FULL_EVAL", raising=False)
+    _, note, _ = views.run_evaluation(lab, M, "none", ["STS12"], False)
+    assert limits[-1] == views.QUICK_PAIRS and "Full-set evaluation is off on this host" in note and "EMBEDLAB_FULL_EVAL=1" in note
+    monkeypatch.setenv("EMBEDLAB_FULL_EVAL", "1")
+    _, note, _ = views.run_evaluation(lab, M, "none", ["STS12"], False)
+    assert limits[-1] is None and "Quick" not in note
+    with pytest.raises(views.UserError, match="unknown task 'STS99'"):
+        views.run_evaluation(lab, M, "none", ["STS12", "STS99"], True)
+
+
+def test_d4_long_requests_run_one_at_a_time_with_a_bounded_wait(tmp_path):
+    import app
+
+    demo = app.build(Lab(cache_dir=tmp_path / "cache"))  # builds the page only: no model is loaded
+    fns = {f.api_name: f for f in demo.fns.values()}
+    for name in ("batch_pairs", "anisotropy", "evaluate", "map"):
+        assert fns[name].concurrency_limit == 1 and fns[name].validator is not None, name
+    assert {fns[n].concurrency_id for n in ("batch_pairs", "anisotropy", "evaluate")} == {"heavy"}
+    assert fns["pairs"].concurrency_id not in ("heavy", "map") and fns["pairs"].validator is None
+    assert demo.delete_cache == app.DELETE_CACHE
+
+
+def test_d5_download_folders_are_removed_once_old(lab, monkeypatch, tmp_path):
+    import os
+
+    monkeypatch.setattr(views, "DOWNLOADS", tmp_path / "downloads")
+    old = tmp_path / "downloads" / "pairs-old"
+    old.mkdir(parents=True)
+    (old / "pairs.csv").write_text("x")
+    os.utime(old, (0, 0))
+    _, _, _, files = views.batch_pairs(lab, M, "none", "a man\ta dog", None)
+    assert not old.exists() and all(Path(f).parent.parent == tmp_path / "downloads" for f in files)
+    assert len(list((tmp_path / "downloads").iterdir())) == 1
+
+
+def test_d5_uploaded_corpora_cache_is_capped_least_recently_used_first(lab, tmp_path):
+    import os
+
+    from embedlab.corpora import builtin, parse_corpus
+
+    s = lab.side(M, "none")
+    lab.corpus_vectors(s, builtin("topics"))  # built-in: never evicted
+    ups = [parse_corpus("\n".join(f"text {j} of upload {i}" for j in range(300)), f"u{i}.txt") for i in range(3)]
+    lab.corpus_vectors(s, ups[0])
+    one = sum(f.stat().st_size for f in lab.embeddings.uploads.rglob("*") if f.is_file())
+    lab.embeddings.upload_bytes = int(2.5 * one)  # room for two uploads
+    lab.corpus_vectors(s, ups[1])
+    os.utime(next(lab.embeddings.uploads.glob("*")), (1, 1))  # make the folder ordering unambiguous
+    for d in lab.embeddings.uploads.iterdir():
+        os.utime(d / "manifest.json", (1, 1) if ups[1].sha256[:16] in d.name else (2, 2))
+    lab.embeddings._memory.clear()
+    lab.corpus_vectors(s, ups[0])  # read again: now the most recently used
+    lab.corpus_vectors(s, ups[2])
+    kept = sorted(d.name[-16:] for d in lab.embeddings.uploads.iterdir())
+    assert kept == sorted([ups[0].sha256[:16], ups[2].sha256[:16]])
+    assert [d for d in (lab.cache_dir / "embeddings").iterdir() if d.name != "uploads"]  # topics still cached
+    lab.map(s, ups[2])
+    assert not (lab.cache_dir / "maps").exists() or not list((lab.cache_dir / "maps").iterdir())  # upload maps: memory only
+
+
+@pytest.mark.parametrize("word,value", [("false", False), ("no", False), ("0", False), ("off", False),
+                                        ("true", True), ("Yes", True), (False, False), (True, True)])
+def test_d6_strings_that_say_false_are_false(lab, adapter, word, value):
+    out = views.embed_api(lab, M, adapter, ["a dog"], word)
+    assert (out["tuned"] is not None) == value
+
+
+def test_d6_a_non_string_adapter_is_an_error_not_none(lab):
+    for bad in [3, None, ["x"], {"p": 1}]:
+        with pytest.raises(views.UserError, match="adapter must be text"):
+            views.compare(lab, M, bad, "a", "b")
+    with pytest.raises(views.UserError, match="quick must be true or false"):
+        views.run_evaluation(lab, M, "none", ["STS12"], 5)
+
+
+def test_d4_a_flood_of_long_requests_is_refused_before_it_fills_the_queue(tmp_path):
+    """The long kinds' validator: at HEAVY_WAITING already waiting in their group, the next is refused with a
+    message (the queue's max_size stays free for compares and searches); below that, every input is valid."""
+    from types import SimpleNamespace
+
+    import gradio as gr
+
+    import app
+
+    demo = app.build(Lab(cache_dir=tmp_path / "cache"))
+    validate = {f.api_name: f for f in demo.fns.values()}["batch_pairs"].validator
+    demo._queue = SimpleNamespace(event_queue_per_concurrency_id={
+        "heavy": SimpleNamespace(queue=[object()] * (app.HEAVY_WAITING - 1))})
+    assert validate(M, "none", "a\tb", None) == [gr.validate(True, "")] * 4
+    demo._queue.event_queue_per_concurrency_id["heavy"].queue.append(object())
+    with pytest.raises(gr.Error, match="long requests are already waiting"):
+        validate(M, "none", "a\tb", None)
