@@ -143,7 +143,7 @@ def test_interactive_texts_are_remembered_per_text_and_adapter(adapter_dir, tmp_
     cache = EmbeddingCache(tmp_path / "c", memory_texts=3)
     calls = []
     real = enc.encode_sides
-    enc.encode_sides = lambda texts, adapter: calls.append(list(texts)) or real(texts, adapter)
+    enc.encode_sides = lambda texts, adapter, **kw: calls.append(list(texts)) or real(texts, adapter, **kw)
     a, b, c = "a man is playing a guitar", "the dog", "a woman is eating food"
     base, tuned = cache.sides(enc, [a, b], name)
     ref_b, ref_t = real([a, b], name)
