@@ -334,3 +334,61 @@ def test_cache_key_follows_the_adapters_prompt(adapter_dir, tmp_path):
     b = attach_adapter(enc, tmp_path / "p").name
     assert a.split("-")[-1] == b.split("-")[-1]  # same weights
     assert embedding_key(enc, a, "0" * 64) != embedding_key(enc, b, "0" * 64)
+
+
+# --- model cards ------------------------------------------------------------------------------
+
+def _record(prompt="{s}"):
+    scores = {t: 50.0 + i for i, t in enumerate(["STS12", "STS13", "STS14", "STS15", "STS16", "STS17",
+                                                  "STSBenchmark", "BIOSSES", "SICK-R"])}
+    return {"config": {"lr": 3e-4, "lora_r": 4, "lora_alpha": 8, "temperature": 0.05, "batch_size": 32,
+                       "bf16": True, "lora_targets": [], "prompt": "", "out": "runs/x"},
+            "command": "python train.py --model tiny-llama --steps 2", "model": "tiny-llama", "prompt": prompt,
+            "data": {"path": "assets/data/NLI/snli_all_triplets.csv", "rows": 6317},
+            "device": "NVIDIA H100 80GB HBM3", "trained_on": "cuda",
+            "training": {"steps": 2, "effective_contrastive_batch": 32, "wall_seconds": 1.5, "world_size": 1},
+            "dev": {"STSBenchmark-dev": 70.5}, "test": {"tasks": scores, "average": 54.0, "sick": "mteb"}}
+
+
+def test_model_card_is_hub_yaml_with_the_nine_results():
+    import yaml
+
+    from embedlab.modelcard import render_card
+
+    card = render_card(HUB_SPEC, _record(), "nli-cft")
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["base_model"] == "tiny-org/tiny-llama" and meta["library_name"] == "peft"
+    assert meta["license"] == "other" and meta["datasets"] == ["stanfordnlp/snli"] and "peft" in meta["tags"]
+    results = meta["model-index"][0]["results"]
+    assert len(results) == 9 and results[6]["dataset"]["type"] == "mteb/stsbenchmark-sts"
+    assert results[6]["metrics"][0] == {"type": "cosine_spearman", "value": 56.0}
+    assert "NVIDIA H100 80GB HBM3" in body and "python train.py --model tiny-llama --steps 2" in body
+    assert "| average | 54.00 |" in body and "STSBenchmark dev: 70.50" in body
+
+
+def test_model_card_without_a_record_or_command_still_renders():
+    from embedlab.modelcard import command_of, render_card
+
+    assert "model-index" not in render_card(LLAMA_SPEC, {}, "x")
+    rec = {"config": {"steps": 3, "bf16": False, "lora_targets": ["q_proj"], "prompt": "", "resume": True}}
+    assert command_of(rec) == "python train.py --steps 3 --no-bf16 --lora-targets q_proj"
+
+
+def test_the_cards_usage_snippet_embeds_like_our_encoder(adapter_dir, tmp_path):
+    """Run the card's snippet (the standard PEFT load) against the tiny model saved as a causal LM."""
+    from embedlab.modelcard import usage_snippet
+
+    enc = tiny_encoder("llama")
+    base_dir = tmp_path / "base"
+    causal_lm_with(enc).save_pretrained(base_dir)
+    enc.tokenizer.save_pretrained(base_dir)
+    ad.convert_adapter(adapter_dir, HUB_SPEC, enc.model)
+    (adapter_dir / "training.json").write_text(json.dumps({"prompt": "the {s} is"}))
+    ours = tiny_encoder("llama")
+    ours.spec = HUB_SPEC
+    attach_adapter(ours, adapter_dir)
+    ns: dict = {}
+    exec(usage_snippet(HUB_SPEC, "the {s} is", str(base_dir), str(adapter_dir), ours.max_length), ns)
+    texts = SENTS + ["a woman is eating food in the park ."]
+    assert np.abs(ns["embed"](texts).numpy() - ours.encode(texts)).max() < 1e-5
