@@ -2,10 +2,11 @@
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
-HOST   ?= 127.0.0.1
-PORT   ?= 7860
+# Gradio's own variables (what a Space sets); `make run GRADIO_SERVER_PORT=8000` to change
+GRADIO_SERVER_NAME ?= 127.0.0.1
+GRADIO_SERVER_PORT ?= 7860
 
-.PHONY: run test test-fast bench browser clean-cache
+.PHONY: run test test-fast bench browser clean-cache space-check
 
 $(STAMP): requirements.txt requirements-dev.txt
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -20,7 +21,7 @@ browser:
 	@command -v chromium >/dev/null 2>&1 || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
 
 run: $(STAMP)
-	EMBEDLAB_HOST=$(HOST) EMBEDLAB_PORT=$(PORT) $(PY) app.py
+	GRADIO_SERVER_NAME=$(GRADIO_SERVER_NAME) GRADIO_SERVER_PORT=$(GRADIO_SERVER_PORT) $(PY) app.py
 
 test: $(STAMP) browser
 	$(PY) -m pytest -q -p no:cacheprovider
@@ -30,6 +31,11 @@ test-fast: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/encode.py
+
+# A Hugging Face Space's start, offline: a new venv from requirements.txt alone, the default model's
+# Hub file from a pre-seeded cache (HF_HUB_OFFLINE=1), the Space's variables, checks in headless Chromium.
+space-check: $(STAMP) browser
+	$(PY) tools/space_check.py
 
 clean-cache:
 	rm -rf $${EMBEDLAB_CACHE:-$$HOME/.cache/embedlab}

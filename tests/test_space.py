@@ -1,0 +1,80 @@
+"""A Space's start, in this venv: Gradio's variables decide the address, and the default model comes
+from a pre-seeded Hugging Face cache with its package hidden (HF_HUB_OFFLINE=1).
+
+`make space-check` does the rest (a second venv from requirements.txt alone, the Space's variables, a
+browser); it is not run by `make test`.
+"""
+from __future__ import annotations
+
+import importlib.metadata
+import re
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from app_server import AppServer
+
+from embedlab.registry import DEFAULT_MODEL, get_spec
+
+pytestmark = pytest.mark.integration
+SPEC = get_spec(DEFAULT_MODEL)
+
+# Runs app.py with the model package looking uninstalled, as in a Space's venv.
+WITHOUT_PACKAGE = f"""
+import importlib.metadata as m, runpy, sys
+real = m.distribution
+def distribution(name):
+    if name == {SPEC.source.dist!r}:
+        raise m.PackageNotFoundError(name)
+    return real(name)
+m.distribution = distribution
+runpy.run_path(sys.argv[1], run_name="__main__")
+"""
+
+
+def seed_hub_cache(hf_home: Path) -> None:
+    """The default model's Hub twin in huggingface_hub's cache layout, linked to the packaged (byte-identical) file."""
+    twin = SPEC.source.hub_twin
+    packaged = Path(str(importlib.metadata.distribution(SPEC.source.dist).locate_file(SPEC.source.path)))
+    repo = hf_home / "hub" / ("models--" + twin.repo.replace("/", "--"))
+    blob = repo / "blobs" / SPEC.source.sha256
+    snap = repo / "snapshots" / twin.revision / twin.filename
+    blob.parent.mkdir(parents=True)
+    snap.parent.mkdir(parents=True)
+    blob.symlink_to(packaged)
+    snap.symlink_to(blob)
+
+
+def listening_addresses(pid: int, port: int) -> set[str]:
+    return {c.laddr.ip for c in psutil.Process(pid).net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+
+
+def test_gradio_variables_decide_and_the_hub_twin_serves_the_default_model(tmp_path):
+    from gradio_client import Client
+
+    seed_hub_cache(tmp_path / "hf")
+    env = {"GRADIO_SERVER_NAME": "0.0.0.0", "HF_HOME": str(tmp_path / "hf"), "HF_HUB_OFFLINE": "1",
+           "EMBEDLAB_CACHE": str(tmp_path / "cache"),  # empty: the GGUF must be found and converted
+           "EMBEDLAB_GGUF_DIR": ""}
+    server = AppServer(tmp_path / "app.log", env=env, python_args=["-c", WITHOUT_PACKAGE])
+    try:
+        assert listening_addresses(server.proc.pid, server.port) == {"0.0.0.0"}
+        client = Client(server.url, verbose=False)
+        deadline, status = time.time() + 600, ""
+        while time.time() < deadline and not status.startswith("Ready"):
+            status = client.predict(api_name="/status")
+            assert not re.search(r"fail|error", status, re.I), status
+            time.sleep(2)
+        assert status.startswith("Ready"), status
+        adapter = f"assets/adapters/{DEFAULT_MODEL}/nli-cft"
+        out = client.predict(DEFAULT_MODEL, adapter, "A man is playing a guitar.", "A person plays an instrument.",
+                             api_name="/pairs")
+        cosines = re.findall(r"\*\*(-?\d\.\d{3})\*\*", out)
+        assert f"base {DEFAULT_MODEL}" in out and len(cosines) == 2, out
+        log = (tmp_path / "app.log").read_text()
+        assert f"GGUF from Hub {SPEC.source.hub_twin.repo}" in log
+        assert "Traceback" not in log
+    finally:
+        server.stop()
