@@ -68,7 +68,7 @@ class Config:
     ckpt_every: int = 50
     max_rows: int = 0  # use only the first N triplets (0 = all)
     eval_tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    eval_limit: int = 0  # pairs per task in the final evaluation (0 = all)
+    eval_limit: int = 0  # pairs per task in the final evaluation, dev included (0 = all)
     bf16: bool = True  # on a CUDA device: frozen base in bf16, bf16 autocast, LoRA weights fp32 (ignored on a CPU)
     resume: bool = False
     device: str = ""  # cpu, cuda, cuda:1 ...; "" = cuda if there is one (under accelerate launch: each rank's GPU)
@@ -445,7 +445,7 @@ def main(cfg: Config, load=load_encoder) -> int:
     # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
     # prompt it was trained with: attach_adapter reads it back from training.json).
     tuned = load(cfg.model, adapter=out, device=device)
-    record["dev"] = run_eval(tuned, ["STSBenchmark-dev"], progress=True)["tasks"]
+    record["dev"] = run_eval(tuned, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, progress=True)["tasks"]
     tasks = [t for t in cfg.eval_tasks if t != "STSBenchmark-dev"]
     if tasks:
         # the same record format as `python -m embedlab eval`, so it can go under assets/results as is
