@@ -67,6 +67,10 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{args.readme}: results table {'updated' if changed else 'already current'}")
     else:
         print(markdown_table(results_frame()))
+    from .report import adapters_frame
+
+    print("\nshipped adapters (from their training.json):")
+    print(markdown_table(adapters_frame()))
     return 0
 
 

@@ -71,6 +71,20 @@ print(f"similar: {{float(a @ b):.3f}}  unrelated: {{float(a @ c):.3f}}")
 '''
 
 
+def _weights_note(spec: ModelSpec) -> str:
+    """Which exact weights the adapter was trained on (a GGUF model's file, and its Hub twin if any)."""
+    src = spec.source
+    if not src.gguf_name:
+        return f"Trained on {spec.title} (embedlab's `{spec.key}`)."
+    text = (f"Trained on the dequantised weights of the GGUF `{src.gguf_name}` (sha256 `{src.sha256}`), embedlab's "
+            f"`{spec.key}`; the original weights above give close but not identical embeddings.")
+    twin = getattr(src, "hub_twin", None)
+    if twin is not None:
+        text += (f" For the exact weights load `AutoModelForCausalLM.from_pretrained(\"{twin.repo}\", "
+                 f"gguf_file=\"{twin.filename}\", revision=\"{twin.revision}\")` (needs the `gguf` package).")
+    return text
+
+
 def _training_dataset(record: Mapping[str, Any]) -> str | None:
     name = Path(str(record.get("data", {}).get("path", ""))).name
     return next((ds for prefix, ds in TRAINING_DATASETS.items() if name.startswith(prefix)), None)
@@ -144,8 +158,7 @@ def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
         f"an EOS token (`{spec.eos_token}`) appended to the text" + (f", which goes in as `{prompt}`" if prompt != "{s}"
                                                                       else "") + ".",
         "",
-        f"Trained on the dequantised weights of {spec.title} (embedlab's `{spec.key}`); the Hub's original weights "
-        "give close but not identical embeddings.",
+        _weights_note(spec),
         "",
         "## Usage",
         "",

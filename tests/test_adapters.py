@@ -392,3 +392,17 @@ def test_the_cards_usage_snippet_embeds_like_our_encoder(adapter_dir, tmp_path):
     exec(usage_snippet(HUB_SPEC, "the {s} is", str(base_dir), str(adapter_dir), ours.max_length), ns)
     texts = SENTS + ["a woman is eating food in the park ."]
     assert np.abs(ns["embed"](texts).numpy() - ours.encode(texts)).max() < 1e-5
+
+
+def test_report_reads_each_adapters_training_record(tmp_path):
+    from embedlab.report import adapters_frame
+
+    good, bad = tmp_path / "tiny-llama" / "good", tmp_path / "tiny-llama" / "bad"
+    make_adapter(good)
+    make_adapter(bad)
+    (good / "training.json").write_text(json.dumps(_record()))
+    (bad / "training.json").write_text("{not json")
+    df = adapters_frame(tmp_path)
+    assert list(df["adapter"]) == ["good"]  # the unreadable record is skipped (with a warning)
+    row = df.iloc[0]
+    assert row["device"] == "NVIDIA H100 80GB HBM3" and row["lr"] == "0.0003" and row["STSBenchmark dev"] == 70.5

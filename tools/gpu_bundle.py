@@ -78,8 +78,9 @@ def build(out: Path, gguf: Path, gguf_sha: str, wheels: list[Path], tree_bytes: 
         shutil.copyfile(w, job / "wheels" / w.name)
     job_bytes = sum(p.stat().st_size for p in job.rglob("*") if p.is_file()) + 64 * 1024  # + bundle.json
     size = gguf.stat().st_size
-    piece = piece_bytes(limit, tree_bytes, job_bytes, margin)
-    n = math.ceil(size / piece)
+    most = piece_bytes(limit, tree_bytes, job_bytes, margin)
+    n = math.ceil(size / most)
+    piece = math.ceil(size / n)  # equal pieces: each call keeps the same slack
     pieces = []
     with open(gguf, "rb") as f:
         for i in range(1, n + 1):
@@ -91,7 +92,7 @@ def build(out: Path, gguf: Path, gguf_sha: str, wheels: list[Path], tree_bytes: 
             pieces.append({"folder": folder, "name": name, "bytes": len(data),
                            "sha256": hashlib.sha256(data).hexdigest()})
     bundle = {"gguf_name": gguf.name, "gguf_sha256": gguf_sha, "gguf_bytes": size, "pieces": pieces,
-              "wheels": [w.name for w in wheels], "piece_bytes": piece, "tree_bytes": tree_bytes,
+              "wheels": [w.name for w in wheels], "piece_bytes": most, "tree_bytes": tree_bytes,
               "limit_bytes": limit, "margin_bytes": margin}
     (job / "bundle.json").write_text(json.dumps(bundle, indent=1) + "\n")
     return bundle
@@ -133,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     bundle = build(args.out, found.path, spec.source.sha256, wheels, tree, int(args.limit_mib * MiB),
                    int(args.margin_mib * MiB))
     print(f"{args.out}: {spec.source.gguf_name} ({bundle['gguf_bytes'] / MiB:.1f} MiB) in {len(bundle['pieces'])} "
-          f"pieces of <= {bundle['piece_bytes'] / MiB:.0f} MiB (tree {tree / MiB:.1f} MiB, limit {args.limit_mib:g}, "
+          f"pieces of {max(p['bytes'] for p in bundle['pieces']) / MiB:.1f} MiB (at most {bundle['piece_bytes'] / MiB:.0f}) (tree {tree / MiB:.1f} MiB, limit {args.limit_mib:g}, "
           f"margin {args.margin_mib:g}); wheels: {', '.join(bundle['wheels']) or 'none'}")
     print("device calls, back to back (the machine keeps /tmp only while warm):")
     for i, call in enumerate(device_calls(bundle, args.commands), 1):
