@@ -361,7 +361,8 @@ def main(cfg: Config, load=load_encoder) -> int:
     adapter_checkpoint_hooks(acc, model)
 
     # A kill between save_checkpoint's two renames leaves only checkpoint.old: it is just as good.
-    found = [c for c in (ckpt, ckpt.with_name(ckpt.name + ".old")) if (c / "adapter_model.safetensors").is_file()]
+    found = [c for c in (ckpt, ckpt.with_name(ckpt.name + ".old"))
+             if (c / "adapter_model.safetensors").is_file() and (c / "random_states_0.pkl").is_file()]
     if cfg.resume and found:
         acc.load_state(str(found[0]))  # LoRA weights, optimiser, scheduler, step/history, each rank's own RNG
         acc.print(f"resumed from {found[0]} at step {state.step}")
