@@ -6,7 +6,7 @@ STAMP  := $(VENV)/.installed
 GRADIO_SERVER_NAME ?= 127.0.0.1
 GRADIO_SERVER_PORT ?= 7860
 
-.PHONY: run test test-fast fuzz bench browser clean-cache space-check
+.PHONY: run test test-fast fuzz bench browser clean-cache space-check gpu-bundle
 
 # Lock tooling (`make lock` only): pip-tools in a venv of its own, so it never enters the app's pinned set.
 LOCK_VENV   ?= .venv-lock
@@ -65,3 +65,8 @@ space-check: $(STAMP) browser
 
 clean-cache:
 	rm -rf $${EMBEDLAB_CACHE:-$$HOME/.cache/embedlab}
+
+# For a GPU machine with no network: the default model's GGUF in pieces that fit beside the tree, the gguf wheel and
+# one job script, in .xfer/ (git-ignored). It prints the device calls to make; README "Training on a GPU machine".
+gpu-bundle: $(STAMP)
+	$(PY) tools/gpu_bundle.py

@@ -8,8 +8,9 @@ embedlab's encoder uses (one code path: embedlab.encode.embed_batch).
     python train.py --config my.json --resume                     # continue a killed run
     accelerate launch --num_processes 4 train.py ...              # 4x the in-batch negatives
 
-The contrastive batch is decoupled from memory by a gradient cache (--chunk-size
-sentences per forward pass), so --batch-size 1024 runs on a small GPU or the CPU.
+The contrastive batch can be decoupled from memory by a gradient cache (--chunk-size
+sentences with activations held at once), so --batch-size 1024 runs on a small GPU or the CPU.
+The adapter is saved in the standard PEFT form with a Hub model card (README.md).
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import shutil
 import sys
 import time
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from embedlab.adapters import AdapterError, save_adapter
 from embedlab.encode import collate, embed_batch, length_batches, tokenize
 from embedlab.loading import ModelUnavailableError, load_encoder
 from embedlab.loss import distributed_info_nce, grad_cache_step, world_size
@@ -57,18 +60,74 @@ class Config:
     steps: int = 0  # optimisation steps; 0 = derived from --epochs
     epochs: float = 1.0
     batch_size: int = 128  # contrastive batch: triplets per process per step
-    chunk_size: int = 96  # most sentences with activations held at once; a bigger batch uses the gradient cache; 0 = never
-    max_tokens: int = 0  # padded tokens per forward pass; 0 = 512 on a CPU, no cap on a GPU (see contrastive_step)
+    chunk_size: int = 0  # most sentences with activations held at once; a bigger batch uses the gradient cache; 0 = never
+    max_tokens: int = 0  # padded tokens per forward pass; 0 = 512 on a CPU, 8192 on a GPU (see tokens_per_pass)
     max_length: int = 96  # tokens per sentence incl. EOS (SNLI sentences are far shorter)
     seed: int = 0
     log_every: int = 10
     ckpt_every: int = 50
     max_rows: int = 0  # use only the first N triplets (0 = all)
     eval_tasks: list[str] = field(default_factory=lambda: list(TASKS))
-    eval_limit: int = 0  # pairs per task in the final evaluation (0 = all)
-    bf16: bool = True  # bf16 autocast on GPU (ignored on CPU)
+    eval_limit: int = 0  # pairs per task in the final evaluation, dev included (0 = all)
+    bf16: bool = True  # on a CUDA device: frozen base in bf16, bf16 autocast, LoRA weights fp32 (ignored on a CPU)
     resume: bool = False
-    device: str = ""  # "" = accelerate's choice
+    device: str = ""  # cpu, cuda, cuda:1 ...; "" = cuda if there is one (under accelerate launch: each rank's GPU)
+
+
+class SetupError(ValueError):
+    """Settings that cannot run here (e.g. --device naming a GPU this machine lacks)."""
+
+
+def choose_device(requested: str, cuda_count: int, num_processes: int = 1) -> torch.device:
+    """--device -> the device this process trains on ("" = cuda if there is one, else cpu).
+
+    With several processes accelerate gives each rank its own GPU, so an explicit index is refused there.
+    """
+    if not requested:
+        return torch.device("cuda" if cuda_count else "cpu")
+    try:
+        dev = torch.device(requested)
+    except RuntimeError:
+        raise SetupError(f"--device {requested!r} is not a device; use cpu, cuda or cuda:N") from None
+    if dev.type not in ("cpu", "cuda"):
+        raise SetupError(f"--device {requested!r}: only cpu and cuda are supported")
+    if dev.type == "cuda":
+        if cuda_count == 0:
+            raise SetupError(f"--device {requested}: this machine has no CUDA device")
+        if dev.index is not None and dev.index >= cuda_count:
+            raise SetupError(f"--device {requested}: this machine has {cuda_count} CUDA device(s) (cuda:0..cuda:{cuda_count - 1})")
+        if dev.index is not None and num_processes > 1:
+            raise SetupError(f"--device {requested} with {num_processes} processes: each process takes the GPU of its "
+                             "rank; choose GPUs with CUDA_VISIBLE_DEVICES instead")
+    return dev
+
+
+def mixed_precision(bf16: bool, device: torch.device) -> str:
+    """accelerate's mixed_precision: bf16 only on a CUDA device (a CPU runs fp32, whatever the host has)."""
+    return "bf16" if bf16 and device.type == "cuda" else "no"
+
+
+def base_dtype(precision: str) -> torch.dtype:
+    """dtype of the frozen base weights: bf16 when autocast would cast them to bf16 on every pass anyway."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
+
+
+def command_line(cfg: "Config") -> str:
+    """``python train.py`` with the settings that differ from the defaults (recorded in training.json)."""
+    flags = []
+    for f in dataclasses.fields(Config):
+        v, default = getattr(cfg, f.name), Config.__dataclass_fields__[f.name]
+        default = default.default_factory() if default.default_factory is not dataclasses.MISSING else default.default
+        if v == default or f.name == "resume":
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(v, bool):
+            flags.append(flag if v else "--no-" + f.name.replace("_", "-"))
+        elif isinstance(v, list):
+            flags.append(" ".join([flag, *map(shlex.quote, v)]))
+        else:
+            flags.append(f"{flag} {shlex.quote(str(v))}")
+    return " ".join(["python train.py", *flags])
 
 
 _TYPES = {"int": (int,), "float": (int, float), "str": (str,), "bool": (bool,), "list[str]": (list,)}
@@ -148,41 +207,84 @@ def batch_indices(step: int, n_rows: int, global_batch: int, seed: int) -> np.nd
     return perm[k * global_batch : (k + 1) * global_batch]
 
 
-def save_checkpoint(path: Path, model, optimizer, scheduler, step: int, history: list) -> None:
-    """Adapter + optimiser + scheduler + RNG in a temp folder, then swapped in: a kill never leaves half."""
+class TrainState:
+    """Step and loss history, saved with accelerate's state (model, optimiser, scheduler, per-rank RNG)."""
+
+    def __init__(self) -> None:
+        self.step, self.history = 0, []
+
+    def state_dict(self) -> dict:
+        return {"step": self.step, "history": self.history}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.step, self.history = int(state["step"]), [list(h) for h in state["history"]]
+
+
+def save_checkpoint(acc, path: Path) -> None:
+    """``acc.save_state`` into a temp folder, then swapped in: a kill never leaves half a checkpoint.
+
+    Every process calls it (each saves its own RNG state); the main process renames.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    model.save_pretrained(str(tmp), save_embedding_layers=False)
-    state = {"step": step, "history": history, "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict(),
-             "rng_cpu": torch.get_rng_state(), "rng_cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else []}
-    torch.save(state, tmp / "state.pt")
-    old = path.with_name(path.name + ".old")
-    shutil.rmtree(old, ignore_errors=True)
-    if path.exists():
-        os.replace(path, old)
-    os.replace(tmp, path)
-    shutil.rmtree(old, ignore_errors=True)
+    if acc.is_main_process:
+        shutil.rmtree(tmp, ignore_errors=True)
+    acc.wait_for_everyone()
+    acc.save_state(str(tmp))
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            os.replace(path, old)
+        os.replace(tmp, path)
+        shutil.rmtree(old, ignore_errors=True)
+    acc.wait_for_everyone()
+
+
+def adapter_checkpoint_hooks(acc, model) -> None:
+    """Checkpoints hold the LoRA weights only (not the frozen base: 0.5 GB for SmolLM2 in fp32)."""
+    from peft import get_peft_model_state_dict, set_peft_model_state_dict
+    from safetensors.torch import load_file, save_file
+
+    def save(models, weights, out_dir) -> None:
+        if acc.is_main_process:
+            state = get_peft_model_state_dict(acc.unwrap_model(model))
+            save_file({k: v.detach().cpu().contiguous() for k, v in state.items()}, f"{out_dir}/adapter_model.safetensors")
+        weights.clear()  # nothing else of the model goes into the checkpoint
+
+    def load(models, in_dir) -> None:
+        result = set_peft_model_state_dict(acc.unwrap_model(model), load_file(f"{in_dir}/adapter_model.safetensors"))
+        if [k for k in result.missing_keys if "lora_" in k]:
+            raise AdapterError(f"checkpoint {in_dir} lacks LoRA weights of this model")
+        models.clear()
+
+    acc.register_save_state_pre_hook(save)
+    acc.register_load_state_pre_hook(load)
 
 
 def tokens_per_pass(cfg: Config, device: torch.device) -> int:
-    """Padded tokens per forward pass: --max-tokens, else 512 on a CPU (measured), else 0 = no cap."""
-    return cfg.max_tokens or (512 if device.type == "cpu" else 0)
+    """Padded tokens per forward pass: --max-tokens, else 512 on a CPU (measured: 2.4x faster steps than
+    no cap), else 8192 on a GPU (NOT measured on a GPU yet: enough rows per pass to fill a GPU with a
+    small model, while length-sorted passes cut the padding of a random batch, ~3.2x its real tokens)."""
+    return cfg.max_tokens or (512 if device.type == "cpu" else 8192)
 
 
 def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positives: list[str], negatives: list[str],
-                     cfg: Config, device: torch.device, backward=lambda loss: loss.backward(), no_sync=None) -> float:
+                     cfg: Config, device: torch.device, backward=lambda loss: loss.backward(),
+                     no_sync=None) -> torch.Tensor:
     """Forward + backward of one InfoNCE step on this process's B triplets (no optimiser step).
 
-    ``embed(batch) -> (n, d)`` normalised embeddings with graph. Returns the global loss.
+    ``embed(batch) -> (n, d)`` normalised embeddings with graph. Returns the global loss as a
+    detached 0-d tensor on the device (reading it is a host sync: the caller batches those).
     """
     B, W = len(anchors), world_size()
     ids, _ = tokenize(tok, spec, anchors + positives + negatives, cfg.max_length)
     # Forward passes of sentences of similar length, so little of each is padding. A random batch
     # of SNLI sentences padded to its longest is ~3.2x its real tokens; on a CPU, passes of at most
     # 512 padded tokens made a 32-triplet step 2.4x faster (16.8 -> 7.1 s, same loss and gradients).
-    # On a GPU small passes waste the device instead, so there only --max-tokens caps them (unmeasured).
+    # On a GPU passes are bigger (tokens_per_pass), since small ones waste the device.
     chunk = cfg.chunk_size or len(ids)
-    max_tokens = tokens_per_pass(cfg, device) or 1 << 62
+    max_tokens = tokens_per_pass(cfg, device)
     groups = list(length_batches([len(x) for x in ids], chunk, max_tokens))
     chunks = [collate([ids[i] for i in g], pad_id, spec.causal, device) for g in groups]
     order = [i for g in groups for i in g]
@@ -199,7 +301,7 @@ def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positive
     else:
         loss = loss_fn(torch.cat([embed(c) for c in chunks]))
         backward(loss)
-    return float(loss.detach()) / W
+    return loss.detach() / W
 
 
 def peak_memory_mb(device: torch.device) -> float:
@@ -212,22 +314,31 @@ def main(cfg: Config, load=load_encoder) -> int:
     """Train, save, evaluate. ``load(key, adapter=None, device=..., max_length=...)`` returns an
     Encoder (tests pass a tiny random model here). Returns the process exit code."""
     from accelerate import Accelerator
-    from peft import LoraConfig, get_peft_model, set_peft_model_state_dict
-    from safetensors.torch import load_file
+    from peft import LoraConfig, get_peft_model
     from transformers import get_cosine_schedule_with_warmup
 
-    # --- set-up: processes, model, data ------------------------------------------------------
-    acc = Accelerator(mixed_precision="bf16" if cfg.bf16 and torch.cuda.is_available() else "no",
-                      cpu=cfg.device == "cpu")
+    # --- set-up: processes, device, model, data -------------------------------------------------
+    requested = choose_device(cfg.device, torch.cuda.device_count(), int(os.environ.get("WORLD_SIZE", "1")))
+    if requested.type == "cuda" and requested.index is not None:
+        torch.cuda.set_device(requested)  # accelerate's single-process "cuda" is the current device
+    precision = mixed_precision(cfg.bf16, requested)
+    acc = Accelerator(mixed_precision=precision, cpu=requested.type == "cpu")
+    device = acc.device
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", torch.cuda.current_device())
     main_proc = acc.is_main_process
     out = Path(cfg.out)
     ckpt = out / "checkpoint"
     torch.manual_seed(cfg.seed + acc.process_index)  # dropout differs per process, data order does not
 
     data = read_triplets(cfg.data, cfg.max_rows or None)
-    enc = load(cfg.model, device=acc.device, max_length=cfg.max_length)
+    with acc.local_main_process_first():  # one process converts a GGUF on first use, the others then read it
+        enc = load(cfg.model, device=device, max_length=cfg.max_length)
     spec = dataclasses.replace(enc.spec, prompt=cfg.prompt) if cfg.prompt else enc.spec
     tok = enc.tokenizer
+    # The frozen base in bf16 on a GPU: autocast would otherwise cast its fp32 weights on every pass.
+    # PEFT keeps the LoRA weights (the only trained ones) in fp32 (autocast_adapter_dtype).
+    enc.model.to(base_dtype(precision))
 
     lora = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
                       target_modules=cfg.lora_targets or list(spec.lora_targets))
@@ -235,7 +346,6 @@ def main(cfg: Config, load=load_encoder) -> int:
         model = get_peft_model(enc.model, lora)
     except ValueError as e:  # e.g. --lora-targets naming modules this model does not have
         raise DataError(f"LoRA does not fit {spec.key}: {str(e).splitlines()[0][:200]}") from None
-    model.peft_config["default"].base_model_name_or_path = spec.key  # what the loader checks
     params = [p for p in model.parameters() if p.requires_grad]
 
     W = acc.num_processes
@@ -246,28 +356,28 @@ def main(cfg: Config, load=load_encoder) -> int:
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     scheduler = get_cosine_schedule_with_warmup(optimizer, min(cfg.warmup_steps, steps // 2), steps)
     model, optimizer = acc.prepare(model, optimizer)
+    state = TrainState()
+    acc.register_for_checkpointing(scheduler, state)
+    adapter_checkpoint_hooks(acc, model)
 
-    start, history = 0, []
     # A kill between save_checkpoint's two renames leaves only checkpoint.old: it is just as good.
-    found = [c for c in (ckpt, ckpt.with_name(ckpt.name + ".old")) if (c / "state.pt").is_file()]
+    found = [c for c in (ckpt, ckpt.with_name(ckpt.name + ".old"))
+             if (c / "adapter_model.safetensors").is_file() and (c / "random_states_0.pkl").is_file()]
     if cfg.resume and found:
-        state = torch.load(found[0] / "state.pt", weights_only=True)
-        set_peft_model_state_dict(acc.unwrap_model(model), load_file(str(found[0] / "adapter_model.safetensors")))
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng_cpu"])
-        if state["rng_cuda"]:
-            torch.cuda.set_rng_state_all(state["rng_cuda"])
-        start, history = state["step"], state["history"]
-        acc.print(f"resumed from {found[0]} at step {start}")
+        acc.load_state(str(found[0]))  # LoRA weights, optimiser, scheduler, step/history, each rank's own RNG
+        acc.print(f"resumed from {found[0]} at step {state.step}")
+    start, history = state.step, state.history
+    ckpt_step = start if found and cfg.resume else None  # step of the last checkpoint on disk
 
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
+        uses_cache = 0 < cfg.chunk_size < 3 * cfg.batch_size
+        cache_note = f"gradient cache, chunks of {cfg.chunk_size} sentences" if uses_cache else "no gradient cache"
         acc.print(f"{spec.key}: {len(data)} triplets, {steps} steps x {global_batch} triplets "
                   f"(effective contrastive batch {global_batch}: {2 * global_batch - 1} negatives per anchor, "
-                  f"{W} process(es)), chunks of {cfg.chunk_size or 3 * cfg.batch_size} sentences, "
-                  f"forward passes of <= {tokens_per_pass(cfg, acc.device) or 'any number of'} padded tokens, "
-                  f"device {device_name(acc.device)}")
+                  f"{W} process(es)), {cache_note}, "
+                  f"forward passes of <= {tokens_per_pass(cfg, device)} padded tokens, "
+                  f"device {device_name(device)}, precision {precision}")
 
     def embed(batch: dict) -> torch.Tensor:
         with acc.autocast():
@@ -276,62 +386,74 @@ def main(cfg: Config, load=load_encoder) -> int:
     # --- training loop --------------------------------------------------------------------------
     model.train()
     t0, seen = time.perf_counter(), 0
+    pending: list[torch.Tensor] = []  # losses still on the device: read in one sync at log/checkpoint steps
     bar = tqdm(range(start, steps), initial=start, total=steps, desc="train", disable=not main_proc)
     for step in bar:
         idx = batch_indices(step, len(data), global_batch, cfg.seed)
         idx = idx[acc.process_index * cfg.batch_size : (acc.process_index + 1) * cfg.batch_size]
-        loss_value = contrastive_step(embed, tok, spec, enc.pad_id, [data.anchor[i] for i in idx],
-                                      [data.positive[i] for i in idx], [data.negative[i] for i in idx], cfg, acc.device,
-                                      backward=acc.backward, no_sync=lambda: acc.no_sync(model))
-        if not math.isfinite(loss_value):
-            optimizer.zero_grad(set_to_none=True)
-            where = f"{ckpt} (step {history[-1][0] if history else 0})" if ckpt.exists() else "none written yet"
-            acc.print(f"error: loss is {loss_value} at step {step + 1}; stopped without updating. Last good checkpoint: "
-                      f"{where}. Try a lower --lr or check the data.")
-            return 3
+        pending.append(contrastive_step(embed, tok, spec, enc.pad_id, [data.anchor[i] for i in idx],
+                                        [data.positive[i] for i in idx], [data.negative[i] for i in idx], cfg,
+                                        device, backward=acc.backward, no_sync=lambda: acc.no_sync(model)))
         optimizer.step()
         scheduler.step()
         optimizer.zero_grad(set_to_none=True)
         seen += 3 * global_batch
-        history.append([step + 1, round(loss_value, 5)])
-
-        if main_proc and ((step + 1) % cfg.log_every == 0 or step + 1 == steps):
+        done = step + 1
+        log_now = done % cfg.log_every == 0 or done == steps
+        ckpt_now = bool(cfg.ckpt_every) and done % cfg.ckpt_every == 0 and done < steps
+        if not (log_now or ckpt_now):
+            continue
+        # Every process holds the same global loss, so all of them stop together.
+        values = torch.stack(pending).tolist()
+        first = done - len(values) + 1
+        pending.clear()
+        bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
+        if bad is not None:
+            where = f"{ckpt} (step {ckpt_step})" if ckpt_step is not None else "none written yet"
+            acc.print(f"error: loss is {values[bad]} at step {first + bad}; stopped, nothing after the last checkpoint "
+                      f"was saved. Last good checkpoint: {where}. Try a lower --lr or check the data.")
+            return 3
+        history.extend([first + i, round(v, 5)] for i, v in enumerate(values))
+        if main_proc and log_now:
             rate = seen / (time.perf_counter() - t0)
-            bar.set_postfix(loss=f"{loss_value:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}", sent_s=f"{rate:.0f}")
-            tqdm.write(f"step {step + 1}/{steps} loss {loss_value:.4f} lr {scheduler.get_last_lr()[0]:.3e} "
-                       f"{rate:.1f} sentences/s")
-        if main_proc and cfg.ckpt_every and (step + 1) % cfg.ckpt_every == 0 and step + 1 < steps:
-            save_checkpoint(ckpt, acc.unwrap_model(model), optimizer, scheduler, step + 1, history)
-        acc.wait_for_everyone()
+            lr = scheduler.get_last_lr()[0]
+            bar.set_postfix(loss=f"{values[-1]:.4f}", lr=f"{lr:.2e}", sent_s=f"{rate:.0f}")
+            tqdm.write(f"step {done}/{steps} loss {values[-1]:.4f} lr {lr:.3e} {rate:.1f} sentences/s")
+        if ckpt_now:
+            state.step = done
+            save_checkpoint(acc, ckpt)
+            ckpt_step = done
     bar.close()
     wall = time.perf_counter() - t0
 
     # --- save the adapter, evaluate what was saved, write the record ------------------------------
     if not main_proc:
         return 0
-    acc.unwrap_model(model).save_pretrained(str(out), save_embedding_layers=False)
+    save_adapter(acc.unwrap_model(model), out, spec)  # the standard PEFT (causal-LM) form
     train_stats = {"steps": steps, "resumed_at": start or None, "wall_seconds": round(wall, 1),
                    "sentences_per_second": round(seen / wall, 1) if seen else None,
-                   "peak_memory_mb": round(peak_memory_mb(acc.device), 1), "world_size": W,
+                   "peak_memory_mb": round(peak_memory_mb(device), 1), "world_size": W, "precision": precision,
+                   "tokens_per_pass": tokens_per_pass(cfg, device),
                    "effective_contrastive_batch": global_batch, "loss_curve": history}
-    record = {"config": dataclasses.asdict(cfg), "model": spec.key, "prompt": spec.prompt,
+    record = {"config": dataclasses.asdict(cfg), "command": command_line(cfg), "model": spec.key, "prompt": spec.prompt,
               "data": {"path": data.path, "sha256": data.sha256, "rows": len(data)},
-              "device": device_name(acc.device), "trained_on": acc.device.type, "training": train_stats,
-              "environment": environment(acc.device)}
+              "device": device_name(device), "trained_on": device.type, "training": train_stats,
+              "environment": environment(device)}
     write_json_atomic(out / "training.json", record)  # written now so a failing evaluation loses nothing
     from embedlab.evaluation import run_eval
+    from embedlab.modelcard import write_card
 
-    # Evaluate what was saved, through the same loader the app uses (proves the adapter loads).
-    tuned = load(cfg.model, adapter=out, device=acc.device)
-    if cfg.prompt:
-        tuned.spec = spec
-    record["dev"] = run_eval(tuned, ["STSBenchmark-dev"], progress=True)["tasks"]
+    # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
+    # prompt it was trained with: attach_adapter reads it back from training.json).
+    tuned = load(cfg.model, adapter=out, device=device)
+    record["dev"] = run_eval(tuned, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, progress=True)["tasks"]
     tasks = [t for t in cfg.eval_tasks if t != "STSBenchmark-dev"]
     if tasks:
         # the same record format as `python -m embedlab eval`, so it can go under assets/results as is
         record["test"] = {**run_eval(tuned, tasks, limit=cfg.eval_limit or None, progress=True),
-                          "trained_on": acc.device.type}
+                          "trained_on": device.type, "trained_device": record["device"]}
     write_json_atomic(out / "training.json", record)
+    write_card(out, spec)
     shutil.rmtree(ckpt, ignore_errors=True)
     acc.print(f"saved {out}: STSBenchmark dev {record['dev']['STSBenchmark-dev']:.2f}"
               + (f", test average {record['test']['average']:.2f}" if tasks else ""))
@@ -343,7 +465,7 @@ def cli(argv: list[str] | None = None) -> int:
     cfg = parse_config(argv)
     try:
         return main(cfg)
-    except (DataError, UnknownModelError, ModelUnavailableError) as e:
+    except (DataError, UnknownModelError, ModelUnavailableError, SetupError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
 

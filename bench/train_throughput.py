@@ -3,9 +3,15 @@
 Same device, same process, same triplets, same LoRA (r8 on q/v). Sentences/s = 3 x triplets / step time.
 Reference: AutoModelForCausalLM with output_hidden_states (LM head over the whole vocabulary), fp32
 weights under bf16 autocast on GPU, batch padded to its longest text, plain InfoNCE (no gradient cache).
-Ours: train.contrastive_step: backbone only, length-bucketed chunks, gradient cache, bf16 autocast on GPU.
+Ours: train.contrastive_step as train.py sets it up: backbone only, passes of similar length
+(--max-tokens padded tokens each; train.py's default for the device when 0), gradient cache only
+with --chunk-size, on a GPU the frozen base in bf16 under bf16 autocast with fp32 LoRA weights.
 
-    python bench/train_throughput.py [--batch-size 128] [--steps 5] [--chunk-size 256] [--device cuda]
+Also printed: real (non-pad) tokens per second and an estimated model-FLOPs utilisation:
+~4 x non-embedding parameters x real tokens per step (forward 2, backward to the activations 2;
+the frozen weights get no gradient; +2 with the gradient cache's extra forward) over --peak-tflops.
+
+    python bench/train_throughput.py [--batch-size 128] [--steps 5] [--max-tokens 8192] [--device cuda]
 """
 from __future__ import annotations
 
@@ -57,13 +63,19 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="smollm2-135m")
     ap.add_argument("--batch-size", type=int, default=128)
-    ap.add_argument("--chunk-size", type=int, default=256)
+    ap.add_argument("--chunk-size", type=int, default=0, help="gradient-cache chunk (0 = no gradient cache)")
+    ap.add_argument("--max-tokens", type=int, default=0, help="padded tokens per pass (0 = train.py's default)")
+    ap.add_argument("--peak-tflops", type=float, default=989.0,
+                    help="the device's dense bf16 peak for the MFU estimate (H100 SXM: 989)")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default=None)
     ap.add_argument("--skip-naive", action="store_true")
     args = ap.parse_args()
-    dev = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
+    dev = train.choose_device(args.device or "", torch.cuda.device_count())
+    if dev.type == "cuda" and dev.index is not None:
+        torch.cuda.set_device(dev)
+    precision = train.mixed_precision(True, dev)
+    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
     data = read_triplets(ROOT / "assets/data/NLI/snli_all_triplets.csv")
     B = args.batch_size
 
@@ -73,8 +85,12 @@ def main() -> None:
 
     enc = load_encoder(args.model, device=dev)
     spec, tok = enc.spec, enc.tokenizer
-    cfg = train.Config(model=args.model, batch_size=B, chunk_size=args.chunk_size, max_length=96)
+    cfg = train.Config(model=args.model, batch_size=B, chunk_size=args.chunk_size, max_tokens=args.max_tokens,
+                       max_length=96)
+    enc.model.to(train.base_dtype(precision))  # as train.py: bf16 frozen base on a GPU
+    flops_params = sum(p.numel() for n, p in enc.model.named_parameters() if "embed" not in n)
     model = lora(enc.model, spec.lora_targets).train()
+    real_tokens = []
 
     def embed(b):
         with autocast():
@@ -82,13 +98,21 @@ def main() -> None:
 
     def ours(i):
         a, p, n = batch(i)
+        ids, _ = train.tokenize(tok, spec, a + p + n, cfg.max_length)
+        real_tokens.append(sum(map(len, ids)))
         train.contrastive_step(embed, tok, spec, enc.pad_id, a, p, n, cfg, dev)
         model.zero_grad(set_to_none=True)
 
     t_ours = timed_steps(ours, args.steps, dev)
     peak_ours = peak(dev)
-    print(f"device: {device_name(dev)}; {args.model}; {B} triplets/step ({3 * B} sentences)")
-    print(f"embedlab train step : {3 * B / t_ours:9.1f} sentences/s ({t_ours:.2f} s/step, chunk {args.chunk_size}, peak {peak_ours})")
+    tokens = sum(real_tokens[1:]) / max(1, len(real_tokens) - 1)  # per timed step
+    grad_cache = 0 < args.chunk_size < 3 * B
+    mfu = (6 if grad_cache else 4) * flops_params * tokens / t_ours / (args.peak_tflops * 1e12)
+    print(f"device: {device_name(dev)}; {args.model}; {B} triplets/step ({3 * B} sentences, {tokens:.0f} real tokens); "
+          f"precision {precision}, passes of <= {train.tokens_per_pass(cfg, dev)} padded tokens")
+    print(f"embedlab train step : {3 * B / t_ours:9.1f} sentences/s ({t_ours:.3f} s/step, {tokens / t_ours:,.0f} tokens/s, "
+          f"{'gradient cache ' + str(args.chunk_size) if grad_cache else 'no gradient cache'}, peak {peak_ours}, "
+          f"estimated MFU {100 * mfu:.2f}% of {args.peak_tflops:g} TFLOP/s)")
     if args.skip_naive:
         return
 

@@ -1,17 +1,27 @@
-"""LoRA adapters as untrusted input: find, validate and describe them.
+"""LoRA adapters as untrusted input: find, validate, describe, save and convert them.
 
 An adapter is a PEFT folder: ``adapter_config.json`` + ``adapter_model.safetensors``
-(optionally ``training.json`` written by train.py). Pickled weights are refused:
-loading a pickle runs arbitrary code.
+(optionally ``training.json`` written by train.py, and a ``README.md`` model card).
+Pickled weights are refused: loading a pickle runs arbitrary code.
+
+Key forms. PEFT names each LoRA tensor after the module path of the model it was
+saved from. We save in the *causal-LM form* (``base_model.model.model.layers.0...``),
+the form ``PeftModel.from_pretrained(AutoModelForCausalLM...)`` and the paper's hub
+adapters use; adapters saved by older embedlab on the bare backbone (AutoModel) have
+the *backbone form* (``base_model.model.layers.0...``), which the standard way loads
+as nothing (PEFT only warns). :func:`backbone_state` reads either.
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import stat
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from .registry import ModelSpec
 
@@ -20,6 +30,8 @@ ADAPTERS_DIR = ASSETS / "adapters"
 MAX_ADAPTER_BYTES = 256 * 2**20  # a LoRA for a <3B model is a few MB; anything this big is not one
 MAX_JSON_BYTES = 2**20
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".pkl", ".pickle", ".ckpt")
+PEFT_PREFIX = "base_model.model."  # what PeftModel puts in front of the wrapped model's module paths
+MAX_PROMPT_CHARS = 1000
 
 
 class AdapterError(ValueError):
@@ -37,6 +49,7 @@ class AdapterInfo:
     r: int
     targets: tuple[str, ...]
     record: dict[str, Any] = field(default_factory=dict, compare=False)  # training.json, if any
+    prompt: str | None = None  # the template it was trained with (training.json), None = the registry's
 
 
 def sha256_file(path: Path, chunk: int = 2**22) -> str:
@@ -48,15 +61,64 @@ def sha256_file(path: Path, chunk: int = 2**22) -> str:
 
 
 def _read_json(path: Path, what: str) -> dict:
-    if path.stat().st_size > MAX_JSON_BYTES:
-        raise AdapterError(f"{what} is larger than {MAX_JSON_BYTES // 1024} KiB; not an adapter config")
+    """A size-capped JSON object from a regular file (a FIFO or device is refused before it can block)."""
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was opened.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError as e:
+        raise AdapterError(f"cannot read {what} ({e.strerror})") from None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise AdapterError(f"{what} is not a regular file")
+        if st.st_size > MAX_JSON_BYTES:
+            raise AdapterError(f"{what} is larger than {MAX_JSON_BYTES // 1024} KiB")
+        raw = f.read(MAX_JSON_BYTES + 1)
+    if len(raw) > MAX_JSON_BYTES:
+        raise AdapterError(f"{what} is larger than {MAX_JSON_BYTES // 1024} KiB")
+    try:
+        data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise AdapterError(f"{what} is not valid JSON ({e.__class__.__name__})") from None
     if not isinstance(data, dict):
         raise AdapterError(f"{what} must hold a JSON object")
     return data
+
+
+def read_training_record(folder: str | Path) -> dict[str, Any]:
+    """The ``training.json`` train.py wrote in an adapter folder, or {} if there is none.
+
+    The one reader of that record (the app, ``python -m embedlab report`` and the model
+    cards use it): a regular file only, at most 1 MiB, a JSON object; else :class:`AdapterError`.
+    """
+    p = Path(folder) / "training.json"
+    if not os.path.lexists(p):
+        return {}
+    return _read_json(p, "training.json")
+
+
+def validate_prompt(prompt: Any, what: str = "prompt") -> str:
+    """A prompt template: a string holding ``{s}`` once formatting works; else :class:`AdapterError`."""
+    if not isinstance(prompt, str) or "{s}" not in prompt or len(prompt) > MAX_PROMPT_CHARS:
+        raise AdapterError(f"{what} must be a text of at most {MAX_PROMPT_CHARS} characters containing {{s}}")
+    try:
+        prompt.format(s="x")
+    except (KeyError, IndexError, ValueError) as e:
+        raise AdapterError(f"{what} {prompt[:60]!r} is not a valid template ({e.__class__.__name__}); "
+                           "write literal braces as {{ and }}") from None
+    return prompt
+
+
+def record_prompt(record: Mapping[str, Any]) -> str | None:
+    """The prompt an adapter was trained with, from its training record (None when it names none)."""
+    if "prompt" not in record or record["prompt"] is None:
+        return None
+    return validate_prompt(record["prompt"], "training.json's prompt")
+
+
+def hub_id(spec: ModelSpec) -> str | None:
+    """The spec's Hugging Face Hub id (the ``owner/name`` among its base ids), or None."""
+    return next((b for b in spec.base_ids if "/" in b), None)
 
 
 def _inside(path: Path, roots: Sequence[Path]) -> bool:
@@ -101,12 +163,13 @@ def inspect_adapter(path: str | Path, spec: ModelSpec, allowed_roots: Sequence[P
             f"(expected one of: {', '.join(spec.base_ids)})"
         )
     _check_weights(w_path)
-    record = _read_json(p / "training.json", "training.json") if (p / "training.json").is_file() else {}
+    record = read_training_record(p)
+    prompt = record_prompt(record)
     targets = cfg.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
     digest = sha256_file(w_path)
     name = re.sub(r"[^A-Za-z0-9_-]", "_", p.name)[:40] + "-" + digest[:8]
-    return AdapterInfo(name, p, digest, base, int(cfg.get("r") or 0), targets, record)
+    return AdapterInfo(name, p, digest, base, int(cfg.get("r") or 0), targets, record, prompt)
 
 
 def _check_weights(w_path: Path) -> None:
@@ -132,3 +195,143 @@ def shipped_adapters(key: str) -> list[Path]:
     if not root.is_dir():
         return []
     return sorted(d for d in root.iterdir() if (d / "adapter_config.json").is_file())
+
+
+# --- key forms ------------------------------------------------------------------------------------
+
+def causal_lm_prefix(backbone, trust_remote_code: bool = False) -> str:
+    """Where the backbone (AutoModel) sits inside its AutoModelForCausalLM, e.g. ``"model"`` for Llama.
+
+    Found by building the causal LM on the meta device (no memory, no weights) and
+    looking for the child of the backbone's class; the class's ``base_model_prefix``
+    otherwise.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    try:
+        with torch.device("meta"):
+            lm = AutoModelForCausalLM.from_config(backbone.config, trust_remote_code=trust_remote_code)
+        for name, child in lm.named_children():
+            if type(child) is type(backbone):
+                return name
+        return str(lm.base_model_prefix)
+    except (ValueError, KeyError, ImportError, OSError):
+        return str(getattr(backbone, "base_model_prefix", "") or "model")
+
+
+def to_causal_lm_keys(state: Mapping[str, Any], prefix: str) -> dict[str, Any]:
+    """Backbone-form PEFT keys (``base_model.model.layers...``) -> causal-LM form (``base_model.model.<prefix>.layers...``)."""
+    out = {}
+    for k, v in state.items():
+        if not k.startswith(PEFT_PREFIX):
+            raise AdapterError(f"unexpected adapter tensor name {k[:80]!r}")
+        out[PEFT_PREFIX + prefix + "." + k[len(PEFT_PREFIX):]] = v
+    return out
+
+
+def backbone_state(state: Mapping[str, Any], expected: set[str], prefixes: Sequence[str]) -> dict[str, Any]:
+    """Saved LoRA tensors -> the backbone form, matched explicitly against ``expected``.
+
+    ``expected``: the backbone-form names (``base_model.model.layers.0...lora_A.weight``)
+    the model has for this adapter. Each saved key is taken as is (backbone form) or
+    with one of ``prefixes`` after ``base_model.model.`` removed (causal-LM form). Every
+    expected tensor must be found exactly once and every saved tensor used; else
+    :class:`AdapterError` saying how many did not match (PEFT itself only warns).
+    """
+    out: dict[str, Any] = {}
+    unmatched = []
+    for k, v in state.items():
+        cands = [k] + [PEFT_PREFIX + k[len(PEFT_PREFIX) + len(p) + 1:] for p in prefixes
+                       if p and k.startswith(PEFT_PREFIX + p + ".")]
+        hit = next((c for c in cands if c in expected), None)
+        if hit is None or hit in out:
+            unmatched.append(k)
+        else:
+            out[hit] = v
+    missing = sorted(expected - set(out))
+    if unmatched or missing:
+        example = (unmatched or missing)[0]
+        why = (f"{len(unmatched)} saved tensor(s) fit no module, e.g. {example[:100]!r}" if unmatched
+               else f"{len(missing)} missing from the file, e.g. {example[:100]!r}")
+        raise AdapterError(f"adapter weights do not match the model: {len(out)} of {len(expected)} LoRA tensors "
+                           f"would be applied ({why})")
+    return out
+
+
+def _write_folder_atomic(dst: Path, write) -> None:
+    """Call ``write(tmp_folder)``, then swap the files it wrote into ``dst`` one rename each."""
+    dst.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst))
+    try:
+        write(tmp)
+        for f in tmp.iterdir():
+            os.replace(f, dst / f.name)
+    finally:
+        for f in tmp.iterdir() if tmp.exists() else ():
+            f.unlink()
+        if tmp.exists():
+            tmp.rmdir()
+
+
+def save_adapter(model, out: str | Path, spec: ModelSpec, adapter_name: str = "default") -> Path:
+    """Save a PeftModel over the spec's backbone in the standard causal-LM form.
+
+    The keys become those ``PeftModel.from_pretrained(AutoModelForCausalLM...)`` expects,
+    ``base_model_name_or_path`` the Hub id, ``task_type`` CAUSAL_LM. Encoders (BERT-like)
+    keep the backbone form, which is already theirs. Returns the folder.
+    """
+    from peft import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    out = Path(out)
+    state = {k: v.detach().cpu().contiguous()
+             for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
+    config = model.peft_config[adapter_name]
+    base = model.get_base_model()
+    if spec.causal:
+        state = to_causal_lm_keys(state, causal_lm_prefix(base, spec.trust_remote_code))
+        config.task_type = "CAUSAL_LM"
+    elif not config.task_type:
+        config.task_type = "FEATURE_EXTRACTION"
+    config.base_model_name_or_path = hub_id(spec) or spec.key
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+        cfg = json.loads((tmp / "adapter_config.json").read_text())
+        cfg["auto_mapping"] = None  # the backbone class PEFT notes for task_type None; the standard form names none
+        cfg["inference_mode"] = True
+        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    _write_folder_atomic(out, write)
+    return out
+
+
+def convert_adapter(path: str | Path, spec: ModelSpec, backbone) -> bool:
+    """Rewrite an adapter folder saved in the backbone form into the causal-LM form, in place.
+
+    ``backbone``: the spec's AutoModel (for where it sits inside the causal LM). Also
+    sets the config's base model to the Hub id. Tensors are copied bit for bit. Returns
+    False when the folder already is in the standard form.
+    """
+    from safetensors.torch import load_file, save_file
+
+    info = inspect_adapter(path, spec)
+    state = load_file(str(info.path / "adapter_model.safetensors"))
+    cfg = _read_json(info.path / "adapter_config.json", "adapter_config.json")
+    prefix = causal_lm_prefix(backbone, spec.trust_remote_code)
+    lm_form = all(k.startswith(PEFT_PREFIX + prefix + ".") for k in state)
+    base_id = hub_id(spec) or spec.key
+    if lm_form and cfg.get("base_model_name_or_path") == base_id and cfg.get("task_type") == "CAUSAL_LM":
+        return False
+    if not lm_form:
+        state = to_causal_lm_keys(state, prefix)
+    cfg.update(base_model_name_or_path=base_id, task_type="CAUSAL_LM", auto_mapping=None)
+
+    def write(tmp: Path) -> None:
+        save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
+
+    _write_folder_atomic(info.path, write)
+    return True

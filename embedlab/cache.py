@@ -46,10 +46,11 @@ def corpus_sha256(texts: Sequence[str]) -> str:
 
 def embedding_key(enc: Encoder, use_adapter: bool | str, corpus_sha: str) -> str:
     """Everything that changes the vectors: model, adapter weights, prompt, max length, corpus."""
-    adapter = "base"
+    adapter, name = "base", None
     if use_adapter is not False and enc.adapters:
-        adapter = enc.adapters[enc.active_adapter if use_adapter is True else use_adapter].sha256[:16]
-    settings = hashlib.sha256(f"{enc.spec.prompt}|{enc.max_length}|{enc.spec.pooling}".encode()).hexdigest()[:8]
+        name = enc.active_adapter if use_adapter is True else use_adapter
+        adapter = enc.adapters[name].sha256[:16]
+    settings = hashlib.sha256(f"{enc.prompt_for(name)}|{enc.max_length}|{enc.spec.pooling}".encode()).hexdigest()[:8]
     return f"{enc.spec.key}-{adapter}-{settings}-{corpus_sha[:16]}"
 
 

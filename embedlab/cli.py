@@ -1,4 +1,4 @@
-"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache``."""
+"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card``."""
 from __future__ import annotations
 
 import argparse
@@ -28,6 +28,10 @@ def _eval(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     record = run_eval(enc, args.tasks, limit=args.limit, sick=args.sick, use_adapter=not args.base, progress=True)
+    if record["adapter"] and enc.active_adapter:  # where the adapter was trained, from its training record
+        trained = enc.adapters[enc.active_adapter].record
+        if trained.get("trained_on"):
+            record.update(trained_on=trained["trained_on"], trained_device=trained.get("device"))
     print(format_table(record))
     if args.json:
         from .provenance import write_json_atomic
@@ -63,6 +67,10 @@ def _report(args: argparse.Namespace) -> int:
         print(f"{args.readme}: results table {'updated' if changed else 'already current'}")
     else:
         print(markdown_table(results_frame()))
+    from .report import adapters_frame
+
+    print("\nshipped adapters (from their training.json):")
+    print(markdown_table(adapters_frame()))
     return 0
 
 
@@ -147,6 +155,54 @@ def _build_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapter_folders(args: argparse.Namespace):
+    """(spec, folders): the adapters named, or every shipped adapter of --model."""
+    from .adapters import shipped_adapters
+    from .registry import get_spec
+
+    spec = get_spec(args.model)
+    return spec, [Path(a) for a in args.adapters] or shipped_adapters(spec.key)
+
+
+def _convert_adapter(args: argparse.Namespace) -> int:
+    """Rewrite adapters saved on the bare backbone into the standard causal-LM form, then write their cards."""
+    import torch
+    from transformers import AutoConfig, AutoModel
+
+    from .adapters import convert_adapter
+    from .loading import ModelUnavailableError, weights_dir
+    from .modelcard import write_card
+
+    try:
+        spec, folders = _adapter_folders(args)
+        # the backbone's class and config only (meta device: no weights read)
+        config = AutoConfig.from_pretrained(weights_dir(spec), trust_remote_code=spec.trust_remote_code)
+        with torch.device("meta"):
+            backbone = AutoModel.from_config(config, trust_remote_code=spec.trust_remote_code)
+        for folder in folders:
+            changed = convert_adapter(folder, spec, backbone)
+            card = write_card(folder, spec)
+            print(f"{folder}: {'converted to the causal-LM form' if changed else 'already in the standard form'}; "
+                  f"wrote {card.name}")
+    except (UnknownModelError, ModelUnavailableError, AdapterError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _model_card(args: argparse.Namespace) -> int:
+    from .modelcard import write_card
+
+    try:
+        spec, folders = _adapter_folders(args)
+        for folder in folders:
+            print(f"wrote {write_card(folder, spec)}")
+    except (UnknownModelError, AdapterError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -184,6 +240,13 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "assets" / "cache")
     c.add_argument("--device", help="cpu, cuda ... (default: cpu)", default="cpu")
     c.set_defaults(fn=_build_cache)
+    for name, fn, what in (("convert-adapter", _convert_adapter, "rewrite adapters saved on the bare backbone into "
+                            "the standard PEFT causal-LM form (keys, Hub base id) and write their model cards"),
+                           ("model-card", _model_card, "write each adapter's README.md model card from its training.json")):
+        a = sub.add_parser(name, help=what)
+        a.add_argument("adapters", nargs="*", help="adapter folders (default: every shipped adapter of --model)")
+        a.add_argument("--model", default="smollm2-135m")
+        a.set_defaults(fn=fn)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)

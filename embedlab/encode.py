@@ -60,14 +60,16 @@ def validate_texts(texts: Sequence[str]) -> list[str]:
     return out
 
 
-def tokenize(tokenizer, spec: ModelSpec, texts: Sequence[str], max_length: int) -> tuple[list[list[int]], int]:
-    """Token ids per text with the spec's prompt, BOS and EOS; and how many were truncated.
+def tokenize(tokenizer, spec: ModelSpec, texts: Sequence[str], max_length: int,
+             prompt: str | None = None) -> tuple[list[list[int]], int]:
+    """Token ids per text with the prompt (default: the spec's), BOS and EOS; and how many were truncated.
 
     Causal LMs: ``[BOS if spec.add_bos] + ids(prompt(text)) + [EOS]`` — the EOS is always
     kept, so truncation cuts the text, never the token we pool. Encoders: the
     tokenizer's own special tokens ([CLS] ... [SEP]).
     """
-    prompted = [spec.prompt.format(s=t) for t in texts]
+    template = spec.prompt if prompt is None else prompt
+    prompted = [template.format(s=t) for t in texts]
     plain = tokenizer(prompted, add_special_tokens=False)["input_ids"]
     if spec.causal:
         prefix = [tokenizer.bos_token_id] if spec.add_bos and tokenizer.bos_token_id is not None else []
@@ -95,10 +97,12 @@ def collate(ids: Sequence[Sequence[int]], pad_id: int, left: bool, device: torch
         sl = slice(L - len(x), L) if left else slice(0, len(x))
         input_ids[i, sl] = torch.tensor(x, dtype=torch.long)
         mask[i, sl] = 1
-    batch = {"input_ids": input_ids.to(device), "attention_mask": mask.to(device)}
+    batch = {"input_ids": input_ids, "attention_mask": mask}
     if left:
-        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0).to(device)
-    return batch
+        batch["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    if device.type == "cuda":  # page-locked host memory: the copy runs asynchronously with the GPU's work
+        return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+    return {k: v.to(device) for k, v in batch.items()}
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, pooling: str) -> torch.Tensor:
@@ -181,6 +185,12 @@ class Encoder:
         # Causal LMs often have no pad token: the EOS serves (it is masked anyway).
         return int(tok.convert_tokens_to_ids(self.spec.eos_token)) if self.spec.eos_token else 0
 
+    def prompt_for(self, name: str | None) -> str:
+        """The prompt template texts get for adapter ``name`` (None = base): the one the adapter was
+        trained with (its training record), else the registry's."""
+        info = self.adapters.get(name) if name is not None else None
+        return info.prompt if info is not None and info.prompt is not None else self.spec.prompt
+
     def check_adapter(self, name: str | None) -> str | None:
         """``name`` if that adapter is loaded (None = base passes), else KeyError naming the loaded ones."""
         if name is not None and name not in self.adapters:
@@ -251,7 +261,17 @@ class Encoder:
         work of a higher priority can run between two batches of a long job.
         """
         t0 = time.perf_counter()
-        ids, n_trunc = tokenize(self.tokenizer, self.spec, texts, self.max_length)
+        # Each side is embedded with its own prompt: the adapter's training prompt, the registry's for the base.
+        sides = [None if n == "__base__" else n for n in adapter_names] if adapter_names else [mode] * len(texts)
+        prompts = [self.prompt_for(n) for n in sides]
+        ids: list[list[int]] = [[] for _ in texts]
+        n_trunc = 0
+        for prompt in dict.fromkeys(prompts):
+            rows = [i for i, p in enumerate(prompts) if p == prompt]
+            part, cut = tokenize(self.tokenizer, self.spec, [texts[i] for i in rows], self.max_length, prompt)
+            n_trunc += cut
+            for i, x in zip(rows, part):
+                ids[i] = x
         if n_trunc:
             log.warning("%d of %d texts truncated to %d tokens", n_trunc, len(texts), self.max_length)
         out = np.empty((len(texts), self.dim), dtype=np.float32)

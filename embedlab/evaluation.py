@@ -73,7 +73,7 @@ def run_eval(
         "random_pair_cosine": None if aniso is None else round(aniso, 4),
         "limit": limit,
         "sick": sick,
-        "prompt": enc.spec.prompt,
+        "prompt": enc.prompt_for(adapter.name if adapter else None),
         "max_length": enc.max_length,
         "environment": environment(enc.device),
     }

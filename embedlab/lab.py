@@ -11,7 +11,6 @@ import json
 import logging
 import os
 import shutil
-import stat
 import threading
 import zipfile
 from collections import OrderedDict
@@ -22,7 +21,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from . import index as faiss_index
-from .adapters import ADAPTERS_DIR, MAX_JSON_BYTES, AdapterError, AdapterInfo, _inside, inspect_adapter, shipped_adapters
+from .adapters import (ADAPTERS_DIR, AdapterError, AdapterInfo, _inside, inspect_adapter, read_training_record,
+                       shipped_adapters)
 from .cache import EmbeddingCache, embedding_key
 from .compute import BACKGROUND, on_compute_thread
 from .corpora import Corpus, InputError, builtin
@@ -406,21 +406,11 @@ def allowed_adapter_path(adapter: str) -> Path:
     return path
 
 
-def read_record(path: Path, max_bytes: int = MAX_JSON_BYTES) -> dict:
-    """A training.json as a dict; {} unless it is a regular file under ``max_bytes`` holding a JSON object
-    (a FIFO or device there would block the reading thread)."""
-    try:
-        st = os.stat(path)
-        if not stat.S_ISREG(st.st_mode) or st.st_size > max_bytes:
-            return {}
-        rec = json.loads(path.read_bytes().decode("utf-8"))
-    except (OSError, ValueError):
-        return {}
-    return rec if isinstance(rec, dict) else {}
-
-
 def _device_tag(path: Path) -> str:
-    rec = read_record(path / "training.json")
+    try:
+        rec = read_training_record(path)
+    except AdapterError:  # unreadable record: no tag, the adapter's own validation says more when it is picked
+        return ""
     if not rec:
         return ""
     return " · GPU-trained" if rec.get("trained_on") == "cuda" else " · CPU-trained"

@@ -326,21 +326,53 @@ def attach_adapter(
 ) -> AdapterInfo:
     """Validate and load a LoRA adapter onto the encoder's backbone (no reload of the base).
 
-    Several adapters can be loaded; :meth:`Encoder.encode` picks one with
-    ``use_adapter``. Loading the same weights twice is a no-op.
+    Accepts adapters saved in the causal-LM form (ours, the paper's hub adapters) and the
+    older backbone form: the saved names are mapped explicitly onto the backbone's LoRA
+    modules, and every LoRA tensor must be applied (PEFT would only warn and run the base
+    model). Several adapters can be loaded; :meth:`Encoder.encode` picks one with
+    ``use_adapter`` and embeds its texts with the prompt it was trained with
+    (``info.prompt``). Loading the same weights twice is a no-op.
     """
-    from peft import PeftModel
+    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
+    from safetensors.torch import load_file
+
+    from .adapters import backbone_state
 
     info = inspect_adapter(path, enc.spec, allowed_roots)
 
+    def load() -> None:
+        name = info.name
+        config = LoraConfig.from_pretrained(str(info.path))
+        config.inference_mode = True
+        if not enc.adapters:
+            enc.model = PeftModel(enc.model, config, adapter_name=name)
+        else:
+            enc.model.add_adapter(name, config)
+        lora = {n: p for n, p in enc.model.named_parameters() if "lora_" in n and f".{name}." in n}
+        expected = {n.replace(f".{name}.", "."): n for n in lora}
+        backbone = enc.model.get_base_model()
+        prefixes = list(dict.fromkeys([getattr(backbone, "base_model_prefix", ""), "model"]))
+        state = backbone_state(load_file(str(info.path / "adapter_model.safetensors")), set(expected), prefixes)
+        result = set_peft_model_state_dict(enc.model, state, adapter_name=name)
+        bad = [k for k in result.missing_keys if k in lora] + list(result.unexpected_keys)
+        # Count what landed: every LoRA tensor of this adapter now holds the saved values.
+        applied = sum(torch.equal(lora[expected[k]].detach().cpu(), v.to(lora[expected[k]].dtype)) for k, v in state.items())
+        if bad or applied != len(lora):
+            raise AdapterError(f"adapter {info.path.name}: {applied} of {len(lora)} LoRA tensors applied")
+
     def attach() -> None:  # on the compute thread: it changes the model other requests are running
         if info.name not in enc.adapters:
+            first = not enc.adapters
             try:
-                if not enc.adapters:
-                    enc.model = PeftModel.from_pretrained(enc.model, str(info.path), adapter_name=info.name)
-                else:
-                    enc.model.load_adapter(str(info.path), adapter_name=info.name)
-            except (RuntimeError, ValueError, KeyError, OSError) as e:
+                load()
+            except (RuntimeError, ValueError, KeyError, OSError, TypeError) as e:
+                # undo a half-attached adapter so the encoder stays as it was
+                if first and isinstance(enc.model, PeftModel):
+                    enc.model = enc.model.unload()
+                elif info.name in getattr(enc.model, "peft_config", {}):
+                    enc.model.delete_adapter(info.name)
+                if isinstance(e, AdapterError):
+                    raise
                 # e.g. shape mismatch: an adapter for another width that claims the same base
                 raise AdapterError(f"adapter does not fit {enc.spec.key}: {str(e).splitlines()[0][:200]}") from e
             enc.model.eval()

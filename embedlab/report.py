@@ -1,4 +1,5 @@
-"""The results table (ours beside the paper's), from the committed records under assets/results."""
+"""The results table (ours beside the paper's), from the committed records under assets/results,
+and how each shipped adapter was trained, from its training.json (the same reader as the app's)."""
 from __future__ import annotations
 
 import json
@@ -8,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from .adapters import ADAPTERS_DIR, AdapterError, read_training_record
 from .registry import PAPER_RESULTS
 from .sts import TASKS
 
@@ -66,3 +68,27 @@ def update_readme(readme: Path) -> bool:
     if new != text:
         readme.write_text(new, encoding="utf-8")
     return new != text
+
+
+def training_summary(record: dict) -> dict:
+    """The lines of a training record a reader wants first (device, batch, steps, scores); missing ones None."""
+    cfg, train = record.get("config") or {}, record.get("training") or {}
+    return {"device": record.get("device"), "steps": train.get("steps"),
+            "contrastive batch": train.get("effective_contrastive_batch"),
+            "lr": f"{cfg['lr']:g}" if isinstance(cfg.get("lr"), (int, float)) else None,
+            "wall s": train.get("wall_seconds"), "sentences/s": train.get("sentences_per_second"),
+            "STSBenchmark dev": (record.get("dev") or {}).get("STSBenchmark-dev"),
+            "9-set average": (record.get("test") or {}).get("average")}
+
+
+def adapters_frame(root: Path = ADAPTERS_DIR) -> pd.DataFrame:
+    """One row per shipped adapter (assets/adapters/<model>/<name>) with :func:`training_summary`."""
+    rows = []
+    for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
+        try:
+            record = read_training_record(folder)
+        except AdapterError as e:
+            log.warning("%s: %s", folder, e)
+            continue
+        rows.append({"model": folder.parent.name, "adapter": folder.name, **training_summary(record)})
+    return pd.DataFrame(rows)

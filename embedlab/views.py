@@ -24,7 +24,7 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .adapters import ADAPTERS_DIR, AdapterError
+from .adapters import ADAPTERS_DIR, AdapterError, read_training_record
 from .cache import CacheBusy, corpus_sha256
 from .compute import Cancelled
 from .corpora import BUILTINS, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs, read_upload
@@ -428,8 +428,8 @@ def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
     curves, rows = {}, []
     for p in sorted(root.glob("*/*/training.json")):
         try:
-            rec = json.loads(p.read_text())
-        except (OSError, ValueError):
+            rec = read_training_record(p.parent)
+        except AdapterError:
             continue
         name = f"{p.parent.parent.name}/{p.parent.name}"
         t, c = rec.get("training", {}), rec.get("config", {})

@@ -164,3 +164,245 @@ def test_interactive_texts_are_remembered_per_text_and_adapter(adapter_dir, tmp_
     assert calls[-1] == [b]
     with pytest.raises(KeyError, match="not loaded"):
         cache.sides(enc, [a], "not-loaded")
+
+
+# --- standard (causal-LM) form, conversion, the training record, the adapter's prompt -------------
+
+import dataclasses  # noqa: E402
+import os  # noqa: E402
+import shutil  # noqa: E402
+
+import torch  # noqa: E402
+
+from embedlab import adapters as ad  # noqa: E402
+from embedlab.encode import collate, tokenize  # noqa: E402
+
+HUB_SPEC = dataclasses.replace(LLAMA_SPEC, base_ids=("tiny-llama", "tiny-org/tiny-llama"))
+
+
+def keys(folder):
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "adapter_model.safetensors"), "pt") as f:
+        return list(f.keys())
+
+
+def causal_lm_with(enc):
+    """AutoModelForCausalLM holding the tiny encoder's backbone weights (what a Hub user loads)."""
+    from transformers import AutoModelForCausalLM
+
+    lm = AutoModelForCausalLM.from_config(enc.model.config)
+    lm.model.load_state_dict(enc.model.state_dict())
+    return lm.eval()
+
+
+def standard_embed(lm, enc, texts, prompt=None):
+    """EOS-pooled last hidden state through the causal LM (output_hidden_states), our tokenisation."""
+    ids, _ = tokenize(enc.tokenizer, enc.spec, texts, enc.max_length, prompt)
+    with torch.no_grad():
+        out = lm(**collate(ids, enc.pad_id, True, torch.device("cpu")), output_hidden_states=True)
+    return torch.nn.functional.normalize(out.hidden_states[-1][:, -1].float(), dim=-1).numpy()
+
+
+def test_converted_adapter_embeds_identically_and_loads_the_standard_way(adapter_dir, tmp_path):
+    from peft import PeftModel
+
+    old = tmp_path / "old"
+    shutil.copytree(adapter_dir, old)
+    assert all(k.startswith("base_model.model.layers.") for k in keys(old))  # backbone form
+    enc = tiny_encoder("llama")
+    assert ad.convert_adapter(adapter_dir, HUB_SPEC, enc.model) is True
+    assert ad.convert_adapter(adapter_dir, HUB_SPEC, enc.model) is False  # already standard
+    new_keys = keys(adapter_dir)
+    assert len(new_keys) == 8 and all(k.startswith("base_model.model.model.layers.") for k in new_keys)
+    cfg = json.loads((adapter_dir / "adapter_config.json").read_text())
+    assert cfg["base_model_name_or_path"] == "tiny-org/tiny-llama" and cfg["task_type"] == "CAUSAL_LM"
+
+    # our loader: both forms give the same embeddings, bit for bit
+    e_old, e_new = tiny_encoder("llama"), tiny_encoder("llama")
+    attach_adapter(e_old, old)
+    e_new.spec = HUB_SPEC
+    attach_adapter(e_new, adapter_dir)
+    assert np.array_equal(e_old.encode(SENTS), e_new.encode(SENTS))
+
+    # the standard way: every LoRA tensor applied, and the same embeddings as our encoder
+    lm = PeftModel.from_pretrained(causal_lm_with(enc), str(adapter_dir))
+    lora_b = [p for n, p in lm.named_parameters() if "lora_B" in n]
+    assert len(lora_b) == 4 and all(p.abs().sum() > 0 for p in lora_b)
+    assert np.abs(standard_embed(lm, enc, SENTS) - e_new.encode(SENTS)).max() < 1e-5
+    # ... which the old form did not survive: PEFT applies none of its B weights
+    lm_old = PeftModel.from_pretrained(causal_lm_with(enc), str(old))
+    assert all(p.abs().sum() == 0 for n, p in lm_old.named_parameters() if "lora_B" in n)
+
+
+def test_loader_fails_loudly_when_lora_tensors_are_missing_or_extra(adapter_dir):
+    from safetensors.torch import load_file, save_file
+
+    w = adapter_dir / "adapter_model.safetensors"
+    state = load_file(str(w))
+    first = sorted(state)[0]
+    save_file({k: v for k, v in state.items() if k != first}, str(w))
+    enc = tiny_encoder("llama")
+    base = enc.encode(SENTS)
+    with pytest.raises(AdapterError, match="7 of 8 LoRA tensors"):
+        attach_adapter(enc, adapter_dir)
+    assert not enc.adapters and np.array_equal(enc.encode(SENTS), base)  # left as it was
+    save_file({**state, "base_model.model.layers.9.self_attn.q_proj.lora_A.weight": state[first].clone()}, str(w))
+    with pytest.raises(AdapterError, match="fit no module"):
+        attach_adapter(enc, adapter_dir)
+    assert not enc.adapters
+
+
+def test_a_second_adapter_that_does_not_fit_leaves_the_first(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    make_adapter(tmp_path / "a", seed=1)
+    make_adapter(tmp_path / "b", seed=2)
+    w = tmp_path / "b" / "adapter_model.safetensors"
+    save_file(dict(list(load_file(str(w)).items())[1:]), str(w))
+    enc = tiny_encoder("llama")
+    a = attach_adapter(enc, tmp_path / "a")
+    ea = enc.encode(SENTS)
+    with pytest.raises(AdapterError, match="7 of 8 LoRA tensors.*missing"):
+        attach_adapter(enc, tmp_path / "b")
+    assert list(enc.adapters) == [a.name] and np.array_equal(enc.encode(SENTS), ea)
+
+
+def test_training_record_reader(adapter_dir, tmp_path):
+    assert ad.read_training_record(adapter_dir) == {}
+    rec = adapter_dir / "training.json"
+    rec.write_text(json.dumps({"prompt": "{s}", "model": "tiny-llama"}))
+    assert ad.read_training_record(adapter_dir)["model"] == "tiny-llama"
+    rec.write_text("[1, 2]")
+    with pytest.raises(AdapterError, match="JSON object"):
+        ad.read_training_record(adapter_dir)
+    rec.write_text(" " * (ad.MAX_JSON_BYTES + 1))
+    with pytest.raises(AdapterError, match="larger"):
+        ad.read_training_record(adapter_dir)
+    rec.unlink()
+    os.mkfifo(rec)  # a FIFO nobody writes to: opening it plainly would block forever
+    with pytest.raises(AdapterError, match="not a regular file"):
+        ad.read_training_record(adapter_dir)
+    with pytest.raises(AdapterError, match="not a regular file"):
+        inspect_adapter(adapter_dir, LLAMA_SPEC)
+    rec.unlink()
+    rec.symlink_to(tmp_path / "nowhere.json")
+    with pytest.raises(AdapterError, match="cannot read"):
+        ad.read_training_record(adapter_dir)
+
+
+@pytest.mark.parametrize("prompt,ok", [("{s}", True), ("query: {s}", True), ("{{x}} {s}", True),
+                                        ("no slot", False), ("{s} {t}", False), (42, False), ("{s}" * 400, False)])
+def test_prompt_in_the_record_is_validated(adapter_dir, prompt, ok):
+    (adapter_dir / "training.json").write_text(json.dumps({"prompt": prompt}))
+    if ok:
+        assert inspect_adapter(adapter_dir, LLAMA_SPEC).prompt == prompt
+    else:
+        with pytest.raises(AdapterError, match="prompt"):
+            inspect_adapter(adapter_dir, LLAMA_SPEC)
+
+
+def test_adapter_embeds_with_its_training_prompt_also_beside_the_base(adapter_dir, tmp_path):
+    shutil.copytree(adapter_dir, tmp_path / "plain")
+    (adapter_dir / "training.json").write_text(json.dumps({"prompt": "the {s} is"}))
+    enc = tiny_encoder("llama")
+    base = enc.encode(SENTS)
+    info = attach_adapter(enc, adapter_dir)
+    assert info.prompt == "the {s} is" and enc.prompt_for(info.name) == "the {s} is" and enc.prompt_for(None) == "{s}"
+    tuned = enc.encode(SENTS)
+    # the reference: the same weights with the prompt put in by hand
+    ref = tiny_encoder("llama")
+    ref.spec = dataclasses.replace(ref.spec, prompt="the {s} is")
+    attach_adapter(ref, tmp_path / "plain")
+    assert np.allclose(tuned, ref.encode(SENTS), atol=1e-6)
+    plain = tiny_encoder("llama")
+    attach_adapter(plain, tmp_path / "plain")
+    assert not np.allclose(tuned, plain.encode(SENTS), atol=1e-3)  # the prompt does change the vectors
+    # mixed base + tuned pass: each side with its own prompt
+    b, t = enc.encode_sides(SENTS + ["a cat"], info.name)
+    assert np.allclose(b[:2], base, atol=1e-5) and np.allclose(t[:2], tuned, atol=1e-5)
+    assert np.allclose(enc.encode(SENTS, use_adapter=False), base, atol=1e-6)
+
+
+def test_cache_key_follows_the_adapters_prompt(adapter_dir, tmp_path):
+    from embedlab.cache import embedding_key
+
+    shutil.copytree(adapter_dir, tmp_path / "p")
+    (tmp_path / "p" / "training.json").write_text(json.dumps({"prompt": "the {s} is"}))
+    enc = tiny_encoder("llama")
+    a = attach_adapter(enc, adapter_dir).name
+    b = attach_adapter(enc, tmp_path / "p").name
+    assert a.split("-")[-1] == b.split("-")[-1]  # same weights
+    assert embedding_key(enc, a, "0" * 64) != embedding_key(enc, b, "0" * 64)
+
+
+# --- model cards ------------------------------------------------------------------------------
+
+def _record(prompt="{s}"):
+    scores = {t: 50.0 + i for i, t in enumerate(["STS12", "STS13", "STS14", "STS15", "STS16", "STS17",
+                                                  "STSBenchmark", "BIOSSES", "SICK-R"])}
+    return {"config": {"lr": 3e-4, "lora_r": 4, "lora_alpha": 8, "temperature": 0.05, "batch_size": 32,
+                       "bf16": True, "lora_targets": [], "prompt": "", "out": "runs/x"},
+            "command": "python train.py --model tiny-llama --steps 2", "model": "tiny-llama", "prompt": prompt,
+            "data": {"path": "assets/data/NLI/snli_all_triplets.csv", "rows": 6317},
+            "device": "NVIDIA H100 80GB HBM3", "trained_on": "cuda",
+            "training": {"steps": 2, "effective_contrastive_batch": 32, "wall_seconds": 1.5, "world_size": 1},
+            "dev": {"STSBenchmark-dev": 70.5}, "test": {"tasks": scores, "average": 54.0, "sick": "mteb"}}
+
+
+def test_model_card_is_hub_yaml_with_the_nine_results():
+    import yaml
+
+    from embedlab.modelcard import render_card
+
+    card = render_card(HUB_SPEC, _record(), "nli-cft")
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["base_model"] == "tiny-org/tiny-llama" and meta["library_name"] == "peft"
+    assert meta["license"] == "other" and meta["datasets"] == ["stanfordnlp/snli"] and "peft" in meta["tags"]
+    results = meta["model-index"][0]["results"]
+    assert len(results) == 9 and results[6]["dataset"]["type"] == "mteb/stsbenchmark-sts"
+    assert results[6]["metrics"][0] == {"type": "cosine_spearman", "value": 56.0}
+    assert "NVIDIA H100 80GB HBM3" in body and "python train.py --model tiny-llama --steps 2" in body
+    assert "| average | 54.00 |" in body and "STSBenchmark dev: 70.50" in body
+
+
+def test_model_card_without_a_record_or_command_still_renders():
+    from embedlab.modelcard import command_of, render_card
+
+    assert "model-index" not in render_card(LLAMA_SPEC, {}, "x")
+    rec = {"config": {"steps": 3, "bf16": False, "lora_targets": ["q_proj"], "prompt": "", "resume": True}}
+    assert command_of(rec) == "python train.py --steps 3 --no-bf16 --lora-targets q_proj"
+
+
+def test_the_cards_usage_snippet_embeds_like_our_encoder(adapter_dir, tmp_path):
+    """Run the card's snippet (the standard PEFT load) against the tiny model saved as a causal LM."""
+    from embedlab.modelcard import usage_snippet
+
+    enc = tiny_encoder("llama")
+    base_dir = tmp_path / "base"
+    causal_lm_with(enc).save_pretrained(base_dir)
+    enc.tokenizer.save_pretrained(base_dir)
+    ad.convert_adapter(adapter_dir, HUB_SPEC, enc.model)
+    (adapter_dir / "training.json").write_text(json.dumps({"prompt": "the {s} is"}))
+    ours = tiny_encoder("llama")
+    ours.spec = HUB_SPEC
+    attach_adapter(ours, adapter_dir)
+    ns: dict = {}
+    exec(usage_snippet(HUB_SPEC, "the {s} is", str(base_dir), str(adapter_dir), ours.max_length), ns)
+    texts = SENTS + ["a woman is eating food in the park ."]
+    assert np.abs(ns["embed"](texts).numpy() - ours.encode(texts)).max() < 1e-5
+
+
+def test_report_reads_each_adapters_training_record(tmp_path):
+    from embedlab.report import adapters_frame
+
+    good, bad = tmp_path / "tiny-llama" / "good", tmp_path / "tiny-llama" / "bad"
+    make_adapter(good)
+    make_adapter(bad)
+    (good / "training.json").write_text(json.dumps(_record()))
+    (bad / "training.json").write_text("{not json")
+    df = adapters_frame(tmp_path)
+    assert list(df["adapter"]) == ["good"]  # the unreadable record is skipped (with a warning)
+    row = df.iloc[0]
+    assert row["device"] == "NVIDIA H100 80GB HBM3" and row["lr"] == "0.0003" and row["STSBenchmark dev"] == 70.5

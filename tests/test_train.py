@@ -52,6 +52,15 @@ def test_twenty_steps_lower_the_loss_and_save_a_working_adapter(tmp_path, triple
     assert (out / "adapter_model.safetensors").is_file() and not (out / "checkpoint").exists()
     cfg_json = json.loads((out / "adapter_config.json").read_text())
     assert cfg_json["base_model_name_or_path"] == "tiny-llama" and cfg_json["r"] == 8
+    assert cfg_json["task_type"] == "CAUSAL_LM"  # the standard form: keys as over AutoModelForCausalLM
+    from safetensors import safe_open
+
+    with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
+        assert all(k.startswith("base_model.model.model.layers.") for k in f.keys())
+    assert rec["command"].startswith("python train.py --model tiny-llama") and "--steps 20" in rec["command"]
+    assert rec["training"]["precision"] == "no" and rec["device"].startswith("CPU")
+    card = (out / "README.md").read_text()
+    assert card.startswith("---\nbase_model: tiny-llama\n") and rec["command"] in card and rec["device"] in card
     enc = tiny_encoder("llama")
     sents = ["a man is playing a guitar", "the dog is eating food"]
     base = enc.encode(sents)
@@ -87,10 +96,9 @@ def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch)
 
     real_save = train.save_checkpoint
 
-    def save_then_die(path, model, opt, sched, step, history):
-        real_save(path, model, opt, sched, step, history)
-        if step == 5:
-            raise Killed  # the process dies right after the step-5 checkpoint
+    def save_then_die(acc, path):
+        real_save(acc, path)
+        raise Killed  # the process dies right after the first (step-5) checkpoint
 
     monkeypatch.setattr(train, "save_checkpoint", save_then_die)
     part = cfg(tmp_path / "part", triplets, steps=10, eval_tasks=[])
@@ -117,9 +125,22 @@ def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, triplets, monkeypatch, ca
     c = cfg(tmp_path, triplets, steps=10, eval_tasks=[])
     assert train.main(c, load=tiny_load) == 3
     err = capsys.readouterr().out
-    assert "loss is nan at step 7" in err and "checkpoint" in err
-    state = torch.load(tmp_path / "out/checkpoint/state.pt", weights_only=True)
-    assert state["step"] == 5 and not (tmp_path / "out/adapter_model.safetensors").exists()
+    # found at the step-10 log sync, reported at the step it happened, with the checkpoint's own step (5, not 6)
+    assert "loss is nan at step 7" in err and "checkpoint (step 5)" in err
+    assert checkpoint_step(tmp_path / "out/checkpoint") == 5 and not (tmp_path / "out/adapter_model.safetensors").exists()
+
+
+def checkpoint_step(folder) -> int:
+    """The step train.TrainState saved in an accelerate checkpoint (custom object 1; 0 is the scheduler)."""
+    return torch.load(folder / "custom_checkpoint_1.pkl", weights_only=True)["step"]
+
+
+def test_nan_before_any_checkpoint_says_none_written(tmp_path, triplets, monkeypatch, capsys):
+    real = train.distributed_info_nce
+    monkeypatch.setattr(train, "distributed_info_nce", lambda *a, **k: real(*a, **k) * float("nan"))
+    assert train.main(cfg(tmp_path, triplets, steps=10, eval_tasks=[]), load=tiny_load) == 3
+    err = capsys.readouterr().out
+    assert "loss is nan at step 1" in err and "none written yet" in err
 
 
 @pytest.mark.parametrize("content,msg", [
@@ -209,7 +230,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
     script = tmp_path / "run.py"
     script.write_text(KILLABLE.format(root=str(root), tests=str(root / "tests"), cfg=kw))
     proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-    ckpt = tmp_path / "killed" / "checkpoint" / "state.pt"
+    ckpt = tmp_path / "killed" / "checkpoint" / "adapter_model.safetensors"
     deadline = time.time() + 120
     while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
         time.sleep(0.05)
@@ -251,7 +272,7 @@ def test_length_bucketed_passes_give_the_loss_and_gradients_of_one_pass():
                                       enc.pad_id, a, p, n, c, device)
         grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
         model.zero_grad(set_to_none=True)
-        return loss, grads, passes
+        return float(loss), grads, passes
 
     one_loss, one, one_passes = run(chunk_size=0, max_tokens=10**9)
     assert len(one_passes) == 1 and len(one) == 8  # 2 layers x (q, v) x (A, B)
@@ -262,5 +283,66 @@ def test_length_bucketed_passes_give_the_loss_and_gradients_of_one_pass():
         for k in one:
             assert torch.allclose(grads[k], one[k], atol=1e-5), k
     assert train.tokens_per_pass(train.Config(), device) == 512
-    assert train.tokens_per_pass(train.Config(), torch.device("cuda")) == 0
+    assert train.tokens_per_pass(train.Config(), torch.device("cuda")) == 8192
     assert train.tokens_per_pass(train.Config(max_tokens=2048), torch.device("cuda")) == 2048
+
+
+def test_device_choice():
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert train.choose_device("", 0) == cpu and train.choose_device("", 2) == cuda
+    assert train.choose_device("cpu", 2) == cpu  # a CPU run on a GPU host
+    assert train.choose_device("cuda:1", 2) == torch.device("cuda", 1)
+    for requested, count, procs, msg in [("cuda", 0, 1, "no CUDA"), ("cuda:2", 2, 1, "cuda:0..cuda:1"),
+                                         ("cuda:1", 2, 4, "CUDA_VISIBLE_DEVICES"), ("mps", 0, 1, "only cpu and cuda"),
+                                         ("gpu please", 1, 1, "not a device")]:
+        with pytest.raises(train.SetupError, match=msg):
+            train.choose_device(requested, count, procs)
+
+
+def test_precision_follows_the_device_not_the_host():
+    assert train.mixed_precision(True, torch.device("cuda", 1)) == "bf16"
+    assert train.mixed_precision(True, torch.device("cpu")) == "no"  # even where a GPU exists
+    assert train.mixed_precision(False, torch.device("cuda")) == "no"
+    assert train.base_dtype("bf16") == torch.bfloat16 and train.base_dtype("no") == torch.float32
+
+
+def test_bf16_base_keeps_trainable_lora_weights_in_fp32():
+    from peft import LoraConfig, get_peft_model
+
+    enc = tiny_encoder("llama")
+    enc.model.to(train.base_dtype("bf16"))
+    model = get_peft_model(enc.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    frozen = [p for p in model.parameters() if not p.requires_grad]
+    assert len(trainable) == 8 and all(p.dtype == torch.float32 for p in trainable)
+    assert all(p.dtype == torch.bfloat16 for p in frozen)
+
+
+def test_checkpoint_is_accelerate_state_with_lora_weights_only(tmp_path, triplets, monkeypatch):
+    class Stop(Exception):
+        pass
+
+    real_save = train.save_checkpoint
+
+    def save_then_stop(acc, path):
+        real_save(acc, path)
+        raise Stop
+
+    monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+    with pytest.raises(Stop):
+        train.main(cfg(tmp_path, triplets, steps=10, eval_tasks=[]), load=tiny_load)
+    ck = tmp_path / "out" / "checkpoint"
+    names = {p.name for p in ck.iterdir()}
+    # per-rank RNG (accelerate), optimiser, scheduler + step/history; the adapter but no frozen base weights
+    assert {"random_states_0.pkl", "optimizer.bin", "custom_checkpoint_0.pkl", "custom_checkpoint_1.pkl",
+            "adapter_model.safetensors"} <= names
+    assert not any(n.startswith("model") for n in names) and checkpoint_step(ck) == 5
+
+
+def test_command_line_names_the_changed_settings():
+    c = train.Config(steps=300, batch_size=32, lora_targets=["q_proj"], bf16=False, prompt="{s} means: ")
+    assert train.command_line(c) == ("python train.py --prompt '{s} means: ' --lora-targets q_proj --steps 300 "
+                                     "--batch-size 32 --no-bf16")
+    import shlex
+
+    assert train.parse_config(shlex.split(train.command_line(c))[2:]) == c  # the command reproduces the settings

@@ -297,18 +297,29 @@ def test_d2_a_fifo_or_a_huge_training_record_neither_blocks_nor_loads(lab, adapt
     fifo = _adapter_with_record(root / "fifo")
     os.mkfifo(fifo / "training.json")  # opening it for reading would block until a writer comes
     result = {}
-    t = threading.Thread(target=lambda: result.setdefault("card", views.model_card(lab, M, str(fifo))), daemon=True)
+
+    def card() -> None:
+        try:
+            result["card"] = views.model_card(lab, M, str(fifo))
+        except views.UserError as e:
+            result["error"] = str(e)
+
+    t = threading.Thread(target=card, daemon=True)
     t.start()
     t.join(30)
     assert not t.is_alive(), "model_card blocked on a FIFO"
-    assert "(no training record)" in result["card"]
-    from embedlab.lab import _device_tag, read_record
+    assert result == {"error": "training.json is not a regular file"}
+    from embedlab.adapters import AdapterError, read_training_record
+    from embedlab.lab import _device_tag
 
-    assert read_record(fifo / "training.json") == {} and _device_tag(fifo) == ""  # the menu's tag reads no FIFO either
+    with pytest.raises(AdapterError, match="not a regular file"):  # refused without blocking
+        read_training_record(fifo)
+    assert _device_tag(fifo) == ""  # the menu's tag reads no FIFO either
     big = _adapter_with_record(root / "big", b'{"device": "' + b"x" * (2 << 20) + b'"}')
     with pytest.raises(views.UserError, match="larger than"):
         views.model_card(lab, M, str(big))
-    assert read_record(big / "training.json") == {}
+    with pytest.raises(AdapterError, match="larger than"):
+        read_training_record(big)
 
 
 def test_d2_side_checks_the_allowed_folders_before_listing_anything(lab, tmp_path, monkeypatch):
