@@ -157,7 +157,7 @@ def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> 
     times: dict[str, list[float]] = defaultdict(list)
     errors: list[str] = []
     lock = threading.Lock()
-    kinds = ["batch_pairs", "map_upload", "evaluate", "anisotropy"]
+    kinds = args.kinds.split(",")
     threads = [threading.Thread(target=expensive, args=(server.url, adapter, times, errors, lock, k)) for k in kinds]
     threads += [threading.Thread(target=user, args=(clients[u], adapter, args.requests, 5000 + u, times, errors, lock))
                 for u in range(args.users)]
@@ -289,6 +289,8 @@ def main() -> None:
     ap.add_argument("--expensive", action="store_true", help="users + one maximal request of each expensive kind")
     ap.add_argument("--disk", type=int, default=0, help="N requests with uploads; disk before/after")
     ap.add_argument("--clients", type=int, default=4, help="--disk: concurrent clients")
+    ap.add_argument("--kinds", default="batch_pairs,map_upload,evaluate,anisotropy",
+                    help="--expensive: which maximal requests run beside the users (comma-separated)")
     ap.add_argument("--cutoff", type=float, default=3600, help="--expensive: stop waiting for the long requests after this (s)")
     ap.add_argument("--clean", default="60,120", help="--disk: the app's EMBEDLAB_DELETE_CACHE (freq,age seconds)")
     ap.add_argument("--upload-cache-mb", default="16", help="--disk: the app's EMBEDLAB_UPLOAD_CACHE_MB")
