@@ -184,7 +184,7 @@ def build(lab: Lab) -> gr.Blocks:
                 gr.Markdown(views.how_it_works(HOW_IT_WORKS))
 
         # --- wiring: every event has an api_name; heavy ones share one slot so cheap ones stay fast ---
-        def slot(group: str):
+        def slot(group: str, limit: int = 1):
             def validator(*_args, **_kw):
                 """Refuse a long request before it queues when HEAVY_WAITING of its kind already wait, so a
                 flood of them cannot fill the app's queue (max_size) and shut out compares and searches."""
@@ -195,10 +195,11 @@ def build(lab: Lab) -> gr.Blocks:
                                    print_exception=False)
                 return [gr.validate(True, "")] * len(_args)
 
-            return {"concurrency_id": group, "concurrency_limit": 1, "validator": validator}
+            return {"concurrency_id": group, "concurrency_limit": limit, "validator": validator}
 
         # one long request of each kind at a time (its batches at background priority on the compute thread)
-        heavy, maps = slot("heavy"), slot("map")
+        # maps: several at once, since one from memory returns at once; Lab.map builds one uncached map at a time
+        heavy, maps = slot("heavy"), slot("map", limit=4)
 
         def adapter_menu(lab_, m):
             choices, value = views.adapter_menu(lab_, m)

@@ -92,6 +92,7 @@ class Lab:
         self._models: OrderedDict[str, Encoder] = OrderedDict()
         self._load_locks: dict[str, threading.Lock] = {k: threading.Lock() for k in MODELS}
         self._lock = threading.Lock()
+        self._map_build = threading.Lock()  # one uncached map at a time (see map)
         self._indexes: OrderedDict[str, faiss_index.Index] = OrderedDict()
         self._maps: OrderedDict[str, dict] = OrderedDict()
         self._attached: dict[tuple, str] = {}  # (model, adapter path, file stats) -> loaded adapter name
@@ -269,38 +270,44 @@ class Lab:
     def map(self, s: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> dict:
         """Aligned UMAP layouts (base, tuned) + per-text neighbour overlap; cached on disk."""
         full, corpus = corpus, corpus.head(MAP_MAX)
-        base, tuned = self._sample_vectors(s, full, corpus)
-        tuned_for_fit = base if tuned is None else tuned  # no adapter: both panels show the base model
         key = self.map_key(s, corpus, k, seed)
         with self._lock:
             if key in self._maps:
                 return self._maps[key]
-        path = self.cache_dir / "maps" / f"{key}.npz"
-        m = None
-        # an upload's map stays in memory only: one file per distinct upload would fill the disk
-        candidates = [] if corpus.uploaded else [path] + ([self.seed_dir / "maps" / path.name] if self.seed_dir else [])
-        for candidate in candidates:
-            if m is None and candidate.is_file():
-                try:
-                    z = np.load(candidate, allow_pickle=False)
-                    m = {k_: z[k_] for k_ in _MAP_ARRAYS}
-                    m["params"] = json.loads(str(z["params"]))
-                except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # npz members carry a CRC
-                    log.warning("map cache %s unreadable or corrupt; recomputing", candidate)
-                    m = None
-        if m is None:
-            um = TwinMaps(seed=seed).fit(base, tuned_for_fit, same=tuned is None)
-            jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
-            m = {"base_xy": um.base_xy, "tuned_xy": um.tuned_xy, "jaccard": jac, "nn_base": nb, "nn_tuned": nt,
-                 "params": um.params}
-            if not corpus.uploaded:
-                _save_map(path, m)
-        m = {**m, "corpus": corpus, "base_vecs": base, "tuned_vecs": tuned, "has_tuned": tuned is not None}
-        with self._lock:
-            self._maps[key] = m
-            while len(self._maps) > 6:
-                self._maps.popitem(last=False)
-        return m
+        # One map is built at a time (its texts' vectors, then UMAP): a request whose map is already in
+        # memory (above) never waits behind a long build, e.g. a 20,000-text upload's.
+        with self._map_build:
+            with self._lock:  # built meanwhile by the request this one waited for
+                if key in self._maps:
+                    return self._maps[key]
+            base, tuned = self._sample_vectors(s, full, corpus)
+            tuned_for_fit = base if tuned is None else tuned  # no adapter: both panels show the base model
+            path = self.cache_dir / "maps" / f"{key}.npz"
+            m = None
+            # an upload's map stays in memory only: one file per distinct upload would fill the disk
+            candidates = [] if corpus.uploaded else [path] + ([self.seed_dir / "maps" / path.name] if self.seed_dir else [])
+            for candidate in candidates:
+                if m is None and candidate.is_file():
+                    try:
+                        z = np.load(candidate, allow_pickle=False)
+                        m = {k_: z[k_] for k_ in _MAP_ARRAYS}
+                        m["params"] = json.loads(str(z["params"]))
+                    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):  # npz members carry a CRC
+                        log.warning("map cache %s unreadable or corrupt; recomputing", candidate)
+                        m = None
+            if m is None:
+                um = TwinMaps(seed=seed).fit(base, tuned_for_fit, same=tuned is None)
+                jac, nb, nt = neighbour_overlap(base, tuned_for_fit, k=min(k, len(corpus) - 1))
+                m = {"base_xy": um.base_xy, "tuned_xy": um.tuned_xy, "jaccard": jac, "nn_base": nb, "nn_tuned": nt,
+                     "params": um.params}
+                if not corpus.uploaded:
+                    _save_map(path, m)
+            m = {**m, "corpus": corpus, "base_vecs": base, "tuned_vecs": tuned, "has_tuned": tuned is not None}
+            with self._lock:
+                self._maps[key] = m
+                while len(self._maps) > 6:
+                    self._maps.popitem(last=False)
+            return m
 
     @staticmethod
     def map_key(s: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> str:

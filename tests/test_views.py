@@ -446,8 +446,10 @@ def test_d4_long_requests_run_one_at_a_time_with_a_bounded_wait(tmp_path):
 
     demo = app.build(Lab(cache_dir=tmp_path / "cache"))  # builds the page only: no model is loaded
     fns = {f.api_name: f for f in demo.fns.values()}
-    for name in ("batch_pairs", "anisotropy", "evaluate", "map"):
+    for name in ("batch_pairs", "anisotropy", "evaluate"):
         assert fns[name].concurrency_limit == 1 and fns[name].validator is not None, name
+    # maps: several requests at once (a map in memory answers at once); Lab.map builds one at a time (tested above)
+    assert fns["map"].concurrency_limit == 4 and fns["map"].validator is not None and fns["map"].concurrency_id == "map"
     assert {fns[n].concurrency_id for n in ("batch_pairs", "anisotropy", "evaluate")} == {"heavy"}
     assert fns["pairs"].concurrency_id not in ("heavy", "map") and fns["pairs"].validator is None
     assert demo.delete_cache == app.DELETE_CACHE
@@ -523,3 +525,36 @@ def test_d4_a_flood_of_long_requests_is_refused_before_it_fills_the_queue(tmp_pa
     demo._queue.event_queue_per_concurrency_id["heavy"].queue.append(object())
     with pytest.raises(gr.Error, match="long requests are already waiting"):
         validate(M, "none", "a\tb", None)
+
+
+def test_a_map_in_memory_does_not_wait_behind_a_map_being_built(lab, adapter, monkeypatch):
+    """bench/load.py found users' cached maps queued behind a 20,000-text upload's map: only building waits."""
+    import threading
+
+    from embedlab.corpora import builtin
+
+    s = lab.side(M, adapter)
+    ready = lab.map(s, builtin("topics"))  # now in memory
+    building, release = threading.Event(), threading.Event()
+    real = lab._sample_vectors
+
+    def slow(*a, **k):  # a long build: holds the build lock until released
+        building.set()
+        release.wait(60)
+        return real(*a, **k)
+
+    monkeypatch.setattr(lab, "_sample_vectors", slow)
+    t = threading.Thread(target=lambda: lab.map(s, builtin("snli")), daemon=True)
+    t.start()
+    try:
+        assert building.wait(30)
+        got = {}
+        reader = threading.Thread(target=lambda: got.setdefault("m", lab.map(s, builtin("topics"))), daemon=True)
+        reader.start()
+        reader.join(10)
+        assert not reader.is_alive(), "a map from memory waited for another map's build"
+        assert got["m"] is ready
+    finally:
+        release.set()
+        t.join(120)
+    assert not t.is_alive()
