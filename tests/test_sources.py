@@ -17,6 +17,7 @@ import pytest
 
 import embedlab.loading as L
 import embedlab.registry as reg
+from tools.space_check import lay_out_hub_file
 
 SMOL = reg.get_spec("smollm2-135m")
 TWIN = SMOL.source.hub_twin
@@ -33,18 +34,8 @@ def fake_spec(tmp_path: Path, data: bytes = b"GGUF fake weights", sha: str | Non
 
 
 def seed_hub(hf_cache: Path, data: bytes | Path, twin: reg.HubFile = TWIN) -> Path:
-    """Lay out one Hub file as huggingface_hub caches it: blobs/<sha> linked from snapshots/<revision>/<file>."""
-    repo = hf_cache / ("models--" + twin.repo.replace("/", "--"))
-    snap = repo / "snapshots" / twin.revision / twin.filename
-    snap.parent.mkdir(parents=True)
-    (repo / "blobs").mkdir()
-    blob = repo / "blobs" / "blob"
-    if isinstance(data, Path):
-        blob.symlink_to(data)  # the real 98 MB file: linked, not copied
-    else:
-        blob.write_bytes(data)
-    snap.symlink_to(blob)
-    return snap
+    """Lay out one Hub file as huggingface_hub caches it (space-check's own layout); returns the snapshot path."""
+    return lay_out_hub_file(hf_cache, twin, data, "blob")
 
 
 @pytest.fixture

@@ -6,16 +6,15 @@ browser); it is not run by `make test`.
 """
 from __future__ import annotations
 
-import importlib.metadata
 import re
 import time
-from pathlib import Path
 
 import psutil
 import pytest
 from app_server import AppServer
 
 from embedlab.registry import DEFAULT_MODEL, get_spec
+from tools.space_check import seed_hub_cache
 
 pytestmark = pytest.mark.integration
 SPEC = get_spec(DEFAULT_MODEL)
@@ -31,19 +30,6 @@ def distribution(name):
 m.distribution = distribution
 runpy.run_path(sys.argv[1], run_name="__main__")
 """
-
-
-def seed_hub_cache(hf_home: Path) -> None:
-    """The default model's Hub twin in huggingface_hub's cache layout, linked to the packaged (byte-identical) file."""
-    twin = SPEC.source.hub_twin
-    packaged = Path(str(importlib.metadata.distribution(SPEC.source.dist).locate_file(SPEC.source.path)))
-    repo = hf_home / "hub" / ("models--" + twin.repo.replace("/", "--"))
-    blob = repo / "blobs" / SPEC.source.sha256
-    snap = repo / "snapshots" / twin.revision / twin.filename
-    blob.parent.mkdir(parents=True)
-    snap.parent.mkdir(parents=True)
-    blob.symlink_to(packaged)
-    snap.symlink_to(blob)
 
 
 def listening_addresses(pid: int, port: int) -> set[str]:

