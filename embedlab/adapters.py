@@ -97,6 +97,62 @@ def read_training_record(folder: str | Path) -> dict[str, Any]:
     return _read_json(p, "training.json")
 
 
+SNAPSHOTS_DIR = "snapshots"  # <adapter>/snapshots/step-<N>/: PEFT folders like the adapter itself
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """The adapter as it was after ``step`` optimizer steps (train.py --snapshot-steps), from training.json.
+
+    ``path`` is the PEFT folder holding that step's weights: ``<adapter>/snapshots/step-<N>`` or the
+    adapter folder itself for the final step; None where no weights are needed (step 0: LoRA's B
+    starts at zero, so the adapter at step 0 encodes exactly as the base model) or were not kept.
+    """
+
+    step: int
+    path: Path | None
+    loss: float | None  # training loss at that step (None at step 0)
+    dev: float | None  # STSBenchmark dev Spearman x100
+    random_pair_cosine: float | None  # mean cosine of random text pairs (anisotropy; lower = more spread)
+
+
+def snapshots(folder: str | Path) -> list[Snapshot]:
+    """The snapshots training.json lists for the adapter in ``folder``, by step ([] when it lists none).
+
+    training.json holds ``"snapshots": [{"step": 0, "path": null, "loss": null, "dev": 20.1,
+    "random_pair_cosine": 0.94}, {"step": 50, "path": "snapshots/step-50", ...}, {"step": 300,
+    "path": ".", ...}]`` with paths relative to the adapter folder. A path that leaves the folder,
+    a bad step or a malformed entry raises :class:`AdapterError`.
+    """
+    folder = Path(folder).resolve()
+    entries = read_training_record(folder).get("snapshots", [])
+    if not isinstance(entries, list):
+        raise AdapterError("training.json's snapshots must be a list")
+    out: dict[int, Snapshot] = {}
+    for e in entries:
+        if not isinstance(e, dict) or type(e.get("step")) is not int or e["step"] < 0:
+            raise AdapterError("training.json: each snapshot needs a whole step >= 0")
+        rel = e.get("path")
+        path = None
+        if rel is not None:
+            if not isinstance(rel, str) or Path(rel).is_absolute():
+                raise AdapterError(f"training.json: snapshot {e['step']}'s path must be relative to the adapter")
+            path = (folder / rel).resolve()
+            if not _inside(path, [folder]):
+                raise AdapterError(f"training.json: snapshot {e['step']}'s path leaves the adapter folder")
+
+        def num(name: str) -> float | None:
+            v = e.get(name)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise AdapterError(f"training.json: snapshot {e['step']}'s {name} must be a number")
+            return float(v)
+
+        out[e["step"]] = Snapshot(e["step"], path, num("loss"), num("dev"), num("random_pair_cosine"))
+    return [out[k] for k in sorted(out)]
+
+
 def validate_prompt(prompt: Any, what: str = "prompt") -> str:
     """A prompt template: a string holding ``{s}`` once formatting works; else :class:`AdapterError`."""
     if not isinstance(prompt, str) or "{s}" not in prompt or len(prompt) > MAX_PROMPT_CHARS:

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 
-from embedlab.adapters import AdapterError, inspect_adapter
+from embedlab.adapters import AdapterError, inspect_adapter, snapshots
 from embedlab.loading import attach_adapter
 from tiny import LLAMA_SPEC, make_adapter, tiny_encoder
 
@@ -406,3 +406,23 @@ def test_report_reads_each_adapters_training_record(tmp_path):
     assert list(df["adapter"]) == ["good"]  # the unreadable record is skipped (with a warning)
     row = df.iloc[0]
     assert row["device"] == "NVIDIA H100 80GB HBM3" and row["lr"] == "0.0003" and row["STSBenchmark dev"] == 70.5
+def test_snapshots_reads_and_validates(tmp_path):
+    (tmp_path / "snapshots" / "step-50").mkdir(parents=True)
+    rec = {"snapshots": [{"step": 50, "path": "snapshots/step-50", "loss": 2.5, "dev": 60.0, "random_pair_cosine": 0.5},
+                         {"step": 0, "path": None, "loss": None, "dev": 20.0, "random_pair_cosine": 0.9},
+                         {"step": 300, "path": ".", "loss": 1.4, "dev": 72.3, "random_pair_cosine": 0.44}]}
+    (tmp_path / "training.json").write_text(json.dumps(rec))
+    s = snapshots(tmp_path)
+    assert [x.step for x in s] == [0, 50, 300]
+    assert s[0].path is None and s[1].path == (tmp_path / "snapshots/step-50").resolve() and s[2].path == tmp_path.resolve()
+    assert s[1].dev == 60.0 and s[0].loss is None
+    for bad in [{"step": -1}, {"step": 1.5}, {"step": "3"}, {"step": 3, "path": "../x"}, {"step": 3, "path": "/etc"},
+                {"step": 3, "dev": "high"}, {"step": 3, "loss": True}, "x"]:
+        (tmp_path / "training.json").write_text(json.dumps({"snapshots": [bad]}))
+        with pytest.raises(AdapterError):
+            snapshots(tmp_path)
+    (tmp_path / "training.json").write_text(json.dumps({"snapshots": {}}))
+    with pytest.raises(AdapterError):
+        snapshots(tmp_path)
+    (tmp_path / "training.json").unlink()
+    assert snapshots(tmp_path) == []
