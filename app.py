@@ -28,6 +28,9 @@ CSS = """
 """
 
 
+# Compares, searches and embeds in flight at once: their forward passes are short and run one at a time on the
+# compute thread, where those queued together share one pass (compute.run_rows), so more in flight is more sharing.
+INTERACTIVE_AT_ONCE = 16
 HEAVY_WAITING = 8  # long requests of one kind (maps; batch pairs, anisotropy, evaluation) queued behind the running one
 MAX_FILE_SIZE = "4mb"  # uploads over this are refused before Gradio stores them (the app reads at most 2 MiB)
 # Every 5 min, Gradio deletes the files it stored (uploads, downloads) older than 15 min; our own copies of the
@@ -207,7 +210,7 @@ def build(lab: Lab) -> gr.Blocks:
 
         model.change(h(adapter_menu), [model], [adapter], api_name="adapters")
         adapter.change(h(views.model_card), [model, adapter], [card], api_name="model_card")
-        go_pair.click(h(views.compare), [model, adapter, s1, s2], [pair_out], api_name="pairs", concurrency_limit=4)
+        go_pair.click(h(views.compare), [model, adapter, s1, s2], [pair_out], api_name="pairs", concurrency_limit=INTERACTIVE_AT_ONCE)
         ex.click(gradio_errors(lambda: views.sts_example()), None, [s1, s2, gold_note], api_name="example")
         go_batch.click(h(views.batch_pairs), [model, adapter, batch_text, batch_file],
                        [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", **heavy)
@@ -220,9 +223,9 @@ def build(lab: Lab) -> gr.Blocks:
 
         moved.select(show_neighbours, [map_state, moved], [moved_detail], api_visibility="private")
         go_search.click(h(views.search), [model, adapter, search_corpus, upload_state, query, k],
-                        [res_base, res_tuned, search_note, search_files], api_name="search", concurrency_limit=4)
+                        [res_base, res_tuned, search_note, search_files], api_name="search", concurrency_limit=INTERACTIVE_AT_ONCE)
         query.submit(h(views.search), [model, adapter, search_corpus, upload_state, query, k],
-                     [res_base, res_tuned, search_note, search_files], api_visibility="private", concurrency_limit=4)
+                     [res_base, res_tuned, search_note, search_files], api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE)
 
         def evaluate(lab_, m, a, tasks, q, progress=gr.Progress()):
             return views.run_evaluation(lab_, m, a, tasks, q, progress=progress)
@@ -233,7 +236,7 @@ def build(lab: Lab) -> gr.Blocks:
             """Embeddings of up to 256 texts: base and (with an adapter) tuned, as lists of floats."""
             return views.embed_api(lab, model, adapter, texts, tuned)
 
-        gr.api(gradio_errors(embed), api_name="embed", concurrency_limit=4)  # like pairs/search: its batches share the compute thread
+        gr.api(gradio_errors(embed), api_name="embed", concurrency_limit=INTERACTIVE_AT_ONCE)  # like pairs/search: its batches share the compute thread
         def status_api() -> str:
             """Background warm-up progress ('Ready: …' when done)."""
             return lab.status_line() or "starting"

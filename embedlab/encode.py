@@ -16,11 +16,13 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .compute import INTERACTIVE, background_batch_tokens, on_compute_thread
+from .compute import INTERACTIVE, background_batch_tokens, on_compute_thread, run_rows
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
 
+MAX_TOKENS = 4096  # padded tokens per batch by default
+COALESCE_ROWS = 64  # rows per batch by default, and the most rows requests may share in one pass
 MAX_TEXT_CHARS = 20_000  # one text; longer is refused (it would be truncated to max_length tokens anyway)
 
 
@@ -215,7 +217,7 @@ class Encoder:
         self,
         texts: Sequence[str],
         use_adapter: bool | str = True,
-        batch_size: int = 64,
+        batch_size: int = COALESCE_ROWS,
         max_tokens: int | None = None,
         progress: bool = False,
         return_report: bool = False,
@@ -230,7 +232,7 @@ class Encoder:
         process the cap :func:`embedlab.compute.configure_for_serving` set.
         """
         if max_tokens is None:
-            max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or 4096
+            max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
         texts = validate_texts(texts)
         name = self.check_adapter(self.active_adapter if use_adapter is True else (use_adapter or None))
         out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)
@@ -249,8 +251,9 @@ class Encoder:
             return self.encode(texts, use_adapter=False, priority=priority), None
         self.check_adapter(adapter)
         n = len(texts)
-        max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or 4096
-        out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, 64, max_tokens, False, priority)
+        max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
+        out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, COALESCE_ROWS, max_tokens, False,
+                           priority)
         return out[:n], out[n:]
 
     def _run(self, texts: list[str], mode: str | None, adapter_names: list[str] | None, batch_size: int,
@@ -274,21 +277,45 @@ class Encoder:
                 ids[i] = x
         if n_trunc:
             log.warning("%d of %d texts truncated to %d tokens", n_trunc, len(texts), self.max_length)
-        out = np.empty((len(texts), self.dim), dtype=np.float32)
         lengths = [len(x) for x in ids]
-        bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
-
-        def forward(idx: list[int]) -> None:
-            if self.model.training:  # walking ~5K modules costs 10 ms: only if something left training on
-                self.model.eval()
-            self._set_mode(mode)
-            batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
-            extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names else {}
-            with torch.inference_mode():
-                out[idx] = embed_batch(self.model, batch, self.spec, **extra).cpu().numpy()
-
-        for idx in length_batches(lengths, batch_size, max_tokens):
-            on_compute_thread(lambda idx=idx: forward(idx), priority)
-            bar.update(len(idx))
-        bar.close()
+        if priority == INTERACTIVE and not progress and (batch_size, max_tokens) == (COALESCE_ROWS, MAX_TOKENS) \
+                and len(texts) <= COALESCE_ROWS:
+            # A short interactive request: its rows may share one forward pass with other requests' rows
+            # queued at the same moment (compute.run_rows); alone, it runs exactly the batches below would.
+            rows = run_rows(("encode", id(self)), list(zip(ids, sides)), self._encode_rows, priority, COALESCE_ROWS)
+            out = np.stack(rows).astype(np.float32, copy=False)
+        else:
+            out = np.empty((len(texts), self.dim), dtype=np.float32)
+            bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
+            for idx in length_batches(lengths, batch_size, max_tokens):
+                on_compute_thread(lambda idx=idx: self._forward(out, idx, ids, mode, adapter_names), priority)
+                bar.update(len(idx))
+            bar.close()
         return out, EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))
+
+    def _forward(self, out: np.ndarray, idx: list[int], ids: list[list[int]], mode: str | None,
+                 adapter_names: list[str] | None) -> None:
+        """Compute thread: rows ``idx`` of ``ids`` through the backbone in adapter ``mode`` (None = base;
+        ``adapter_names``: PEFT's per-row adapters, "__base__" = none) into ``out[idx]``, (len(idx), d) float32."""
+        if self.model.training:  # walking ~5K modules costs 10 ms: only if something left training on
+            self.model.eval()
+        self._set_mode(mode)
+        batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
+        extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names else {}
+        with torch.inference_mode():
+            out[idx] = embed_batch(self.model, batch, self.spec, **extra).cpu().numpy()
+
+    def _encode_rows(self, rows: list[tuple[list[int], str | None]]) -> np.ndarray:
+        """Compute thread: (token ids, adapter name or None = base) per row -> (N, d) float32, in the
+        length-sorted batches :meth:`_run` uses; rows of several adapters run as one PEFT mixed batch."""
+        ids = [r[0] for r in rows]
+        names = [r[1] for r in rows]
+        if len(set(names)) == 1:
+            mode, adapter_names = names[0], None
+        else:
+            mode = next(n for n in names if n is not None)
+            adapter_names = ["__base__" if n is None else n for n in names]
+        out = np.empty((len(rows), self.dim), dtype=np.float32)
+        for idx in length_batches([len(x) for x in ids], COALESCE_ROWS, MAX_TOKENS):
+            self._forward(out, idx, ids, mode, adapter_names)
+        return out

@@ -78,8 +78,10 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     import sys
 
     code = (
-        "import threading, embedlab.compute as c\n"
+        "import sys, threading, embedlab.compute as c\n"
+        "assert c.on_compute_thread(lambda: 1) == 1 and sys.getswitchinterval() == 0.005  # the CLI, training: untouched\n"
         "c.configure_for_serving(256, threads=1, trim_heap_every_s=0.05)\n"
+        "assert abs(sys.getswitchinterval() - c.SWITCH_INTERVAL_S) < 1e-6\n"
         "assert c.background_batch_tokens() == 256\n"
         "assert c._glibc() is not None, 'this test expects glibc (Linux)'\n"
         "assert any(t.name == 'heap-trim' for t in threading.enumerate())\n"
@@ -118,3 +120,99 @@ def test_work_of_a_request_whose_client_has_gone_stops_between_batches():
         on_compute_thread(lambda: pytest.fail("ran"))
     with stop_when(lambda: 1 / 0):  # a broken check never stops work
         assert on_compute_thread(lambda: 5) == 5
+
+
+def _block_compute_thread():
+    """Occupy the compute thread until the returned event is set (work submitted meanwhile queues up)."""
+    gate = threading.Event()
+    started = threading.Event()
+    t = threading.Thread(target=on_compute_thread, args=(lambda: (started.set(), gate.wait(10)),))
+    t.start()
+    assert started.wait(10)
+    return gate, t
+
+
+def _wait_queued(n: int) -> None:
+    from embedlab import compute
+
+    for _ in range(1000):
+        if compute._queue.qsize() >= n:
+            return
+        time.sleep(0.005)
+    raise AssertionError(f"{n} tasks never queued")
+
+
+def test_rows_queued_together_share_one_call_and_each_gets_its_own_slice():
+    from embedlab.compute import Cancelled, run_rows, stop_when
+
+    calls = []
+
+    def run(rows):
+        calls.append(list(rows))
+        if "boom" in rows:
+            raise ValueError("boom")
+        return [r * 10 for r in rows]
+
+    gate, blocker = _block_compute_thread()
+    results, errors = {}, {}
+
+    def ask(name, rows, key="k", priority=INTERACTIVE, check=None):
+        try:
+            with stop_when(check):
+                results[name] = run_rows(key, rows, run, priority, max_rows=6)
+        except Exception as e:  # noqa: BLE001  the test looks at it
+            errors[name] = e
+
+    threads = []
+    for name, rows, kw in [("a", [1, 2], {}), ("b", [3], {}), ("other", [7], {"key": "k2"}),
+                           ("gone", [99], {"check": lambda: gate.is_set()}), ("c", [4, 5], {}), ("d", [6, 8], {}),
+                           ("bg", [9], {"priority": BACKGROUND})]:
+        threads.append(threading.Thread(target=ask, args=(name, rows), kwargs=kw))
+        threads[-1].start()
+        _wait_queued(len(threads))  # queued in this order
+    gate.set()
+    for t in [blocker, *threads]:
+        t.join(10)
+    assert results["a"] == [10, 20] and results["b"] == [30] and results["c"] == [40, 50] and results["d"] == [60, 80]
+    assert results["other"] == [70] and results["bg"] == [90]
+    assert isinstance(errors["gone"], Cancelled)  # its client left while it waited: its row was dropped
+    # one call for a, b, gone's place, c (6 rows at most: d waits for the next call); other keys and priorities apart
+    assert calls[0] == [1, 2, 3, 4, 5] and calls[1] == [7] and calls[2] == [6, 8] and calls[3] == [9]
+    assert run_rows("k", ["x"], lambda rows: [r + "!" for r in rows]) == ["x!"]  # alone, it simply runs
+    with pytest.raises(ValueError, match="boom"):
+        run_rows("k", ["boom"], run)
+
+
+def test_concurrent_encodes_share_forward_passes_and_get_their_own_vectors(tmp_path):
+    """Compares queued at the same moment run as one forward pass (rows of base and adapter mixed), and each
+    request gets the vectors it would have got alone."""
+    from embedlab.loading import attach_adapter
+
+    enc = tiny_encoder("llama")
+    make_adapter(tmp_path / "a", seed=1)
+    name = attach_adapter(enc, tmp_path / "a").name
+    pairs = [[f"a man is playing a guitar {i}", f"the dog eats food number {i}"] for i in range(5)]
+    alone = [enc.encode_sides(p, name) for p in pairs]
+    base_only = enc.encode(pairs[0], use_adapter=False)
+    passes = []
+    real = enc.model.forward
+
+    def counting_forward(*a, **k):
+        passes.append(len(k.get("adapter_names") or []))
+        return real(*a, **k)
+
+    enc.model.forward = counting_forward
+    gate, blocker = _block_compute_thread()
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, enc.encode_sides(pairs[i], name))) for i in range(5)]
+    threads.append(threading.Thread(target=lambda: got.__setitem__("base", enc.encode(pairs[0], use_adapter=False))))
+    for n, t in enumerate(threads, 1):
+        t.start()
+        _wait_queued(n)
+    gate.set()
+    for t in [blocker, *threads]:
+        t.join(30)
+    assert passes == [22]  # 6 requests, one pass of 5 x 4 + 2 rows
+    for i in range(5):
+        assert np.allclose(got[i][0], alone[i][0], atol=1e-5) and np.allclose(got[i][1], alone[i][1], atol=1e-5)
+    assert np.allclose(got["base"], base_only, atol=1e-5)
