@@ -24,7 +24,7 @@ from . import index as faiss_index
 from .adapters import (ADAPTERS_DIR, AdapterError, AdapterInfo, _inside, inspect_adapter, read_training_record,
                        shipped_adapters)
 from .cache import EmbeddingCache, embedding_key
-from .compute import BACKGROUND, on_compute_thread
+from .compute import BACKGROUND, on_compute_thread, urgent
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
@@ -197,8 +197,9 @@ class Lab:
 
     # --- views --------------------------------------------------------------------------------
     def compare_pair(self, s: Side, a: str, b: str) -> dict:
-        """Cosine of one pair under base and tuned."""
-        base, tuned = self.embed_pair_sides(s, [a, b])
+        """Cosine of one pair under base and tuned. Urgent: the cheapest request, and the one every visitor waits on."""
+        with urgent():
+            base, tuned = self.embed_pair_sides(s, [a, b])
         return {"base": float(base[0] @ base[1]), "tuned": float(tuned[0] @ tuned[1]) if tuned is not None else None}
 
     def batch_pairs(self, s: Side, s1: list[str], s2: list[str], gold: list[float] | None) -> dict:

@@ -216,3 +216,27 @@ def test_concurrent_encodes_share_forward_passes_and_get_their_own_vectors(tmp_p
     for i in range(5):
         assert np.allclose(got[i][0], alone[i][0], atol=1e-5) and np.allclose(got[i][1], alone[i][1], atol=1e-5)
     assert np.allclose(got["base"], base_only, atol=1e-5)
+
+
+def test_urgent_work_runs_before_other_interactive_work_but_not_before_its_own_kind():
+    from embedlab.compute import urgent
+
+    order = []
+    gate, blocker = _block_compute_thread()
+
+    def ask(name, is_urgent):
+        if is_urgent:
+            with urgent():
+                on_compute_thread(lambda: order.append(name))
+        else:
+            on_compute_thread(lambda: order.append(name))
+
+    threads = []
+    for name, is_urgent in [("search1", False), ("compare1", True), ("search2", False), ("compare2", True)]:
+        threads.append(threading.Thread(target=ask, args=(name, is_urgent)))
+        threads[-1].start()
+        _wait_queued(len(threads))
+    gate.set()
+    for t in [blocker, *threads]:
+        t.join(10)
+    assert order == ["compare1", "compare2", "search1", "search2"]
