@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import ROOT
 from .registry import ModelSpec
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = ROOT / "assets"
 ADAPTERS_DIR = ASSETS / "adapters"
 MAX_ADAPTER_BYTES = 256 * 2**20  # a LoRA for a <3B model is a few MB; anything this big is not one
 MAX_JSON_BYTES = 2**20

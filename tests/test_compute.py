@@ -58,7 +58,7 @@ def test_concurrent_base_and_adapter_requests_never_mix_adapter_state(tmp_path):
             elif kind == 1:
                 ok = np.allclose(enc.encode(texts, use_adapter=name, priority=BACKGROUND), want_tuned, atol=1e-5)
             else:
-                b, t = enc.encode_sides(texts, name)
+                b, t = np.split(enc.encode_mixed(texts + texts, [None] * len(texts) + [name] * len(texts)), 2)
                 ok = np.allclose(b, want_base, atol=1e-5) and np.allclose(t, want_tuned, atol=1e-5)
             if not ok:
                 errors.append((k, i, kind))
