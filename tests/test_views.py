@@ -64,7 +64,7 @@ def test_compare_bad_input(lab, a, b, msg):
 def test_bad_side_specs_get_a_message_listing_the_valid_ones(lab, adapter, tmp_path):
     with pytest.raises(views.UserError, match="side A: unknown model 'gpt-17'") as e:
         views.compare(lab, "gpt-17", A, "a", "b")
-    assert f"Valid sides here: " in str(e.value) and f"{A}+tiny-nli" in str(e.value) and B in str(e.value)
+    assert "Valid sides here: " in str(e.value) and f"{A}+tiny-nli" in str(e.value) and B in str(e.value)
     make_adapter(tmp_path / "elsewhere")  # an adapter outside the allowed folders: no spec names it
     for bad, msg in [(str(tmp_path / "elsewhere"), "is not spelled"), (f"{A}+elsewhere", "no adapter 'elsewhere'"),
                      (f"{A}+..", "is not spelled"), (f"{A}+tiny-nli/../../etc", "is not spelled"),
