@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from . import ROOT
-from .adapters import AdapterError
+from .adapters import AdapterError, read_training_record
 from .registry import MODELS, PAPER_RESULTS, UnknownModelError, available_models
 from .sts import EXTRA_TASKS, SICK_SPLITS, TASKS
 
@@ -30,7 +30,7 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
     record = run_eval(enc, args.tasks, limit=args.limit, sick=args.sick, use_adapter=not args.base, progress=True)
     if record["adapter"] and enc.active_adapter:  # where the adapter was trained, from its training record
-        trained = enc.adapters[enc.active_adapter].record
+        trained = read_training_record(enc.adapters[enc.active_adapter].path)
         if trained.get("trained_on"):
             record.update(trained_on=trained["trained_on"], trained_device=trained.get("device"))
     print(format_table(record))

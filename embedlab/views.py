@@ -246,7 +246,8 @@ def model_card(side: Any, what: str = "side") -> str:
     s = _side(side, what)
     spec = MODELS[s.model]
     pooling = f"EOS token {md(repr(spec.eos_token))}" if spec.pooling == "eos" else "mean of tokens"
-    lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"]
+    lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"
+             + (f". {md(spec.notes)}" if spec.notes else "")]
     rec = training_record(s)
     if s.adapter is None:
         lines.append("Base model, no adapter.")

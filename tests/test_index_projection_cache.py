@@ -32,14 +32,6 @@ def test_approximate_indexes_report_recall(kind):
     assert idx.kind == kind and 0.8 <= idx.recall_at_10 <= 1.0
 
 
-def test_index_save_load(tmp_path):
-    x = unit(100, 16)
-    idx = index.build(x)
-    index.save(idx, tmp_path / "i.faiss")
-    back = index.load(tmp_path / "i.faiss", "exact")
-    assert (back.search(x[:3], 5)[1] == idx.search(x[:3], 5)[1]).all()
-
-
 def test_search_k_larger_than_corpus():
     x = unit(3, 8)
     scores, ids = index.build(x).search(x[:1], 10)
