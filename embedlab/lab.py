@@ -36,7 +36,7 @@ from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
 from .projection import TwinMaps, neighbour_overlap, place_by_neighbours
-from .registry import MODELS, get_spec
+from .registry import get_spec
 from .side import ROOT, Side, SideError, adapter_roots, default_sides, parse_side
 from .sts import spearman100
 
@@ -76,7 +76,7 @@ class Lab:
         self.max_models = max_models
         self.device = device
         self._models: OrderedDict[str, Encoder] = OrderedDict()
-        self._load_locks: dict[str, threading.Lock] = {k: threading.Lock() for k in MODELS}
+        self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)  # notified when a request lets go of its models
         self._pins: Counter[str] = Counter()  # model -> requests using it now (never evicted meanwhile)
@@ -95,7 +95,8 @@ class Lab:
             if key in self._models:
                 self._models.move_to_end(key)
                 return self._models[key]
-        with self._load_locks[key]:  # one load per model even when many users ask at once
+            load_lock = self._load_locks.setdefault(key, threading.Lock())
+        with load_lock:  # one load per model even when many users ask at once
             with self._lock:
                 if key in self._models:
                     return self._models[key]
