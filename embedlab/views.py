@@ -367,8 +367,8 @@ def draw_map(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpu
     note = (f"{len(c):,} texts{f' (a seeded sample of {len(full):,})' if len(full) > MAP_MAX else ''}; "
             f"mean neighbour overlap (k=10) between A `{a.spec}` and B `{b.spec}`: **{m['jaccard'].mean():.2f}**. "
             "Click a row to compare its neighbours.")
-    rows = [{"text": t, "label": l, "a_x": float(ax), "a_y": float(ay), "b_x": float(bx), "b_y": float(by), "jaccard": float(j)}
-            for t, l, (ax, ay), (bx, by), j in zip(c.texts, c.labels, m["xy_a"], m["xy_b"], m["jaccard"])]
+    rows = [{"text": t, "label": l, f"{na} x": float(ax), f"{na} y": float(ay), f"{nb} x": float(bx), f"{nb} y": float(by),
+             "jaccard": float(j)} for t, l, (ax, ay), (bx, by), j in zip(c.texts, c.labels, m["xy_a"], m["xy_b"], m["jaccard"])]
     files = _files("map", rows, _record(a, b, c, umap=m["params"]))
     # int32 arrays, not lists: ~40 KB per session for a 1K-text map instead of ~1 MB of Python ints
     state = {"texts": c.texts, "nn_a": m["nn_a"].astype(np.int32), "nn_b": m["nn_b"].astype(np.int32),

@@ -139,7 +139,9 @@ def test_map_search_and_neighbours(lab, adapter, tmp_path):
     assert len(fig.data) >= 4 and "neighbour overlap" in note and len(moved) == 40
     assert (moved["kept"].diff().dropna() >= 0).all()  # sorted: most-moved first
     rec = json.loads(Path(files[1]).read_text())
-    assert rec["umap"]["seed"] == 42 and rec["corpus"]["sha256"] == corpus.sha256
+    assert rec["umap"]["seed"] == 42 and rec["corpus"]["sha256"] == corpus.sha256 and rec["side_b"]["spec"] == adapter
+    assert list(pd.read_csv(files[0]).columns) == ["text", "label", f"A: {A} (base) x", f"A: {A} (base) y",
+                                                   f"B: {adapter} x", f"B: {adapter} y", "jaccard"]
     detail = views.neighbours(state, moved, 0)
     assert f"Neighbours under A** `{A}`" in detail and f"Neighbours under B** `{adapter}`" in detail
     assert "draw the map again" in views.neighbours(None, moved, 0)  # session state expired or evicted
