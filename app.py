@@ -18,7 +18,7 @@ from embedlab import views
 from embedlab.compute import configure_for_serving, stop_when
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
-from embedlab.registry import DEFAULT_MODEL, MODELS, available_models
+from embedlab.side import SideError, default_sides, valid_specs
 from embedlab.sts import TASKS
 
 HOW_IT_WORKS = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "how_it_works.md"), encoding="utf-8").read()
@@ -70,32 +70,38 @@ def gradio_errors(fn):
     return wrapper
 
 
-def first_card(lab: Lab, model: str | None, adapter: str) -> str:
-    """The model card shown when the page loads (a broken adapter there is a line on the page, not a failed start)."""
-    if model is None:
+def first_card(spec: str | None, what: str) -> str:
+    """A side's card shown when the page loads (a broken adapter there is a line on the page, not a failed start)."""
+    if spec is None:
         return "no model can load here"
     try:
-        return views.model_card(lab, model, adapter)
+        return views.model_card(spec, what)
     except views.UserError as e:
-        return f"Adapter problem: {views.md(e)}"
+        return f"Side problem: {views.md(e)}"
 
 
 def build(lab: Lab) -> gr.Blocks:
     h = lambda f: gradio_errors(functools.partial(f, lab))  # noqa: E731  handler bound to the shared lab
-    loadable = [k for k, (ok, _) in available_models().items() if ok]
-    default = DEFAULT_MODEL if DEFAULT_MODEL in loadable else (loadable[0] if loadable else None)
-    adapters0 = lab.adapter_choices(default) if default else [("none", "none")]
+    choices = views.side_menu()
+    try:  # default: the default model's base vs the same model with its shipped adapter
+        a0, b0 = (s.spec for s in default_sides())
+    except SideError:
+        a0 = b0 = None
 
     views.DOWNLOAD_TTL_S = DELETE_CACHE[1]
     with gr.Blocks(title="embedlab", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
-                    "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690). Base and tuned come from one model in memory.")
+                    "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690). Every view compares two sides: "
+                    "a model (`smollm2-135m`), a model with an adapter (`smollm2-135m+nli-cft`), a training snapshot "
+                    "(`smollm2-135m+nli-cft@50`) or another model entirely (`minilm-l6`).")
         with gr.Row(equal_height=False):
-            model = gr.Dropdown([(f"{k} — {MODELS[k].title}", k) for k in loadable], value=default, label="Base model", scale=2)
-            adapter = gr.Dropdown(adapters0, value=adapters0[0][1], label="Adapter (the 'tuned' side)", scale=2,
-                                  allow_custom_value=True)  # API callers may name any adapter under the allowed folders
-            with gr.Column(scale=3):
-                card = gr.Markdown(first_card(lab, default, adapters0[0][1]))
+            # allow_custom_value: API callers may type any valid spec (the handlers validate it)
+            with gr.Column():
+                side_a = gr.Dropdown(choices, value=a0, label="Side A", allow_custom_value=True, elem_id="side-a")
+                card_a = gr.Markdown(first_card(a0, "side A"))
+            with gr.Column():
+                side_b = gr.Dropdown(choices, value=b0, label="Side B", allow_custom_value=True, elem_id="side-b")
+                card_b = gr.Markdown(first_card(b0, "side B"))
         gr.Markdown(views.unavailable_note())
         status = gr.Markdown(elem_id="status")
         # Per-user data lives in the session; dropped an hour after it was last set so abandoned sessions
@@ -139,12 +145,12 @@ def build(lab: Lab) -> gr.Blocks:
                 map_plot = gr.Plot()
                 with gr.Row(equal_height=False):
                     with gr.Column(scale=3):
-                        moved = gr.Dataframe(label="What moved: texts whose 10 nearest neighbours changed most "
-                                             "(kept = Jaccard overlap of base and tuned neighbours)",
+                        moved = gr.Dataframe(label="What moved: texts whose 10 nearest neighbours differ most "
+                                             "between A and B (kept = Jaccard overlap of their neighbours)",
                                              interactive=False, wrap=True, column_widths=["8%", "62%", "18%", "12%"],
                                              elem_id="moved")
                     with gr.Column(scale=2):
-                        moved_detail = gr.Markdown("Click a row to see its neighbours under base and tuned.")
+                        moved_detail = gr.Markdown("Click a row to see its neighbours under A and under B.")
                 map_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
 
             with gr.Tab("Search"):
@@ -157,8 +163,8 @@ def build(lab: Lab) -> gr.Blocks:
                 search_note = gr.Markdown()
                 with gr.Row():
                     widths = ["8%", "12%", "52%", "14%", "14%"]
-                    res_base = gr.Dataframe(label="Base", interactive=False, wrap=True, column_widths=widths)
-                    res_tuned = gr.Dataframe(label="Tuned", interactive=False, wrap=True, column_widths=widths)
+                    res_base = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths)
+                    res_tuned = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths)
                 search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
 
             with gr.Tab("Benchmarks"):
@@ -174,13 +180,13 @@ def build(lab: Lab) -> gr.Blocks:
                     gr.Markdown("No adapter is shipped yet (assets/adapters/). Train one with `python train.py`.")
                 if loss_fig is not None:
                     gr.Plot(loss_fig)
-                gr.Markdown("### Run an evaluation now (selected model and adapter)")
+                gr.Markdown("### Run an evaluation now (side A and side B)")
                 with gr.Row():
                     eval_tasks = gr.CheckboxGroup(list(TASKS), value=["STSBenchmark", "SICK-R"], label="Tasks")
                     quick = gr.Checkbox(value=True, label="Quick (200 random pairs per task; CPU-friendly)")
                 go_eval = gr.Button("Evaluate")
                 eval_note = gr.Markdown()
-                eval_df = gr.Dataframe(pd.DataFrame(columns=["task", "base", "tuned", "pairs"]), interactive=False)
+                eval_df = gr.Dataframe(pd.DataFrame(columns=["task", "A", "B", "pairs"]), interactive=False)
                 eval_files = gr.File(label="Download", file_count="multiple")
 
             with gr.Tab("How it works"):
@@ -204,39 +210,49 @@ def build(lab: Lab) -> gr.Blocks:
         # maps: several at once, since one from memory returns at once; Lab.map builds one uncached map at a time
         heavy, maps = slot("heavy"), slot("map", limit=4)
 
-        def adapter_menu(lab_, m):
-            choices, value = views.adapter_menu(lab_, m)
-            return gr.update(choices=choices, value=value)
-
-        model.change(h(adapter_menu), [model], [adapter], api_name="adapters")
-        adapter.change(h(views.model_card), [model, adapter], [card], api_name="model_card")
-        go_pair.click(h(views.compare), [model, adapter, s1, s2], [pair_out], api_name="pairs", concurrency_limit=INTERACTIVE_AT_ONCE)
+        sides = [side_a, side_b]
+        side_a.change(gradio_errors(lambda v: views.model_card(v, "side A")), [side_a], [card_a], api_name="model_card")
+        side_b.change(gradio_errors(lambda v: views.model_card(v, "side B")), [side_b], [card_b], api_visibility="private")
+        go_pair.click(h(views.compare), [*sides, s1, s2], [pair_out], api_name="pairs", concurrency_limit=INTERACTIVE_AT_ONCE)
         ex.click(gradio_errors(lambda: views.sts_example()), None, [s1, s2, gold_note], api_name="example")
-        go_batch.click(h(views.batch_pairs), [model, adapter, batch_text, batch_file],
+        go_batch.click(h(views.batch_pairs), [*sides, batch_text, batch_file],
                        [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", **heavy)
-        go_aniso.click(h(views.anisotropy), [model, adapter], [aniso_note, aniso_plot], api_name="anisotropy", **heavy)
+        go_aniso.click(h(views.anisotropy), sides, [aniso_note, aniso_plot], api_name="anisotropy", **heavy)
         map_upload.upload(gradio_errors(views.upload_corpus), [map_upload], [upload_state, upload_note], api_name="upload_corpus")
-        go_map.click(h(views.draw_map), [model, adapter, map_corpus, upload_state, map_queries],
+        go_map.click(h(views.draw_map), [*sides, map_corpus, upload_state, map_queries],
                      [map_plot, moved, map_note, map_files, map_state], api_name="map", **maps)
         def show_neighbours(st, df, evt: gr.SelectData):
             return views.neighbours(st, df, evt.index[0] if evt.index else None)
 
         moved.select(show_neighbours, [map_state, moved], [moved_detail], api_visibility="private")
-        go_search.click(h(views.search), [model, adapter, search_corpus, upload_state, query, k],
+        go_search.click(h(views.search), [*sides, search_corpus, upload_state, query, k],
                         [res_base, res_tuned, search_note, search_files], api_name="search", concurrency_limit=INTERACTIVE_AT_ONCE)
-        query.submit(h(views.search), [model, adapter, search_corpus, upload_state, query, k],
+        query.submit(h(views.search), [*sides, search_corpus, upload_state, query, k],
                      [res_base, res_tuned, search_note, search_files], api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE)
 
-        def evaluate(lab_, m, a, tasks, q, progress=gr.Progress()):
-            return views.run_evaluation(lab_, m, a, tasks, q, progress=progress)
+        def evaluate(lab_, a, b, tasks, q, progress=gr.Progress()):
+            return views.run_evaluation(lab_, a, b, tasks, q, progress=progress)
 
-        go_eval.click(h(evaluate), [model, adapter, eval_tasks, quick], [eval_df, eval_note, eval_files],
+        go_eval.click(h(evaluate), [*sides, eval_tasks, quick], [eval_df, eval_note, eval_files],
                       api_name="evaluate", **heavy)
-        def embed(model: str, adapter: str, texts: list[str], tuned: bool = True) -> dict:
-            """Embeddings of up to 256 texts: base and (with an adapter) tuned, as lists of floats."""
-            return views.embed_api(lab, model, adapter, texts, tuned)
+
+        def compare(side_a: str, side_b: str, text_a: str, text_b: str) -> dict:
+            """The cosine of one pair of texts under each side: {side_a, side_b, cosine_a, cosine_b}."""
+            return views.compare_api(lab, side_a, side_b, text_a, text_b)
+
+        gr.api(gradio_errors(compare), api_name="compare", concurrency_limit=INTERACTIVE_AT_ONCE)
+
+        def embed(side_a: str, side_b: str, texts: list[str], both: bool = True) -> dict:
+            """Embeddings of up to 256 texts under side A and (both) side B, as lists of floats."""
+            return views.embed_api(lab, side_a, side_b, texts, both)
 
         gr.api(gradio_errors(embed), api_name="embed", concurrency_limit=INTERACTIVE_AT_ONCE)  # like pairs/search: its batches share the compute thread
+
+        def sides_api() -> list[str]:
+            """Every side spec that can be used here (model[+adapter][@step])."""
+            return valid_specs()
+
+        gr.api(sides_api, api_name="sides")
         def status_api() -> str:
             """Background warm-up progress ('Ready: …' when done)."""
             return lab.status_line() or "starting"

@@ -2,7 +2,7 @@
 
 Real embeddings, no model load: the shipped seed cache (assets/cache/embeddings, float16 chunks) holds the
 default model's base and tuned vectors of the built-in corpora; the map of stsb is the same 2,000-text
-sample the app maps (``Corpus.head(MAP_MAX)``, rows of the 10K corpus's vectors).
+sample the app maps (``Corpus.sample(MAP_MAX)``, rows of the 10K corpus's vectors).
 
 The figure (lower is better), per corpus and method:
 

@@ -2,8 +2,10 @@
 
 Starts `python app.py` on a free loopback port, measures start-up to a served page, waits for the
 background warm-up (default model, first shipped adapter, built-in corpora cached), then times:
-pair compare, search over the 10K-sentence STSBenchmark corpus (query encoding included) and
-the map view from cache. Prints p50/p95 and the goals.
+pair compare, search over the 10K-sentence STSBenchmark corpus (query encoding included),
+the map view from cache, and /compare of one pair under two sides on one backbone (base vs adapter:
+one mixed-adapter pass) and across two models (minilm-l6 vs the tuned default model: two passes on
+two backbones, both held in memory). Prints p50/p95, the goals and the cross-model / same-model ratio.
 
 Each request is timed twice: through gradio_client (the goal's yardstick) and over Gradio's
 plain REST API (POST /gradio_api/call/<api>, then read the event stream: what a browser or
@@ -73,15 +75,18 @@ def main() -> None:
             time.sleep(5)
         print(f"warm-up (model + built-in corpora) finished {time.perf_counter() - t0 + server.ready_s:.0f} s after start")
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from embedlab.lab import Lab
+        from embedlab.side import default_sides
 
-        adapter = Lab().adapter_choices("smollm2-135m")[0][1]
-        print(f"adapter: {adapter}")
-        c.predict("smollm2-135m", adapter, "warm", "up", api_name="/pairs")
+        m, adapter = (s.spec for s in default_sides())  # side A: the base model, side B: its shipped adapter
+        other = "minilm-l6"  # the cross-model case's side A
+        print(f"sides: {m} vs {adapter}; cross-model: {other} vs {adapter}")
+        c.predict(m, adapter, "warm", "up", api_name="/pairs")
+        t1 = time.perf_counter()
+        c.predict(other, adapter, "warm", "up", api_name="/compare")  # loads the second backbone
+        print(f"first cross-model compare (loads {other}): {time.perf_counter() - t1:.1f} s")
         import httpx
 
         http = httpx.Client(base_url=server.url, timeout=120)
-        m = "smollm2-135m"
         # Every text a timed request sends is new to the server (the tag makes each run's texts
         # distinct from every other run's), except where a case says otherwise: the app remembers
         # recent sentences.
@@ -95,7 +100,12 @@ def main() -> None:
              300, args.n),
             ("map view from cache (topics)", "map", lambda i, t: [m, adapter, "topics", ""], 1500, max(5, args.n // 3)),
             ("map view from cache (stsb 2K sample)", "map", lambda i, t: [m, adapter, "stsb", ""], 1500, max(5, args.n // 3)),
+            ("/compare, same model (base vs adapter)", "compare",
+             lambda i, t: [m, adapter, QUERIES[i % 6] + f" {t}{i}", QUERIES[(i + 1) % 6] + f" {t}{i}"], 200, args.n),
+            ("/compare, cross-model (minilm vs tuned)", "compare",
+             lambda i, t: [other, adapter, QUERIES[i % 6] + f" {t}{i}", QUERIES[(i + 1) % 6] + f" {t}{i}"], None, args.n),
         ]
+        p50 = {}
         print(f"{'':<38}{'gradio_client':>26}{'REST API':>26}")
         print(f"{'endpoint':<38}{'p50 ms':>13}{'p95 ms':>13}{'p50 ms':>13}{'p95 ms':>13}   goal p50")
         for j, (name, api, make, goal, n) in enumerate(cases):
@@ -106,6 +116,10 @@ def main() -> None:
             via_rest = timed(lambda i, api=api, make=make, t=tr: rest_call(http, api, make(i, t)), n)
             print(f"{name:<38}{statistics.median(via_client):>13.0f}{pct(via_client, 0.95):>13.0f}"
                   f"{statistics.median(via_rest):>13.0f}{pct(via_rest, 0.95):>13.0f}   {f'<= {goal} ms' if goal else ''}")
+            p50[name] = (statistics.median(via_client), statistics.median(via_rest))
+        same, cross = p50["/compare, same model (base vs adapter)"], p50["/compare, cross-model (minilm vs tuned)"]
+        print(f"cross-model / same-model compare, p50: {cross[0] / same[0]:.2f}x (gradio_client), "
+              f"{cross[1] / same[1]:.2f}x (REST)")
     finally:
         server.stop()
 

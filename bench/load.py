@@ -314,9 +314,9 @@ def main() -> None:
                 raise SystemExit("warm-up did not finish in 30 min")
             time.sleep(2)
         sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-        from embedlab.lab import Lab
+        from embedlab.side import default_sides
 
-        adapter = Lab().adapter_choices(M)[0][1]
+        adapter = default_sides()[1].spec  # side B; side A is the base model M
         print(f"app ready {server.ready_s:.1f} s after start; adapter {adapter}; RSS {app_rss_mib(server.proc.pid):.0f} MiB")
         print(f"machine: {os.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         if args.expensive:

@@ -19,13 +19,14 @@ import os
 import re
 import stat
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+from . import ROOT
 from .registry import ModelSpec
 
-ASSETS = Path(__file__).resolve().parent.parent / "assets"
+ASSETS = ROOT / "assets"
 ADAPTERS_DIR = ASSETS / "adapters"
 MAX_ADAPTER_BYTES = 256 * 2**20  # a LoRA for a <3B model is a few MB; anything this big is not one
 MAX_JSON_BYTES = 2**20
@@ -48,7 +49,6 @@ class AdapterInfo:
     base: str  # base_model_name_or_path from its config
     r: int
     targets: tuple[str, ...]
-    record: dict[str, Any] = field(default_factory=dict, compare=False)  # training.json, if any
     prompt: str | None = None  # the template it was trained with (training.json), None = the registry's
 
 
@@ -219,13 +219,12 @@ def inspect_adapter(path: str | Path, spec: ModelSpec, allowed_roots: Sequence[P
             f"(expected one of: {', '.join(spec.base_ids)})"
         )
     _check_weights(w_path)
-    record = read_training_record(p)
-    prompt = record_prompt(record)
+    prompt = record_prompt(read_training_record(p))  # also refuses an unreadable record (FIFO, oversized, not JSON)
     targets = cfg.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
     digest = sha256_file(w_path)
     name = re.sub(r"[^A-Za-z0-9_-]", "_", p.name)[:40] + "-" + digest[:8]
-    return AdapterInfo(name, p, digest, base, int(cfg.get("r") or 0), targets, record, prompt)
+    return AdapterInfo(name, p, digest, base, int(cfg.get("r") or 0), targets, prompt)
 
 
 def _check_weights(w_path: Path) -> None:

@@ -44,14 +44,12 @@ def corpus_sha256(texts: Sequence[str]) -> str:
     return h.hexdigest()
 
 
-def embedding_key(enc: Encoder, use_adapter: bool | str, corpus_sha: str) -> str:
-    """Everything that changes the vectors: model, adapter weights, prompt, max length, corpus."""
-    adapter, name = "base", None
-    if use_adapter is not False and enc.adapters:
-        name = enc.active_adapter if use_adapter is True else use_adapter
-        adapter = enc.adapters[name].sha256[:16]
-    settings = hashlib.sha256(f"{enc.prompt_for(name)}|{enc.max_length}|{enc.spec.pooling}".encode()).hexdigest()[:8]
-    return f"{enc.spec.key}-{adapter}-{settings}-{corpus_sha[:16]}"
+def embedding_key(enc: Encoder, adapter: str | None, corpus_sha: str) -> str:
+    """Everything that changes the vectors: model, adapter weights (``adapter``: a name loaded on ``enc``,
+    None = the base weights), prompt, max length, corpus."""
+    tag = enc.adapters[enc.check_adapter(adapter)].sha256[:16] if adapter is not None else "base"
+    settings = hashlib.sha256(f"{enc.prompt_for(adapter)}|{enc.max_length}|{enc.spec.pooling}".encode()).hexdigest()[:8]
+    return f"{enc.spec.key}-{tag}-{settings}-{corpus_sha[:16]}"
 
 
 def _save_npy_atomic(path: Path, arr: np.ndarray) -> str:
@@ -88,7 +86,7 @@ class EmbeddingCache:
     """
 
     def __init__(self, root: Path, seeds: Sequence[Path] = (), memory_bytes: int = 512 << 20,
-                 memory_texts: int = 4096, upload_bytes: int | None = None) -> None:
+                 memory_texts: int = 8192, upload_bytes: int | None = None) -> None:
         self.root = Path(root)
         # Vectors of users' uploads live apart and are capped in size, least recently used removed first
         # (a 20K-text upload holds ~90 MB for base and tuned); built-in corpora and seeds are never evicted.
@@ -99,8 +97,8 @@ class EmbeddingCache:
         self.memory_bytes = memory_bytes
         self.memory_texts = memory_texts
         self._memory: OrderedDict[str, np.ndarray] = OrderedDict()  # key -> read-only (N, d) float32
-        # text key -> (base, tuned) rows, (d,) each; 4096 texts of a 576-d model hold ~19 MB
-        self._texts: OrderedDict[str, tuple[np.ndarray, np.ndarray | None]] = OrderedDict()
+        # (text, side) key -> its (d,) vector; 8192 of a 576-d model hold ~19 MB
+        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
         self._locks: dict[str, threading.Lock] = {}
         self._progress: dict[str, str] = {}
         self._guard = threading.Lock()
@@ -118,19 +116,20 @@ class EmbeddingCache:
         self,
         enc: Encoder,
         texts: Sequence[str],
-        use_adapter: bool | str = True,
+        adapter: str | None = None,
         progress: Callable[[int, int], None] | None = None,
         wait: bool = True,
         sha: str | None = None,
         uploaded: bool = False,
     ) -> np.ndarray:
-        """Embeddings of ``texts`` (float32, (N, d)), computing only the chunks not yet cached.
+        """Embeddings of ``texts`` (float32, (N, d)) under ``adapter`` (a loaded name, None = base), computing
+        only the chunks not yet cached.
 
         ``sha``: :func:`corpus_sha256` of ``texts`` when the caller knows it (hashing 10K texts costs 20 ms).
         ``uploaded``: a user's upload, cached under the size-capped ``uploads`` folder.
         """
         texts = list(texts)
-        key = embedding_key(enc, use_adapter, sha or corpus_sha256(texts))
+        key = embedding_key(enc, adapter, sha or corpus_sha256(texts))
         with self._guard:
             if key in self._memory:
                 self._memory.move_to_end(key)
@@ -140,7 +139,7 @@ class EmbeddingCache:
             raise CacheBusy(f"these embeddings are being computed right now ({self._progress.get(key, 'starting')}); "
                             "try again in a moment")
         try:
-            return self._remember(key, self._get_or_compute(enc, texts, use_adapter, progress, key, uploaded=uploaded))
+            return self._remember(key, self._get_or_compute(enc, texts, adapter, progress, key, uploaded=uploaded))
         finally:
             self._progress.pop(key, None)
             lock.release()
@@ -176,56 +175,56 @@ class EmbeddingCache:
             freed += size
         return freed
 
-    def sides(self, enc: Encoder, texts: Sequence[str], adapter: str | None,
-              priority: int = INTERACTIVE) -> tuple[np.ndarray, np.ndarray | None]:
-        """Base and ``adapter`` vectors of request texts, float32 (N, d) each (tuned None without adapter).
+    def sides(self, enc: Encoder, texts: Sequence[str], adapters: Sequence[str | None],
+              priority: int = INTERACTIVE) -> list[np.ndarray]:
+        """Request texts under each of ``adapters`` (loaded names on ``enc``, None = base): one float32 (N, d)
+        array per adapter, all computed in one mixed-adapter pass.
 
         ``priority``: BACKGROUND for a long list (a batch of pairs), so interactive requests go first.
 
-        Each text's pair of vectors is remembered (the ``memory_texts`` most recent), so
-        re-scoring a pair with one sentence edited, or re-running a query, embeds only
-        what is new: on a CPU the forward pass is most of a compare's time.
+        Each text's vector under each adapter is remembered (the ``memory_texts`` most recent), so
+        re-scoring a pair with one sentence edited, or re-running a query, embeds only what is
+        new: on a CPU the forward pass is most of a compare's time.
         """
         texts = validate_texts(texts)
-        enc.check_adapter(adapter or None)
-        key_of = {t: embedding_key(enc, adapter or False, corpus_sha256([t])) for t in texts}
+        adapters = list(adapters)
+        for a in adapters:
+            enc.check_adapter(a)
+        key_of = {(t, a): embedding_key(enc, a, corpus_sha256([t])) for a in dict.fromkeys(adapters) for t in texts}
         with self._guard:
             found = {k: self._texts[k] for k in key_of.values() if k in self._texts}
             for k in found:
                 self._texts.move_to_end(k)
-        new = [t for t, k in key_of.items() if k not in found]
+        new = [ta for ta, k in key_of.items() if k not in found]
         if new:
-            base, tuned = enc.encode_sides(new, adapter, priority=priority)
-            computed = {key_of[t]: (base[i], None if tuned is None else tuned[i]) for i, t in enumerate(new)}
+            vecs = enc.encode_mixed([t for t, _ in new], [a for _, a in new], priority=priority)
+            computed = {key_of[ta]: vecs[i] for i, ta in enumerate(new)}
             found.update(computed)
             with self._guard:
                 self._texts.update(computed)
                 while len(self._texts) > self.memory_texts:
                     self._texts.popitem(last=False)
-        keys = [key_of[t] for t in texts]
-        base = np.stack([found[k][0] for k in keys])
-        tuned = np.stack([found[k][1] for k in keys]) if adapter else None
-        return base, tuned
+        return [np.stack([found[key_of[(t, a)]] for t in texts]) for a in adapters]
 
-    def cached_rows(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
+    def cached_rows(self, enc: Encoder, texts: Sequence[str], adapter: str | None = None,
                     sha: str | None = None) -> int:
         """How many of ``texts`` the user cache already holds (rows of the chunks its manifest lists;
         checksums are verified when they are read, not here)."""
-        key = embedding_key(enc, use_adapter, sha or corpus_sha256(list(texts)))
+        key = embedding_key(enc, adapter, sha or corpus_sha256(list(texts)))
         return min(len(texts), len(_read_manifest(self.root / key / "manifest.json")) * CHUNK)
 
-    def peek(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str = True,
+    def peek(self, enc: Encoder, texts: Sequence[str], adapter: str | None = None,
              sha: str | None = None, uploaded: bool = False) -> np.ndarray | None:
         """The cached embeddings of ``texts`` if every chunk is already cached, else None (never computes)."""
         texts = list(texts)
-        key = embedding_key(enc, use_adapter, sha or corpus_sha256(texts))
+        key = embedding_key(enc, adapter, sha or corpus_sha256(texts))
         with self._guard:
             if key in self._memory:
                 return self._memory[key]
-        arr = self._get_or_compute(enc, texts, use_adapter, None, key, compute=False, uploaded=uploaded)
+        arr = self._get_or_compute(enc, texts, adapter, None, key, compute=False, uploaded=uploaded)
         return None if arr is None else self._remember(key, arr)
 
-    def _get_or_compute(self, enc: Encoder, texts: list[str], use_adapter: bool | str,
+    def _get_or_compute(self, enc: Encoder, texts: list[str], adapter: str | None,
                         progress: Callable[[int, int], None] | None, key: str, compute: bool = True,
                         uploaded: bool = False) -> np.ndarray | None:
         folder = (self.uploads if uploaded else self.root) / key
@@ -258,7 +257,7 @@ class EmbeddingCache:
                     log.warning("cache chunk %s/%s is corrupt; recomputing", folder.name, name)
                 pieces = []
                 for j in range(lo, hi, SLICE):
-                    pieces.append(enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=use_adapter, priority=BACKGROUND))
+                    pieces.append(enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=adapter or False, priority=BACKGROUND))
                     if progress:
                         progress(min(hi, j + SLICE), len(texts))
                 arr = np.concatenate(pieces)
@@ -269,7 +268,7 @@ class EmbeddingCache:
             progress(len(texts), len(texts))
         return np.concatenate(parts).astype(np.float32, copy=False)
 
-    def export(self, enc: Encoder, texts: Sequence[str], use_adapter: bool | str, out_root: Path) -> str:
+    def export(self, enc: Encoder, texts: Sequence[str], adapter: str | None, out_root: Path) -> str:
         """Copy one key's vectors, computing them if needed, to ``out_root/<key>`` as float16 chunks.
 
         float16 halves what the repository carries; its rounding (~5e-4 relative) moves
@@ -277,8 +276,8 @@ class EmbeddingCache:
         """
         texts = list(texts)
         sha = corpus_sha256(texts)
-        vecs = self.get_or_compute(enc, texts, use_adapter=use_adapter, sha=sha)
-        key = embedding_key(enc, use_adapter, sha)
+        vecs = self.get_or_compute(enc, texts, adapter, sha=sha)
+        key = embedding_key(enc, adapter, sha)
         folder = Path(out_root) / key
         shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir(parents=True)

@@ -6,7 +6,8 @@ import logging
 import sys
 from pathlib import Path
 
-from .adapters import AdapterError
+from . import ROOT
+from .adapters import AdapterError, read_training_record
 from .registry import MODELS, PAPER_RESULTS, UnknownModelError, available_models
 from .sts import EXTRA_TASKS, SICK_SPLITS, TASKS
 
@@ -29,7 +30,7 @@ def _eval(args: argparse.Namespace) -> int:
         return 2
     record = run_eval(enc, args.tasks, limit=args.limit, sick=args.sick, use_adapter=not args.base, progress=True)
     if record["adapter"] and enc.active_adapter:  # where the adapter was trained, from its training record
-        trained = enc.adapters[enc.active_adapter].record
+        trained = read_training_record(enc.adapters[enc.active_adapter].path)
         if trained.get("trained_on"):
             record.update(trained_on=trained["trained_on"], trained_device=trained.get("device"))
     print(format_table(record))
@@ -113,17 +114,17 @@ def _embed(args: argparse.Namespace) -> int:
     except (InputError, UnknownModelError, ModelUnavailableError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    use_adapter = bool(args.adapter) and not args.base
+    adapter = enc.active_adapter if args.adapter and not args.base else None  # the loaded adapter's name
     with state.split_between_processes(list(corpus.texts)) as shard:
         cache = EmbeddingCache(cache_root() / "embeddings")
         corpus_sha = corpus_sha256(shard)
-        start = cache.cached_rows(enc, shard, use_adapter, sha=corpus_sha)
+        start = cache.cached_rows(enc, shard, adapter, sha=corpus_sha)
         print(f"process {state.process_index}: {len(shard):,} of {len(corpus):,} distinct texts; "
-              f"{start:,} already in the cache ({embedding_key(enc, use_adapter, corpus_sha)})", flush=True)
+              f"{start:,} already in the cache ({embedding_key(enc, adapter, corpus_sha)})", flush=True)
         bar = tqdm(total=len(shard), initial=start, unit="text", desc=f"embed {args.model} [{state.process_index}]",
                    smoothing=0.1, position=state.process_index)
         t0 = time.perf_counter()
-        vecs = cache.get_or_compute(enc, shard, use_adapter=use_adapter, sha=corpus_sha,
+        vecs = cache.get_or_compute(enc, shard, adapter, sha=corpus_sha,
                                     progress=lambda done, total: bar.update(max(0, done - bar.n)))
         bar.close()
         wall = time.perf_counter() - t0
@@ -148,8 +149,9 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _build_cache(args: argparse.Namespace) -> int:
     from .lab import Lab
+    from .side import model_sides
 
-    files = Lab(device=args.device).export_seeds(args.model, out=args.out)
+    files = Lab(device=args.device).export_seeds(model_sides(args.model), out=args.out)
     size = sum(f.stat().st_size for f in files)
     print(f"wrote {len(files)} files, {size / 2**20:.1f} MiB, under {args.out}")
     return 0
@@ -237,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     c = sub.add_parser("build-cache", help="precompute the built-in corpora's vectors and maps the app ships "
                                            "(run after a shipped adapter changes)")
     c.add_argument("--model", default="smollm2-135m")
-    c.add_argument("--out", type=Path, default=Path(__file__).resolve().parent.parent / "assets" / "cache")
+    c.add_argument("--out", type=Path, default=ROOT / "assets" / "cache")
     c.add_argument("--device", help="cpu, cuda ... (default: cpu)", default="cpu")
     c.set_defaults(fn=_build_cache)
     for name, fn, what in (("convert-adapter", _convert_adapter, "rewrite adapters saved on the bare backbone into "

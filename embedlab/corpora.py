@@ -49,7 +49,7 @@ class Corpus:
 
         return sorted(np.random.default_rng(seed).choice(len(self), size=n, replace=False).tolist())
 
-    def head(self, n: int, seed: int = 0) -> "Corpus":
+    def sample(self, n: int, seed: int = 0) -> "Corpus":
         """A seeded sample of at most n texts (label mix kept), e.g. to fit a map."""
         if n >= len(self):
             return self

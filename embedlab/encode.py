@@ -238,23 +238,26 @@ class Encoder:
         out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)
         return (out, report) if return_report else out
 
-    def encode_sides(self, texts: Sequence[str], adapter: str | None,
-                     priority: int = INTERACTIVE) -> tuple[np.ndarray, np.ndarray | None]:
-        """Base and ``adapter`` embeddings of the same texts, (N, d) float32 each, in one pass.
+    def encode_mixed(self, texts: Sequence[str], adapters: Sequence[str | None],
+                     priority: int = INTERACTIVE) -> np.ndarray:
+        """Each text under its own adapter of this backbone (None = the base weights) -> (N, d) float32, one pass.
 
-        PEFT's mixed-adapter batches run each text with and without the adapter in the
-        same forward call. On a CPU a short request costs one read of the weights rather
-        than two, which nearly halves an interactive compare.
+        PEFT's mixed-adapter batches run rows with different adapters (or none) in the same forward
+        call. On a CPU a short request costs one read of the weights rather than one per side, which
+        nearly halves an interactive compare of two sides that share a backbone.
         """
         texts = validate_texts(texts)
-        if not adapter:
-            return self.encode(texts, use_adapter=False, priority=priority), None
-        self.check_adapter(adapter)
-        n = len(texts)
+        adapters = list(adapters)
+        if len(adapters) != len(texts):
+            raise ValueError(f"{len(texts)} texts but {len(adapters)} adapter names")
+        for a in set(adapters):
+            self.check_adapter(a)
         max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
-        out, _ = self._run(texts + texts, adapter, ["__base__"] * n + [adapter] * n, COALESCE_ROWS, max_tokens, False,
-                           priority)
-        return out[:n], out[n:]
+        if len(set(adapters)) == 1:  # one side: the plain path, no per-row routing
+            return self._run(texts, adapters[0], None, COALESCE_ROWS, max_tokens, False, priority)[0]
+        mode = next(a for a in adapters if a is not None)  # adapter layers on; rows pick theirs
+        names = ["__base__" if a is None else a for a in adapters]
+        return self._run(texts, mode, names, COALESCE_ROWS, max_tokens, False, priority)[0]
 
     def _run(self, texts: list[str], mode: str | None, adapter_names: list[str] | None, batch_size: int,
              max_tokens: int, progress: bool, priority: int) -> tuple[np.ndarray, EncodeReport]:

@@ -19,7 +19,7 @@ def anisotropy_texts(seed: int = 0) -> tuple[str, ...]:
     """The sentences whose random pairs measure anisotropy (same sample in the CLI and the app)."""
     from .corpora import builtin
 
-    return builtin("stsb").head(ANISOTROPY_TEXTS, seed=seed).texts
+    return builtin("stsb").sample(ANISOTROPY_TEXTS, seed=seed).texts
 
 
 def random_pair_cosines(vectors: np.ndarray, n_pairs: int = 2000, seed: int = 0) -> np.ndarray:

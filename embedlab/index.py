@@ -1,4 +1,4 @@
-"""FAISS indexes over L2-normalised embeddings (inner product = cosine): build, search, save, load.
+"""FAISS indexes over L2-normalised embeddings (inner product = cosine): build and search.
 
 Exact (IndexFlatIP) up to ``exact_max`` vectors; HNSW above, with its recall@k
 against exact search measured on held-in queries so the UI can show it.
@@ -6,7 +6,6 @@ against exact search measured on held-in queries so the UI can show it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 
 import faiss
 import numpy as np
@@ -65,12 +64,3 @@ def recall_at_k(index: Index, vectors: np.ndarray, k: int = 10, n_queries: int =
     _, truth = exact.search(q, k)
     _, got = index.search(q, k)
     return float(np.mean([len(set(a) & set(b)) / k for a, b in zip(truth, got)]))
-
-
-def save(index: Index, path: Path) -> None:
-    faiss.write_index(index.index, str(path))
-
-
-def load(path: Path, kind: str) -> Index:
-    idx = faiss.read_index(str(path))
-    return Index(idx, kind, idx.ntotal)

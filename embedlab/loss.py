@@ -13,15 +13,14 @@ import torch.nn.functional as F
 
 
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None,
-             temperature: float = 0.05, anchor_offset: int = 0) -> torch.Tensor:
+             temperature: float = 0.05) -> torch.Tensor:
     """Mean cross-entropy of each anchor picking its own positive.
 
     Args:
         anchor: (B, d) normalised anchors (premises).
-        positive: (N, d) normalised positives; ``positive[anchor_offset + i]`` belongs to ``anchor[i]``.
+        positive: (N, d) normalised positives, N >= B; ``positive[i]`` belongs to ``anchor[i]``.
         negative: (N, d) normalised hard negatives, or None for in-batch negatives only.
         temperature: logits = cos / temperature (0.05 in the paper).
-        anchor_offset: where this device's anchors start in the gathered positives.
 
     Candidates for every anchor are all positives and all hard negatives, so each
     anchor has 2N - 1 negatives. Example::
@@ -31,7 +30,7 @@ def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tenso
     """
     cands = positive if negative is None else torch.cat([positive, negative], dim=0)
     logits = anchor @ cands.T / temperature  # (B, N or 2N)
-    target = torch.arange(anchor.shape[0], device=anchor.device) + anchor_offset
+    target = torch.arange(anchor.shape[0], device=anchor.device)
     return F.cross_entropy(logits.float(), target)
 
 

@@ -12,38 +12,36 @@ PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#17becf", "#e
 LAYOUT = dict(template="plotly_white", margin=dict(l=40, r=20, t=50, b=40), font=dict(size=13))
 
 
-def scatter_vs_gold(gold: Sequence[float], base: Sequence[float], tuned: Sequence[float] | None,
-                    rho_b: float | None, rho_t: float | None) -> go.Figure:
+def scatter_vs_gold(gold: Sequence[float], sides: dict[str, tuple[Sequence[float], float | None]]) -> go.Figure:
+    """Cosine vs human score, one series per side: {name: (cosines, Spearman x100 or None)}."""
     fig = go.Figure()
-    fig.add_trace(go.Scattergl(x=gold, y=base, mode="markers", name=f"base (ρ={rho_b:.1f})" if rho_b is not None else "base",
-                               marker=dict(color=BASE_C, size=7, opacity=0.7)))
-    if tuned is not None:
-        fig.add_trace(go.Scattergl(x=gold, y=tuned, mode="markers", name=f"tuned (ρ={rho_t:.1f})" if rho_t is not None else "tuned",
-                                   marker=dict(color=TUNED_C, size=7, opacity=0.7)))
+    for (name, (cos, rho)), color in zip(sides.items(), (BASE_C, TUNED_C)):
+        fig.add_trace(go.Scattergl(x=gold, y=cos, mode="markers", name=f"{name} (ρ={rho:.1f})" if rho is not None else name,
+                                   marker=dict(color=color, size=7, opacity=0.7)))
     fig.update_layout(title="Cosine vs human score (Spearman ρ ×100)", xaxis_title="human score",
-                      yaxis_title="cosine", height=420, **LAYOUT)
+                      yaxis_title="cosine", height=420, legend=dict(orientation="h", y=-0.2), **LAYOUT)
     return fig
 
 
-def cosine_histogram(base: np.ndarray, tuned: np.ndarray | None, title: str) -> go.Figure:
+def cosine_histogram(sides: dict[str, np.ndarray], title: str) -> go.Figure:
+    """Overlaid histograms of cosines, one per side: {name: (n,) cosines}."""
     fig = go.Figure()
     bins = dict(start=-0.2, end=1.0, size=0.02)
-    fig.add_trace(go.Histogram(x=base, xbins=bins, name=f"base: mean {base.mean():.2f}", marker_color=BASE_C, opacity=0.75))
-    if tuned is not None:
-        fig.add_trace(go.Histogram(x=tuned, xbins=bins, name=f"tuned: mean {tuned.mean():.2f}", marker_color=TUNED_C, opacity=0.75))
+    for (name, cos), color in zip(sides.items(), (BASE_C, TUNED_C)):
+        fig.add_trace(go.Histogram(x=cos, xbins=bins, name=f"{name}: mean {cos.mean():.2f}", marker_color=color, opacity=0.75))
     fig.update_layout(barmode="overlay", title=title, xaxis_title="cosine of a random pair", yaxis_title="pairs",
-                      height=380, **LAYOUT)
+                      height=380, legend=dict(orientation="h", y=-0.25), **LAYOUT)
     return fig
 
 
-def twin_maps(base_xy: np.ndarray, tuned_xy: np.ndarray, texts: Sequence[str], labels: Sequence[str],
+def twin_maps(xy_a: np.ndarray, xy_b: np.ndarray, texts: Sequence[str], labels: Sequence[str],
               titles: tuple[str, str], queries: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> go.Figure:
-    """Two side-by-side scatter maps, coloured by label, hover = text."""
+    """Two side-by-side scatter maps (side A, side B: (N, 2) each), coloured by label, hover = text."""
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.04)
     uniq = list(dict.fromkeys(labels))
     hover = [t if len(t) <= 120 else t[:117] + "…" for t in texts]
     lab = np.asarray(labels)
-    for col, xy in ((1, base_xy), (2, tuned_xy)):
+    for col, xy in ((1, xy_a), (2, xy_b)):
         for i, u in enumerate(uniq):
             m = lab == u
             fig.add_trace(go.Scattergl(

@@ -9,7 +9,7 @@ import functools
 import importlib.metadata
 import os
 import socket
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -75,8 +75,7 @@ class ModelSpec:
     hub_adapters: tuple[str, ...] = ()  # published adapters for this base
     paper_key: str | None = None  # column of PAPER_RESULTS for this model
     gguf_tokenizer: Literal["transformers", "spm_bpe"] = "transformers"  # how a GGUF's tokenizer is rebuilt
-    notes: str = ""
-    tags: tuple[str, ...] = field(default_factory=tuple)
+    notes: str = ""  # one line for people, shown on the side's card
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -107,7 +106,6 @@ MODELS: dict[str, ModelSpec] = {
             add_bos=False,
             base_ids=("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"),
             notes="Default. Llama architecture, 30 layers, width 576.",
-            tags=("default",),
         ),
         ModelSpec(
             key="gemma3-270m",
@@ -149,7 +147,6 @@ MODELS: dict[str, ModelSpec] = {
             max_length=256,
             base_ids=("minilm-l6", "sentence-transformers/all-MiniLM-L6-v2"),
             notes="Already trained contrastively on 1B pairs: the bar a small LM has to reach.",
-            tags=("reference",),
         ),
         ModelSpec(
             key="minicpm-2b",

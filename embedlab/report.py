@@ -9,12 +9,13 @@ from pathlib import Path
 
 import pandas as pd
 
+from . import ROOT
 from .adapters import ADAPTERS_DIR, AdapterError, read_training_record
 from .registry import PAPER_RESULTS
 from .sts import TASKS
 
 log = logging.getLogger(__name__)
-RESULTS_DIR = Path(__file__).resolve().parent.parent / "assets" / "results"
+RESULTS_DIR = ROOT / "assets" / "results"
 START, END = "<!-- results:start -->", "<!-- results:end -->"
 
 

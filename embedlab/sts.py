@@ -16,7 +16,9 @@ from typing import Callable, Sequence
 import numpy as np
 from scipy.stats import spearmanr
 
-DATA_DIR = Path(os.environ.get("EMBEDLAB_DATA") or Path(__file__).resolve().parent.parent / "assets" / "data")
+from . import ROOT
+
+DATA_DIR = Path(os.environ.get("EMBEDLAB_DATA") or ROOT / "assets" / "data")
 
 TASKS: tuple[str, ...] = ("STS12", "STS13", "STS14", "STS15", "STS16", "STS17", "STSBenchmark", "BIOSSES", "SICK-R")
 EXTRA_TASKS: tuple[str, ...] = ("STSBenchmark-dev",)  # for choosing settings; never tune on test

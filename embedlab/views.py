@@ -24,16 +24,17 @@ import numpy as np
 import pandas as pd
 
 from . import plots
-from .adapters import ADAPTERS_DIR, AdapterError, read_training_record
+from .adapters import ADAPTERS_DIR, AdapterError, read_training_record, snapshots
 from .cache import CacheBusy, corpus_sha256
 from .compute import Cancelled
 from .corpora import BUILTINS, Corpus, InputError, builtin, clean_text, parse_corpus, parse_pairs, read_upload
 from .encode import TextError
-from .lab import MAP_MAX, NONE, ROOT, Lab, Side
+from .lab import MAP_MAX, Lab, ModelsBusy
 from .loading import ModelUnavailableError
 from .nli import DataError
 from .provenance import environment
 from .registry import MODELS, UnknownModelError, available_models
+from .side import ROOT, Side, SideError, parse_side, side_choices, training_record
 from .report import load_results, results_frame
 from .sts import TASKS, load_task
 
@@ -42,7 +43,8 @@ MAX_QUERY_CHARS = 1000
 MAX_QUERIES = 10
 MAX_K = 50
 QUICK_PAIRS = 200  # per task in a quick evaluation
-USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, UnknownModelError, DataError, CacheBusy)
+USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, UnknownModelError, DataError, CacheBusy,
+               SideError, ModelsBusy)
 # Downloads (CSV + JSON per result) are written here; Gradio copies each into its own cache (cleaned by the
 # app's delete_cache), so a folder older than DOWNLOAD_TTL_S is no longer needed and is removed.
 DOWNLOADS = Path(tempfile.gettempdir()) / "embedlab-downloads"
@@ -122,25 +124,18 @@ def _short(value: Any) -> str:
     return r if len(r) <= 40 else r[:37] + "…"
 
 
-def _model(key: Any) -> str:
-    if not isinstance(key, str):
-        raise UserError(f"model must be a model name (text), not {_kind(key)}; one of: {', '.join(MODELS)}")
-    if key not in MODELS:
-        raise UserError(f"unknown model {_short(key)}; one of: {', '.join(MODELS)}")
-    ok, why = available_models()[key]
-    if not ok:
-        raise UserError(f"{key} cannot be loaded here: {why}")
-    return key
+def _side(value: Any, what: str) -> Side:
+    """A side spec (``model[+adapter][@step]``) parsed and validated; the message names the parameter."""
+    return parse_side(value, what)
 
 
-def _adapter(value: Any) -> str:
-    if not isinstance(value, str):
-        raise UserError(f"adapter must be text (an adapter folder from the menu, or 'none'), not {_kind(value)}")
-    return value.strip() or NONE
+def _sides(a: Any, b: Any) -> tuple[Side, Side]:
+    return _side(a, "side A"), _side(b, "side B")
 
 
-def _side(lab: Lab, model: Any, adapter: Any) -> Side:
-    return lab.side(_model(model), _adapter(adapter))
+def _names(a: Side, b: Side) -> tuple[str, str]:
+    """Column and legend names of the two sides: 'A: <spec>', 'B: <spec>' (distinct even when the specs are equal)."""
+    return f"A: {a.label}", f"B: {b.label}"
 
 
 def _whole(value: Any, what: str, lo: int, hi: int) -> int:
@@ -235,49 +230,50 @@ def _prune_downloads(now: float | None = None) -> int:
     return n
 
 
-def _record(s: Side, corpus: Corpus | None = None, **extra: Any) -> dict:
-    info = s.enc.adapters.get(s.adapter) if s.adapter else None
-    rec = {"model": s.enc.spec.key, "prompt": s.enc.spec.prompt, "max_length": s.enc.max_length,
-           "adapter": str(info.path.name) if info else None, "adapter_sha256": info.sha256 if info else None}
+def _record(a: Side, b: Side, corpus: Corpus | None = None, **extra: Any) -> dict:
+    rec: dict[str, Any] = {"side_a": a.record(), "side_b": b.record()}
     if corpus is not None:
         rec["corpus"] = {"name": corpus.name, "texts": len(corpus), "sha256": corpus.sha256}
     return {**rec, **extra}
 
 
-def _fmt(x: float | None) -> str:
-    return "—" if x is None else f"{x:.3f}"
-
-
 # --- model bar -------------------------------------------------------------------------------------
 @user_facing
-def model_card(lab: Lab, model: Any, adapter: Any) -> str:
-    """The model's facts and the adapter's training record, validated like every other view's adapter
-    (allowed folders, regular files, size cap: :meth:`Lab.adapter_info`); data is escaped for Markdown."""
-    spec = MODELS[_model(model)]
+def model_card(side: Any, what: str = "side") -> str:
+    """One side's facts: the model's, its adapter's training record and, for a snapshot, that step's figures.
+    The adapter was validated when the spec was parsed (allowed folders, regular files, size caps);
+    data is escaped for Markdown."""
+    s = _side(side, what)
+    spec = MODELS[s.model]
     pooling = f"EOS token {md(repr(spec.eos_token))}" if spec.pooling == "eos" else "mean of tokens"
-    lines = [f"**{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"]
-    info = lab.adapter_info(spec.key, _adapter(adapter))
-    if info is None:
-        lines.append("No adapter: the *tuned* column is empty. Pick an adapter to compare.")
-    elif not info.record:
-        lines.append(f"Adapter **{md(info.path.name)}** (no training record)")
+    lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"
+             + (f". {md(spec.notes)}" if spec.notes else "")]
+    rec = training_record(s)
+    if s.adapter is None:
+        lines.append("Base model, no adapter.")
+    elif not rec:
+        lines.append(f"Adapter **{md(s.adapter)}** (no training record)")
     else:
-        rec = info.record
         t = rec.get("training") if isinstance(rec.get("training"), dict) else {}
         cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         dev = (rec.get("dev") if isinstance(rec.get("dev"), dict) else {}).get("STSBenchmark-dev")
-        lines.append(f"Adapter **{md(info.path.name)}**: trained on {md(rec.get('device', '?'))}, "
+        lines.append(f"Adapter **{md(s.adapter)}**: trained on {md(rec.get('device', '?'))}, "
                      f"{md(t.get('steps', '?'))} steps × {md(t.get('effective_contrastive_batch', '?'))} triplets, "
                      f"lr {md(cfg.get('lr', '?'))}"
                      + (f", STS-B dev {dev:.1f}" if isinstance(dev, (int, float)) and math.isfinite(dev) else ""))
+    if s.step is not None:
+        snap = next(x for x in snapshots(s.folder) if x.step == s.step)
+        figures = [f"{name} {v:.3f}" if name != "STS-B dev" else f"{name} {v:.1f}"
+                   for name, v in (("loss", snap.loss), ("STS-B dev", snap.dev), ("random-pair cosine", snap.random_pair_cosine))
+                   if v is not None]
+        lines.append(f"Training snapshot at step **{s.step}**" + (f": {', '.join(figures)}" if figures else "")
+                     + (" (step 0: the base model's vectors)" if s.weights is None else ""))
     return "\n\n".join(lines)
 
 
-@user_facing
-def adapter_menu(lab: Lab, model: Any) -> tuple[list[tuple[str, str]], str]:
-    """(label, value) choices of the adapter menu for ``model`` and the one to select."""
-    choices = lab.adapter_choices(_model(model))
-    return choices, choices[0][1]
+def side_menu() -> list[tuple[str, str]]:
+    """(label, spec) choices of the side pickers: every valid spec here."""
+    return side_choices()
 
 
 def unavailable_note() -> str:
@@ -287,11 +283,18 @@ def unavailable_note() -> str:
 
 # --- pairs -----------------------------------------------------------------------------------------
 @user_facing
-def compare(lab: Lab, model: str, adapter: str, a: str, b: str) -> str:
-    s = _side(lab, model, adapter)
-    r = lab.compare_pair(s, _text(a, "sentence A"), _text(b, "sentence B"))
-    tuned = "—" if r["tuned"] is None else f"{r['tuned']:.3f}"
-    return (f"| | cosine |\n|---|---|\n| base {model} | **{r['base']:.3f}** |\n| {md(s.label)} | **{tuned}** |")
+def compare_api(lab: Lab, side_a: Any, side_b: Any, text_a: Any, text_b: Any) -> dict:
+    """API: the cosine of one pair of texts under each side, with the sides' specs."""
+    a, b = _sides(side_a, side_b)
+    r = lab.compare_pair(a, b, _text(text_a, "text A"), _text(text_b, "text B"))
+    return {"side_a": a.spec, "side_b": b.spec, "cosine_a": round(r["a"], 6), "cosine_b": round(r["b"], 6)}
+
+
+@user_facing
+def compare(lab: Lab, side_a: Any, side_b: Any, x: Any, y: Any) -> str:
+    a, b = _sides(side_a, side_b)
+    r = lab.compare_pair(a, b, _text(x, "sentence A"), _text(y, "sentence B"))
+    return (f"| side | cosine |\n|---|---|\n| A · `{a.spec}` | **{r['a']:.3f}** |\n| B · `{b.spec}` | **{r['b']:.3f}** |")
 
 
 @user_facing
@@ -302,7 +305,7 @@ def sts_example(seed: Any = None) -> tuple[str, str, str]:
 
 
 @user_facing
-def batch_pairs(lab: Lab, model: str, adapter: str, text: str | None, file: str | None):
+def batch_pairs(lab: Lab, side_a: Any, side_b: Any, text: str | None, file: str | None):
     """Cosines of many pairs (at most MAX_PAIRS, MAX_PAIR_CHARS characters); long work: background priority."""
     text = _optional_text(text, "the pairs")
     if file:
@@ -311,31 +314,30 @@ def batch_pairs(lab: Lab, model: str, adapter: str, text: str | None, file: str 
         data = text
     else:
         raise UserError("paste pairs (one per line: sentence A <TAB> sentence B [<TAB> score]) or upload a file")
-    s = _side(lab, model, adapter)
+    a, b = _sides(side_a, side_b)
     s1, s2, gold = parse_pairs(data)
-    r = lab.batch_pairs(s, s1, s2, gold)
-    rows = [{"sentence A": a, "sentence B": b, "gold": g, "cos base": round(cb, 4),
-             "cos tuned": None if r["tuned"] is None else round(r["tuned"][i], 4)}
-            for i, (a, b, g, cb) in enumerate(zip(s1, s2, gold or [None] * len(s1), r["base"]))]
+    r = lab.batch_pairs(a, b, s1, s2, gold)
+    na, nb = _names(a, b)
+    rows = [{"sentence A": x, "sentence B": y, "gold": g, f"cos {na}": round(ca, 4), f"cos {nb}": round(cb, 4)}
+            for x, y, g, ca, cb in zip(s1, s2, gold or [None] * len(s1), r["a"], r["b"])]
     summary = f"{len(s1)} pairs."
     fig = None
-    if gold is not None and "spearman_base" in r:
-        summary += f" Spearman ×100 vs your scores: base **{r['spearman_base']:.1f}**"
-        if r.get("spearman_tuned") is not None:
-            summary += f", tuned **{r['spearman_tuned']:.1f}**"
-        fig = plots.scatter_vs_gold(gold, r["base"], r["tuned"], r["spearman_base"], r.get("spearman_tuned"))
-    files = _files("pairs", rows, _record(s, pairs_sha256=corpus_sha256(s1 + s2)))
+    if gold is not None and "spearman_a" in r:
+        summary += (f" Spearman ×100 vs your scores: A `{a.spec}` **{r['spearman_a']:.1f}**,"
+                    f" B `{b.spec}` **{r['spearman_b']:.1f}**")
+        fig = plots.scatter_vs_gold(gold, {na: (r["a"], r["spearman_a"]), nb: (r["b"], r["spearman_b"])})
+    files = _files("pairs", rows, _record(a, b, pairs_sha256=corpus_sha256(s1 + s2)))
     return pd.DataFrame(rows), fig, summary, files
 
 
 @user_facing
-def anisotropy(lab: Lab, model: str, adapter: str):
-    s = _side(lab, model, adapter)
-    r = lab.anisotropy(s)
-    msg = (f"Mean cosine of {r['n_pairs']:,} random STSBenchmark sentence pairs: base **{r['base'].mean():.3f}**"
-           + (f", tuned **{r['tuned'].mean():.3f}**" if r["tuned"] is not None else "")
-           + ". Unrelated sentences should score low; a raw LM scores almost every pair the same.")
-    return msg, plots.cosine_histogram(r["base"], r["tuned"], "Random-pair cosines (anisotropy)")
+def anisotropy(lab: Lab, side_a: Any, side_b: Any):
+    a, b = _sides(side_a, side_b)
+    r = lab.anisotropy(a, b)
+    na, nb = _names(a, b)
+    msg = (f"Mean cosine of {r['n_pairs']:,} random STSBenchmark sentence pairs: A `{a.spec}` **{r['a'].mean():.3f}**, "
+           f"B `{b.spec}` **{r['b'].mean():.3f}**. Unrelated sentences should score low; a raw LM scores almost every pair the same.")
+    return msg, plots.cosine_histogram({na: r["a"], nb: r["b"]}, "Random-pair cosines (anisotropy)")
 
 
 # --- map -------------------------------------------------------------------------------------------
@@ -346,69 +348,73 @@ def upload_corpus(file: str | None) -> tuple[Corpus, str]:
 
 
 @user_facing
-def draw_map(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus | None, queries: str | None):
-    s = _side(lab, model, adapter)
+def draw_map(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpus | None, queries: str | None):
+    a, b = _sides(side_a, side_b)
     full = _corpus(corpus_name, upload)
     queries = _optional_text(queries, "queries")
     qs = [_text(x, "query") for x in queries.splitlines() if x.strip()][:MAX_QUERIES]
-    m = lab.map(s, full)
+    m = lab.twin_map(a, b, full)
     c: Corpus = m["corpus"]
     q = None
     if qs:
-        pb, pt = lab.place_queries(s, m, qs)
-        q = (pb, pt, [x if len(x) < 40 else x[:37] + "…" for x in qs])
-    tuned_title = s.label if m["has_tuned"] else "no adapter: base again"
-    fig = plots.twin_maps(m["base_xy"], m["tuned_xy"], c.texts, c.labels, (f"base {model}", tuned_title), q)
+        pa, pb = lab.place_queries(a, b, m, qs)
+        q = (pa, pb, [x if len(x) < 40 else x[:37] + "…" for x in qs])
+    na, nb = _names(a, b)
+    fig = plots.twin_maps(m["xy_a"], m["xy_b"], c.texts, c.labels, (na, nb + (" (the same side)" if a == b else "")), q)
     order = np.argsort(m["jaccard"])[:50]
     moved = pd.DataFrame({"#": order, "text": [c.texts[i] for i in order], "label": [c.labels[i] for i in order],
                           "kept": [round(float(j), 2) for j in m["jaccard"][order]]})
     note = (f"{len(c):,} texts{f' (a seeded sample of {len(full):,})' if len(full) > MAP_MAX else ''}; "
-            f"mean neighbour overlap (k=10) base→tuned: **{m['jaccard'].mean():.2f}**. Click a row to compare its neighbours.")
-    rows = [{"text": t, "label": l, "base_x": float(bx), "base_y": float(by), "tuned_x": float(tx), "tuned_y": float(ty),
-             "jaccard": float(j)} for t, l, (bx, by), (tx, ty), j in zip(c.texts, c.labels, m["base_xy"], m["tuned_xy"], m["jaccard"])]
-    files = _files("map", rows, _record(s, c, umap=m["params"]))
+            f"mean neighbour overlap (k=10) between A `{a.spec}` and B `{b.spec}`: **{m['jaccard'].mean():.2f}**. "
+            "Click a row to compare its neighbours.")
+    rows = [{"text": t, "label": l, f"{na} x": float(ax), f"{na} y": float(ay), f"{nb} x": float(bx), f"{nb} y": float(by),
+             "jaccard": float(j)} for t, l, (ax, ay), (bx, by), j in zip(c.texts, c.labels, m["xy_a"], m["xy_b"], m["jaccard"])]
+    files = _files("map", rows, _record(a, b, c, umap=m["params"]))
     # int32 arrays, not lists: ~40 KB per session for a 1K-text map instead of ~1 MB of Python ints
-    state = {"texts": c.texts, "nn_base": m["nn_base"].astype(np.int32), "nn_tuned": m["nn_tuned"].astype(np.int32)}
+    state = {"texts": c.texts, "nn_a": m["nn_a"].astype(np.int32), "nn_b": m["nn_b"].astype(np.int32),
+             "a": a.spec, "b": b.spec}
     return fig, moved, note, files, state
 
 
 def neighbours(state: dict | None, moved: pd.DataFrame | None, row: int) -> str:
-    """Both neighbour lists of the clicked 'what moved' row."""
+    """Both sides' neighbour lists of the clicked 'what moved' row."""
     if moved is None or row is None or row >= len(moved):
         return ""
     if not state:  # the session's map state expired (an hour idle, or evicted among many newer sessions)
         return "This map's neighbour lists have expired: draw the map again to see them."
     i = int(moved.iloc[row]["#"])
     t = state["texts"]
-    nb, nt = [int(j) for j in state["nn_base"][i]], [int(j) for j in state["nn_tuned"][i]]
-    kept = set(nb) & set(nt)
+    na, nb = [int(j) for j in state["nn_a"][i]], [int(j) for j in state["nn_b"][i]]
+    kept = set(na) & set(nb)
     # "1\." with hard line breaks, not a Markdown list: the app's list style clipped the "10." marker
     fmt = lambda ids: "  \n".join(f"{k + 1}\\. {'**' if j in kept else ''}{md(t[j])}{'**' if j in kept else ''}" for k, j in enumerate(ids))  # noqa: E731
-    return f"#### “{md(t[i])}”\n\n**Base neighbours**\n\n{fmt(nb)}\n\n**Tuned neighbours**\n\n{fmt(nt)}\n\n(bold: in both)"
+    return (f"#### “{md(t[i])}”\n\n**Neighbours under A** `{state['a']}`\n\n{fmt(na)}\n\n"
+            f"**Neighbours under B** `{state['b']}`\n\n{fmt(nb)}\n\n(bold: in both)")
 
 
 # --- search ----------------------------------------------------------------------------------------
 @user_facing
-def search(lab: Lab, model: str, adapter: str, corpus_name: str, upload: Corpus | None, query: str, k: Any):
-    s = _side(lab, model, adapter)
+def search(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpus | None, query: str, k: Any):
+    a, b = _sides(side_a, side_b)
     c = _corpus(corpus_name, upload)
     k = _whole(k, "k", 1, MAX_K)
-    r = lab.search(s, c, _text(query, "query"), k)
-    base_rank = {i: n for n, (i, _) in enumerate(r["base"], 1)}
-    tuned_rank = {i: n for n, (i, _) in enumerate(r["tuned"] or [], 1)}
+    r = lab.search(a, b, c, _text(query, "query"), k)
+    rank_a = {i: n for n, (i, _) in enumerate(r["a"], 1)}
+    rank_b = {i: n for n, (i, _) in enumerate(r["b"], 1)}
     def table(hits, other):  # noqa: E306
         return pd.DataFrame([{"#": n, "cosine": round(sc, 3), "text": c.texts[i], "label": c.labels[i],
                               "# other side": other.get(i, f">{r['k']}")} for n, (i, sc) in enumerate(hits, 1)])
-    tb = table(r["base"], tuned_rank)
-    tt = (table(r["tuned"], base_rank) if r["tuned"] is not None
-          else pd.DataFrame({"tuned": ["No adapter selected: pick one in the Adapter menu to compare."]}))
-    idx = "exact (flat)" if r["index"] == "exact" else f"{r['index']} (recall@10 vs exact {r['recall_at_10']:.3f})"
-    note = f"{r['n']:,} texts, FAISS {idx}."
-    if r["tuned"] is not None:
-        note += f" Overlap@{r['k']} between base and tuned: **{r['overlap']:.0%}**."
-    rows = [{"side": side, "rank": n, "score": sc, "text": c.texts[i]} for side, hits in
-            (("base", r["base"]), ("tuned", r["tuned"] or [])) for n, (i, sc) in enumerate(hits, 1)]
-    return tb, tt, note, _files("search", rows, _record(s, c, query=query, k=r["k"], index=r["index"]))
+    def idx(which: str) -> str:  # noqa: E306
+        kind, rec = r["index"][which], r["recall_at_10"][which]
+        return "exact (flat)" if kind == "exact" else f"{kind} (recall@10 vs exact {rec:.3f})"
+    index = idx("a") if r["index"]["a"] == r["index"]["b"] else f"A {idx('a')}, B {idx('b')}"
+    note = (f"{r['n']:,} texts, FAISS {index}. Overlap@{r['k']} between A `{a.spec}` and B `{b.spec}`: "
+            f"**{r['overlap']:.0%}**.")
+    na, nb = _names(a, b)
+    rows = [{"side": name, "rank": n, "score": sc, "text": c.texts[i]} for name, hits in
+            ((na, r["a"]), (nb, r["b"])) for n, (i, sc) in enumerate(hits, 1)]
+    return (table(r["a"], rank_b), table(r["b"], rank_a), note,
+            _files("search", rows, _record(a, b, c, query=query, k=r["k"], index=r["index"], overlap=r["overlap"])))
 
 
 # --- benchmarks ------------------------------------------------------------------------------------
@@ -446,8 +452,8 @@ def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
 
 
 @user_facing
-def run_evaluation(lab: Lab, model: str, adapter: str, tasks: list[str] | None, quick: Any, progress=None):
-    """Spearman x100 on the chosen STS tasks; full sets only where :func:`full_eval_allowed`, else quick."""
+def run_evaluation(lab: Lab, side_a: Any, side_b: Any, tasks: list[str] | None, quick: Any, progress=None):
+    """Spearman x100 of both sides on the chosen STS tasks; full sets only where :func:`full_eval_allowed`, else quick."""
     from .evaluation import run_eval
 
     if tasks is None or tasks == []:
@@ -459,40 +465,42 @@ def run_evaluation(lab: Lab, model: str, adapter: str, tasks: list[str] | None, 
         raise UserError(f"unknown task {_short(unknown[0])}; tasks: {', '.join(TASKS)}")
     tasks = list(dict.fromkeys(tasks))
     quick = _flag(quick, "quick")
-    s = _side(lab, model, adapter)
+    a, b = _sides(side_a, side_b)
     downgraded = not quick and not full_eval_allowed()
     limit = QUICK_PAIRS if quick or downgraded else None
-    sides = [("base", False)] + ([("tuned", s.adapter)] if s.adapter else [])
-    out = {}
-    for n, (label, use) in enumerate(sides):
-        def cb(done, total, name, n=n, label=label):
+    names = _names(a, b)
+    sides = list(dict.fromkeys([a, b]))  # the same side twice is evaluated once
+    results: dict[Side, dict] = {}
+    for n, side in enumerate(sides):
+        def cb(done, total, task, n=n, side=side):
             if progress is not None:
-                progress((n * total + done) / (len(sides) * total), desc=f"{label}: {name}")
-        out[label] = run_eval(s.enc, tasks, limit=limit, use_adapter=use, progress=cb)
-    rows = [{"task": t, **{lab_: out[lab_]["tasks"][t] for lab_ in out}, "pairs": out["base"]["pairs"][t]} for t in tasks]
-    rows.append({"task": "average", **{lab_: out[lab_]["average"] for lab_ in out}, "pairs": None})
+                progress((n * total + done) / (len(sides) * total), desc=f"{side.spec}: {task}")
+        results[side] = lab.evaluate(side, lambda enc, adapter, cb=cb: run_eval(
+            enc, tasks, limit=limit, use_adapter=adapter or False, progress=cb))
+    out = {name: results[side] for name, side in zip(names, (a, b))}
+    rows = [{"task": t, **{name: out[name]["tasks"][t] for name in names}, "pairs": out[names[0]]["pairs"][t]} for t in tasks]
+    rows.append({"task": "average", **{name: out[name]["average"] for name in names}, "pairs": None})
     note = (("Full-set evaluation is off on this host (hours on a CPU; the host enables it with "
              "EMBEDLAB_FULL_EVAL=1), so this ran in quick mode. " if downgraded else "")
             + (f"Quick mode: {QUICK_PAIRS} random pairs per task. " if limit else "")
-            + f"{out['base']['seconds'] + out.get('tuned', {}).get('seconds', 0):.0f} s.")
-    return pd.DataFrame(rows).round(2), note, _files("evaluation", rows, _record(s, results=out))
-
-
-__all__ = ["UserError", "user_facing"]
+            + f"A `{a.spec}` vs B `{b.spec}`, {sum(r['seconds'] for r in results.values()):.0f} s.")
+    return pd.DataFrame(rows).round(2), note, _files("evaluation", rows, _record(a, b, results=out))
 
 
 @user_facing
-def embed_api(lab: Lab, model: str, adapter: str, texts: list[str], tuned: bool = True) -> dict:
-    """API: embeddings of ``texts`` (at most 256) as lists of floats, base and (if an adapter is set) tuned."""
+def embed_api(lab: Lab, side_a: Any, side_b: Any, texts: Any, both: Any = True) -> dict:
+    """API: embeddings of ``texts`` (at most 256) as lists of floats under side A and (``both``) side B."""
     if not isinstance(texts, list) or not texts:
         raise UserError(f"texts must be a non-empty list of strings, not {_kind(texts) if texts != [] else 'an empty list'}")
     if len(texts) > 256:
         raise UserError(f"{len(texts)} texts; the API embeds at most 256 per call")
-    tuned = _flag(tuned, "tuned")
-    s = _side(lab, model, adapter)
-    base, tun = lab.embed_pair_sides(s, [_text(t, f"text {i + 1}", 20_000) for i, t in enumerate(texts)])
-    return {"model": model, "adapter": s.label, "dim": int(base.shape[1]), "base": base.round(6).tolist(),
-            "tuned": tun.round(6).tolist() if (tun is not None and tuned) else None}
+    both = _flag(both, "both")
+    a, b = _sides(side_a, side_b)
+    texts = [_text(t, f"text {i + 1}", 20_000) for i, t in enumerate(texts)]
+    va, vb = lab.embed(a, b if both else a, texts)
+    return {"side_a": a.spec, "side_b": b.spec if both else None, "dim_a": int(va.shape[1]),
+            "dim_b": int(vb.shape[1]) if both else None,
+            "a": va.round(6).tolist(), "b": vb.round(6).tolist() if both else None}
 
 
 def how_it_works(template: str) -> str:
@@ -512,3 +520,6 @@ def how_it_works(template: str) -> str:
     return template.format(dim=576, aniso_base=f"{aniso:.2f}" if aniso is not None else "0.9",
                            base_stsb=fmt(base, "STSBenchmark"), model="SmolLM2-135M", tuned_line=tuned_line,
                            lora_note="about 0.46M trainable parameters for SmolLM2-135M, 0.3% of the model")
+
+
+__all__ = ["UserError", "user_facing"]

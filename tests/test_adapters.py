@@ -125,14 +125,29 @@ def test_base_and_tuned_in_one_pass_equal_separate_passes(adapter_dir):
     attach_adapter(enc, adapter_dir)
     name = enc.active_adapter
     texts = ["a man is playing a guitar", "the dog", "a woman is eating food in the park today"]
-    base, tuned = enc.encode_sides(texts, name)
+    out = enc.encode_mixed(texts + texts, [None] * 3 + [name] * 3)
+    base, tuned = out[:3], out[3:]
     assert np.allclose(base, enc.encode(texts, use_adapter=False), atol=1e-5)
     assert np.allclose(tuned, enc.encode(texts, use_adapter=name), atol=1e-5)
     assert not np.allclose(base, tuned, atol=1e-3)
-    b2, none = enc.encode_sides(texts, None)
-    assert none is None and np.allclose(b2, base, atol=1e-5)
+    assert np.allclose(enc.encode_mixed(texts, [None] * 3), base, atol=1e-5)
     with pytest.raises(KeyError):
-        enc.encode_sides(texts, "not-loaded")
+        enc.encode_mixed(texts, [None, "not-loaded", None])
+    with pytest.raises(ValueError, match="adapter names"):
+        enc.encode_mixed(texts, [None])
+
+
+def test_two_adapters_and_the_base_in_one_pass_equal_separate_passes(adapter_dir, tmp_path):
+    """Side A and side B as two adapters (or a snapshot) of one backbone: PEFT's per-row adapter_names."""
+    enc = tiny_encoder("llama")
+    one = attach_adapter(enc, adapter_dir, activate=False).name
+    make_adapter(tmp_path / "other", seed=7)
+    two = attach_adapter(enc, tmp_path / "other", activate=False).name
+    texts = ["a man is playing a guitar", "the dog", "a woman is eating food"]
+    out = enc.encode_mixed(texts * 3, [one] * 3 + [None] * 3 + [two] * 3)
+    for i, use in enumerate([one, False, two]):
+        assert np.allclose(out[3 * i:3 * i + 3], enc.encode(texts, use_adapter=use), atol=1e-5), use
+    assert not np.allclose(out[:3], out[6:], atol=1e-3)
 
 
 def test_interactive_texts_are_remembered_per_text_and_adapter(adapter_dir, tmp_path):
@@ -140,30 +155,34 @@ def test_interactive_texts_are_remembered_per_text_and_adapter(adapter_dir, tmp_
 
     enc = tiny_encoder("llama")
     name = attach_adapter(enc, adapter_dir, activate=False).name
-    cache = EmbeddingCache(tmp_path / "c", memory_texts=3)
+    cache = EmbeddingCache(tmp_path / "c", memory_texts=6)
     calls = []
-    real = enc.encode_sides
-    enc.encode_sides = lambda texts, adapter, **kw: calls.append(list(texts)) or real(texts, adapter, **kw)
+    real = enc.encode_mixed
+    enc.encode_mixed = lambda texts, adapters, **kw: calls.append(list(texts)) or real(texts, adapters, **kw)
     a, b, c = "a man is playing a guitar", "the dog", "a woman is eating food"
-    base, tuned = cache.sides(enc, [a, b], name)
-    ref_b, ref_t = real([a, b], name)
+    base, tuned = cache.sides(enc, [a, b], [None, name])
+    ref_b, ref_t = enc.encode([a, b], use_adapter=False), enc.encode([a, b], use_adapter=name)
     assert base.dtype == np.float32 and base.shape == (2, enc.dim)
     assert np.allclose(base, ref_b, atol=1e-5) and np.allclose(tuned, ref_t, atol=1e-5)
+    assert calls == [[a, b, a, b]]  # both sides in one pass
     # one sentence edited: only the new one is embedded; the order of the answer follows the request
-    base2, tuned2 = cache.sides(enc, [c, a, c], name)
-    assert calls == [[a, b], [c]]
+    base2, tuned2 = cache.sides(enc, [c, a, c], [None, name])
+    assert calls[1:] == [[c, c]]
     assert np.allclose(base2[1], base[0]) and np.allclose(tuned2[1], tuned[0]) and np.allclose(base2[0], base2[2])
     # answers are copies: a caller writing into one cannot change what the next request gets
     base2[1] += 1
-    assert np.array_equal(cache.sides(enc, [a], name)[0][0], base[0]) and len(calls) == 2
-    # the base side is its own entry: no adapter -> tuned None, embedded once more without the adapter
-    only_base, none = cache.sides(enc, [a], None)
-    assert none is None and np.allclose(only_base[0], base[0], atol=1e-5) and calls[-1] == [a]
-    # bounded: 3 entries, least recently used dropped first (b was)
-    cache.sides(enc, [b], name)
+    assert np.array_equal(cache.sides(enc, [a], [None])[0][0], base[0]) and len(calls) == 2
+    # each (text, side) is its own entry: the tuned vector of a text alone comes from memory too
+    (only_tuned,) = cache.sides(enc, [a], [name])
+    assert np.allclose(only_tuned[0], tuned[0]) and len(calls) == 2
+    # bounded: 6 entries (3 texts x 2 sides), least recently used dropped first (b's were)
+    assert len(cache._texts) == 6
+    cache.sides(enc, ["a park"], [None, name])
+    assert len(cache._texts) == 6 and len(calls) == 3
+    cache.sides(enc, [b], [name])
     assert calls[-1] == [b]
     with pytest.raises(KeyError, match="not loaded"):
-        cache.sides(enc, [a], "not-loaded")
+        cache.sides(enc, [a], ["not-loaded"])
 
 
 # --- standard (causal-LM) form, conversion, the training record, the adapter's prompt -------------
@@ -319,7 +338,9 @@ def test_adapter_embeds_with_its_training_prompt_also_beside_the_base(adapter_di
     attach_adapter(plain, tmp_path / "plain")
     assert not np.allclose(tuned, plain.encode(SENTS), atol=1e-3)  # the prompt does change the vectors
     # mixed base + tuned pass: each side with its own prompt
-    b, t = enc.encode_sides(SENTS + ["a cat"], info.name)
+    texts = SENTS + ["a cat"]
+    out = enc.encode_mixed(texts + texts, [None] * len(texts) + [info.name] * len(texts))
+    b, t = out[:len(texts)], out[len(texts):]
     assert np.allclose(b[:2], base, atol=1e-5) and np.allclose(t[:2], tuned, atol=1e-5)
     assert np.allclose(enc.encode(SENTS, use_adapter=False), base, atol=1e-6)
 

@@ -29,7 +29,7 @@ def page(app_server):
 
 def test_pairs_tab(page):
     page.get_by_role("button", name="Compare").click()
-    page.wait_for_selector("text=base smollm2-135m", timeout=120_000)
+    page.wait_for_selector("text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
     page.get_by_role("button", name="Load an STSBenchmark example").click()
     page.wait_for_selector("text=Human similarity score", timeout=60_000)
     # While the start-up warm-up is embedding the anisotropy sample, the app answers "being computed right
@@ -46,6 +46,30 @@ def test_pairs_tab(page):
     page.screenshot(path=str(SHOTS / "pairs.png"), full_page=True)
 
 
+def pick_side(page, which: str, spec: str) -> None:
+    """Choose ``spec`` in the "Side A"/"Side B" dropdown as a user does: type, then click the option."""
+    box = page.get_by_label(f"Side {which}")
+    box.click()
+    box.fill(spec)
+    page.get_by_role("option", name=re.compile("^" + re.escape(spec) + " —")).click()
+
+
+def test_cross_model_compare(page):
+    """Side A on MiniLM, side B on tuned SmolLM2: both cosines on the page, each side's card, no console errors."""
+    pick_side(page, "A", "minilm-l6")
+    page.wait_for_selector("text=all-MiniLM-L6-v2 (reference sentence encoder)", timeout=60_000)
+    page.get_by_label("Sentence A").fill("A man is playing a guitar.")
+    page.get_by_label("Sentence B").fill("A person plays an instrument.")
+    page.get_by_role("button", name="Compare").click()
+    page.wait_for_selector("text=/A · minilm-l6/", timeout=300_000)
+    cosines = re.findall(r"\b-?[01]\.\d{3}\b", page.locator("text=/A · minilm-l6/").locator("xpath=ancestor::table").inner_text())
+    assert len(cosines) == 2, cosines
+    page.wait_for_timeout(500)
+    page.screenshot(path=str(SHOTS / "pairs_cross_model.png"), full_page=True)
+    pick_side(page, "A", "smollm2-135m")  # back to the default for the other tabs
+    page.wait_for_selector("text=Base model, no adapter", timeout=60_000)
+
+
 def test_map_tab(page):
     page.get_by_role("tab", name="Map").click()
     page.get_by_role("button", name="Draw the maps").click()
@@ -53,7 +77,7 @@ def test_map_tab(page):
     cell = page.locator("#moved [role=gridcell]").nth(1)
     cell.wait_for(timeout=30_000)
     cell.click()  # a 'what moved' row -> both neighbour lists
-    page.wait_for_selector("text=Base neighbours", timeout=60_000)
+    page.wait_for_selector("text=Neighbours under A", timeout=60_000)
     page.screenshot(path=str(SHOTS / "map.png"), full_page=True)
 
 

@@ -58,7 +58,7 @@ def test_concurrent_base_and_adapter_requests_never_mix_adapter_state(tmp_path):
             elif kind == 1:
                 ok = np.allclose(enc.encode(texts, use_adapter=name, priority=BACKGROUND), want_tuned, atol=1e-5)
             else:
-                b, t = enc.encode_sides(texts, name)
+                b, t = np.split(enc.encode_mixed(texts + texts, [None] * len(texts) + [name] * len(texts)), 2)
                 ok = np.allclose(b, want_base, atol=1e-5) and np.allclose(t, want_tuned, atol=1e-5)
             if not ok:
                 errors.append((k, i, kind))
@@ -192,7 +192,10 @@ def test_concurrent_encodes_share_forward_passes_and_get_their_own_vectors(tmp_p
     make_adapter(tmp_path / "a", seed=1)
     name = attach_adapter(enc, tmp_path / "a").name
     pairs = [[f"a man is playing a guitar {i}", f"the dog eats food number {i}"] for i in range(5)]
-    alone = [enc.encode_sides(p, name) for p in pairs]
+    def both(p):  # base and adapter vectors of the same texts, one mixed pass (what a compare asks)
+        return np.split(enc.encode_mixed(p + p, [None] * len(p) + [name] * len(p)), 2)
+
+    alone = [both(p) for p in pairs]
     base_only = enc.encode(pairs[0], use_adapter=False)
     passes = []
     real = enc.model.forward
@@ -204,7 +207,7 @@ def test_concurrent_encodes_share_forward_passes_and_get_their_own_vectors(tmp_p
     enc.model.forward = counting_forward
     gate, blocker = _block_compute_thread()
     got = {}
-    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, enc.encode_sides(pairs[i], name))) for i in range(5)]
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, both(pairs[i]))) for i in range(5)]
     threads.append(threading.Thread(target=lambda: got.__setitem__("base", enc.encode(pairs[0], use_adapter=False))))
     for n, t in enumerate(threads, 1):
         t.start()

@@ -32,14 +32,6 @@ def test_approximate_indexes_report_recall(kind):
     assert idx.kind == kind and 0.8 <= idx.recall_at_10 <= 1.0
 
 
-def test_index_save_load(tmp_path):
-    x = unit(100, 16)
-    idx = index.build(x)
-    index.save(idx, tmp_path / "i.faiss")
-    back = index.load(tmp_path / "i.faiss", "exact")
-    assert (back.search(x[:3], 5)[1] == idx.search(x[:3], 5)[1]).all()
-
-
 def test_search_k_larger_than_corpus():
     x = unit(3, 8)
     scores, ids = index.build(x).search(x[:1], 10)
@@ -180,17 +172,17 @@ def test_embedding_cache_reuses_detects_corruption_and_resumes(tmp_path, monkeyp
     calls = []
     real = enc.encode
     monkeypatch.setattr(enc, "encode", lambda t, **k: (calls.append(len(t)), real(t, **k))[1])
-    first = cache.get_or_compute(enc, texts, use_adapter=False)
+    first = cache.get_or_compute(enc, texts, adapter=None)
     assert first.shape == (10, 32) and sum(calls) == 10
     calls.clear()
-    assert np.array_equal(cache.get_or_compute(enc, texts, use_adapter=False), first) and not calls
+    assert np.array_equal(cache.get_or_compute(enc, texts, adapter=None), first) and not calls
     folder = next(tmp_path.iterdir())
     part = folder / "part-00001.npy"
     data = bytearray(part.read_bytes())
     data[-3] ^= 0xFF
     part.write_bytes(bytes(data))  # corrupt one chunk: only it is recomputed
     (folder / "part-00002.npy").unlink()  # and a missing one (an interrupted run)
-    again = cache.get_or_compute(enc, texts, use_adapter=False)
+    again = cache.get_or_compute(enc, texts, adapter=None)
     assert np.allclose(again, first, atol=1e-6) and sum(calls) == 6
     assert corpus_sha256(["ab", "c"]) != corpus_sha256(["a", "bc"])
 
@@ -202,8 +194,8 @@ def test_seed_cache_serves_shipped_vectors_and_memory_tier(tmp_path, monkeypatch
     enc = tiny_encoder("llama")
     texts = [f"sentence number {i}" for i in range(10)]
     builder = EmbeddingCache(tmp_path / "build")
-    key = builder.export(enc, texts, False, tmp_path / "seed")
-    exact = builder.get_or_compute(enc, texts, use_adapter=False)
+    key = builder.export(enc, texts, None, tmp_path / "seed")
+    exact = builder.get_or_compute(enc, texts, adapter=None)
     seed_files = sorted((tmp_path / "seed" / key).glob("part-*.npy"))
     assert len(seed_files) == 3 and np.load(seed_files[0]).dtype == np.float16
 
@@ -211,19 +203,19 @@ def test_seed_cache_serves_shipped_vectors_and_memory_tier(tmp_path, monkeypatch
     real = enc.encode
     monkeypatch.setattr(enc, "encode", lambda t, **k: (calls.append(len(t)), real(t, **k))[1])
     user = EmbeddingCache(tmp_path / "user", seeds=[tmp_path / "seed"])
-    assert user.peek(enc, texts[:5], use_adapter=False) is None  # another corpus: not cached, not computed
-    got = user.get_or_compute(enc, texts, use_adapter=False)
+    assert user.peek(enc, texts[:5], adapter=None) is None  # another corpus: not cached, not computed
+    got = user.get_or_compute(enc, texts, adapter=None)
     assert not calls and got.dtype == np.float32 and np.allclose(got, exact, atol=2e-3)
     assert not got.flags.writeable  # shared between requests
-    assert user.get_or_compute(enc, texts, use_adapter=False) is got  # memory tier
-    assert user.peek(enc, texts, use_adapter=False) is got
+    assert user.get_or_compute(enc, texts, adapter=None) is got  # memory tier
+    assert user.peek(enc, texts, adapter=None) is got
 
     # a corrupt seed chunk is ignored and only that chunk is computed (into the user cache, not the seed)
     data = bytearray(seed_files[1].read_bytes())
     data[-2] ^= 0xFF
     seed_files[1].write_bytes(bytes(data))
     fresh = EmbeddingCache(tmp_path / "user2", seeds=[tmp_path / "seed"])
-    assert fresh.peek(enc, texts, use_adapter=False) is None
-    again = fresh.get_or_compute(enc, texts, use_adapter=False)
+    assert fresh.peek(enc, texts, adapter=None) is None
+    again = fresh.get_or_compute(enc, texts, adapter=None)
     assert sum(calls) == 4 and np.allclose(again, exact, atol=2e-3)
     assert seed_files[1].read_bytes() == bytes(data)

@@ -23,7 +23,7 @@ from embedlab.encode import TextError, validate_texts
 from embedlab.lab import Lab
 from embedlab.nli import DataError, read_triplets
 from conftest import examples
-from tiny import make_adapter, tiny_encoder
+from tiny import A, B, make_adapter, tiny_encoder, tiny_models
 
 M = "smollm2-135m"
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -47,13 +47,12 @@ def is_clear_message(e: Exception) -> bool:
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
     lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
-    enc = tiny_encoder("llama")
-    monkeypatch.setattr(lab, "encoder", lambda key: enc)
-    monkeypatch.setattr(lab, "spec", lambda key: enc.spec)
+    encs = tiny_models(monkeypatch)  # two tiny models, "tiny-llama" (A) and "tiny-bert" (B), as loadable sides
+    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
     root = tmp_path / "adapters"
     make_adapter(root / "tiny-nli")
     monkeypatch.setenv("EMBEDLAB_ADAPTER_DIRS", str(root))
-    lab.adapter_path = str(root / "tiny-nli")
+    lab.adapter_path = f"{A}+tiny-nli"  # a side spec
     return lab
 
 
@@ -135,19 +134,21 @@ def test_pair_upload_parses_or_explains(data):
 
 
 # --- app handlers (tiny model behind the real Lab) ------------------------------------------------
-@given(a=ANY_VALUE, b=ANY_VALUE, adapter=st.sampled_from(["none", "ADAPTER", "/etc", "../../x", "", None, 3]),
-       model=st.sampled_from([M, "gpt-17", "", None, 42]))
+SIDES = [A, B, "ADAPTER", f"{A}+tiny-nli@3", f"{B}+tiny-nli", "none", "/etc", "../../x", "", None, 3, "gpt-17", M + "@1"]
+
+
+@given(a=ANY_VALUE, b=ANY_VALUE, side_a=st.sampled_from(SIDES), side_b=st.one_of(st.sampled_from(SIDES), ANY_VALUE))
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
-@example(a="x" * 1_000_000, b="y", adapter="ADAPTER", model=M)
-@example(a="\ud800", b="fine", adapter="ADAPTER", model=M)
-def test_compare_handler(lab, a, b, adapter, model):
-    adapter = lab.adapter_path if adapter == "ADAPTER" else adapter
+@example(a="x" * 1_000_000, b="y", side_a=A, side_b="ADAPTER")
+@example(a="\ud800", b="fine", side_a=B, side_b="ADAPTER")
+def test_compare_handler(lab, a, b, side_a, side_b):
+    side_a, side_b = (lab.adapter_path if s == "ADAPTER" else s for s in (side_a, side_b))
     try:
-        out = views.compare(lab, model, adapter, a, b)
+        out = views.compare(lab, side_a, side_b, a, b)
     except views.UserError as e:
         assert is_clear_message(e), str(e)
         return
-    assert "base" in out
+    assert "cosine" in out
 
 
 @given(query=ANY_VALUE, k=ANY_VALUE, corpus=st.sampled_from(["topics", "upload", "nope", None, 7]))
@@ -158,7 +159,7 @@ def test_compare_handler(lab, a, b, adapter, model):
 @example(query="a dog", k=True, corpus="topics")
 def test_search_handler(lab, query, k, corpus):
     try:
-        tb, tt, note, files = views.search(lab, M, lab.adapter_path, corpus, None, query, k)
+        tb, tt, note, files = views.search(lab, A, lab.adapter_path, corpus, None, query, k)
     except views.UserError as e:
         assert is_clear_message(e), str(e)
         return
@@ -169,18 +170,18 @@ def test_search_handler(lab, query, k, corpus):
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 def test_embed_handler(lab, texts, tuned):
     try:
-        out = views.embed_api(lab, M, lab.adapter_path, texts, tuned)
+        out = views.embed_api(lab, B, lab.adapter_path, texts, tuned)
     except views.UserError as e:
         assert is_clear_message(e), str(e)
         return
-    assert len(out["base"]) == len(texts) and len(out["base"][0]) == out["dim"]
+    assert len(out["a"]) == len(texts) and len(out["a"][0]) == out["dim_a"] and (out["b"] is not None) == tuned
 
 
 @given(text=st.one_of(ANY_VALUE, CSVISH.map(lambda b: b.decode("utf-8", "replace"))))
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 def test_batch_pairs_and_upload_handlers(lab, tmp_path, text):
     try:
-        df, *_ = views.batch_pairs(lab, M, "none", text, None)
+        df, *_ = views.batch_pairs(lab, A, A, text, None)
         assert len(df) > 0
     except views.UserError as e:
         assert is_clear_message(e), str(e)
@@ -197,7 +198,7 @@ def test_bad_input_leaves_the_cache_intact(lab):
     """Good and bad requests mixed: every cached chunk still matches its checksum afterwards."""
     for q in ["a dog", "", "\ud800", "x" * 5000, "a cat"]:
         try:
-            views.search(lab, M, lab.adapter_path, "topics", None, q, 5)
+            views.search(lab, A, lab.adapter_path, "topics", None, q, 5)
         except views.UserError:
             pass
     assert any((lab.cache_dir / "embeddings").iterdir()) and cache_is_intact(lab.cache_dir)

@@ -1,5 +1,6 @@
-"""App handlers on a tiny random model (the Lab's model loader is swapped for the tiny one)."""
+"""App handlers on tiny random models (the Lab's model loader is swapped for the tiny ones)."""
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -8,86 +9,107 @@ import pytest
 
 from embedlab import views
 from embedlab.lab import Lab
-from tiny import make_adapter, tiny_encoder
+from tiny import A, B, make_adapter, tiny_encoder, tiny_models
 
-M = "smollm2-135m"  # the key the UI sends; the lab below serves a tiny model under it
+M = "smollm2-135m"  # a real model: these tests never load it
+COS = re.compile(r"\*\*(-?[0-9.]+)\*\*")
 
 
 @pytest.fixture
 def lab(tmp_path, monkeypatch):
-    lab = Lab(cache_dir=tmp_path / "cache")
-    enc = tiny_encoder("llama")
-    monkeypatch.setattr(lab, "encoder", lambda key: enc)
-    monkeypatch.setattr(lab, "spec", lambda key: enc.spec)
+    """A lab serving two tiny random models, registered as "tiny-llama" (A) and "tiny-bert" (B)."""
+    encs = tiny_models(monkeypatch)
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
     return lab
 
 
 @pytest.fixture
 def adapter(tmp_path, monkeypatch):
+    """The side spec of a tiny adapter for A, in a folder the app may load adapters from."""
     root = tmp_path / "adapters"
     make_adapter(root / "tiny-nli")
     monkeypatch.setenv("EMBEDLAB_ADAPTER_DIRS", str(root))
-    return str(root / "tiny-nli")
+    return f"{A}+tiny-nli"
 
 
 def test_compare_base_and_tuned(lab, adapter):
-    out = views.compare(lab, M, adapter, "a man is playing a guitar", "a woman is eating food")
-    assert "base smollm2-135m" in out and "tuned (tiny-nli)" in out and "—" not in out
-    out = views.compare(lab, M, "none", "a man", "a dog")
-    assert "tuned (no adapter)" in out
+    out = views.compare(lab, A, adapter, "a man is playing a guitar", "a woman is eating food")
+    assert f"A · `{A}`" in out and f"B · `{A}+tiny-nli`" in out
+    cos = COS.findall(out)
+    assert len(cos) == 2 and cos[0] != cos[1]
+    out = views.compare(lab, A, A, "a man", "a dog")
+    assert COS.findall(out)[0] == COS.findall(out)[1]
+
+
+def test_cross_model_compare_matches_each_model_alone(lab, adapter):
+    """Side A on one model, side B on another (different architectures): each cosine is that model's own."""
+    enc_a, enc_b = lab.encoder(A), lab.encoder(B)
+    x, y = "a man is playing a guitar", "a dog is running in the park"
+    r = views.compare_api(lab, B, adapter, x, y)
+    va = enc_b.encode([x, y], use_adapter=False)
+    (name,) = enc_a.adapters
+    vb = enc_a.encode([x, y], use_adapter=name)
+    assert r["side_a"] == B and r["side_b"] == adapter
+    assert abs(r["cosine_a"] - float(va[0] @ va[1])) < 1e-5 and abs(r["cosine_b"] - float(vb[0] @ vb[1])) < 1e-5
 
 
 @pytest.mark.parametrize("a,b,msg", [("", "x", "sentence A is empty"), ("   ", "x", "empty"),
                                      ("x" * 5000, "y", "limit"), (None, "x", "must be text"), ("\x00\x01", "x", "empty")])
 def test_compare_bad_input(lab, a, b, msg):
     with pytest.raises(views.UserError, match=msg):
-        views.compare(lab, M, "none", a, b)
+        views.compare(lab, A, A, a, b)
 
 
-def test_unknown_model_and_adapter_outside_allowed_folders(lab, tmp_path):
-    with pytest.raises(views.UserError, match="unknown model"):
-        views.compare(lab, "gpt-17", "none", "a", "b")
-    make_adapter(tmp_path / "elsewhere")
-    with pytest.raises(views.UserError, match="outside the allowed adapter folders"):
-        views.compare(lab, M, str(tmp_path / "elsewhere"), "a", "b")
-    with pytest.raises(views.UserError, match="outside"):
-        views.compare(lab, M, "../../../etc", "a", "b")
+def test_bad_side_specs_get_a_message_listing_the_valid_ones(lab, adapter, tmp_path):
+    with pytest.raises(views.UserError, match="side A: unknown model 'gpt-17'") as e:
+        views.compare(lab, "gpt-17", A, "a", "b")
+    assert "Valid sides here: " in str(e.value) and f"{A}+tiny-nli" in str(e.value) and B in str(e.value)
+    make_adapter(tmp_path / "elsewhere")  # an adapter outside the allowed folders: no spec names it
+    for bad, msg in [(str(tmp_path / "elsewhere"), "is not spelled"), (f"{A}+elsewhere", "no adapter 'elsewhere'"),
+                     (f"{A}+..", "is not spelled"), (f"{A}+tiny-nli/../../etc", "is not spelled"),
+                     (f"{A}+../etc", "is not spelled"), (f"{B}+tiny-nli", "no adapter 'tiny-nli' for tiny-bert")]:
+        with pytest.raises(views.UserError, match=msg) as e:
+            views.compare(lab, A, bad, "a", "b")
+        assert "side B" in str(e.value) and f"{A}+tiny-nli" in str(e.value), bad
 
 
 def test_unexpected_errors_become_a_short_message(lab, monkeypatch):
     monkeypatch.setattr(lab, "compare_pair", lambda *a: 1 / 0)
     with pytest.raises(views.UserError, match="ZeroDivisionError") as e:
-        views.compare(lab, M, "none", "a", "b")
+        views.compare(lab, A, A, "a", "b")
     assert "Traceback" not in str(e.value)
 
 
 def test_batch_pairs_with_gold_and_downloads(lab, adapter):
     text = "a man is playing\ta man plays\t4.5\nthe dog\tthe cat\t1.0\na woman eats\ta woman is eating food\t4.0\na park\tguitar\t0.2"
-    df, fig, summary, files = views.batch_pairs(lab, M, adapter, text, None)
-    assert isinstance(df, pd.DataFrame) and len(df) == 4 and df["cos tuned"].notna().all()
+    df, fig, summary, files = views.batch_pairs(lab, A, adapter, text, None)
+    assert isinstance(df, pd.DataFrame) and len(df) == 4 and df[f"cos B: {A}+tiny-nli"].notna().all()
+    assert df[f"cos A: {A} (base)"].notna().all() and f"A `{A}`" in summary and f"B `{A}+tiny-nli`" in summary
     assert "Spearman" in summary and fig is not None
     csv_path, json_path = map(Path, files)
     assert csv_path.read_text().count("\n") == 5
     rec = json.loads(json_path.read_text())
-    assert rec["model"] == "tiny-llama" and len(rec["adapter_sha256"]) == 64 and "libraries" in rec["environment"]
+    assert rec["side_a"]["spec"] == A and rec["side_a"]["adapter_sha256"] is None
+    assert rec["side_b"]["spec"] == adapter and len(rec["side_b"]["adapter_sha256"]) == 64 and "libraries" in rec["environment"]
 
 
 @pytest.mark.parametrize("text,msg", [("", "paste pairs"), ("only one sentence", "two sentences"),
                                       ("a\tb\tnot-a-number", "not a number"), ("a\tb\t1\nc\td", "every line or on none")])
 def test_batch_pairs_bad_input(lab, text, msg):
     with pytest.raises(views.UserError, match=msg):
-        views.batch_pairs(lab, M, "none", text, None)
+        views.batch_pairs(lab, A, A, text, None)
 
 
 def test_batch_pairs_bad_files(lab, tmp_path):
     bad = tmp_path / "bad.tsv"
     bad.write_bytes(b"caf\xe9\tbar\n")
     with pytest.raises(views.UserError, match="not UTF-8"):
-        views.batch_pairs(lab, M, "none", None, str(bad))
+        views.batch_pairs(lab, A, A, None, str(bad))
     many = tmp_path / "many.tsv"
     many.write_text("a\tb\n" * 3000)
     with pytest.raises(views.UserError, match="limit"):
-        views.batch_pairs(lab, M, "none", None, str(many))
+        views.batch_pairs(lab, A, A, None, str(many))
 
 
 def test_upload_corpus_validation(tmp_path):
@@ -113,33 +135,68 @@ def test_map_search_and_neighbours(lab, adapter, tmp_path):
     rng = np.random.default_rng(0)
     up.write_text("\n".join(" ".join(rng.choice(words, 6)) + f" {i}" for i in range(40)))
     corpus, _ = views.upload_corpus(str(up))
-    fig, moved, note, files, state = views.draw_map(lab, M, adapter, "upload", corpus, "a dog is running\na cat")
+    fig, moved, note, files, state = views.draw_map(lab, A, adapter, "upload", corpus, "a dog is running\na cat")
     assert len(fig.data) >= 4 and "neighbour overlap" in note and len(moved) == 40
     assert (moved["kept"].diff().dropna() >= 0).all()  # sorted: most-moved first
     rec = json.loads(Path(files[1]).read_text())
-    assert rec["umap"]["seed"] == 42 and rec["corpus"]["sha256"] == corpus.sha256
+    assert rec["umap"]["seed"] == 42 and rec["corpus"]["sha256"] == corpus.sha256 and rec["side_b"]["spec"] == adapter
+    assert list(pd.read_csv(files[0]).columns) == ["text", "label", f"A: {A} (base) x", f"A: {A} (base) y",
+                                                   f"B: {adapter} x", f"B: {adapter} y", "jaccard"]
     detail = views.neighbours(state, moved, 0)
-    assert "Base neighbours" in detail and "Tuned neighbours" in detail
+    assert f"Neighbours under A** `{A}`" in detail and f"Neighbours under B** `{adapter}`" in detail
     assert "draw the map again" in views.neighbours(None, moved, 0)  # session state expired or evicted
     # second draw comes from the cache: same layout
-    fig2, *_ = views.draw_map(lab, M, adapter, "upload", corpus, "")
+    fig2, *_ = views.draw_map(lab, A, adapter, "upload", corpus, "")
     assert np.allclose(fig.data[0].x, fig2.data[0].x)
-    tb, tt, note, files = views.search(lab, M, adapter, "upload", corpus, "a dog is running in the park", 5)
+    tb, tt, note, files = views.search(lab, A, adapter, "upload", corpus, "a dog is running in the park", 5)
     assert len(tb) == 5 and len(tt) == 5 and "Overlap@5" in note and "exact" in note
     assert (np.diff(tb["cosine"]) <= 1e-6).all()
+    rows = pd.read_csv(files[0])
+    assert set(rows["side"]) == {f"A: {A} (base)", f"B: {adapter}"}
     with pytest.raises(views.UserError, match="upload a .txt"):
-        views.search(lab, M, adapter, "upload", None, "x", 5)
+        views.search(lab, A, adapter, "upload", None, "x", 5)
     with pytest.raises(views.UserError, match="query is empty"):
-        views.search(lab, M, adapter, "upload", corpus, " ", 5)
+        views.search(lab, A, adapter, "upload", corpus, " ", 5)
+
+
+def test_cross_model_map_search_anisotropy_and_evaluation(lab, adapter, monkeypatch):
+    """Every view across two models of different widths (48 and 32): maps aligned, search overlap, anisotropy,
+    evaluation; and two sides on one backbone run in one mixed-adapter pass."""
+    fig, moved, note, files, state = views.draw_map(lab, B, adapter, "topics", None, "a dog is running")
+    from embedlab.corpora import builtin
+
+    n = len(builtin("topics"))
+    assert len(moved) == min(50, n) and f"between A `{B}` and B `{adapter}`" in note
+    assert fig.layout.annotations[0].text == f"A: {B} (base)" and fig.layout.annotations[1].text == f"B: {adapter}"
+    m = lab.twin_map(*(views._sides(B, adapter)), builtin("topics"))
+    assert m["vecs_a"].shape == (n, 48) and m["vecs_b"].shape == (n, 32) and m["xy_a"].shape == m["xy_b"].shape == (n, 2)
+    assert np.isfinite(m["xy_a"]).all() and np.isfinite(m["xy_b"]).all()
+    tb, tt, note, _ = views.search(lab, B, adapter, "topics", None, "a football match", 5)
+    assert len(tb) == len(tt) == 5 and "Overlap@5" in note
+    msg, fig = views.anisotropy(lab, B, adapter)
+    assert f"A `{B}`" in msg and f"B `{adapter}`" in msg and len(fig.data) == 2
+    df, note, files = views.run_evaluation(lab, B, adapter, ["STS12"], True)
+    assert list(df.columns) == ["task", f"A: {B} (base)", f"B: {adapter}", "pairs"] and df.iloc[0, 1] != df.iloc[0, 2]
+    rec = json.loads(Path(files[1]).read_text())
+    assert rec["side_a"]["spec"] == B and rec["side_b"]["spec"] == adapter
+    # one backbone, two sides: a single mixed pass (PEFT adapter_names per row), not one per side
+    enc = lab.encoder(A)
+    calls = []
+    real = enc.encode_mixed
+    monkeypatch.setattr(enc, "encode_mixed", lambda t, a, **k: calls.append(list(a)) or real(t, a, **k))
+    views.compare(lab, A, adapter, "a woman plays", "a man eats")
+    (name,) = enc.adapters
+    assert calls == [[None, None, name, name]]
 
 
 def test_embed_api(lab, adapter):
-    out = views.embed_api(lab, M, adapter, ["a dog", "a cat"])
-    assert out["dim"] == 32 and len(out["base"]) == 2 and len(out["tuned"][0]) == 32
+    out = views.embed_api(lab, B, adapter, ["a dog", "a cat"])
+    assert out["dim_a"] == 48 and out["dim_b"] == 32 and len(out["a"]) == 2 and len(out["b"][0]) == 32
+    assert out["side_a"] == B and out["side_b"] == adapter
     with pytest.raises(views.UserError, match="at most 256"):
-        views.embed_api(lab, M, adapter, ["x"] * 300)
+        views.embed_api(lab, A, adapter, ["x"] * 300)
     with pytest.raises(views.UserError, match="non-empty list"):
-        views.embed_api(lab, M, adapter, "not a list")
+        views.embed_api(lab, A, adapter, "not a list")
 
 
 def test_results_table_has_paper_columns_and_ours():
@@ -156,14 +213,14 @@ def test_sts_example_is_a_real_pair():
 
 def test_hub_adapters_only_from_the_registry_and_only_online(lab, monkeypatch):
     with pytest.raises(views.UserError, match="not a published adapter"):
-        views.compare(lab, M, "hub:someone/anything", "a", "b")
-    import embedlab.lab as L
+        views.compare(lab, A, f"{A}+someone/anything", "a", "b")
+    import embedlab.side as S
 
-    monkeypatch.setitem(L.MODELS, M, __import__("dataclasses").replace(L.MODELS[M], hub_adapters=("org/ad",)))
-    monkeypatch.setattr(L, "hub_reachable", lambda: False)
+    monkeypatch.setitem(S.MODELS, A, __import__("dataclasses").replace(S.MODELS[A], hub_adapters=("org/ad",)))
+    monkeypatch.setattr(S, "hub_reachable", lambda: False)
     with pytest.raises(views.UserError, match="not reachable"):
-        views.compare(lab, M, "hub:org/ad", "a", "b")
-    assert all(not v.startswith("hub:") for _, v in lab.adapter_choices(M))
+        views.compare(lab, A, f"{A}+org/ad", "a", "b")
+    assert f"{A}+org/ad" not in S.valid_specs()
 
 
 def test_a_model_that_fails_to_load_is_reported_and_the_lab_goes_on(tmp_path, monkeypatch):
@@ -172,6 +229,7 @@ def test_a_model_that_fails_to_load_is_reported_and_the_lab_goes_on(tmp_path, mo
     import embedlab.lab as lab_mod
     from embedlab.loading import ModelUnavailableError
 
+    tiny_models(monkeypatch)
     lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
     calls = {"n": 0}
 
@@ -183,9 +241,51 @@ def test_a_model_that_fails_to_load_is_reported_and_the_lab_goes_on(tmp_path, mo
 
     monkeypatch.setattr(lab_mod, "load_encoder", flaky)
     with pytest.raises(views.UserError, match="cached weights are corrupt") as e:
-        views.compare(lab, M, "none", "a dog", "a cat")
-    assert "Traceback" not in str(e.value)
-    assert "base" in views.compare(lab, M, "none", "a dog", "a cat") and calls["n"] == 2
+        views.compare(lab, A, A, "a dog", "a cat")
+    assert "Traceback" not in str(e.value) and not lab.status  # no "loading" left in the status line
+    assert "cosine" in views.compare(lab, A, A, "a dog", "a cat") and calls["n"] == 2
+
+
+def test_at_most_two_models_are_loaded_and_the_status_line_says_which_one_loads(tmp_path, monkeypatch):
+    """The real pool (max_models=2): a cross-model request holds both of its models; a request for a third model
+    waits until they are released, then the least recently used one is evicted. While a model loads the
+    status line names it."""
+    import threading
+
+    import embedlab.lab as lab_mod
+    import embedlab.side as side_mod
+    from embedlab.registry import MODELS
+
+    encs = tiny_models(monkeypatch)
+    monkeypatch.setitem(MODELS, "tiny-3", __import__("dataclasses").replace(MODELS[A], key="tiny-3", base_ids=("tiny-3",)))
+    monkeypatch.setattr(side_mod, "available_models", lambda: {A: (True, ""), B: (True, ""), "tiny-3": (True, "")})
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    loading, release = threading.Event(), threading.Event()
+    lines = []
+
+    def load(key, device=None):
+        if key == "tiny-3":
+            loading.set()
+            release.wait(30)
+        return encs.get(key) or tiny_encoder("llama", seed=3)
+
+    monkeypatch.setattr(lab_mod, "load_encoder", load)
+    a, b, c = (views._side(x, "side") for x in (A, B, "tiny-3"))
+    with lab.hold(a, b):
+        assert set(lab._models) == {A, B}
+        t = threading.Thread(target=lambda: lines.append(views.compare(lab, "tiny-3", "tiny-3", "a", "b")), daemon=True)
+        t.start()
+        t.join(1.0)
+        assert t.is_alive() and not loading.is_set()  # waits: both slots are held by this cross-model request
+        assert "waiting for tiny-3" in lab.status_line()
+    assert loading.wait(10)
+    assert "Loading tiny-3" in lab.status_line()
+    release.set()
+    t.join(30)
+    assert lines and set(lab._models) == {B, "tiny-3"} and "Loading" not in lab.status_line()
+    with pytest.raises(lab_mod.ModelsBusy, match="needs 3 models at once"):
+        with lab.hold(a, b, c):
+            pass
 
 
 def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tmp_path, monkeypatch):
@@ -194,35 +294,33 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     import embedlab.lab as lab_mod
     from embedlab.corpora import builtin
 
-    monkeypatch.setattr(lab, "adapter_choices", lambda key: [("tiny", adapter), ("none", "none")])
-    files = lab.export_seeds(M, corpora=("topics",), out=tmp_path / "seed")
+    sides = views._sides(A, adapter)
+    files = lab.export_seeds(sides, corpora=("topics",), out=tmp_path / "seed")
     assert any(f.suffix == ".npz" for f in files) and sum(f.name == "manifest.json" for f in files) == 4
 
     fresh = Lab(cache_dir=tmp_path / "empty", seed_dir=tmp_path / "seed")
-    enc = lab.encoder(M)
+    enc = lab.encoder(A)
     monkeypatch.setattr(fresh, "encoder", lambda key: enc)
     monkeypatch.setattr(lab_mod.TwinMaps, "fit", lambda *a, **k: pytest.fail("UMAP refitted"))
     real = enc.encode
     monkeypatch.setattr(enc, "encode", lambda texts, **k: real(texts, **k) if len(texts) <= 2
                         else pytest.fail(f"corpus of {len(texts)} re-encoded"))
-    s = fresh.side(M, adapter)
-    m = fresh.map(s, builtin("topics"))
-    assert m["base_xy"].shape == (len(builtin("topics")), 2) and m["has_tuned"]
-    assert fresh.search(s, builtin("topics"), "a football match", k=3)["tuned"]
+    m = fresh.twin_map(*sides, builtin("topics"))
+    assert m["xy_a"].shape == (len(builtin("topics")), 2) and not np.allclose(m["xy_a"], m["xy_b"])
+    assert fresh.search(*sides, builtin("topics"), "a football match", k=3)["b"]
 
     # build-cache again on a machine whose only copy is the seed folder itself (maps and vectors read from it)
-    monkeypatch.setattr(fresh, "adapter_choices", lambda key: [("tiny", adapter), ("none", "none")])
-    again = fresh.export_seeds(M, corpora=("topics",), out=tmp_path / "seed")
+    again = fresh.export_seeds(sides, corpora=("topics",), out=tmp_path / "seed")
     assert [f.name for f in again] == [f.name for f in files]
-    assert np.allclose(np.load(next((tmp_path / "seed" / "maps").glob("*.npz")))["base_xy"], m["base_xy"])
+    assert np.allclose(np.load(next((tmp_path / "seed" / "maps").glob("*.npz")))["base_xy"], m["xy_a"])
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "garbage"])
 def test_a_corrupt_map_cache_file_is_detected_and_rebuilt(lab, adapter, damage):
     from embedlab.corpora import builtin
 
-    s = lab.side(M, adapter)
-    first = lab.map(s, builtin("topics"))
+    sides = views._sides(A, adapter)
+    first = lab.twin_map(*sides, builtin("topics"))
     path = next((lab.cache_dir / "maps").glob("*.npz"))
     data = bytearray(path.read_bytes())
     if damage == "truncate":
@@ -234,9 +332,9 @@ def test_a_corrupt_map_cache_file_is_detected_and_rebuilt(lab, adapter, damage):
     path.write_bytes(bytes(data))
     fresh = Lab(cache_dir=lab.cache_dir, seed_dir=None)
     fresh.encoder = lab.encoder
-    again = fresh.map(fresh.side(M, adapter), builtin("topics"))
-    assert again["base_xy"].shape == first["base_xy"].shape
-    assert np.load(path)["base_xy"].shape == first["base_xy"].shape  # rewritten whole
+    again = fresh.twin_map(*sides, builtin("topics"))
+    assert again["xy_a"].shape == first["xy_a"].shape
+    assert np.load(path)["base_xy"].shape == first["xy_a"].shape  # rewritten whole
 
 
 def test_training_records_show_every_shipped_adapter_and_notes(tmp_path):
@@ -273,34 +371,38 @@ def _adapter_with_record(folder: Path, record: str | bytes | None = None) -> Pat
 
 def test_d2_model_card_reads_no_record_outside_the_allowed_folders(lab, adapter, tmp_path):
     secret = tmp_path / "elsewhere"
-    secret.mkdir()
+    make_adapter(secret)
     (secret / "training.json").write_text('{"device": "SECRET-CONTENT", "training": {"steps": 7}}')
-    with pytest.raises(views.UserError, match="outside the allowed adapter folders") as e:
-        views.model_card(lab, M, str(secret))
+    with pytest.raises(views.UserError, match="no adapter 'elsewhere'") as e:
+        views.model_card(f"{A}+elsewhere")
     assert "SECRET" not in str(e.value) and str(tmp_path) not in str(e.value)
     # inside the allowed folders, the record comes from the validated adapter
-    root = Path(adapter).parent
+    root = tmp_path / "adapters"
     _adapter_with_record(root / "rec", '{"device": "CPU", "training": {"steps": 12, "effective_contrastive_batch": 32}}')
-    card = views.model_card(lab, M, str(root / "rec"))
-    assert "trained on CPU, 12 steps × 32 triplets" in card
+    card = views.model_card(f"{A}+rec")
+    assert "trained on CPU, 12 steps × 32 triplets" in card and f"`{A}+rec`" in card
     (root / "notadapter").mkdir()  # a folder with only a training.json is not an adapter: its record is not shown
     (root / "notadapter" / "training.json").write_text('{"device": "SHOWN"}')
-    with pytest.raises(views.UserError, match="no adapter_model.safetensors"):
-        views.model_card(lab, M, str(root / "notadapter"))
+    with pytest.raises(views.UserError, match="no adapter 'notadapter'") as e:
+        views.model_card(f"{A}+notadapter")
+    assert "SHOWN" not in str(e.value)
 
 
-def test_d2_a_fifo_or_a_huge_training_record_neither_blocks_nor_loads(lab, adapter):
+def test_d2_a_fifo_or_a_huge_training_record_neither_blocks_nor_loads(lab, adapter, tmp_path):
     import os
     import threading
 
-    root = Path(adapter).parent
+    from embedlab.side import side_choices
+
+    root = tmp_path / "adapters"
     fifo = _adapter_with_record(root / "fifo")
     os.mkfifo(fifo / "training.json")  # opening it for reading would block until a writer comes
     result = {}
 
     def card() -> None:
         try:
-            result["card"] = views.model_card(lab, M, str(fifo))
+            result["choices"] = side_choices()  # the pickers' labels read each record: not this one
+            result["card"] = views.model_card(f"{A}+fifo")
         except views.UserError as e:
             result["error"] = str(e)
 
@@ -308,42 +410,41 @@ def test_d2_a_fifo_or_a_huge_training_record_neither_blocks_nor_loads(lab, adapt
     t.start()
     t.join(30)
     assert not t.is_alive(), "model_card blocked on a FIFO"
-    assert result == {"error": "training.json is not a regular file"}
+    assert result["error"] == "training.json is not a regular file" and (f"{A}+fifo") in dict(result["choices"]).values()
     from embedlab.adapters import AdapterError, read_training_record
-    from embedlab.lab import _device_tag
 
     with pytest.raises(AdapterError, match="not a regular file"):  # refused without blocking
         read_training_record(fifo)
-    assert _device_tag(fifo) == ""  # the menu's tag reads no FIFO either
     big = _adapter_with_record(root / "big", b'{"device": "' + b"x" * (2 << 20) + b'"}')
     with pytest.raises(views.UserError, match="larger than"):
-        views.model_card(lab, M, str(big))
+        views.model_card(f"{A}+big")
     with pytest.raises(AdapterError, match="larger than"):
         read_training_record(big)
 
 
-def test_d2_side_checks_the_allowed_folders_before_listing_anything(lab, tmp_path, monkeypatch):
-    from embedlab.lab import AdapterError
-
+def test_d2_a_link_out_of_the_allowed_folders_is_no_adapter_and_its_folder_is_not_listed(lab, adapter, tmp_path,
+                                                                                        monkeypatch):
     outside = tmp_path / "outside"
     make_adapter(outside)
-    listed, statted = [], []
-    real_iterdir, real_stat = Path.iterdir, Path.stat
+    (tmp_path / "adapters" / "link").symlink_to(outside)
+    listed = []
+    real_iterdir = Path.iterdir
     monkeypatch.setattr(Path, "iterdir", lambda self: listed.append(self) or real_iterdir(self))
-    monkeypatch.setattr(Path, "stat", lambda self, **kw: statted.append(self) or real_stat(self, **kw))
-    with pytest.raises(AdapterError, match="outside"):
-        lab.side(M, str(outside))
-    # resolving the path itself (symlinks) is the check; nothing in the folder is listed or looked at
-    assert not [p for p in listed if outside in [p, *p.parents]] and not [p for p in statted if outside in p.parents]
+    with pytest.raises(views.UserError, match="no adapter 'link'"):
+        views.compare(lab, A, f"{A}+link", "a", "b")
+    assert not [p for p in listed if outside in [p.resolve(), *p.resolve().parents]]
 
 
-def test_gemma_card_shows_its_eos_token_and_data_is_escaped(lab, adapter, monkeypatch):
-    monkeypatch.setattr(views, "available_models", lambda: {k: (True, "") for k in views.MODELS})
-    card = views.model_card(lab, "gemma3-270m", "none")
+def test_gemma_card_shows_its_eos_token_and_data_is_escaped(lab, adapter, tmp_path, monkeypatch):
+    import embedlab.side as side_mod
+
+    real = side_mod.available_models
+    monkeypatch.setattr(side_mod, "available_models", lambda: {**real(), "gemma3-270m": (True, "")})
+    card = views.model_card("gemma3-270m")
     assert "pooling: EOS token '&lt;eos&gt;'" in card  # "<eos>" raw is an HTML tag: the browser swallowed it
-    root = Path(adapter).parent
+    root = tmp_path / "adapters"
     _adapter_with_record(root / "x_y", '{"device": "<img src=x onerror=alert(1)>*bold*", "training": {"steps": "[a](b)"}}')
-    card = views.model_card(lab, M, str(root / "x_y"))
+    card = views.model_card(f"{A}+x_y")
     assert "<img" not in card and "&lt;img" in card and r"\*bold\*" in card and r"\[a\](b)" in card
     assert r"**x\_y**" in card
     assert views.md("a|b`c") == r"a\|b\`c"
@@ -356,23 +457,28 @@ BAD_TYPES = [None, ["x"], {"a": 1}, 3, 2.5, True]
 def test_d3_every_parameter_is_type_checked(lab, adapter, bad, tmp_path):
     """A wrong-typed value in any parameter of any handler: a clear message naming it, never the generic one."""
     calls = [
-        ("model", lambda: views.compare(lab, bad, "none", "a", "b")),
-        ("adapter", lambda: views.compare(lab, M, bad, "a", "b")),
-        ("model", lambda: views.model_card(lab, bad, "none")),
-        ("adapter", lambda: views.model_card(lab, M, bad)),
-        ("model", lambda: views.adapter_menu(lab, bad)),
-        ("corpus", lambda: views.search(lab, M, "none", bad, None, "a", 5)),
-        ("k", lambda: views.search(lab, M, "none", "topics", None, "a", bad if bad is not True else "ten")),
-        ("query", lambda: views.search(lab, M, "none", "topics", None, bad, 5)),
-        ("corpus", lambda: views.draw_map(lab, M, "none", bad, None, "")),
-        ("queries", lambda: views.draw_map(lab, M, "none", "topics", None, bad)),
-        ("pairs", lambda: views.batch_pairs(lab, M, "none", bad, None)),
-        ("texts", lambda: views.embed_api(lab, M, "none", bad)),
-        ("text", lambda: views.embed_api(lab, M, "none", ["ok", bad])),
-        ("tuned", lambda: views.embed_api(lab, M, "none", ["ok"], bad if bad is not True else "maybe")),
-        ("tasks", lambda: views.run_evaluation(lab, M, "none", bad if bad is not None else 7, True)),
-        ("quick", lambda: views.run_evaluation(lab, M, "none", ["STS12"], bad if bad is not True else "perhaps")),
-        ("model", lambda: views.anisotropy(lab, bad, "none")),
+        ("side A", lambda: views.compare(lab, bad, A, "a", "b")),
+        ("side B", lambda: views.compare(lab, A, bad, "a", "b")),
+        ("side A", lambda: views.compare_api(lab, bad, A, "a", "b")),
+        ("text B", lambda: views.compare_api(lab, A, A, "a", bad)),
+        ("side", lambda: views.model_card(bad)),
+        ("side B", lambda: views.search(lab, A, bad, "topics", None, "a", 5)),
+        ("side B", lambda: views.draw_map(lab, A, bad, "topics", None, "")),
+        ("side A", lambda: views.batch_pairs(lab, bad, A, "a\tb", None)),
+        ("side A", lambda: views.embed_api(lab, bad, A, ["ok"])),
+        ("corpus", lambda: views.search(lab, A, A, bad, None, "a", 5)),
+        ("k", lambda: views.search(lab, A, A, "topics", None, "a", bad if bad is not True else "ten")),
+        ("query", lambda: views.search(lab, A, A, "topics", None, bad, 5)),
+        ("corpus", lambda: views.draw_map(lab, A, A, bad, None, "")),
+        ("queries", lambda: views.draw_map(lab, A, A, "topics", None, bad)),
+        ("pairs", lambda: views.batch_pairs(lab, A, A, bad, None)),
+        ("texts", lambda: views.embed_api(lab, A, A, bad)),
+        ("text", lambda: views.embed_api(lab, A, A, ["ok", bad])),
+        ("both", lambda: views.embed_api(lab, A, A, ["ok"], bad if bad is not True else "maybe")),
+        ("tasks", lambda: views.run_evaluation(lab, A, A, bad if bad is not None else 7, True)),
+        ("quick", lambda: views.run_evaluation(lab, A, A, ["STS12"], bad if bad is not True else "perhaps")),
+        ("side A", lambda: views.anisotropy(lab, bad, A)),
+        ("side B", lambda: views.run_evaluation(lab, A, bad, ["STS12"], True)),
     ]
     for what, call in calls:
         if (bad is None and what in ("queries", "pairs")) or (what == "texts" and bad == ["x"]) or (what == "k" and bad == 3):
@@ -396,7 +502,7 @@ def test_d3_no_message_shows_a_server_path(lab, monkeypatch):
                 views.AdapterError("/srv/adapters/a is outside the allowed adapter folders")]:
         monkeypatch.setattr(lab, "compare_pair", lambda *a, err=err: (_ for _ in ()).throw(err))
         with pytest.raises(views.UserError) as e:
-            views.compare(lab, M, "none", "a", "b")
+            views.compare(lab, A, A, "a", "b")
         assert str(ROOT) not in str(e.value) and not any(p in str(e.value) for p in ("/var/", "/srv/", "/runs/"))
 
 
@@ -405,19 +511,19 @@ def test_d4_batch_pairs_are_bounded_by_characters(lab):
 
     text = "\n".join(f"{'a' * 140} {i}\t{'b' * 140} {i}" for i in range(1000))
     with pytest.raises(views.UserError, match=f"limit is {MAX_PAIR_CHARS:,}"):
-        views.batch_pairs(lab, M, "none", text, None)
+        views.batch_pairs(lab, A, A, text, None)
 
 
 def test_d4_batch_pairs_run_at_background_priority(lab, adapter, monkeypatch):
     from embedlab.compute import BACKGROUND
 
-    enc = lab.encoder(M)
+    enc = lab.encoder(A)
     seen = []
-    real = enc.encode_sides
-    monkeypatch.setattr(enc, "encode_sides", lambda texts, a, priority=0: seen.append(priority) or real(texts, a, priority))
-    views.batch_pairs(lab, M, adapter, "a man\ta dog\na cat\ta park", None)
+    real = enc.encode_mixed
+    monkeypatch.setattr(enc, "encode_mixed", lambda texts, a, priority=0: seen.append(priority) or real(texts, a, priority))
+    views.batch_pairs(lab, A, adapter, "a man\ta dog\na cat\ta park", None)
     assert seen == [BACKGROUND]
-    views.compare(lab, M, adapter, "a woman", "a guitar")
+    views.compare(lab, A, adapter, "a woman", "a guitar")
     assert seen[-1] != BACKGROUND  # a single compare stays interactive
 
 
@@ -432,13 +538,13 @@ def test_d4_full_evaluation_only_where_the_host_opts_in(lab, monkeypatch):
 
     monkeypatch.setattr(ev, "run_eval", fake_run_eval)
     monkeypatch.delenv("EMBEDLAB_FULL_EVAL", raising=False)
-    _, note, _ = views.run_evaluation(lab, M, "none", ["STS12"], False)
+    _, note, _ = views.run_evaluation(lab, A, A, ["STS12"], False)
     assert limits[-1] == views.QUICK_PAIRS and "Full-set evaluation is off on this host" in note and "EMBEDLAB_FULL_EVAL=1" in note
     monkeypatch.setenv("EMBEDLAB_FULL_EVAL", "1")
-    _, note, _ = views.run_evaluation(lab, M, "none", ["STS12"], False)
+    _, note, _ = views.run_evaluation(lab, A, A, ["STS12"], False)
     assert limits[-1] is None and "Quick" not in note
     with pytest.raises(views.UserError, match="unknown task 'STS99'"):
-        views.run_evaluation(lab, M, "none", ["STS12", "STS99"], True)
+        views.run_evaluation(lab, A, A, ["STS12", "STS99"], True)
 
 
 def test_d4_long_requests_run_one_at_a_time_with_a_bounded_wait(tmp_path):
@@ -463,7 +569,7 @@ def test_d5_download_folders_are_removed_once_old(lab, monkeypatch, tmp_path):
     old.mkdir(parents=True)
     (old / "pairs.csv").write_text("x")
     os.utime(old, (0, 0))
-    _, _, _, files = views.batch_pairs(lab, M, "none", "a man\ta dog", None)
+    _, _, _, files = views.batch_pairs(lab, A, A, "a man\ta dog", None)
     assert not old.exists() and all(Path(f).parent.parent == tmp_path / "downloads" for f in files)
     assert len(list((tmp_path / "downloads").iterdir())) == 1
 
@@ -473,39 +579,39 @@ def test_d5_uploaded_corpora_cache_is_capped_least_recently_used_first(lab, tmp_
 
     from embedlab.corpora import builtin, parse_corpus
 
-    s = lab.side(M, "none")
-    lab.corpus_vectors(s, builtin("topics"))  # built-in: never evicted
+    s = (views._side(A, "side"),) * 2
+    lab.corpus_vectors(*s, builtin("topics"))  # built-in: never evicted
     ups = [parse_corpus("\n".join(f"text {j} of upload {i}" for j in range(300)), f"u{i}.txt") for i in range(3)]
-    lab.corpus_vectors(s, ups[0])
+    lab.corpus_vectors(*s, ups[0])
     one = sum(f.stat().st_size for f in lab.embeddings.uploads.rglob("*") if f.is_file())
     lab.embeddings.upload_bytes = int(2.5 * one)  # room for two uploads
-    lab.corpus_vectors(s, ups[1])
+    lab.corpus_vectors(*s, ups[1])
     os.utime(next(lab.embeddings.uploads.glob("*")), (1, 1))  # make the folder ordering unambiguous
     for d in lab.embeddings.uploads.iterdir():
         os.utime(d / "manifest.json", (1, 1) if ups[1].sha256[:16] in d.name else (2, 2))
     lab.embeddings._memory.clear()
-    lab.corpus_vectors(s, ups[0])  # read again: now the most recently used
-    lab.corpus_vectors(s, ups[2])
+    lab.corpus_vectors(*s, ups[0])  # read again: now the most recently used
+    lab.corpus_vectors(*s, ups[2])
     kept = sorted(d.name[-16:] for d in lab.embeddings.uploads.iterdir())
     assert kept == sorted([ups[0].sha256[:16], ups[2].sha256[:16]])
     assert [d for d in (lab.cache_dir / "embeddings").iterdir() if d.name != "uploads"]  # topics still cached
-    lab.map(s, ups[2])
+    lab.twin_map(*s, ups[2])
     assert not (lab.cache_dir / "maps").exists() or not list((lab.cache_dir / "maps").iterdir())  # upload maps: memory only
 
 
 @pytest.mark.parametrize("word,value", [("false", False), ("no", False), ("0", False), ("off", False),
                                         ("true", True), ("Yes", True), (False, False), (True, True)])
 def test_d6_strings_that_say_false_are_false(lab, adapter, word, value):
-    out = views.embed_api(lab, M, adapter, ["a dog"], word)
-    assert (out["tuned"] is not None) == value
+    out = views.embed_api(lab, A, adapter, ["a dog"], word)
+    assert (out["b"] is not None) == value
 
 
-def test_d6_a_non_string_adapter_is_an_error_not_none(lab):
+def test_d6_a_non_string_side_is_an_error_not_a_default(lab):
     for bad in [3, None, ["x"], {"p": 1}]:
-        with pytest.raises(views.UserError, match="adapter must be text"):
-            views.compare(lab, M, bad, "a", "b")
+        with pytest.raises(views.UserError, match="side B must be a side spec"):
+            views.compare(lab, A, bad, "a", "b")
     with pytest.raises(views.UserError, match="quick must be true or false"):
-        views.run_evaluation(lab, M, "none", ["STS12"], 5)
+        views.run_evaluation(lab, A, A, ["STS12"], 5)
 
 
 def test_d4_a_flood_of_long_requests_is_refused_before_it_fills_the_queue(tmp_path):
@@ -521,10 +627,10 @@ def test_d4_a_flood_of_long_requests_is_refused_before_it_fills_the_queue(tmp_pa
     validate = {f.api_name: f for f in demo.fns.values()}["batch_pairs"].validator
     demo._queue = SimpleNamespace(event_queue_per_concurrency_id={
         "heavy": SimpleNamespace(queue=[object()] * (app.HEAVY_WAITING - 1))})
-    assert validate(M, "none", "a\tb", None) == [gr.validate(True, "")] * 4
+    assert validate(A, A, "a\tb", None) == [gr.validate(True, "")] * 4
     demo._queue.event_queue_per_concurrency_id["heavy"].queue.append(object())
     with pytest.raises(gr.Error, match="long requests are already waiting"):
-        validate(M, "none", "a\tb", None)
+        validate(A, A, "a\tb", None)
 
 
 def test_a_map_in_memory_does_not_wait_behind_a_map_being_built(lab, adapter, monkeypatch):
@@ -533,8 +639,8 @@ def test_a_map_in_memory_does_not_wait_behind_a_map_being_built(lab, adapter, mo
 
     from embedlab.corpora import builtin
 
-    s = lab.side(M, adapter)
-    ready = lab.map(s, builtin("topics"))  # now in memory
+    s = views._sides(A, adapter)
+    ready = lab.twin_map(*s, builtin("topics"))  # now in memory
     building, release = threading.Event(), threading.Event()
     real = lab._sample_vectors
 
@@ -544,12 +650,12 @@ def test_a_map_in_memory_does_not_wait_behind_a_map_being_built(lab, adapter, mo
         return real(*a, **k)
 
     monkeypatch.setattr(lab, "_sample_vectors", slow)
-    t = threading.Thread(target=lambda: lab.map(s, builtin("snli")), daemon=True)
+    t = threading.Thread(target=lambda: lab.twin_map(*s, builtin("snli")), daemon=True)
     t.start()
     try:
         assert building.wait(30)
         got = {}
-        reader = threading.Thread(target=lambda: got.setdefault("m", lab.map(s, builtin("topics"))), daemon=True)
+        reader = threading.Thread(target=lambda: got.setdefault("m", lab.twin_map(*s, builtin("topics"))), daemon=True)
         reader.start()
         reader.join(10)
         assert not reader.is_alive(), "a map from memory waited for another map's build"

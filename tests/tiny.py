@@ -47,16 +47,17 @@ def tiny_llama(seed: int = 0) -> tuple[LlamaModel, PreTrainedTokenizerFast]:
     return LlamaModel(cfg).eval(), tok
 
 
-def tiny_bert(seed: int = 0) -> tuple[BertModel, PreTrainedTokenizerFast]:
+def tiny_bert(seed: int = 0, hidden: int = 32) -> tuple[BertModel, PreTrainedTokenizerFast]:
     tok = _tokenizer(["[PAD]", "[UNK]", "[CLS]", "[SEP]"], bert=True)
     torch.manual_seed(seed)
-    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=hidden, intermediate_size=64, num_hidden_layers=2,
                      num_attention_heads=4, max_position_embeddings=64, pad_token_id=0)
     return BertModel(cfg, add_pooling_layer=False).eval(), tok
 
 
-def tiny_encoder(kind: str = "llama", seed: int = 0, max_length: int | None = None) -> Encoder:
-    model, tok = (tiny_llama if kind == "llama" else tiny_bert)(seed)
+def tiny_encoder(kind: str = "llama", seed: int = 0, max_length: int | None = None, **kw) -> Encoder:
+    """``kw``: tiny_bert's ``hidden`` (width)."""
+    model, tok = (tiny_llama if kind == "llama" else tiny_bert)(seed, **kw)
     spec = LLAMA_SPEC if kind == "llama" else BERT_SPEC
     return Encoder(spec, model, tok, torch.device("cpu"), max_length or spec.max_length)
 
@@ -75,3 +76,21 @@ def make_adapter(folder, kind: str = "llama", seed: int = 1, base: str | None = 
                 p.normal_(0, 0.5)  # B starts at zero; make the adapter actually change outputs
     peft_model.peft_config["default"].base_model_name_or_path = base or spec.key
     peft_model.save_pretrained(str(folder))
+
+
+A, B = LLAMA_SPEC.key, BERT_SPEC.key  # side specs of the two tiny models once registered
+
+
+def tiny_models(monkeypatch) -> dict[str, Encoder]:
+    """Register the tiny Llama and BERT as loadable models (for side specs) and return an encoder of each.
+
+    Side parsing checks a model is in the registry and loadable here; the caller serves these
+    encoders from its Lab (monkeypatch ``lab.encoder``)."""
+    import embedlab.side as side_mod
+    from embedlab.registry import MODELS
+
+    monkeypatch.setitem(MODELS, A, LLAMA_SPEC)
+    monkeypatch.setitem(MODELS, B, BERT_SPEC)
+    real = side_mod.available_models
+    monkeypatch.setattr(side_mod, "available_models", lambda: {**real(), A: (True, ""), B: (True, "")})
+    return {A: tiny_encoder("llama"), B: tiny_encoder("bert", hidden=48)}  # two widths: 32 and 48

@@ -1,0 +1,30 @@
+"""The README's gradio_client examples run as written against a started app (only the address differs)."""
+import contextlib
+import io
+import re
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+README = Path(__file__).resolve().parent.parent / "README.md"
+
+
+def readme_examples() -> str:
+    text = README.read_text(encoding="utf-8")
+    block = re.search(r"<!-- api-examples:start -->\s*```python\n(.*?)```\s*<!-- api-examples:end -->", text, re.S)
+    assert block, "README has no API examples block"
+    return block.group(1)
+
+
+def test_readme_api_examples_run_as_written(app_server):
+    code = readme_examples()
+    assert 'Client("http://127.0.0.1:7860/")' in code and '"minilm-l6", "smollm2-135m+nli-cft"' in code
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "README.md", "exec"), {})
+    printed = out.getvalue()
+    assert "'side_a': 'smollm2-135m', 'side_b': 'smollm2-135m+nli-cft'" in printed
+    assert re.search(r"minilm-l6: -?[01]\.\d{3}   smollm2-135m\+nli-cft: -?[01]\.\d{3}", printed)
+    assert "Overlap@5" in printed and "384 576 2 2" in printed
+    assert app_server.alive()
