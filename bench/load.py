@@ -26,7 +26,7 @@ age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
 
     python bench/load.py [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
     python bench/load.py --expensive [--users 16] [--requests 10]
-    python bench/load.py --disk 1000 [--clients 4]
+    python bench/load.py --disk 1000 [--clients 4] [--pairs-per-file 5]
 """
 from __future__ import annotations
 
@@ -242,7 +242,7 @@ def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Pat
                     c.predict(M, adapter, "upload", sentence(rng), 5, api_name="/search")
                 else:
                     p = files / f"pairs-{i}.tsv"
-                    p.write_text("\n".join(f"{sentence(rng)}\t{sentence(rng)}\t{rng.uniform(0, 5):.1f}" for _ in range(5)))
+                    p.write_text("\n".join(f"{sentence(rng)}\t{sentence(rng)}\t{rng.uniform(0, 5):.1f}" for _ in range(args.pairs_per_file)))
                     c.predict(M, adapter, "", handle_file(str(p)), api_name="/batch_pairs")
                 with lock:
                     n_ok[0] += 1
@@ -289,6 +289,7 @@ def main() -> None:
     ap.add_argument("--expensive", action="store_true", help="users + one maximal request of each expensive kind")
     ap.add_argument("--disk", type=int, default=0, help="N requests with uploads; disk before/after")
     ap.add_argument("--clients", type=int, default=4, help="--disk: concurrent clients")
+    ap.add_argument("--pairs-per-file", type=int, default=5, help="--disk: pairs in each uploaded batch file")
     ap.add_argument("--kinds", default="batch_pairs,map_upload,evaluate,anisotropy",
                     help="--expensive: which maximal requests run beside the users (comma-separated)")
     ap.add_argument("--cutoff", type=float, default=3600, help="--expensive: stop waiting for the long requests after this (s)")
