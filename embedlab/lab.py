@@ -298,6 +298,19 @@ class Lab:
                         self._maps.popitem(last=False)
                 return m
 
+    def map_cached(self, a: Side, b: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> bool:
+        """Whether :meth:`twin_map` would answer from memory or a map file, without fitting UMAP."""
+        corpus = corpus.sample(MAP_MAX)
+        if corpus.uploaded:
+            return False
+        with self.hold(a, b) as (ra, rb):
+            key = self.map_key(ra, rb, corpus, k, seed)
+        with self._lock:
+            if key in self._maps:
+                return True
+        folders = [self.cache_dir / "maps"] + ([self.seed_dir / "maps"] if self.seed_dir else [])
+        return any((f / f"{key}.npz").is_file() for f in folders)
+
     def _load_map(self, key: str, corpus: Corpus) -> dict | None:
         """A cached map from the user cache, else the shipped seeds; None when neither has a sound one."""
         if corpus.uploaded:

@@ -37,7 +37,10 @@ def cosine_histogram(sides: dict[str, np.ndarray], title: str) -> go.Figure:
 def twin_maps(xy_a: np.ndarray, xy_b: np.ndarray, texts: Sequence[str], labels: Sequence[str],
               titles: tuple[str, str], queries: tuple[np.ndarray, np.ndarray, list[str]] | None = None) -> go.Figure:
     """Two side-by-side scatter maps (side A, side B: (N, 2) each), coloured by label, hover = text."""
+    # "A: <spec>" on two lines: on a phone the two titles are ~170 px apart and ran into each other
+    titles = tuple(t.replace(": ", ":<br>", 1) for t in titles)
     fig = make_subplots(rows=1, cols=2, subplot_titles=titles, horizontal_spacing=0.04)
+    fig.update_annotations(font_size=13)
     uniq = list(dict.fromkeys(labels))
     hover = [t if len(t) <= 120 else t[:117] + "…" for t in texts]
     lab = np.asarray(labels)

@@ -276,9 +276,10 @@ def side_menu() -> list[tuple[str, str]]:
     return side_choices()
 
 
-def unavailable_note() -> str:
-    rows = [f"- `{k}`: {why}" for k, (ok, why) in available_models().items() if not ok]
-    return ("**Not loadable here:**\n" + "\n".join(rows)) if rows else ""
+def unavailable_note() -> tuple[int, str]:
+    """How many registry models cannot load here, and why, one Markdown line each."""
+    rows = [f"- `{k}`: {md(why)}" for k, (ok, why) in available_models().items() if not ok]
+    return len(rows), "\n".join(rows)
 
 
 # --- pairs -----------------------------------------------------------------------------------------
@@ -294,7 +295,15 @@ def compare_api(lab: Lab, side_a: Any, side_b: Any, text_a: Any, text_b: Any) ->
 def compare(lab: Lab, side_a: Any, side_b: Any, x: Any, y: Any) -> str:
     a, b = _sides(side_a, side_b)
     r = lab.compare_pair(a, b, _text(x, "sentence A"), _text(y, "sentence B"))
-    return (f"| side | cosine |\n|---|---|\n| A · `{a.spec}` | **{r['a']:.3f}** |\n| B · `{b.spec}` | **{r['b']:.3f}** |")
+    return (f"| side | cosine |\n|---|---|\n| A · `{a.spec}` | **{r['a']:.3f}** |\n| B · `{b.spec}` | **{r['b']:.3f}** |"
+            f"\n\n{PAIR_MEANING}")
+
+
+# One sentence under every compare: what the two numbers mean (the first thing a visitor sees).
+PAIR_MEANING = ("Each number is the cosine between the two sentences' embeddings under that side (1 = same direction). "
+                "It means something only next to what unrelated sentences get: a raw LM gives almost any two sentences "
+                "a high cosine (see *Anisotropy* below), while a contrastively tuned one keeps high scores for pairs that "
+                "mean the same thing.")
 
 
 @user_facing
@@ -348,7 +357,10 @@ def upload_corpus(file: str | None) -> tuple[Corpus, str]:
 
 
 @user_facing
-def draw_map(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpus | None, queries: str | None):
+def draw_map(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpus | None, queries: str | None,
+             downloads: bool = True):
+    """The two sides' aligned maps of a corpus, "what moved", a note, the downloads (none when ``downloads``
+    is false: the first-visit view writes no files) and the session's neighbour state."""
     a, b = _sides(side_a, side_b)
     full = _corpus(corpus_name, upload)
     queries = _optional_text(queries, "queries")
@@ -369,11 +381,32 @@ def draw_map(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpu
             "Click a row to compare its neighbours.")
     rows = [{"text": t, "label": l, f"{na} x": float(ax), f"{na} y": float(ay), f"{nb} x": float(bx), f"{nb} y": float(by),
              "jaccard": float(j)} for t, l, (ax, ay), (bx, by), j in zip(c.texts, c.labels, m["xy_a"], m["xy_b"], m["jaccard"])]
-    files = _files("map", rows, _record(a, b, c, umap=m["params"]))
+    files = _files("map", rows, _record(a, b, c, umap=m["params"])) if downloads else None
     # int32 arrays, not lists: ~40 KB per session for a 1K-text map instead of ~1 MB of Python ints
     state = {"texts": c.texts, "nn_a": m["nn_a"].astype(np.int32), "nn_b": m["nn_b"].astype(np.int32),
              "a": a.spec, "b": b.spec}
     return fig, moved, note, files, state
+
+
+@user_facing
+def first_visit(lab: Lab, side_a: Any, side_b: Any, x: Any, y: Any, corpus_name: Any) -> tuple:
+    """What a visitor sees before clicking anything: the page's pair compared, and the map of ``corpus_name``
+    if it is cached (a built-in corpus under the default sides is: assets/cache). Outputs of :func:`compare`
+    then :func:`draw_map`; a part that fails or is not cached leaves a line instead, never an error."""
+    try:
+        pair = compare(lab, side_a, side_b, x, y)
+    except UserError as e:
+        pair = f"Press **Compare** to compare the pair ({md(e)})"
+    empty = (None, None, "Press **Draw the maps** to draw them.", None, None)
+    try:
+        if not isinstance(corpus_name, str) or corpus_name not in BUILTINS:
+            return (pair, *empty)
+        a, b = _sides(side_a, side_b)
+        if not lab.map_cached(a, b, builtin(corpus_name)):
+            return (pair, *empty)
+        return (pair, *draw_map(lab, side_a, side_b, corpus_name, None, None, downloads=False))
+    except UserError:
+        return (pair, *empty)
 
 
 def neighbours(state: dict | None, moved: pd.DataFrame | None, row: int) -> str:

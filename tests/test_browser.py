@@ -27,6 +27,22 @@ def page(app_server):
         browser.close()
 
 
+def test_first_visit_shows_the_effect_without_a_click(page):
+    """Before any click: the page's pair compared (both cosines and what they mean), the topics map drawn from
+    the cache, and the models that cannot load here folded away in a closed accordion."""
+    table = page.locator("text=/B · smollm2-135m\\+nli-cft/").locator("xpath=ancestor::table")
+    table.wait_for(timeout=300_000)
+    assert len(re.findall(r"\b-?[01]\.\d{3}\b", table.inner_text())) == 2
+    assert page.locator("text=/It means something only next to what unrelated sentences get/").count() == 1
+    folded = page.locator("#unavailable")
+    assert "cannot load here" in folded.inner_text() and not page.locator("text=minicpm-2b").first.is_visible()
+    page.screenshot(path=str(SHOTS / "first_visit.png"), full_page=True)
+    page.get_by_role("tab", name="Map").click()
+    page.wait_for_selector("text=mean neighbour overlap", timeout=60_000)  # the note of a drawn map, no click
+    page.locator("#map-plot .js-plotly-plot").wait_for(timeout=30_000)  # plotly draws once the tab is shown
+    page.get_by_role("tab", name="Pairs").click()
+
+
 def test_pairs_tab(page):
     page.get_by_role("button", name="Compare").click()
     page.wait_for_selector("text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
@@ -110,3 +126,27 @@ def test_bad_input_shows_a_message_not_a_trace(page):
 def test_no_console_errors(page):
     errors = [e for e in page.console_errors if "favicon" not in e]
     assert not errors, errors
+
+
+def test_phone_width_screenshots(page, app_server):
+    """Every tab at 390 px wide (a phone), for a look: the page lays out in one column without clipping."""
+    pg = page.context.browser.new_page(viewport={"width": 390, "height": 844})
+    errors = []
+    pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    pg.goto(app_server.url)
+    pg.locator("text=/B · smollm2-135m\\+nli-cft/").wait_for(timeout=300_000)
+    pg.wait_for_timeout(1000)
+    pg.screenshot(path=str(SHOTS / "phone_pairs.png"), full_page=True)
+    for tab in ["Map", "Search", "Benchmarks", "How it works"]:
+        if pg.get_by_role("tab", name=tab).is_visible():
+            pg.get_by_role("tab", name=tab).click()
+        else:  # on a phone the tabs that do not fit go into Gradio's "..." menu
+            pg.locator(".overflow-menu button").first.click()
+            pg.locator(".overflow-dropdown button", has_text=tab).click()
+        pg.wait_for_timeout(1500)
+        pg.screenshot(path=str(SHOTS / f"phone_{tab.lower().replace(' ', '_')}.png"), full_page=True)
+    # nothing wider than the window: a horizontal scrollbar on a phone hides half of every row
+    overflow = pg.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    pg.close()
+    assert overflow <= 0, f"the page is {overflow} px wider than a 390 px window"
+    assert not [e for e in errors if "favicon" not in e], errors

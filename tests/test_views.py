@@ -167,7 +167,7 @@ def test_cross_model_map_search_anisotropy_and_evaluation(lab, adapter, monkeypa
 
     n = len(builtin("topics"))
     assert len(moved) == min(50, n) and f"between A `{B}` and B `{adapter}`" in note
-    assert fig.layout.annotations[0].text == f"A: {B} (base)" and fig.layout.annotations[1].text == f"B: {adapter}"
+    assert fig.layout.annotations[0].text == f"A:<br>{B} (base)" and fig.layout.annotations[1].text == f"B:<br>{adapter}"
     m = lab.twin_map(*(views._sides(B, adapter)), builtin("topics"))
     assert m["vecs_a"].shape == (n, 48) and m["vecs_b"].shape == (n, 32) and m["xy_a"].shape == m["xy_b"].shape == (n, 2)
     assert np.isfinite(m["xy_a"]).all() and np.isfinite(m["xy_b"]).all()
