@@ -89,9 +89,14 @@ class _Rows:
         self.key, self.rows, self.run, self.max_rows = key, rows, run, max_rows
 
 
+SHARE_PASSES = True  # False: every run_rows entry runs alone (bench/share_passes.py compares both in one run)
+
+
 def _take_companions(first: _Rows, priority: int) -> list[tuple]:
     """Remove from the queue, and return, the waiting entries that can share ``first``'s call:
     the same key and priority, oldest first, up to ``first.max_rows`` rows in all."""
+    if not SHARE_PASSES:
+        return []
     taken, n = [], len(first.rows)
     with _queue.mutex:  # PriorityQueue's own lock: the heap is a plain list under it
         heap = _queue.queue
