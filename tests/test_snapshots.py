@@ -106,3 +106,19 @@ def test_resume_keeps_the_snapshots_taken_before_the_kill(tmp_path, triplets, mo
     monkeypatch.setattr(train, "save_checkpoint", real_save)
     assert train.main(cfg(tmp_path, triplets, resume=True, **kw), load=tiny_load) == 0
     assert [s.step for s in snapshots(tmp_path / "out")] == [2, 6, 8]
+
+
+def test_model_card_lists_every_evaluated_step_and_where_its_weights_are():
+    from embedlab.modelcard import render_card
+
+    rec = {"snapshots": [{"step": 0, "path": None, "loss": None, "dev": 20.5, "random_pair_cosine": 0.94},
+                         {"step": 50, "path": "snapshots/step-50", "loss": 0.81234, "dev": 61.0, "random_pair_cosine": 0.5},
+                         {"step": 300, "path": ".", "loss": 0.3, "dev": 72.26, "random_pair_cosine": 0.44}],
+           "learning_curve": [{"step": 10, "loss": 2.5, "dev": 30.0, "random_pair_cosine": 0.9},
+                              {"step": 50, "loss": 0.81234, "dev": 61.0, "random_pair_cosine": 0.5}]}
+    card = render_card(LLAMA_SPEC, rec, "x")
+    table = card.split("## Training snapshots")[1]
+    rows = [r for r in table.splitlines() if r.startswith("| ") and r[2].isdigit()]
+    assert rows == ["| 0 | the base model | — | 20.50 | 0.940 |", "| 10 | not shipped | 2.5000 | 30.00 | 0.900 |",
+                    "| 50 | `snapshots/step-50` | 0.8123 | 61.00 | 0.500 |", "| 300 | this adapter | 0.3000 | 72.26 | 0.440 |"]
+    assert "## Training snapshots" not in render_card(LLAMA_SPEC, {}, "x")
