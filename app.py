@@ -19,6 +19,7 @@ from embedlab.compute import configure_for_serving, stop_when
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
 from embedlab.registry import DEFAULT_MODEL, MODELS, available_models
+from embedlab.replay import REPLAY_CORPORA
 from embedlab.sts import TASKS
 
 HOW_IT_WORKS = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "how_it_works.md"), encoding="utf-8").read()
@@ -157,6 +158,36 @@ def build(lab: Lab) -> gr.Blocks:
                     res_base = gr.Dataframe(label="Base", interactive=False, wrap=True, column_widths=widths)
                     res_tuned = gr.Dataframe(label="Tuned", interactive=False, wrap=True, column_widths=widths)
                 search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
+
+            # --- Training replay: the adapter's training snapshots, precomputed (embedlab/replay.py) ---
+            with gr.Tab("Training replay") as replay_tab:
+                gr.Markdown("Scrub through training: the adapter as it was after each saved step (0 = the base model). "
+                            "The maps of the same texts are aligned step to step, so points move as training moves them.")
+                with gr.Row():
+                    replay_corpus = gr.Dropdown([(v, k) for k, v in REPLAY_CORPORA.items()], value="topics",
+                                                label="Corpus", scale=1)
+                    replay_slider = gr.Slider(0, 1, value=0, step=1, label="Snapshot", scale=3, interactive=False,
+                                              elem_id="replay-step")
+                replay_note = gr.Markdown(elem_id="replay-note")
+                with gr.Row(equal_height=False):
+                    replay_curves = gr.Plot(elem_id="replay-curves")
+                    replay_hist = gr.Plot(elem_id="replay-hist")
+                replay_map = gr.Plot(elem_id="replay-map")
+
+                def replay_open(lab_, m, a, c):
+                    steps, *view = views.replay_open(lab_, m, a, c)
+                    if not steps:
+                        return gr.update(interactive=False, minimum=0, maximum=1, value=0, label="Snapshot (none)"), *view
+                    return (gr.update(interactive=True, minimum=0, maximum=len(steps) - 1, value=len(steps) - 1,
+                                      label="Snapshot: step " + " · ".join(map(str, steps))), *view)
+
+                replay_out = [replay_note, replay_curves, replay_hist, replay_map]
+                for event in (replay_tab.select, adapter.change, replay_corpus.input):
+                    event(h(replay_open), [model, adapter, replay_corpus], [replay_slider, *replay_out],
+                          api_visibility="private", concurrency_limit=4)
+                replay_slider.input(h(views.replay_step), [model, adapter, replay_corpus, replay_slider], replay_out,
+                                    api_name="replay", trigger_mode="always_last", concurrency_limit=4,
+                                    show_progress="hidden")
 
             with gr.Tab("Benchmarks"):
                 table = views.results_table()

@@ -512,3 +512,39 @@ def how_it_works(template: str) -> str:
     return template.format(dim=576, aniso_base=f"{aniso:.2f}" if aniso is not None else "0.9",
                            base_stsb=fmt(base, "STSBenchmark"), model="SmolLM2-135M", tuned_line=tuned_line,
                            lora_note="about 0.46M trainable parameters for SmolLM2-135M, 0.3% of the model")
+
+
+# --- training replay (the work is in embedlab/replay.py) ----------------------------------------------
+def _replay(lab: Lab, model: Any, adapter: Any, corpus_name: Any):
+    """The precomputed replay of the chosen adapter on a built-in corpus (validated like every view's inputs)."""
+    from .replay import load_replay, replay_corpus
+
+    key = _model(model)
+    info = lab.adapter_info(key, _adapter(adapter))
+    replay_corpus(corpus_name)
+    if info is None:
+        raise UserError("No adapter chosen: pick one with training snapshots (the shipped adapter has them) to "
+                        "replay its training.")
+    return load_replay(lab.spec(key), info.path, corpus_name)
+
+
+@user_facing
+def replay_open(lab: Lab, model: Any, adapter: Any, corpus_name: Any) -> tuple[list[int], str, Any, Any, Any]:
+    """(snapshot steps, note, curves, anisotropy, maps) at the last step; steps [] and a note saying why
+    when the adapter has no replay (no snapshots, or none precomputed here)."""
+    from .replay import ReplayUnavailable, step_view
+
+    try:
+        r = _replay(lab, model, adapter, corpus_name)
+    except (ReplayUnavailable, UserError) as e:
+        return [], scrub(str(e)), None, None, None
+    return [*r.steps], *step_view(r, len(r.steps) - 1)
+
+
+@user_facing
+def replay_step(lab: Lab, model: Any, adapter: Any, corpus_name: Any, index: Any) -> tuple[str, Any, Any, Any]:
+    """(note, curves, anisotropy, maps) at snapshot ``index`` (0 = step 0, the base model)."""
+    from .replay import step_view
+
+    r = _replay(lab, model, adapter, corpus_name)
+    return step_view(r, _whole(index, "snapshot", 0, len(r.steps) - 1))
