@@ -165,7 +165,7 @@ def build(lab: Lab) -> gr.Blocks:
                             "The maps of the same texts are aligned step to step, so points move as training moves them.")
                 with gr.Row():
                     replay_corpus = gr.Dropdown([(v, k) for k, v in REPLAY_CORPORA.items()], value="topics",
-                                                label="Corpus", scale=1)
+                                                label="Corpus", scale=1, elem_id="replay-corpus")
                     replay_slider = gr.Slider(0, 1, value=0, step=1, label="Snapshot", scale=3, interactive=False,
                                               elem_id="replay-step")
                 replay_note = gr.Markdown(elem_id="replay-note")

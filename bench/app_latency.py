@@ -3,7 +3,8 @@
 Starts `python app.py` on a free loopback port, measures start-up to a served page, waits for the
 background warm-up (default model, first shipped adapter, built-in corpora cached), then times:
 pair compare, search over the 10K-sentence STSBenchmark corpus (query encoding included) and
-the map view from cache. Prints p50/p95 and the goals.
+the map view from cache, and the training replay's step change (the slider moved to another snapshot).
+Prints p50/p95 and the goals.
 
 Each request is timed twice: through gradio_client (the goal's yardstick) and over Gradio's
 plain REST API (POST /gradio_api/call/<api>, then read the event stream: what a browser or
@@ -12,7 +13,7 @@ as the round trip of the trivial /status endpoint. The app remembers recent sent
 every timed text is new unless the case says otherwise. The client is made with download_files=False:
 by default it would also fetch each view's CSV + JSON downloads after every search.
 
-    python bench/app_latency.py [--n 30]
+    python bench/app_latency.py [--n 30] [--only replay]
 """
 from __future__ import annotations
 
@@ -55,11 +56,26 @@ def rest_call(http, api: str, data: list) -> list[str]:
     return lines
 
 
+def step_change_cases(model: str, adapter: str, n: int) -> list[tuple]:
+    """The training replay's slider: call i moves to snapshot (i + 1) mod S, so every call is a step change
+    (the replay itself is precomputed: assets/cache/replay). Cases in main()'s format."""
+    from embedlab.adapters import snapshots
+    from embedlab.lab import allowed_adapter_path
+
+    s = len(snapshots(allowed_adapter_path(adapter)))
+    if s < 2:
+        print(f"(no replay cases: {adapter} has {s} training snapshots)")
+        return []
+    return [(f"replay step change ({corpus}, {s} steps)", "replay",
+             lambda i, t, corpus=corpus: [model, adapter, corpus, (i + 1) % s], 300, n) for corpus in ("topics", "snli")]
+
+
 def main() -> None:
     from gradio_client import Client
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--only", default="", help="time only the cases whose name contains this text (the floor always)")
     args = ap.parse_args()
     log = Path(tempfile.mkdtemp()) / "app.log"
     server = AppServer(log, warm="topics,snli,stsb")
@@ -96,6 +112,8 @@ def main() -> None:
             ("map view from cache (topics)", "map", lambda i, t: [m, adapter, "topics", ""], 1500, max(5, args.n // 3)),
             ("map view from cache (stsb 2K sample)", "map", lambda i, t: [m, adapter, "stsb", ""], 1500, max(5, args.n // 3)),
         ]
+        cases += step_change_cases(m, adapter, args.n)
+        cases = [c_ for j, c_ in enumerate(cases) if j == 0 or args.only in c_[0]]
         print(f"{'':<38}{'gradio_client':>26}{'REST API':>26}")
         print(f"{'endpoint':<38}{'p50 ms':>13}{'p95 ms':>13}{'p50 ms':>13}{'p95 ms':>13}   goal p50")
         for j, (name, api, make, goal, n) in enumerate(cases):
