@@ -166,8 +166,11 @@ def build(lab: Lab) -> gr.Blocks:
                 with gr.Row():
                     replay_corpus = gr.Dropdown([(v, k) for k, v in REPLAY_CORPORA.items()], value="topics",
                                                 label="Corpus", scale=1, elem_id="replay-corpus")
-                    replay_slider = gr.Slider(0, 1, value=0, step=1, label="Snapshot", scale=3, interactive=False,
-                                              elem_id="replay-step")
+                    # the range is set here too: Gradio checks an API call's value against the slider's own
+                    steps0 = views.replay_steps(lab, default, adapters0[0][1]) if default else []
+                    replay_slider = gr.Slider(0, max(1, len(steps0) - 1), value=max(0, len(steps0) - 1), step=1,
+                                              label="Snapshot: step " + " · ".join(map(str, steps0)) if steps0 else
+                                              "Snapshot (none)", scale=3, interactive=bool(steps0), elem_id="replay-step")
                 replay_note = gr.Markdown(elem_id="replay-note")
                 with gr.Row(equal_height=False):
                     replay_curves = gr.Plot(elem_id="replay-curves")

@@ -528,6 +528,16 @@ def _replay(lab: Lab, model: Any, adapter: Any, corpus_name: Any):
     return load_replay(lab.spec(key), info.path, corpus_name)
 
 
+def replay_steps(lab: Lab, model: Any, adapter: Any) -> list[int]:
+    """The snapshot steps the replay of ``adapter`` has ([] if none is precomputed): the slider's range at start-up."""
+    from .replay import ReplayUnavailable
+
+    try:
+        return [*_replay(lab, model, adapter, "topics").steps]
+    except (ReplayUnavailable, UserError, AdapterError, InputError):
+        return []
+
+
 @user_facing
 def replay_open(lab: Lab, model: Any, adapter: Any, corpus_name: Any) -> tuple[list[int], str, Any, Any, Any]:
     """(snapshot steps, note, curves, anisotropy, maps) at the last step; steps [] and a note saying why
