@@ -237,7 +237,7 @@ def _adopt_snapshots(args: argparse.Namespace) -> int:
         keep = [int(x) for x in args.keep.split(",") if x.strip()]
         result = adopt_snapshots(args.run, args.adapter, keep, tolerance=args.tolerance)
         write_card(args.adapter, get_spec(args.model))
-    except ValueError as e:  # AdapterError is one; also a bad --keep
+    except (ValueError, OSError) as e:  # AdapterError is a ValueError; also a bad --keep
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"{args.adapter}: final adapters differ by at most {result['max_abs_difference']:g}; snapshots "

@@ -310,6 +310,9 @@ def max_abs_difference(a: Path, b: Path) -> float:
     """Largest absolute difference between two adapters' tensors (same keys required, else AdapterError)."""
     from safetensors.torch import load_file
 
+    for folder in (a, b):
+        if not (folder / "adapter_model.safetensors").is_file():
+            raise AdapterError(f"{folder} has no adapter_model.safetensors")
     wa = load_file(str(a / "adapter_model.safetensors"))
     wb = load_file(str(b / "adapter_model.safetensors"))
     if wa.keys() != wb.keys():

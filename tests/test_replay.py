@@ -134,3 +134,15 @@ def test_adopt_snapshots_keeps_the_shipped_weights_and_refuses_another_training(
         replay.adopt_snapshots(other / "out", shipped / "out", keep=[2])
     with pytest.raises(AdapterError, match="not intermediate snapshots"):
         replay.adopt_snapshots(run_dir / "out", shipped / "out", keep=[3])
+
+
+def test_cli_refuses_an_adapter_without_snapshots_and_a_bad_keep_list(tmp_path, capsys):
+    from embedlab import cli
+    from tiny import make_adapter
+
+    make_adapter(tmp_path / "plain")
+    assert cli.main(["replay-cache", "--adapter", str(tmp_path / "plain"), "--corpora", "topics"]) == 2
+    assert "lists 0 training snapshot(s)" in capsys.readouterr().err
+    assert cli.main(["adopt-snapshots", str(tmp_path / "plain"), str(tmp_path / "plain"), "--keep", "x"]) == 2
+    assert "error:" in capsys.readouterr().err
+    assert cli.main(["adopt-snapshots", str(tmp_path / "plain"), str(tmp_path / "nowhere"), "--keep", "1"]) == 2
