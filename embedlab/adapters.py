@@ -105,8 +105,10 @@ class Snapshot:
     """The adapter as it was after ``step`` optimizer steps (train.py --snapshot-steps), from training.json.
 
     ``path`` is the PEFT folder holding that step's weights: ``<adapter>/snapshots/step-<N>`` or the
-    adapter folder itself for the final step; None where no weights are needed (step 0: LoRA's B
-    starts at zero, so the adapter at step 0 encodes exactly as the base model) or were not kept.
+    adapter folder itself for the final step; None only where no weights are needed (step 0: LoRA's B
+    starts at zero, so the adapter at step 0 encodes exactly as the base model). A step whose weights are
+    not shipped is not a snapshot: training.json's ``learning_curve`` keeps its metrics (every evaluated
+    step, shipped or not; see :func:`embedlab.replay.adopt_snapshots`).
     """
 
     step: int
