@@ -165,12 +165,16 @@ def build(lab: Lab) -> gr.Blocks:
                             "The maps of the same texts are aligned step to step, so points move as training moves them.")
                 with gr.Row():
                     replay_corpus = gr.Dropdown([(v, k) for k, v in REPLAY_CORPORA.items()], value="topics",
-                                                label="Corpus", scale=1, elem_id="replay-corpus")
+                                                label="Corpus", scale=1, min_width=220, elem_id="replay-corpus")
                     # the range is set here too: Gradio checks an API call's value against the slider's own
                     steps0 = views.replay_steps(lab, default, adapters0[0][1]) if default else []
+
+                    def replay_label(steps):
+                        return f"Snapshot (0–{len(steps) - 1}): steps " + " · ".join(map(str, steps)) if steps else "Snapshot (none)"
+
                     replay_slider = gr.Slider(0, max(1, len(steps0) - 1), value=max(0, len(steps0) - 1), step=1,
-                                              label="Snapshot: step " + " · ".join(map(str, steps0)) if steps0 else
-                                              "Snapshot (none)", scale=3, interactive=bool(steps0), elem_id="replay-step")
+                                              label=replay_label(steps0), scale=3, min_width=300,
+                                              interactive=bool(steps0), elem_id="replay-step")
                 replay_note = gr.Markdown(elem_id="replay-note")
                 with gr.Row(equal_height=False):
                     replay_curves = gr.Plot(elem_id="replay-curves")
@@ -180,9 +184,9 @@ def build(lab: Lab) -> gr.Blocks:
                 def replay_open(lab_, m, a, c):
                     steps, *view = views.replay_open(lab_, m, a, c)
                     if not steps:
-                        return gr.update(interactive=False, minimum=0, maximum=1, value=0, label="Snapshot (none)"), *view
+                        return gr.update(interactive=False, minimum=0, maximum=1, value=0, label=replay_label([])), *view
                     return (gr.update(interactive=True, minimum=0, maximum=len(steps) - 1, value=len(steps) - 1,
-                                      label="Snapshot: step " + " · ".join(map(str, steps))), *view)
+                                      label=replay_label(steps)), *view)
 
                 replay_out = [replay_note, replay_curves, replay_hist, replay_map]
                 for event in (replay_tab.select, adapter.change, replay_corpus.input):

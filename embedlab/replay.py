@@ -259,9 +259,9 @@ def curves_figure(r: Replay, i: int) -> go.Figure:
             fig.add_trace(go.Scatter(x=[step], y=[here], mode="markers", name=f"step {step}: dev {here:.1f}",
                                      yaxis="y2", marker=dict(size=15, color=plots.GOLD_C, line=dict(width=2, color="#111827"))))
     fig.add_vline(x=step, line=dict(color=plots.GOLD_C, width=2, dash="dash"))
-    fig.update_layout(title=f"Where step {step} sits on the training curves", xaxis_title="step",
+    fig.update_layout(title=f"Step {step} on the training curves", xaxis_title="step",
                       yaxis=dict(title="loss (InfoNCE)"),
-                      yaxis2=dict(title="STS-B dev (Spearman ×100)", overlaying="y", side="right", showgrid=False),
+                      yaxis2=dict(title="STS-B dev (ρ ×100)", overlaying="y", side="right", showgrid=False),
                       legend=dict(orientation="h", y=-0.25), height=360, margin=dict(l=50, r=50, t=50, b=40))
     return fig
 

@@ -13,7 +13,7 @@ STATE_JS = """() => {
   const plot = (id) => document.querySelector(`#${id} .js-plotly-plot`);
   const m = plot('replay-map'), h = plot('replay-hist');
   return JSON.stringify({
-    map: m ? m.data.filter(t => t.xaxis === 'x2').map(t => Array.from(t.x).slice(0, 5)) : null,
+    map: m ? m._fullData.filter(t => t.xaxis === 'x2').map(t => Array.from(t.x).slice(0, 5)) : null,
     hist: h ? h.data.map(t => t.name) : null,
     note: document.querySelector('#replay-note').innerText,
   });
