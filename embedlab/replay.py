@@ -24,7 +24,7 @@ import os
 import shutil
 import time
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -194,6 +194,9 @@ class Replay:
     dev: tuple[tuple[int, float], ...]  # (step, STSBenchmark dev) of every evaluated step
     params: dict
     bounds: tuple[float, float, float, float]  # x0, x1, y0, y1 over all steps: the map's axes stay put while scrubbing
+    # step index -> its (note, figures), built on first view: a step change then costs a lookup (plotly's figure
+    # building is ~100 ms of a 2-core machine's time). At most S entries per replay, and replays are an LRU.
+    views: dict = field(default_factory=dict, compare=False, repr=False)
 
 
 @functools.lru_cache(maxsize=8)
@@ -217,19 +220,43 @@ def _curves(record: dict) -> tuple[tuple, tuple]:
 
 def load_replay(spec: ModelSpec, adapter: Path, corpus_name: str, root: Path | None = None) -> Replay:
     """The precomputed replay of ``adapter`` (a validated folder) for a built-in corpus; ReplayUnavailable
-    when the adapter has no snapshots or nothing was precomputed for exactly these weights and texts."""
+    when the adapter has no snapshots or nothing was precomputed for exactly these weights and texts.
+
+    The same object while its files are unchanged (training.json and the replay file by size and mtime;
+    the weights by sha256 through the file name), so its drawn steps are kept.
+    """
+    try:
+        rec = (Path(adapter) / "training.json").stat()
+    except OSError:
+        raise ReplayUnavailable(f"adapter {Path(adapter).name} has no training snapshots to replay (it has no "
+                                "training record; snapshots come from train.py --snapshot-steps)") from None
+    snaps = snapshots(adapter)
+    path = replay_path(spec, snaps, corpus_name, root) if len(snaps) >= 2 else None
+    try:
+        st = path.stat() if path is not None else None
+    except OSError:
+        st = None
+    sig = (st.st_size, st.st_mtime_ns) if st is not None else None
+    return _load(spec.key, str(adapter), corpus_name, str(path), sig, (rec.st_size, rec.st_mtime_ns))
+
+
+@functools.lru_cache(maxsize=8)
+def _load(model: str, adapter_s: str, corpus_name: str, path_s: str, sig: tuple | None,
+          rec_sig: tuple) -> Replay:
+    """load_replay's work, once per version of the files (``sig``, ``rec_sig``: their sizes and mtimes)."""
+    adapter = Path(adapter_s)
     snaps = snapshots(adapter)
     if len(snaps) < 2:
         raise ReplayUnavailable(f"adapter {adapter.name} has no training snapshots to replay (they come from "
                                 "train.py --snapshot-steps)")
-    path = replay_path(spec, snaps, corpus_name, root)
+    path = Path(path_s)
     try:
         st = path.stat()
         data = _read(str(path), st.st_size, st.st_mtime_ns)
     except (OSError, ValueError, KeyError, EOFError) as e:
         if isinstance(e, FileNotFoundError):
             raise ReplayUnavailable(f"no replay of {adapter.name} on {corpus_name} is precomputed here (the host "
-                                    f"runs: python -m embedlab replay-cache --model {spec.key})") from None
+                                    f"runs: python -m embedlab replay-cache --model {model})") from None
         raise ReplayUnavailable(f"the replay file of {adapter.name} on {corpus_name} is unreadable; precompute it "
                                 "again (python -m embedlab replay-cache)") from None
     corpus = replay_corpus(corpus_name)
@@ -301,8 +328,11 @@ def step_note(r: Replay, i: int) -> str:
 
 
 def step_view(r: Replay, i: int) -> tuple[str, go.Figure, go.Figure, go.Figure]:
-    """(note, curves, anisotropy histogram, maps) for snapshot index ``i`` of the replay."""
-    return step_note(r, i), curves_figure(r, i), anisotropy_figure(r, i), map_figure(r, i)
+    """(note, curves, anisotropy histogram, maps) for snapshot index ``i`` of the replay (kept once drawn;
+    the figures are only read afterwards)."""
+    if i not in r.views:
+        r.views[i] = (step_note(r, i), curves_figure(r, i), anisotropy_figure(r, i), map_figure(r, i))
+    return r.views[i]
 
 
 # --- shipping a retrained run's snapshots with an adapter ------------------------------------------------
