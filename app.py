@@ -18,6 +18,7 @@ from embedlab import views
 from embedlab.compute import configure_for_serving, stop_when
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
+from embedlab.replay import REPLAY_CORPORA
 from embedlab.side import SideError, default_sides, valid_specs
 from embedlab.sts import TASKS
 
@@ -170,6 +171,45 @@ def build(lab: Lab) -> gr.Blocks:
                     res_base = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths)
                     res_tuned = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths)
                 search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
+
+            # --- Training replay: the adapter's training snapshots, precomputed (embedlab/replay.py) ---
+            with gr.Tab("Training replay") as replay_tab:
+                gr.Markdown("Scrub through training: the adapter as it was after each saved step (0 = the base model). "
+                            "The maps of the same texts are aligned step to step, so points move as training moves them.")
+                with gr.Row():
+                    replay_corpus = gr.Dropdown([(v, k) for k, v in REPLAY_CORPORA.items()], value="topics",
+                                                label="Corpus", scale=1, min_width=220, elem_id="replay-corpus")
+                    # the range is set here too: Gradio checks an API call's value against the slider's own
+                    steps0 = views.replay_steps(lab, a0, b0) if a0 else []
+
+                    def replay_label(steps):
+                        return f"Snapshot (0–{len(steps) - 1}): steps " + " · ".join(map(str, steps)) if steps else "Snapshot (none)"
+
+                    replay_slider = gr.Slider(0, max(1, len(steps0) - 1), value=max(0, len(steps0) - 1), step=1,
+                                              label=replay_label(steps0), scale=3, min_width=300,
+                                              interactive=bool(steps0), elem_id="replay-step")
+                replay_note = gr.Markdown(elem_id="replay-note")
+                with gr.Row(equal_height=False):
+                    replay_curves = gr.Plot(elem_id="replay-curves")
+                    replay_hist = gr.Plot(elem_id="replay-hist")
+                replay_map = gr.Plot(elem_id="replay-map")
+
+                def replay_open(lab_, a, b, c, x, y):
+                    steps, *view = views.replay_open(lab_, a, b, c, x, y)
+                    if not steps:
+                        return gr.update(interactive=False, minimum=0, maximum=1, value=0, label=replay_label([])), *view
+                    return (gr.update(interactive=True, minimum=0, maximum=len(steps) - 1, value=len(steps) - 1,
+                                      label=replay_label(steps)), *view)
+
+                replay_out = [replay_note, replay_curves, replay_hist, replay_map]
+                # the replay follows the sides (side B's adapter, else side A's) and the Pairs tab's sentences
+                replay_in = [side_a, side_b, replay_corpus, s1, s2]
+                for event in (replay_tab.select, side_a.change, side_b.change, replay_corpus.input):
+                    event(h(replay_open), replay_in, [replay_slider, *replay_out],
+                          api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="replay")
+                replay_slider.input(h(views.replay_step), [*replay_in, replay_slider], replay_out,
+                                    api_name="replay", trigger_mode="always_last", concurrency_limit=INTERACTIVE_AT_ONCE,
+                                    concurrency_id="replay", show_progress="hidden")
 
             with gr.Tab("Benchmarks"):
                 table = views.results_table()

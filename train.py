@@ -6,11 +6,15 @@ embedlab's encoder uses (one code path: embedlab.encode.embed_batch).
 
     python train.py --model smollm2-135m --steps 400 --batch-size 128 --lr 3e-4 --out runs/smol
     python train.py --config my.json --resume                     # continue a killed run
+    python train.py ... --snapshot-steps 0,10,25,50,100,200       # + the adapter after those steps (replay)
     accelerate launch --num_processes 4 train.py ...              # 4x the in-batch negatives
 
 The contrastive batch can be decoupled from memory by a gradient cache (--chunk-size
 sentences with activations held at once), so --batch-size 1024 runs on a small GPU or the CPU.
 The adapter is saved in the standard PEFT form with a Hub model card (README.md).
+With --snapshot-steps, the adapter after each listed step is saved too (``<out>/snapshots/step-<N>/``,
+float16) and evaluated like the final one; training.json lists them under ``snapshots``
+(read by :func:`embedlab.adapters.snapshots`).
 """
 from __future__ import annotations
 
@@ -31,7 +35,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from embedlab.adapters import AdapterError, save_adapter
+from embedlab.adapters import SNAPSHOTS_DIR, AdapterError, save_adapter
 from embedlab.encode import collate, embed_batch, length_batches, tokenize
 from embedlab.loading import ModelUnavailableError, load_encoder
 from embedlab.loss import distributed_info_nce, grad_cache_step, world_size
@@ -72,6 +76,7 @@ class Config:
     bf16: bool = True  # on a CUDA device: frozen base in bf16, bf16 autocast, LoRA weights fp32 (ignored on a CPU)
     resume: bool = False
     device: str = ""  # cpu, cuda, cuda:1 ...; "" = cuda if there is one (under accelerate launch: each rank's GPU)
+    snapshot_steps: str = ""  # e.g. "0,10,25,50,100,200": also save and evaluate the adapter after these steps
 
 
 class SetupError(ValueError):
@@ -192,7 +197,23 @@ def parse_config(argv: list[str] | None = None) -> Config:
         ap.error("--batch-size must be >= 2 (in-batch negatives)")
     if not (cfg.temperature > 0 and cfg.lr > 0):
         ap.error("--temperature and --lr must be > 0")
+    try:
+        snapshot_step_list(cfg.snapshot_steps)
+    except ValueError as e:
+        ap.error(str(e))
     return cfg
+
+
+def snapshot_step_list(text: str) -> list[int]:
+    """``"0,10,25"`` -> [0, 10, 25] (sorted, distinct); ValueError naming the bad item."""
+    out = set()
+    for item in (x.strip() for x in text.split(",")):
+        if not item:
+            continue
+        if not item.isdigit() or len(item) > 9:
+            raise ValueError(f"--snapshot-steps: {item[:20]!r} is not a whole number >= 0 (write e.g. 0,10,25,50)")
+        out.add(int(item))
+    return sorted(out)
 
 
 def batch_indices(step: int, n_rows: int, global_batch: int, seed: int) -> np.ndarray:
@@ -208,16 +229,18 @@ def batch_indices(step: int, n_rows: int, global_batch: int, seed: int) -> np.nd
 
 
 class TrainState:
-    """Step and loss history, saved with accelerate's state (model, optimiser, scheduler, per-rank RNG)."""
+    """Step, loss history and the snapshots taken so far, saved with accelerate's state (model,
+    optimiser, scheduler, per-rank RNG)."""
 
     def __init__(self) -> None:
-        self.step, self.history = 0, []
+        self.step, self.history, self.snapshots = 0, [], []
 
     def state_dict(self) -> dict:
-        return {"step": self.step, "history": self.history}
+        return {"step": self.step, "history": self.history, "snapshots": self.snapshots}
 
     def load_state_dict(self, state: dict) -> None:
         self.step, self.history = int(state["step"]), [list(h) for h in state["history"]]
+        self.snapshots = [dict(s) for s in state.get("snapshots", [])]  # checkpoints from before snapshots had none
 
 
 def save_checkpoint(acc, path: Path) -> None:
@@ -368,6 +391,12 @@ def main(cfg: Config, load=load_encoder) -> int:
         acc.print(f"resumed from {found[0]} at step {state.step}")
     start, history = state.step, state.history
     ckpt_step = start if found and cfg.resume else None  # step of the last checkpoint on disk
+    # Snapshots before the final step (which is the adapter itself); steps past the end are dropped.
+    wanted = snapshot_step_list(cfg.snapshot_steps)
+    snap_steps = {s for s in wanted if s < steps}
+    if main_proc and len(snap_steps) < len([s for s in wanted if s != steps]):
+        acc.print(f"note: snapshot steps after the last step ({steps}) are skipped: "
+                  f"{', '.join(str(s) for s in wanted if s > steps)}")
 
     if main_proc:
         out.mkdir(parents=True, exist_ok=True)
@@ -382,6 +411,44 @@ def main(cfg: Config, load=load_encoder) -> int:
     def embed(batch: dict) -> torch.Tensor:
         with acc.autocast():
             return embed_batch(model, batch, spec)
+
+    evaluator: list = []  # one more encoder of the base, loaded at the first snapshot; each snapshot attaches to it
+
+    def take_snapshot(step: int) -> None:
+        """Save the adapter as it is after ``step`` steps (float16) and evaluate it like the final one.
+
+        Step 0 needs no weights when the training prompt is the registry's: LoRA's B starts at zero, so
+        the adapter then encodes exactly as the base model (tests/test_train.py checks it). The RNG
+        state is restored afterwards: loading and LoRA initialisation draw from it, and a run with
+        snapshots must train exactly as one without.
+        """
+        from embedlab.evaluation import run_eval
+        from embedlab.loading import attach_adapter
+
+        with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
+            if not evaluator:
+                evaluator.append(load(cfg.model, device=device))
+            ev = evaluator[0]
+            rel, use = None, False
+            if step > 0 or spec.prompt != enc.spec.prompt:
+                rel = f"{SNAPSHOTS_DIR}/step-{step}"
+                save_adapter(acc.unwrap_model(model), out / rel, spec, dtype=torch.float16)
+                # the prompt travels with the weights: attach_adapter embeds with the one in training.json
+                write_json_atomic(out / rel / "training.json", {"model": spec.key, "prompt": spec.prompt, "step": step,
+                                                                "snapshot_of": "../.."})
+                use = attach_adapter(ev, out / rel, activate=False).name
+            r = run_eval(ev, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, use_adapter=use)
+        state.snapshots.append({"step": step, "path": rel, "dev": r["tasks"]["STSBenchmark-dev"],
+                                "random_pair_cosine": r["random_pair_cosine"]})
+        tqdm.write(f"snapshot step {step}: STSBenchmark dev {r['tasks']['STSBenchmark-dev']:.2f}"
+                   + (f", random-pair cosine {r['random_pair_cosine']:.3f}" if r["random_pair_cosine"] is not None else "")
+                   + (f" ({rel})" if rel else " (= the base model)"))
+
+    if start == 0 and 0 in snap_steps:
+        if main_proc:
+            out.mkdir(parents=True, exist_ok=True)
+            take_snapshot(0)
+        acc.wait_for_everyone()
 
     # --- training loop --------------------------------------------------------------------------
     model.train()
@@ -399,6 +466,10 @@ def main(cfg: Config, load=load_encoder) -> int:
         optimizer.zero_grad(set_to_none=True)
         seen += 3 * global_batch
         done = step + 1
+        if done in snap_steps:
+            if main_proc:
+                take_snapshot(done)
+            acc.wait_for_everyone()
         log_now = done % cfg.log_every == 0 or done == steps
         ckpt_now = bool(cfg.ckpt_every) and done % cfg.ckpt_every == 0 and done < steps
         if not (log_now or ckpt_now):
@@ -446,7 +517,14 @@ def main(cfg: Config, load=load_encoder) -> int:
     # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
     # prompt it was trained with: attach_adapter reads it back from training.json).
     tuned = load(cfg.model, adapter=out, device=device)
-    record["dev"] = run_eval(tuned, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, progress=True)["tasks"]
+    dev = run_eval(tuned, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, progress=True)
+    record["dev"] = dev["tasks"]
+    if wanted:  # the final step is always a snapshot: the adapter itself
+        losses = {s: loss for s, loss in history}
+        final = {"step": steps, "path": ".", "dev": dev["tasks"]["STSBenchmark-dev"],
+                 "random_pair_cosine": dev["random_pair_cosine"]}
+        record["snapshots"] = [{"step": e["step"], "path": e["path"], "loss": losses.get(e["step"]), "dev": e["dev"],
+                                "random_pair_cosine": e["random_pair_cosine"]} for e in [*state.snapshots, final]]
     tasks = [t for t in cfg.eval_tasks if t != "STSBenchmark-dev"]
     if tasks:
         # the same record format as `python -m embedlab eval`, so it can go under assets/results as is

@@ -3,9 +3,10 @@
 Starts `python app.py` on a free loopback port, measures start-up to a served page, waits for the
 background warm-up (default model, first shipped adapter, built-in corpora cached), then times:
 pair compare, search over the 10K-sentence STSBenchmark corpus (query encoding included),
-the map view from cache, and /compare of one pair under two sides on one backbone (base vs adapter:
+the map view from cache, /compare of one pair under two sides on one backbone (base vs adapter:
 one mixed-adapter pass) and across two models (minilm-l6 vs the tuned default model: two passes on
-two backbones, both held in memory). Prints p50/p95, the goals and the cross-model / same-model ratio.
+two backbones, both held in memory), and the training replay's step change (the slider moved to
+another snapshot). Prints p50/p95, the goals and the cross-model / same-model ratio.
 
 Each request is timed twice: through gradio_client (the goal's yardstick) and over Gradio's
 plain REST API (POST /gradio_api/call/<api>, then read the event stream: what a browser or
@@ -14,7 +15,7 @@ as the round trip of the trivial /status endpoint. The app remembers recent sent
 every timed text is new unless the case says otherwise. The client is made with download_files=False:
 by default it would also fetch each view's CSV + JSON downloads after every search.
 
-    python bench/app_latency.py [--n 30]
+    python bench/app_latency.py [--n 30] [--only replay]
 """
 from __future__ import annotations
 
@@ -57,11 +58,29 @@ def rest_call(http, api: str, data: list) -> list[str]:
     return lines
 
 
+def step_change_cases(side_a: str, side_b: str, n: int) -> list[tuple]:
+    """The training replay's slider: call i moves to snapshot (i + 1) mod S, so every call is a step change
+    (the replay itself is precomputed: assets/cache/replay). Cases in main()'s format."""
+    from embedlab.adapters import snapshots
+    from embedlab.side import parse_side
+
+    folder = parse_side(side_b).folder
+    s = len(snapshots(folder)) if folder is not None else 0
+    if s < 2:
+        print(f"(no replay cases: {side_b} has {s} training snapshots)")
+        return []
+    # the Pairs tab's default sentences ride along: the note gives their cosine at the step (memory after a round)
+    x, y = "A man is playing a guitar.", "A person plays an instrument."
+    return [(f"replay step change ({corpus}, {s} steps)", "replay",
+             lambda i, t, corpus=corpus: [side_a, side_b, corpus, x, y, (i + 1) % s], 300, n) for corpus in ("topics", "snli")]
+
+
 def main() -> None:
     from gradio_client import Client
 
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
+    ap.add_argument("--only", default="", help="time only the cases whose name contains this text (the floor always)")
     args = ap.parse_args()
     log = Path(tempfile.mkdtemp()) / "app.log"
     server = AppServer(log, warm="topics,snli,stsb")
@@ -105,6 +124,8 @@ def main() -> None:
             ("/compare, cross-model (minilm vs tuned)", "compare",
              lambda i, t: [other, adapter, QUERIES[i % 6] + f" {t}{i}", QUERIES[(i + 1) % 6] + f" {t}{i}"], None, args.n),
         ]
+        cases += step_change_cases(m, adapter, args.n)
+        cases = [c_ for j, c_ in enumerate(cases) if j == 0 or args.only in c_[0]]
         p50 = {}
         print(f"{'':<38}{'gradio_client':>26}{'REST API':>26}")
         print(f"{'endpoint':<38}{'p50 ms':>13}{'p95 ms':>13}{'p50 ms':>13}{'p95 ms':>13}   goal p50")

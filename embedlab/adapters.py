@@ -105,8 +105,10 @@ class Snapshot:
     """The adapter as it was after ``step`` optimizer steps (train.py --snapshot-steps), from training.json.
 
     ``path`` is the PEFT folder holding that step's weights: ``<adapter>/snapshots/step-<N>`` or the
-    adapter folder itself for the final step; None where no weights are needed (step 0: LoRA's B
-    starts at zero, so the adapter at step 0 encodes exactly as the base model) or were not kept.
+    adapter folder itself for the final step; None only where no weights are needed (step 0: LoRA's B
+    starts at zero, so the adapter at step 0 encodes exactly as the base model). A step whose weights are
+    not shipped is not a snapshot: training.json's ``learning_curve`` keeps its metrics (every evaluated
+    step, shipped or not; see :func:`embedlab.replay.adopt_snapshots`).
     """
 
     step: int
@@ -329,18 +331,20 @@ def _write_folder_atomic(dst: Path, write) -> None:
             tmp.rmdir()
 
 
-def save_adapter(model, out: str | Path, spec: ModelSpec, adapter_name: str = "default") -> Path:
+def save_adapter(model, out: str | Path, spec: ModelSpec, adapter_name: str = "default", dtype=None) -> Path:
     """Save a PeftModel over the spec's backbone in the standard causal-LM form.
 
     The keys become those ``PeftModel.from_pretrained(AutoModelForCausalLM...)`` expects,
     ``base_model_name_or_path`` the Hub id, ``task_type`` CAUSAL_LM. Encoders (BERT-like)
-    keep the backbone form, which is already theirs. Returns the folder.
+    keep the backbone form, which is already theirs. ``dtype`` (e.g. ``torch.float16``, for
+    training snapshots: half the bytes) casts the saved tensors; loaders copy them into the
+    model's fp32 LoRA weights. Returns the folder.
     """
     from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     out = Path(out)
-    state = {k: v.detach().cpu().contiguous()
+    state = {k: v.detach().cpu().to(dtype or v.dtype).contiguous()
              for k, v in get_peft_model_state_dict(model, adapter_name=adapter_name).items()}
     config = model.peft_config[adapter_name]
     base = model.get_base_model()

@@ -1,4 +1,4 @@
-"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card``."""
+"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card|replay-cache|adopt-snapshots``."""
 from __future__ import annotations
 
 import argparse
@@ -205,6 +205,48 @@ def _model_card(args: argparse.Namespace) -> int:
     return 0
 
 
+def _replay_cache(args: argparse.Namespace) -> int:
+    """Precompute the training replay (maps + anisotropy per snapshot step) of an adapter for the app's slider."""
+    import time
+
+    from .corpora import InputError
+    from .lab import Lab
+    from .loading import ModelUnavailableError
+    from .replay import build_replay
+
+    try:
+        spec, folders = _adapter_folders(argparse.Namespace(model=args.model, adapters=[args.adapter] if args.adapter else []))
+        lab = Lab(device=args.device)
+        for folder in folders:
+            for name in args.corpora:
+                t0 = time.perf_counter()
+                path = build_replay(lab, spec.key, folder, name)
+                print(f"{folder.name} on {name}: wrote {path.name} ({path.stat().st_size / 1024:.0f} KiB) "
+                      f"in {time.perf_counter() - t0:.0f} s")
+    except (UnknownModelError, ModelUnavailableError, AdapterError, InputError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _adopt_snapshots(args: argparse.Namespace) -> int:
+    """Give a shipped adapter the snapshots of a retraining whose final adapter equals it."""
+    from .modelcard import write_card
+    from .registry import get_spec
+    from .replay import adopt_snapshots
+
+    try:
+        keep = [int(x) for x in args.keep.split(",") if x.strip()]
+        result = adopt_snapshots(args.run, args.adapter, keep, tolerance=args.tolerance)
+        write_card(args.adapter, get_spec(args.model))
+    except (ValueError, OSError) as e:  # AdapterError is a ValueError; also a bad --keep
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"{args.adapter}: final adapters differ by at most {result['max_abs_difference']:g}; snapshots "
+          f"{result['snapshots']} (learning curve {result['learning_curve']}); model card rewritten")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -249,6 +291,22 @@ def main(argv: list[str] | None = None) -> int:
         a.add_argument("adapters", nargs="*", help="adapter folders (default: every shipped adapter of --model)")
         a.add_argument("--model", default="smollm2-135m")
         a.set_defaults(fn=fn)
+    rc = sub.add_parser("replay-cache", help="precompute an adapter's training replay (map per snapshot step, aligned "
+                                             "step to step, and random-pair cosines) for the app's step slider")
+    rc.add_argument("--model", default="smollm2-135m")
+    rc.add_argument("--adapter", help="adapter folder with snapshots (default: every shipped adapter of --model)")
+    rc.add_argument("--corpora", nargs="+", default=["topics", "snli"], choices=["topics", "snli"])
+    rc.add_argument("--device", default="cpu", help="cpu, cuda ... (default: cpu)")
+    rc.set_defaults(fn=_replay_cache)
+    ad = sub.add_parser("adopt-snapshots", help="copy the snapshots of a retraining (same settings, same final "
+                                                "adapter) into a shipped adapter, its weights untouched")
+    ad.add_argument("run", type=Path, help="the retraining's output folder (train.py --snapshot-steps ...)")
+    ad.add_argument("adapter", type=Path, help="the shipped adapter folder")
+    ad.add_argument("--keep", required=True, help="intermediate steps whose weights ship, e.g. 25,50,100 "
+                                                  "(every evaluated step stays in its learning_curve)")
+    ad.add_argument("--tolerance", type=float, default=0.0, help="largest max abs difference accepted (default 0)")
+    ad.add_argument("--model", default="smollm2-135m")
+    ad.set_defaults(fn=_adopt_snapshots)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)

@@ -125,6 +125,38 @@ def model_index(name: str, scores: Mapping[str, float]) -> list[str]:
     return lines
 
 
+def _num(v: Any, fmt: str) -> str:
+    return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
+
+
+def snapshot_lines(record: Mapping[str, Any]) -> list[str]:
+    """The card's "Training snapshots" section: every evaluated step (``learning_curve``, else the
+    ``snapshots`` list) with where its weights are; [] when the record has none."""
+    snaps = {e["step"]: e for e in record.get("snapshots") or [] if isinstance(e, dict) and type(e.get("step")) is int}
+    curve = {e["step"]: e for e in record.get("learning_curve") or [] if isinstance(e, dict) and type(e.get("step")) is int}
+    steps = sorted(set(snaps) | set(curve))
+    if not steps:
+        return []
+
+    def where(step: int) -> str:
+        if step not in snaps:
+            return "not shipped"
+        path = snaps[step].get("path")
+        return "the base model" if path is None else ("this adapter" if path == "." else f"`{path}`")
+
+    rows = []
+    for step in steps:
+        e = {**curve.get(step, {}), **snaps.get(step, {})}
+        rows.append(f"| {step} | {where(step)} | {_num(e.get('loss'), '.4f')} | {_num(e.get('dev'), '.2f')} | "
+                    f"{_num(e.get('random_pair_cosine'), '.3f')} |")
+    return ["", "## Training snapshots", "",
+            "The adapter as it was during training, saved by `train.py --snapshot-steps` as PEFT folders of the same "
+            "form (float16 weights): load one exactly like the adapter above. Step 0 is the base model (LoRA's B "
+            "starts at zero). Training loss at that step, STSBenchmark dev Spearman x100, and the mean cosine of "
+            "random sentence pairs (lower = embeddings spread out more).", "",
+            "| step | weights | training loss | STSBenchmark dev | random-pair cosine |", "|---|---|---|---|---|", *rows]
+
+
 def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
     """The README.md text for adapter ``name`` of ``spec`` from its training record."""
     base = hub_id(spec) or spec.key
@@ -193,6 +225,7 @@ def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
     ]
     if "average" in test:
         body.append(f"| average | {test['average']:.2f} |")
+    body += snapshot_lines(record)
     return "\n".join(head + [""] + body) + "\n"
 
 

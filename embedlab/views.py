@@ -555,4 +555,72 @@ def how_it_works(template: str) -> str:
                            lora_note="about 0.46M trainable parameters for SmolLM2-135M, 0.3% of the model")
 
 
+# --- training replay (the work is in embedlab/replay.py) ----------------------------------------------
+def _replay(lab: Lab, side_a: Any, side_b: Any, corpus_name: Any):
+    """(the side whose adapter is replayed, its precomputed replay on a built-in corpus): side B's adapter,
+    else side A's (validated like every view's inputs)."""
+    from .replay import load_replay, replay_corpus
+
+    a, b = _sides(side_a, side_b)
+    s = b if b.adapter else a if a.adapter else None
+    replay_corpus(corpus_name)
+    if s is None:
+        raise UserError("Neither side has an adapter: pick one with training snapshots (the shipped "
+                        "smollm2-135m+nli-cft has them) to replay its training.")
+    if s.folder is None:
+        raise UserError(f"{s.spec}: its adapter has no local folder, so no training record to replay")
+    return s, load_replay(MODELS[s.model], s.folder, corpus_name)
+
+
+def _pair_at(lab: Lab, s: Side, step: int, x: Any, y: Any) -> str:
+    """A line with the Pairs tab's sentences' cosine under ``s``'s adapter at ``step`` ("" when that step's
+    weights are not shipped or the sentences are not usable). Each step's vectors stay in the lab's memory
+    of recent texts, so scrubbing back and forth embeds each step once."""
+    try:
+        at = parse_side(f"{s.model}+{s.adapter}@{step}")
+        r = lab.compare_pair(at, at, _text(x, "sentence A"), _text(y, "sentence B"))
+    except (UserError, *USER_ERRORS):
+        return ""
+    return f"\n\nThe Pairs tab's two sentences at step {step}: cosine **{r['a']:.3f}**."
+
+
+def replay_steps(lab: Lab, side_a: Any, side_b: Any) -> list[int]:
+    """The snapshot steps the replay of the sides' adapter has ([] if none is precomputed): the slider's range."""
+    from .replay import ReplayUnavailable
+
+    try:
+        return [*_replay(lab, side_a, side_b, "topics")[1].steps]
+    except (ReplayUnavailable, UserError, *USER_ERRORS):
+        return []
+
+
+@user_facing
+def replay_open(lab: Lab, side_a: Any, side_b: Any, corpus_name: Any, x: Any = None,
+                y: Any = None) -> tuple[list[int], str, Any, Any, Any]:
+    """(snapshot steps, note, curves, anisotropy, maps) at the last step; steps [] and a note saying why
+    when the adapter has no replay (no snapshots, or none precomputed here)."""
+    from .replay import ReplayUnavailable, step_view
+
+    try:
+        s, r = _replay(lab, side_a, side_b, corpus_name)
+    except (ReplayUnavailable, UserError) as e:
+        return [], scrub(str(e)), None, None, None
+    i = len(r.steps) - 1
+    note, *figs = step_view(r, i)
+    return [*r.steps], note + _pair_at(lab, s, int(r.steps[i]), x, y), *figs
+
+
+@user_facing
+def replay_step(lab: Lab, side_a: Any, side_b: Any, corpus_name: Any, x: Any, y: Any,
+                index: Any) -> tuple[str, Any, Any, Any]:
+    """(note, curves, anisotropy, maps) at snapshot ``index`` (0 = step 0, the base model), the note with the
+    Pairs tab's pair at that step."""
+    from .replay import step_view
+
+    s, r = _replay(lab, side_a, side_b, corpus_name)
+    i = _whole(index, "snapshot", 0, len(r.steps) - 1)
+    note, *figs = step_view(r, i)
+    return note + _pair_at(lab, s, int(r.steps[i]), x, y), *figs
+
+
 __all__ = ["UserError", "user_facing"]
