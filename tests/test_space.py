@@ -54,11 +54,10 @@ def test_gradio_variables_decide_and_the_hub_twin_serves_the_default_model(tmp_p
             assert not re.search(r"fail|error", status, re.I), status
             time.sleep(2)
         assert status.startswith("Ready"), status
-        adapter = f"assets/adapters/{DEFAULT_MODEL}/nli-cft"
-        out = client.predict(DEFAULT_MODEL, adapter, "A man is playing a guitar.", "A person plays an instrument.",
-                             api_name="/pairs")
+        out = client.predict(DEFAULT_MODEL, f"{DEFAULT_MODEL}+nli-cft", "A man is playing a guitar.",
+                             "A person plays an instrument.", api_name="/pairs")
         cosines = re.findall(r"\*\*(-?\d\.\d{3})\*\*", out)
-        assert f"base {DEFAULT_MODEL}" in out and len(cosines) == 2, out
+        assert f"A · `{DEFAULT_MODEL}`" in out and f"B · `{DEFAULT_MODEL}+nli-cft`" in out and len(cosines) == 2, out
         log = (tmp_path / "app.log").read_text()
         assert f"GGUF from Hub {SPEC.source.hub_twin.repo}" in log
         assert "Traceback" not in log

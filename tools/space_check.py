@@ -261,16 +261,24 @@ def browser_check(url: str, shot: Path, timeout_s: float) -> dict[str, float | s
                 raise CheckFailed(f"status line not Ready within {timeout_s:.0f} s: {text!r}")
             out["ready_in_browser_s"] = time.perf_counter() - t0
             out["status"] = text
+            # the first visit already shows the page's pair compared; compare a new pair to see the click work
+            row = page.locator("table tr", has_text=f"A · {DEFAULT_MODEL}")
+            row.wait_for(timeout=120_000)
+            before = page.locator("table").first.inner_text()
+            page.get_by_label("Sentence B").fill("Someone is playing an instrument on stage.")
             t0 = time.perf_counter()
             page.get_by_role("button", name="Compare").click()
-            row = page.locator("table tr", has_text=f"base {DEFAULT_MODEL}")
-            row.wait_for(timeout=120_000)
+            while page.locator("table").first.inner_text() == before:
+                if time.perf_counter() - t0 > 120:
+                    raise CheckFailed("the Compare click changed nothing within 120 s")
+                page.wait_for_timeout(100)
             out["compare_s"] = time.perf_counter() - t0
             rows = page.locator("table tr").all_inner_texts()
             cosines = [(r.split("\t")[0].strip(), float(m.group())) for r in rows
                        if (m := re.search(r"-?\d\.\d{3}\s*$", r.strip()))]
-            if len(cosines) != 2 or not cosines[0][0].startswith("base") or cosines[1][0].startswith("base"):
-                raise CheckFailed(f"expected a base and a tuned cosine, got rows {rows!r}")
+            if len(cosines) != 2 or cosines[0][0] != f"A · {DEFAULT_MODEL}" \
+                    or not cosines[1][0].startswith(f"B · {DEFAULT_MODEL}+"):
+                raise CheckFailed(f"expected side A (the base model) and side B (with its adapter), got rows {rows!r}")
             out["base_cosine"], out["tuned_cosine"] = cosines[0][1], cosines[1][1]
             out["tuned_label"] = cosines[1][0]
             text = status.inner_text().strip()
@@ -352,7 +360,7 @@ def main() -> int:
         print(f"  status line           : {res['status']}")
         print(f"  unreachable offline   : {res['offline_external']} (other hosts the page asks for)")
         print(f"  log noise ignored     : {noise} x 'Exception ignored in BaseEventLoop.__del__' (Gradio's Spaces reloader)")
-        print(f"  pair cosines          : base {res['base_cosine']:.3f}, {res['tuned_label']} {res['tuned_cosine']:.3f}")
+        print(f"  pair cosines          : A · {DEFAULT_MODEL} {res['base_cosine']:.3f}, {res['tuned_label']} {res['tuned_cosine']:.3f}")
         print(f"  venv build            : {timings['venv_s']:.0f} s" + (" (reused)" if not timings["venv_s"] else ""))
         print(f"  start -> page served  : {timings['page_served_s']:.1f} s")
         print(f"  GGUF conversion       : {conv.group(1) + ' s' if conv else 'not run (cache valid)'}")
