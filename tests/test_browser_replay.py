@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from test_browser import ARGS, SHOTS
+from test_browser import SHOTS, page  # noqa: F401  (page: the module-scoped browser page fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -18,22 +18,6 @@ STATE_JS = """() => {
     note: document.querySelector('#replay-note').innerText,
   });
 }"""
-
-
-@pytest.fixture(scope="module")
-def page(app_server):
-    from playwright.sync_api import sync_playwright
-
-    SHOTS.mkdir(exist_ok=True)
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path="/usr/bin/chromium", args=ARGS)
-        pg = browser.new_page(viewport={"width": 1400, "height": 1000})
-        pg.console_errors = []
-        pg.on("console", lambda m: pg.console_errors.append(m.text) if m.type == "error" else None)
-        pg.goto(app_server.url)
-        pg.wait_for_selector("text=embedlab", timeout=60_000)
-        yield pg
-        browser.close()
 
 
 def state(page) -> dict:
