@@ -19,7 +19,6 @@ import os
 import shutil
 import tempfile
 import threading
-from collections import OrderedDict
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -27,6 +26,7 @@ import numpy as np
 
 from .compute import BACKGROUND, INTERACTIVE
 from .encode import Encoder, validate_texts
+from .lru import LRU
 
 log = logging.getLogger(__name__)
 CHUNK = 2048  # sentences per cached file
@@ -94,11 +94,9 @@ class EmbeddingCache:
         self.upload_bytes = upload_bytes if upload_bytes is not None else \
             int(float(os.environ.get("EMBEDLAB_UPLOAD_CACHE_MB", "256")) * 2**20)
         self.seeds = [Path(p) for p in seeds]
-        self.memory_bytes = memory_bytes
-        self.memory_texts = memory_texts
-        self._memory: OrderedDict[str, np.ndarray] = OrderedDict()  # key -> read-only (N, d) float32
+        self._memory: LRU[str, np.ndarray] = LRU(max_size=memory_bytes, size=lambda a: a.nbytes)  # read-only (N, d)
         # (text, side) key -> its (d,) vector; 8192 of a 576-d model hold ~19 MB
-        self._texts: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._texts: LRU[str, np.ndarray] = LRU(max_items=memory_texts)
         self._locks: dict[str, threading.Lock] = {}
         self._progress: dict[str, str] = {}
         self._guard = threading.Lock()
@@ -106,10 +104,7 @@ class EmbeddingCache:
     def _remember(self, key: str, arr: np.ndarray) -> np.ndarray:
         arr.flags.writeable = False  # shared between requests: nobody may change it in place
         with self._guard:
-            self._memory[key] = arr
-            self._memory.move_to_end(key)
-            while sum(a.nbytes for a in self._memory.values()) > self.memory_bytes and self._memory:
-                self._memory.popitem(last=False)
+            self._memory.put(key, arr)
         return arr
 
     def get_or_compute(
@@ -131,9 +126,8 @@ class EmbeddingCache:
         texts = list(texts)
         key = embedding_key(enc, adapter, sha or corpus_sha256(texts))
         with self._guard:
-            if key in self._memory:
-                self._memory.move_to_end(key)
-                return self._memory[key]
+            if (hit := self._memory.get(key)) is not None:
+                return hit
             lock = self._locks.setdefault(key, threading.Lock())
         if not lock.acquire(blocking=wait):
             raise CacheBusy(f"these embeddings are being computed right now ({self._progress.get(key, 'starting')}); "
@@ -192,18 +186,15 @@ class EmbeddingCache:
             enc.check_adapter(a)
         key_of = {(t, a): embedding_key(enc, a, corpus_sha256([t])) for a in dict.fromkeys(adapters) for t in texts}
         with self._guard:
-            found = {k: self._texts[k] for k in key_of.values() if k in self._texts}
-            for k in found:
-                self._texts.move_to_end(k)
+            found = {k: v for k in key_of.values() if (v := self._texts.get(k)) is not None}
         new = [ta for ta, k in key_of.items() if k not in found]
         if new:
             vecs = enc.encode_mixed([t for t, _ in new], [a for _, a in new], priority=priority)
             computed = {key_of[ta]: vecs[i] for i, ta in enumerate(new)}
             found.update(computed)
             with self._guard:
-                self._texts.update(computed)
-                while len(self._texts) > self.memory_texts:
-                    self._texts.popitem(last=False)
+                for k, v in computed.items():
+                    self._texts.put(k, v)
         return [np.stack([found[key_of[(t, a)]] for t in texts]) for a in adapters]
 
     def cached_rows(self, enc: Encoder, texts: Sequence[str], adapter: str | None = None,
@@ -219,8 +210,8 @@ class EmbeddingCache:
         texts = list(texts)
         key = embedding_key(enc, adapter, sha or corpus_sha256(texts))
         with self._guard:
-            if key in self._memory:
-                return self._memory[key]
+            if (hit := self._memory.get(key)) is not None:
+                return hit
         arr = self._get_or_compute(enc, texts, adapter, None, key, compute=False, uploaded=uploaded)
         return None if arr is None else self._remember(key, arr)
 

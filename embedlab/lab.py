@@ -35,6 +35,7 @@ from .compute import BACKGROUND, INTERACTIVE, on_compute_thread, urgent
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
+from .lru import LRU
 from .projection import TwinMaps, neighbour_overlap, place_by_neighbours
 from .registry import get_spec
 from .side import ROOT, Side, SideError, adapter_roots, default_sides, parse_side
@@ -81,8 +82,8 @@ class Lab:
         self._slots = threading.Condition(self._lock)  # notified when a request lets go of its models
         self._pins: Counter[str] = Counter()  # model -> requests using it now (never evicted meanwhile)
         self._map_build = threading.Lock()  # one uncached map at a time (see twin_map)
-        self._indexes: OrderedDict[str, faiss_index.Index] = OrderedDict()
-        self._maps: OrderedDict[str, dict] = OrderedDict()
+        self._indexes: LRU[str, faiss_index.Index] = LRU(max_items=8)
+        self._maps: LRU[str, dict] = LRU(max_items=6)
         self._attached: dict[tuple, str] = {}  # (model, weights folder, file stats) -> loaded adapter name
         self.status: dict[str, str] = {}  # background work, shown in the UI
 
@@ -238,14 +239,11 @@ class Lab:
         vecs = self._corpus(r, corpus)
         key = r.key(corpus.sha256)
         with self._lock:
-            if key in self._indexes:
-                self._indexes.move_to_end(key)
-                return self._indexes[key], vecs
+            if (idx := self._indexes.get(key)) is not None:
+                return idx, vecs
         idx = faiss_index.build(vecs)
         with self._lock:
-            self._indexes[key] = idx
-            while len(self._indexes) > 8:
-                self._indexes.popitem(last=False)
+            self._indexes.put(key, idx)
         return idx, vecs
 
     def search(self, a: Side, b: Side, corpus: Corpus, query: str, k: int = 10) -> dict:
@@ -273,14 +271,14 @@ class Lab:
         with self.hold(a, b) as (ra, rb):
             key = self.map_key(ra, rb, corpus, k, seed)
             with self._lock:
-                if key in self._maps:
-                    return self._maps[key]
+                if (m := self._maps.get(key)) is not None:
+                    return m
             # One map is built at a time (its texts' vectors, then UMAP): a request whose map is already in
             # memory (above) never waits behind a long build, e.g. a 20,000-text upload's.
             with self._map_build:
                 with self._lock:  # built meanwhile by the request this one waited for
-                    if key in self._maps:
-                        return self._maps[key]
+                    if (m := self._maps.get(key)) is not None:
+                        return m
                 va = self._sample_vectors(ra, full, corpus)
                 vb = va if ra.key(corpus.sha256) == rb.key(corpus.sha256) else self._sample_vectors(rb, full, corpus)
                 m = self._load_map(key, corpus)
@@ -293,9 +291,7 @@ class Lab:
                         _save_map(self.cache_dir / "maps" / f"{key}.npz", m)
                 m = {**m, "corpus": corpus, "vecs_a": va, "vecs_b": vb}
                 with self._lock:
-                    self._maps[key] = m
-                    while len(self._maps) > 6:
-                        self._maps.popitem(last=False)
+                    self._maps.put(key, m)
                 return m
 
     def map_cached(self, a: Side, b: Side, corpus: Corpus, k: int = 10, seed: int = 42) -> bool:
