@@ -17,7 +17,6 @@ import json
 import logging
 import os
 import shutil
-import tempfile
 import threading
 from pathlib import Path
 from typing import Callable, Sequence
@@ -26,6 +25,7 @@ import numpy as np
 
 from .compute import BACKGROUND, INTERACTIVE
 from .encode import Encoder, validate_texts
+from . import atomic
 from .lru import LRU
 
 log = logging.getLogger(__name__)
@@ -56,10 +56,7 @@ def _save_npy_atomic(path: Path, arr: np.ndarray) -> str:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     data = buf.getvalue()
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
+    atomic.write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
@@ -288,7 +285,4 @@ def _read_manifest(path: Path) -> dict:
 
 
 def _write_manifest(path: Path, manifest: dict) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
-    with os.fdopen(fd, "w") as f:
-        json.dump(manifest, f)
-    os.replace(tmp, path)
+    atomic.write_text(path, json.dumps(manifest))

@@ -35,6 +35,7 @@ from .compute import BACKGROUND, INTERACTIVE, on_compute_thread, urgent
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
+from .atomic import atomic_path
 from .lru import LRU
 from .projection import TwinMaps, neighbour_overlap, place_by_neighbours
 from .registry import get_spec
@@ -422,10 +423,8 @@ _MAP_FILE = {"xy_a": "base_xy", "xy_b": "tuned_xy", "jaccard": "jaccard", "nn_a"
 
 def _save_map(path: Path, m: dict) -> None:
     """A map's layouts and neighbour lists as .npz (written to a temp name, then renamed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, **{theirs: m[ours] for ours, theirs in _MAP_FILE.items()}, params=json.dumps(m["params"]))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **{theirs: m[ours] for ours, theirs in _MAP_FILE.items()}, params=json.dumps(m["params"]))
 
 
 __all__ = ["Lab", "Ready", "Side", "SideError", "parse_side", "ModelsBusy", "InputError", "AdapterError", "MAP_MAX",

@@ -8,11 +8,10 @@ is regenerated, never edited: ``train.py`` writes it at the end of a run and
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
+from . import atomic
 from .adapters import hub_id, read_training_record
 from .registry import ModelSpec
 from .sts import TASKS
@@ -233,12 +232,5 @@ def write_card(folder: str | Path, spec: ModelSpec) -> Path:
     """Write ``README.md`` into an adapter folder from its training.json; returns its path."""
     folder = Path(folder)
     path = folder / CARD_FILE
-    fd, tmp = tempfile.mkstemp(prefix=".README.", dir=folder)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(render_card(spec, read_training_record(folder), folder.name))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic.write_text(path, render_card(spec, read_training_record(folder), folder.name))
     return path

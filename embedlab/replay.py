@@ -20,7 +20,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import shutil
 import time
 import warnings
@@ -33,6 +32,7 @@ import plotly.graph_objects as go
 
 from . import plots
 from .adapters import (SNAPSHOTS_DIR, AdapterError, Snapshot, read_training_record, record_prompt, snapshots)
+from .atomic import atomic_path
 from .cache import corpus_sha256
 from .corpora import Corpus, InputError, builtin
 from .registry import ModelSpec
@@ -178,11 +178,10 @@ def build_replay(lab, model: str, adapter: str | Path, corpus_name: str, out_dir
     for old in path.parent.glob(f"{spec.key}-{corpus_name}-*.npz"):
         if old != path:
             old.unlink()
-    tmp = path.with_suffix(".tmp.npz")
     # float16: 3 significant digits are far finer than a map's pixels or a histogram's 0.02 bins
-    np.savez_compressed(tmp, steps=np.array([s.step for s in snaps], dtype=np.int32), xy=xy.astype(np.float16),
-                        cosines=np.stack(cosines).astype(np.float16), params=json.dumps(params))
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        np.savez_compressed(tmp, steps=np.array([s.step for s in snaps], dtype=np.int32), xy=xy.astype(np.float16),
+                            cosines=np.stack(cosines).astype(np.float16), params=json.dumps(params))
     return path
 
 

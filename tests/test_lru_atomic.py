@@ -1,4 +1,4 @@
-"""embedlab.lru.LRU: the bounded mapping behind the in-memory caches."""
+"""embedlab.lru.LRU (the bounded mapping behind the in-memory caches) and embedlab.atomic (whole-file writes)."""
 import numpy as np
 
 from embedlab.lru import LRU
@@ -30,3 +30,19 @@ def test_forgets_by_total_size_even_the_new_entry_when_it_alone_is_too_big():
     c.put("e", np.zeros(2, np.float32))
     c.clear()
     assert len(c) == 0 and c._total == 0 and "e" not in c
+
+
+def test_atomic_path_replaces_whole_or_leaves_the_old_file(tmp_path):
+    import pytest
+
+    from embedlab import atomic
+
+    p = tmp_path / "sub" / "x.npz"
+    atomic.write_bytes(p, b"old")
+    with pytest.raises(RuntimeError), atomic.atomic_path(p) as tmp:
+        assert tmp.parent == p.parent and tmp.name.endswith(".tmp.npz") and tmp.name.startswith(".x.npz.")
+        tmp.write_bytes(b"half")
+        raise RuntimeError("killed half-way")
+    assert p.read_bytes() == b"old" and sorted(f.name for f in p.parent.iterdir()) == ["x.npz"]
+    atomic.write_text(p, "new")
+    assert p.read_text() == "new" and len(list(p.parent.iterdir())) == 1
