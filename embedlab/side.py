@@ -186,10 +186,21 @@ def _kind(value: Any) -> str:
                                              dict: "an object"}.get(type(value), type(value).__name__)
 
 
+def _short_list(specs: list[str]) -> str:
+    """Specs for a message: an adapter's snapshots folded into one entry, ``m+a (@0, @50, @300)``."""
+    steps: dict[str, list[str]] = {}
+    for s in specs:
+        head, at, step = s.partition("@")
+        steps.setdefault(head, [])
+        if at:
+            steps[head].append("@" + step)
+    return ", ".join(h + (f" ({', '.join(st)})" if st else "") for h, st in steps.items())
+
+
 def _refuse(what: str, reason: str) -> SideError:
     valid = valid_specs()
     sep = " " if reason.startswith(("must ", "is ", "has ")) else ": "
-    return SideError(f"{what}{sep}{reason}. Valid sides here: {', '.join(valid) if valid else 'none'}")
+    return SideError(f"{what}{sep}{reason}. Valid sides here: {_short_list(valid) if valid else 'none'}")
 
 
 def parse_side(value: Any, what: str = "side") -> Side:

@@ -52,6 +52,8 @@ def test_slider_moves_the_map_the_histogram_and_the_curves(page):
 
 
 def test_corpus_change_redraws_at_the_last_step(page):
+    page.reload()  # a fresh 1400-px layout after the phone-width screenshot
+    page.wait_for_selector("text=embedlab", timeout=60_000)
     page.get_by_role("tab", name="Training replay").click()
     page.locator("#replay-corpus input").click()
     page.get_by_role("option", name="SNLI triplets (900)").click()
