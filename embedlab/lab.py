@@ -305,15 +305,17 @@ class Lab:
         with self._lock:
             if key in self._maps:
                 return True
-        folders = [self.cache_dir / "maps"] + ([self.seed_dir / "maps"] if self.seed_dir else [])
-        return any((f / f"{key}.npz").is_file() for f in folders)
+        return any(p.is_file() for p in self._map_paths(key))
+
+    def _map_paths(self, key: str) -> list[Path]:
+        """Where map ``key`` may be on disk: the user cache, then the shipped seeds."""
+        return [self.cache_dir / "maps" / f"{key}.npz"] + ([self.seed_dir / "maps" / f"{key}.npz"] if self.seed_dir else [])
 
     def _load_map(self, key: str, corpus: Corpus) -> dict | None:
         """A cached map from the user cache, else the shipped seeds; None when neither has a sound one."""
         if corpus.uploaded:
             return None
-        path = self.cache_dir / "maps" / f"{key}.npz"
-        for candidate in [path] + ([self.seed_dir / "maps" / path.name] if self.seed_dir else []):
+        for candidate in self._map_paths(key):
             if candidate.is_file():
                 try:
                     z = np.load(candidate, allow_pickle=False)
