@@ -17,6 +17,9 @@ lowers the cap so the plateau shows within a few rounds.
 --expensive: one round of the 16 users plus, at the same time, one maximal request of each
 expensive kind (the largest batch of pairs the app accepts, a map of a maximal upload, an
 evaluation of all 9 tasks with quick off, anisotropy). Goals: interactive pair p95 <= 2 s, 0 errors.
+--think S gives each user a mean pause of S seconds before each request (a person reading the
+answer; exponential, seeded); without it the 16 users send back to back, a stress test whose wait
+is bound by Little's law (16 users / the requests per second the 2 cores serve).
 
 --disk N: N requests that upload files (batch pairs from an uploaded file; every 25th a new corpus
 upload + a search in it), C at a time, against an app whose temporary folders are its own; reports
@@ -25,7 +28,7 @@ before, at the peak, after, and after one more cleaning period. Goal: flat (boun
 age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
 
     python bench/load.py [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
-    python bench/load.py --expensive [--users 16] [--requests 10]
+    python bench/load.py --expensive [--users 16] [--requests 10] [--think 5]
     python bench/load.py --disk 1000 [--clients 4] [--pairs-per-file 5]
 """
 from __future__ import annotations
@@ -67,9 +70,15 @@ def app_rss_mib(pid: int) -> float:
     return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
 
 
-def user(c, adapter: str, n: int, seed: int, times: dict, errors: list, lock: threading.Lock) -> None:
-    """``n`` mixed requests from one user (``c``: that user's gradio_client.Client)."""
+def user(c, adapter: str, n: int, seed: int, times: dict, errors: list, lock: threading.Lock,
+         think_s: float = 0.0) -> None:
+    """``n`` mixed requests from one user (``c``: that user's gradio_client.Client).
+
+    ``think_s``: the mean pause before each request (exponentially distributed, seeded), a person
+    reading the last answer; 0 sends them back to back.
+    """
     rng = random.Random(seed)
+    pause = random.Random(seed + 1)  # its own stream: the requests drawn do not depend on think_s
     calls = {
         "pairs": lambda: c.predict(M, adapter, sentence(rng), sentence(rng), api_name="/pairs"),
         "search": lambda: c.predict(M, adapter, "stsb", sentence(rng), 10, api_name="/search"),
@@ -78,6 +87,8 @@ def user(c, adapter: str, n: int, seed: int, times: dict, errors: list, lock: th
     }
     names = rng.choices(list(calls), weights=[4, 3, 2, 1], k=n)
     for name in names:
+        if think_s:
+            time.sleep(pause.expovariate(1 / think_s))
         t0 = time.perf_counter()
         try:
             calls[name]()
@@ -159,8 +170,8 @@ def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> 
     lock = threading.Lock()
     kinds = args.kinds.split(",")
     threads = [threading.Thread(target=expensive, args=(server.url, adapter, times, errors, lock, k)) for k in kinds]
-    threads += [threading.Thread(target=user, args=(clients[u], adapter, args.requests, 5000 + u, times, errors, lock))
-                for u in range(args.users)]
+    threads += [threading.Thread(target=user, args=(clients[u], adapter, args.requests, 5000 + u, times, errors, lock,
+                                                    args.think)) for u in range(args.users)]
     t0 = time.perf_counter()
     for t in threads:
         t.start()
@@ -170,6 +181,9 @@ def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> 
     running = [k for k, t in zip(kinds, threads) if t.is_alive()]
     print(f"\nusers done after {users_wall:.0f} s; long requests still running then: {', '.join(running) or 'none'}",
           flush=True)
+    n_req = sum(len(times[k]) for k in ("pairs", "search", "embed", "map"))
+    print(f"{args.users} users, {'mean think time ' + format(args.think, 'g') + ' s' if args.think else 'back to back'}: "
+          f"{n_req} requests in {users_wall:.0f} s ({n_req / users_wall:.1f}/s)")
     report(times, errors, ["pairs", "search", "embed", "map"])
     for t in threads[: len(kinds)]:
         t.join(max(0.0, args.cutoff - (time.perf_counter() - t0)))
@@ -290,6 +304,8 @@ def main() -> None:
     ap.add_argument("--disk", type=int, default=0, help="N requests with uploads; disk before/after")
     ap.add_argument("--clients", type=int, default=4, help="--disk: concurrent clients")
     ap.add_argument("--pairs-per-file", type=int, default=5, help="--disk: pairs in each uploaded batch file")
+    ap.add_argument("--think", type=float, default=0.0,
+                    help="--expensive: each user's mean pause before a request, s (exponential; 0: back to back)")
     ap.add_argument("--kinds", default="batch_pairs,map_upload,evaluate,anisotropy",
                     help="--expensive: which maximal requests run beside the users (comma-separated)")
     ap.add_argument("--cutoff", type=float, default=3600, help="--expensive: stop waiting for the long requests after this (s)")
