@@ -133,6 +133,9 @@ def max_upload(folder: Path, rng: random.Random) -> Path:
     return path
 
 
+STOPPING = threading.Event()  # set when the run is over: the server stops under requests still running
+
+
 def expensive(url: str, adapter: str, times: dict, errors: list, lock: threading.Lock, kind: str) -> None:
     """One maximal request of ``kind`` (its own client and session), timed."""
     from gradio_client import Client, handle_file
@@ -156,6 +159,8 @@ def expensive(url: str, adapter: str, times: dict, errors: list, lock: threading
             times[f"{kind} (max)"].append((time.perf_counter() - t0) * 1000)
         print(f"  {kind} (max) answered after {time.perf_counter() - t0:.0f} s", flush=True)
     except Exception as e:
+        if STOPPING.is_set():  # cut off by the end of the run, not an error of the app
+            return
         with lock:
             errors.append(f"{kind}: {type(e).__name__}: {str(e)[:200]}")
         print(f"  {kind} (max) failed after {time.perf_counter() - t0:.0f} s: {str(e)[:200]}", flush=True)
@@ -169,7 +174,8 @@ def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> 
     errors: list[str] = []
     lock = threading.Lock()
     kinds = args.kinds.split(",")
-    threads = [threading.Thread(target=expensive, args=(server.url, adapter, times, errors, lock, k)) for k in kinds]
+    threads = [threading.Thread(target=expensive, args=(server.url, adapter, times, errors, lock, k), daemon=True)
+               for k in kinds]
     threads += [threading.Thread(target=user, args=(clients[u], adapter, args.requests, 5000 + u, times, errors, lock,
                                                     args.think)) for u in range(args.users)]
     t0 = time.perf_counter()
@@ -193,6 +199,7 @@ def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> 
           f"{wall:.0f} s, errors {len(errors)} (goal 0), app RSS {app_rss_mib(server.proc.pid):.0f} MiB"
           + (f"; not finished at the {args.cutoff:.0f} s cut-off: {', '.join(unfinished)}" if unfinished else ""))
     report(times, errors, ["pairs", "search", "embed", "map"] + [f"{k} (max)" for k in kinds])
+    STOPPING.set()
 
 
 def report(times: dict, errors: list, names: list[str]) -> None:
