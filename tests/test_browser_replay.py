@@ -61,7 +61,29 @@ def test_corpus_change_redraws_at_the_last_step(page):
     assert "Step" in state(page)["note"]
 
 
+def test_replay_follows_side_b_to_gemma(page):
+    """Side B on tuned Gemma 3: the tab replays Gemma's own snapshots (0, 10, 25 and 60 of 60 steps)."""
+    from test_browser import pick_side
+
+    page.reload()
+    page.wait_for_selector("text=embedlab", timeout=60_000)
+    pick_side(page, "B", "gemma3-270m+nli-cft")
+    page.wait_for_selector("text=Gemma 3 270M (Q4_K_M GGUF from PyPI)", timeout=60_000)
+    page.get_by_role("tab", name="Training replay").click()
+    page.wait_for_selector("#replay-note >> text=/Step 60/", timeout=300_000)
+    slider = page.locator("#replay-step input[type=range]")
+    slider.focus()
+    page.keyboard.press("Home")
+    page.wait_for_selector("#replay-note >> text=Step 0", timeout=120_000)
+    page.keyboard.press("ArrowRight")
+    page.wait_for_selector("#replay-note >> text=/Step 10: after 10 of 60 training steps/", timeout=120_000)
+    page.wait_for_timeout(1000)  # let plotly draw before the screenshot
+    page.screenshot(path=str(SHOTS / "replay_gemma.png"), full_page=True)
+    pick_side(page, "B", "smollm2-135m+nli-cft")  # back to the default for the tests after this one
+
+
 def test_no_console_errors(page):
     errors = [e for e in page.console_errors if "favicon" not in e]
     assert not errors, errors
+
 
