@@ -20,6 +20,7 @@ from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
 from embedlab.replay import REPLAY_CORPORA
 from embedlab.side import SideError, default_sides, valid_specs
+from embedlab.sweep import gradio_folder, sweep_forever
 from embedlab.sts import TASKS
 
 HOW_IT_WORKS = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "how_it_works.md"), encoding="utf-8").read()
@@ -316,10 +317,15 @@ def main() -> None:
     lab = Lab()
     configure_for_serving(background_batch_tokens=256 if lab.device in (None, "cpu") else None,
                           threads=int(os.environ.get("EMBEDLAB_COMPUTE_THREADS", "0")) or None)
+    # Gradio's upload/cache folder, this app's alone unless the host chose one: the sweep below deletes
+    # every file in it older than DELETE_CACHE's age, like Gradio's delete_cache but thoroughly.
+    os.environ["GRADIO_TEMP_DIR"] = str(gradio_dir := gradio_folder())
     demo = build(lab)
     # The page is served at once while the caches build; EMBEDLAB_WARM_CORPORA limits what is built (tests, small hosts).
     corpora = [c for c in os.environ.get("EMBEDLAB_WARM_CORPORA", ",".join(BUILTINS)).split(",") if c in BUILTINS]
     threading.Thread(target=lab.warm, kwargs={"corpora": corpora}, daemon=True, name="warm-up").start()
+    keep = lambda: set().union(*(getattr(b, "keep_in_cache", set()) for b in demo.blocks.values()))  # noqa: E731
+    sweep_forever(gradio_dir, *DELETE_CACHE, keep=keep)  # what delete_cache leaves (embedlab/sweep.py)
     demo.queue(default_concurrency_limit=2, max_size=64)
     # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value
     # of each output, e.g. a map's plot JSON) until 10,000 sessions: on a public Space memory grew

@@ -24,7 +24,7 @@ is bound by Little's law (16 users / the requests per second the 2 cores serve).
 --disk N: N requests that upload files (batch pairs from an uploaded file; every 25th a new corpus
 upload + a search in it), C at a time, against an app whose temporary folders are its own; reports
 the bytes on disk (temp: Gradio's cache + the app's downloads; the embedding cache of uploads)
-before, at the peak, after, and after one more cleaning period. Goal: flat (bounded by the cleaning
+before, at the peak, after, and once the last files are past the cleaning age (age + period). Goal: flat (bounded by the cleaning
 age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
 
     python bench/load.py [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
@@ -225,14 +225,27 @@ def du(path: Path) -> int:
     return total
 
 
+def entries(path: Path) -> tuple[int, int]:
+    """(files, folders) under ``path``: empty ones cost no bytes, but an inode each (and a folder a 4 KiB block)."""
+    n_files = n_dirs = 0
+    for _, dirs, files in os.walk(path):
+        n_files += len(files)
+        n_dirs += len(dirs)
+    return n_files, n_dirs
+
+
 def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Path, uploads: Path, wait_s: int) -> None:
     from gradio_client import Client, handle_file
 
     def sizes() -> tuple[int, int]:
         return du(tmp), du(uploads)
 
-    before = sizes()
-    print(f"  before: temp {before[0] / 2**20:.2f} MiB, upload cache {before[1] / 2**20:.2f} MiB", flush=True)
+    def count() -> str:
+        f, d = entries(tmp)
+        return f"{f} files and {d} folders"
+
+    before, before_n = sizes(), count()
+    print(f"  before: temp {before[0] / 2**20:.2f} MiB ({before_n}), upload cache {before[1] / 2**20:.2f} MiB", flush=True)
     peak = list(before)
     done = threading.Event()
 
@@ -268,7 +281,8 @@ def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Pat
                 with lock:
                     n_ok[0] += 1
                     if n_ok[0] % 50 == 0:
-                        print(f"  {n_ok[0]} answered, {time.perf_counter() - t0:.0f} s: temp {du(tmp) / 2**20:.2f} MiB, "
+                        print(f"  {n_ok[0]} answered, {time.perf_counter() - t0:.0f} s: temp {du(tmp) / 2**20:.2f} MiB "
+                              f"({count()}), "
                               f"upload cache {du(uploads) / 2**20:.2f} MiB", flush=True)
             except Exception as e:
                 with lock:
@@ -283,15 +297,16 @@ def run_disk(server: AppServer, adapter: str, args: argparse.Namespace, tmp: Pat
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    after = sizes()
-    time.sleep(wait_s)  # one more cleaning period
-    later = sizes()
+    after, after_n = sizes(), count()
+    time.sleep(wait_s)  # until the last files are past the cleaning age, and one more period
+    later, later_n = sizes(), count()
     done.set()
     mib = lambda b: f"{b / 2**20:.2f} MiB"  # noqa: E731
     print(f"\n{args.disk} requests with uploads ({args.clients} clients) in {wall:.0f} s: {n_ok[0]} answered, "
           f"{len(errors)} errors")
     print(f"  temp (Gradio cache + downloads): before {mib(before[0])}, peak {mib(peak[0])}, after {mib(after[0])}, "
           f"{wait_s} s later {mib(later[0])}")
+    print(f"  temp entries: before {before_n}, after {after_n}, {wait_s} s later {later_n}")
     print(f"  embedding cache of uploads:      before {mib(before[1])}, peak {mib(peak[1])}, after {mib(after[1])}, "
           f"{wait_s} s later {mib(later[1])}")
     for e in errors[:5]:
@@ -346,7 +361,7 @@ def main() -> None:
         if args.expensive:
             return run_expensive(server, adapter, args)
         if args.disk:
-            return run_disk(server, adapter, args, tmp, cache / "embeddings" / "uploads", int(args.clean.split(",")[0]) + 10)
+            return run_disk(server, adapter, args, tmp, cache / "embeddings" / "uploads", sum(int(x) for x in args.clean.split(",")[:2]) + 10)
         print(f"{args.users} users x {args.requests} requests (+1 quick evaluation) per round, {args.rounds} rounds, "
               f"{'new users every round' if args.churn else 'the same users every round'}"
               + (f", session cap {args.max_sessions}" if args.max_sessions else ""))

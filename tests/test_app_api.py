@@ -188,14 +188,14 @@ def test_a_long_request_stops_when_its_client_cancels(client, app_server):
 
 def test_an_upload_over_the_limit_is_refused_before_it_is_stored(app_server):
     """D5: max_file_size on launch: Gradio refuses the upload while reading it; nothing lands in its cache."""
-    import tempfile
     import uuid
-    from pathlib import Path
 
     import httpx
+
+    from embedlab.sweep import gradio_folder
 
     name = f"big-{uuid.uuid4().hex}.txt"
     r = httpx.post(app_server.url + "gradio_api/upload", files={"files": (name, b"x" * (5 << 20))}, timeout=60)
     assert r.status_code == 413, (r.status_code, r.text[:200])
-    cache = Path(os.environ.get("GRADIO_TEMP_DIR", Path(tempfile.gettempdir()) / "gradio"))
-    assert not list(cache.rglob(name))
+    cache = gradio_folder()  # the app's (the test process has the app's environment)
+    assert cache.is_dir() and not list(cache.rglob(name))
