@@ -305,7 +305,7 @@ def build(lab: Lab) -> gr.Blocks:
         gr.api(status_api, api_name="status")
         timer = gr.Timer(2.0)
         timer.tick(lambda: lab.status_line(), None, [status], api_visibility="private", show_progress="hidden")
-        demo.load(lambda: lab.status_line(), None, [status], api_visibility="private")
+        demo.load(lambda: lab.status_line(), None, [status], api_visibility="private", show_progress="hidden")
         # A first visitor sees the effect before clicking: the page's pair compared, the topics map drawn from the cache.
         demo.load(h(views.first_visit), [*sides, s1, s2, map_corpus], [pair_out, map_plot, moved, map_note, map_files, map_state],
                   api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="first_visit")

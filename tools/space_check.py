@@ -248,10 +248,15 @@ def browser_check(url: str, shot: Path, timeout_s: float) -> dict[str, float | s
             page.wait_for_selector("text=embedlab", timeout=60_000)
             status = page.locator("#status")
             t0 = time.perf_counter()
+
+            def status_text() -> str:
+                # the line's own text: Gradio may draw a pending update's timer ("0.0s") above it
+                return re.sub(r"^(?:[^\n]*\b\d+(?:\.\d+)?s\s*\n)+", "", status.inner_text().strip()).strip()
+
             deadline = time.time() + timeout_s
             text = ""
             while time.time() < deadline:
-                text = status.inner_text().strip()
+                text = status_text()
                 if re.search(r"fail|error|traceback", text, re.I):
                     raise CheckFailed(f"status line shows an error: {text!r}")
                 if text.startswith("Ready"):
@@ -281,7 +286,7 @@ def browser_check(url: str, shot: Path, timeout_s: float) -> dict[str, float | s
                 raise CheckFailed(f"expected side A (the base model) and side B (with its adapter), got rows {rows!r}")
             out["base_cosine"], out["tuned_cosine"] = cosines[0][1], cosines[1][1]
             out["tuned_label"] = cosines[1][0]
-            text = status.inner_text().strip()
+            text = status_text()
             if not text.startswith("Ready") or page.locator("text=Traceback").count():
                 raise CheckFailed(f"after the comparison the status line reads {text!r}")
             ours, external = offline_artefacts(url, failed)
