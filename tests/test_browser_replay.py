@@ -67,14 +67,18 @@ def test_replay_follows_side_b_to_gemma(page):
 
     page.reload()
     page.wait_for_selector("text=embedlab", timeout=60_000)
-    pick_side(page, "B", "gemma3-270m+nli-cft")
-    page.wait_for_selector("text=Gemma 3 270M (Q4_K_M GGUF from PyPI)", timeout=60_000)
+    # The tab first, then the side: one replay update in flight at a time. (Side, then tab, queues two; on a
+    # busy machine the later-finishing one reset the slider to the last step after Home had moved it.)
     page.get_by_role("tab", name="Training replay").click()
+    page.wait_for_selector("#replay-note >> text=/Step 300/", timeout=120_000)
+    pick_side(page, "B", "gemma3-270m+nli-cft")
     page.wait_for_selector("#replay-note >> text=/Step 60/", timeout=300_000)
     slider = page.locator("#replay-step input[type=range]")
     slider.focus()
     page.keyboard.press("Home")
     page.wait_for_selector("#replay-note >> text=Step 0", timeout=120_000)
+    page.wait_for_function("() => document.querySelector('#replay-hist .js-plotly-plot').data.length === 1",
+                           timeout=30_000)
     page.keyboard.press("ArrowRight")
     page.wait_for_selector("#replay-note >> text=/Step 10: after 10 of 60 training steps/", timeout=120_000)
     page.wait_for_timeout(1000)  # let plotly draw before the screenshot
