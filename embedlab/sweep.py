@@ -3,7 +3,7 @@
 Gradio stores each upload and each output file as ``<folder>/<content hash>/<name>``; its
 ``delete_cache`` removes the files it tracks once older than its age, but never their hash folders,
 nor the ``<folder>/tmpXXXXXXXX`` file its multipart parser stages every upload in (empty once the
-upload has moved). bench/load.py --disk, 1,000 requests with uploads from 4 clients, cleaning every
+upload has moved). bench/load.py --disk, 900 requests with uploads from 4 clients, cleaning every
 60 s for files over 120 s old: the empty folders and files piled up without end (about one folder
 and two files per request; each folder takes a 4 KiB block and each entry an inode), and under that
 load files with content stayed up to ten minutes, their bytes growing through the run.
