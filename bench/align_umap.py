@@ -93,7 +93,7 @@ def main() -> None:
             t0 = time.perf_counter()
             m.fit(base, tuned)
             dt = time.perf_counter() - t0
-            r = alignment_report(base, tuned, m.base_xy, m.tuned_xy)
+            r = alignment_report(base, tuned, m.xy_a, m.xy_b)
             ref = r["kept_drift"] if ref is None else ref
             print(f"{name:8} {len(base):5d} {r['median_jaccard']:5.3f} {r['n_kept']:5d} {method:22} "
                   f"{r['kept_drift']:10.3f} {r['kept_drift'] / ref:6.2f} {r['moved_drift']:11.3f} "

@@ -150,8 +150,9 @@ def _embed(args: argparse.Namespace) -> int:
 def _build_cache(args: argparse.Namespace) -> int:
     from .lab import Lab
     from .side import model_sides
+    from .warmup import export_seeds
 
-    files = Lab(device=args.device).export_seeds(model_sides(args.model), out=args.out)
+    files = export_seeds(Lab(device=args.device), model_sides(args.model), out=args.out)
     size = sum(f.stat().st_size for f in files)
     print(f"wrote {len(files)} files, {size / 2**20:.1f} MiB, under {args.out}")
     return 0

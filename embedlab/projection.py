@@ -42,7 +42,7 @@ METHODS = ("init-procrustes", "aligned-umap")
 
 @dataclass
 class TwinMaps:
-    """Two aligned 2-D UMAP layouts, ``base_xy`` and ``tuned_xy`` ((N, 2) float32 each), of the same N texts
+    """Two aligned 2-D UMAP layouts, ``xy_a`` and ``xy_b`` ((N, 2) float32 each), of the same N texts
     embedded by two models.
 
     ``method``:
@@ -61,8 +61,8 @@ class TwinMaps:
     # umap's default is 0.01 (for many slices with a window); for two layouts 0.1 halves the drift of the
     # texts that kept their neighbours at <= 0.02 trustworthiness (bench/align_umap.py)
     alignment_regularisation: float = 0.1
-    base_xy: np.ndarray = field(init=False, repr=False)
-    tuned_xy: np.ndarray = field(init=False, repr=False)
+    xy_a: np.ndarray = field(init=False, repr=False)
+    xy_b: np.ndarray = field(init=False, repr=False)
     _same: bool = field(default=False, init=False, repr=False)  # the last fit had no adapter
 
     def fit(self, base: np.ndarray, tuned: np.ndarray, same: bool = False) -> "TwinMaps":
@@ -81,20 +81,20 @@ class TwinMaps:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # n_jobs/random_state notice, spectral init fallbacks
             if same or self.method == "init-procrustes":
-                self.base_xy = umap.UMAP(init="spectral" if n > k + 1 else "random", **kw).fit_transform(base)
-                self.base_xy = self.base_xy.astype(np.float32)
+                self.xy_a = umap.UMAP(init="spectral" if n > k + 1 else "random", **kw).fit_transform(base)
+                self.xy_a = self.xy_a.astype(np.float32)
             self._same = same
             if same:
-                self.tuned_xy = self.base_xy
+                self.xy_b = self.xy_a
                 return self
             if self.method == "init-procrustes":
-                raw = umap.UMAP(init=self.base_xy, **kw).fit_transform(tuned).astype(np.float32)
-                self.tuned_xy = procrustes(raw, self.base_xy)(raw)
+                raw = umap.UMAP(init=self.xy_a, **kw).fit_transform(tuned).astype(np.float32)
+                self.xy_b = procrustes(raw, self.xy_a)(raw)
                 return self
             au = umap.AlignedUMAP(alignment_regularisation=self.alignment_regularisation, transform_seed=self.seed,
                                   **kw)
             au.fit([base, tuned], relations=[{i: i for i in range(n)}])
-        self.base_xy, self.tuned_xy = (_fill_disconnected(v, xy) for v, xy in zip((base, tuned), au.embeddings_))
+        self.xy_a, self.xy_b = (_fill_disconnected(v, xy) for v, xy in zip((base, tuned), au.embeddings_))
         return self
 
     @property

@@ -76,6 +76,8 @@ class ModelSpec:
     paper_key: str | None = None  # column of PAPER_RESULTS for this model
     gguf_tokenizer: Literal["transformers", "spm_bpe"] = "transformers"  # how a GGUF's tokenizer is rebuilt
     notes: str = ""  # one line for people, shown on the side's card
+    dim: int | None = None  # the embedding's width (hidden size), for the teaching notes
+    lora_note: str = ""  # the size of its LoRA adapter in words, for the teaching notes
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -83,6 +85,8 @@ MODELS: dict[str, ModelSpec] = {
     for spec in [
         ModelSpec(
             key="smollm2-135m",
+            dim=576,
+            lora_note="about 0.46M trainable parameters for SmolLM2-135M, 0.3% of the model",
             title="SmolLM2-135M-Instruct (Q4_1 GGUF)",
             source=Source(
                 kind="gguf_package",
@@ -109,6 +113,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             key="gemma3-270m",
+            dim=640,
             title="Gemma 3 270M (Q4_K_M GGUF from PyPI)",
             source=Source(
                 kind="gguf_assemble",
@@ -132,6 +137,7 @@ MODELS: dict[str, ModelSpec] = {
         ),
         ModelSpec(
             key="minilm-l6",
+            dim=384,
             title="all-MiniLM-L6-v2 (reference sentence encoder)",
             source=Source(
                 kind="package_dir",

@@ -8,7 +8,7 @@ step the adapter's training.json lists (``train.py --snapshot-steps``; read by
 - ``xy`` (S, N, 2): the corpus's map at every step, all steps laid out together by umap's
   AlignedUMAP with text i of one step related to text i of the next, so a text keeps its place from
   step to step unless its neighbourhood changes, and scrubbing shows points moving smoothly;
-- ``cosines`` (S, P): the cosines of the anisotropy view's random pairs (:meth:`Lab.anisotropy`) at every step.
+- ``cosines`` (S, P): the cosines of the anisotropy view's random pairs (:func:`embedlab.features.pairs.anisotropy_cosines`) at every step.
 
 One small npz per (model, snapshots' weights, corpus) under ``assets/cache/replay/``, named by a hash
 of everything that decides it (each step's weights sha256 and prompt, the corpus and sample hashes, the
@@ -145,6 +145,7 @@ def build_replay(lab, model: str, adapter: str | Path, corpus_name: str, out_dir
     Every step is a side ``model+adapter@step`` parsed like any other (:func:`embedlab.side.parse_side`:
     allowed folders, validation) and goes through the lab's loader and embedding cache. Returns the file written.
     """
+    from .features.pairs import anisotropy_cosines
     from .registry import get_spec
     from .side import SideError, parse_side
 
@@ -164,7 +165,7 @@ def build_replay(lab, model: str, adapter: str | Path, corpus_name: str, out_dir
         if side.folder is None or side.folder.resolve() != adapter:
             raise ReplayUnavailable(f"{adapter.name} names another adapter folder among the allowed ones")
         vecs.append(lab.corpus_vectors(side, side, corpus)[0])
-        cosines.append(lab.anisotropy(side, side)["a"])
+        cosines.append(anisotropy_cosines(lab, side, side)["a"])
     t0 = time.perf_counter()
     xy = aligned_layouts(vecs)
     params = {"version": REPLAY_VERSION, "layout": LAYOUT.tag, "method": "umap.AlignedUMAP over the steps in order, "

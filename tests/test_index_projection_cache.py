@@ -80,16 +80,16 @@ def test_twin_maps_keep_clusters_and_align():
     x, _, _ = clusters()
     tuned = x + 0.01 * unit(160, 32, seed=9)
     m = TwinMaps(seed=7).fit(x, tuned)
-    assert m.base_xy.shape == m.tuned_xy.shape == (160, 2) and m.base_xy.dtype == np.float32
-    r = alignment_report(x, tuned, m.base_xy, m.tuned_xy)
+    assert m.xy_a.shape == m.xy_b.shape == (160, 2) and m.xy_a.dtype == np.float32
+    r = alignment_report(x, tuned, m.xy_a, m.xy_b)
     # each layout keeps local structure (measured 0.95 for both)
     assert r["trust_base"] > 0.85 and r["trust_tuned"] > 0.85
-    assert trustworthiness(x, m.base_xy, n_neighbors=10) > 0.85
+    assert trustworthiness(x, m.xy_a, n_neighbors=10) > 0.85
     # nearly identical inputs -> nearly identical (aligned) layouts (measured drift 0.02 of the spread; the
     # init-at-base + Procrustes method gives 0.40 here and fails)
     assert r["kept_drift"] < 0.15 and r["moved_drift"] < 0.25
     same = TwinMaps(seed=7).fit(x, x, same=True)
-    assert same.tuned_xy is same.base_xy and same.params["method"].startswith("UMAP of base")
+    assert same.xy_b is same.xy_a and same.params["method"].startswith("UMAP of base")
     # the cache-key tag changes with the method and every setting
     tags = {TwinMaps(seed=7).tag, TwinMaps(seed=8).tag, TwinMaps(seed=7, method="init-procrustes").tag,
             TwinMaps(seed=7, alignment_regularisation=0.01).tag, TwinMaps(seed=7, n_neighbors=10).tag}
@@ -107,13 +107,13 @@ def test_twin_maps_move_what_the_model_moved():
     tuned[moved] = centers[2] + 0.3 * rng.standard_normal((12, 32))
     tuned /= np.linalg.norm(tuned, axis=1, keepdims=True)
     m = TwinMaps(seed=3).fit(x, tuned)
-    spread = np.sqrt(np.mean(np.sum((m.base_xy - m.base_xy.mean(0)) ** 2, 1)))
-    drift = np.linalg.norm(m.base_xy - m.tuned_xy, axis=1) / spread
+    spread = np.sqrt(np.mean(np.sum((m.xy_a - m.xy_a.mean(0)) ** 2, 1)))
+    drift = np.linalg.norm(m.xy_a - m.xy_b, axis=1) / spread
     stay = np.setdiff1d(np.arange(160), moved)
     # moved texts land near cluster 2's other texts in the tuned map, and far from where they were
     # (measured: 0.10 spread from cluster 2's centre; drift 1.19 moved vs 0.03 stayed)
-    c2 = m.tuned_xy[(label == 2)].mean(0)
-    assert np.median(np.linalg.norm(m.tuned_xy[moved] - c2, axis=1)) < 0.5 * spread
+    c2 = m.xy_b[(label == 2)].mean(0)
+    assert np.median(np.linalg.norm(m.xy_b[moved] - c2, axis=1)) < 0.5 * spread
     assert np.median(drift[moved]) > 3 * np.median(drift[stay]) and np.median(drift[stay]) < 0.3
 
 
@@ -123,8 +123,8 @@ def test_twin_maps_small_corpora(n):
     t = unit(n, 16, seed=n + 1)
     for method in ("aligned-umap", "init-procrustes"):
         m = TwinMaps(seed=1, method=method).fit(x, t)
-        assert m.base_xy.shape == m.tuned_xy.shape == (n, 2) and np.isfinite(m.tuned_xy).all()
-        assert np.isfinite(m.base_xy).all()
+        assert m.xy_a.shape == m.xy_b.shape == (n, 2) and np.isfinite(m.xy_b).all()
+        assert np.isfinite(m.xy_a).all()
     with pytest.raises(ValueError, match="at least 4"):
         TwinMaps().fit(x[:3], t[:3])
     with pytest.raises(ValueError, match="unknown map method"):
@@ -134,7 +134,7 @@ def test_twin_maps_small_corpora(n):
 def test_init_procrustes_method_still_aligns():
     x, _, _ = clusters()
     m = TwinMaps(seed=7, method="init-procrustes").fit(x, x + 0.01 * unit(160, 32, seed=9))
-    r = alignment_report(x, x, m.base_xy, m.tuned_xy)
+    r = alignment_report(x, x, m.xy_a, m.xy_b)
     assert r["trust_base"] > 0.85 and m.params["version"] == MAP_VERSION["init-procrustes"]
     assert "Procrustes" in m.params["method"]
 

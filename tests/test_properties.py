@@ -17,7 +17,9 @@ from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 import train
-from embedlab import cli, views
+from embedlab import cli
+from embedlab.features import common, maps, pairs
+from embedlab.features import search as search_tab
 from embedlab.corpora import MAX_TEXTS, InputError, parse_corpus, parse_pairs
 from embedlab.encode import TextError, validate_texts
 from embedlab.lab import Lab
@@ -144,8 +146,8 @@ SIDES = [A, B, "ADAPTER", f"{A}+tiny-nli@3", f"{B}+tiny-nli", "none", "/etc", ".
 def test_compare_handler(lab, a, b, side_a, side_b):
     side_a, side_b = (lab.adapter_path if s == "ADAPTER" else s for s in (side_a, side_b))
     try:
-        out = views.compare(lab, side_a, side_b, a, b)
-    except views.UserError as e:
+        out = pairs.compare(lab, side_a, side_b, a, b)
+    except common.UserError as e:
         assert is_clear_message(e), str(e)
         return
     assert "cosine" in out
@@ -159,8 +161,8 @@ def test_compare_handler(lab, a, b, side_a, side_b):
 @example(query="a dog", k=True, corpus="topics")
 def test_search_handler(lab, query, k, corpus):
     try:
-        tb, tt, note, files = views.search(lab, A, lab.adapter_path, corpus, None, query, k)
-    except views.UserError as e:
+        tb, tt, note, files = search_tab.search(lab, A, lab.adapter_path, corpus, None, query, k)
+    except common.UserError as e:
         assert is_clear_message(e), str(e)
         return
     assert "FAISS" in note and 1 <= len(tb) <= 50
@@ -170,8 +172,8 @@ def test_search_handler(lab, query, k, corpus):
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 def test_embed_handler(lab, texts, tuned):
     try:
-        out = views.embed_api(lab, B, lab.adapter_path, texts, tuned)
-    except views.UserError as e:
+        out = pairs.embed_api(lab, B, lab.adapter_path, texts, tuned)
+    except common.UserError as e:
         assert is_clear_message(e), str(e)
         return
     assert len(out["a"]) == len(texts) and len(out["a"][0]) == out["dim_a"] and (out["b"] is not None) == tuned
@@ -181,16 +183,16 @@ def test_embed_handler(lab, texts, tuned):
 @settings(max_examples=examples(60), deadline=None, suppress_health_check=FIXTURES)
 def test_batch_pairs_and_upload_handlers(lab, tmp_path, text):
     try:
-        df, *_ = views.batch_pairs(lab, A, A, text, None)
+        df, *_ = pairs.batch_pairs(lab, A, A, text, None)
         assert len(df) > 0
-    except views.UserError as e:
+    except common.UserError as e:
         assert is_clear_message(e), str(e)
     f = tmp_path / "upload.txt"
     f.write_bytes(text.encode("utf-8", "surrogatepass") if isinstance(text, str) else b"")
     try:
-        corpus, note = views.upload_corpus(str(f))
+        corpus, note = maps.upload_corpus(str(f))
         assert len(corpus) > 0 and "texts" in note
-    except views.UserError as e:
+    except common.UserError as e:
         assert is_clear_message(e), str(e)
 
 
@@ -198,8 +200,8 @@ def test_bad_input_leaves_the_cache_intact(lab):
     """Good and bad requests mixed: every cached chunk still matches its checksum afterwards."""
     for q in ["a dog", "", "\ud800", "x" * 5000, "a cat"]:
         try:
-            views.search(lab, A, lab.adapter_path, "topics", None, q, 5)
-        except views.UserError:
+            search_tab.search(lab, A, lab.adapter_path, "topics", None, q, 5)
+        except common.UserError:
             pass
     assert any((lab.cache_dir / "embeddings").iterdir()) and cache_is_intact(lab.cache_dir)
 

@@ -6,7 +6,9 @@ import numpy as np
 import pytest
 
 import train
-from embedlab import replay, views
+from embedlab import replay
+from embedlab.features import common, pairs
+from embedlab.features import replay as replay_tab
 from embedlab.adapters import AdapterError, snapshots
 from embedlab.lab import Lab
 from test_train import cfg, tiny_load, triplets  # noqa: F401  (fixture)
@@ -44,20 +46,20 @@ def test_replay_is_built_read_and_drawn_step_by_step(lab, run, tmp_path):
     n = len(replay.replay_corpus("topics"))
     assert r.steps == (0, 2, 4, 6) and r.xy.shape == (4, n, 2) and np.isfinite(r.xy).all()
     # the histogram's pairs are the anisotropy view's: step 0 = base, the last step = the adapter itself
-    final = lab.anisotropy(parse_side(M), parse_side(RUN))
+    final = pairs.anisotropy_cosines(lab, parse_side(M), parse_side(RUN))
     assert np.allclose(r.cosines[0], final["a"], atol=1e-3) and np.allclose(r.cosines[-1], final["b"], atol=1e-3)
     assert not np.allclose(r.cosines[1], r.cosines[0], atol=1e-3)  # training changed the geometry
     assert [s for s, _ in r.dev] == [0, 2, 4, 6] and len(r.loss_curve) == 6
 
     x, y = "a man is playing a guitar", "the dog is eating food"
-    steps, note, curves, hist, maps = views.replay_open(lab, M, RUN, "topics", x, y)
+    steps, note, curves, hist, maps = replay_tab.replay_open(lab, M, RUN, "topics", x, y)
     assert steps == [0, 2, 4, 6] and "Step 6" in note
     # the Pairs tab's pair at each step: the step's side itself (step 0 = the base model)
-    at = {k: lab.compare_pair(parse_side(f"{RUN}@{k}"), parse_side(M), x, y)["a"] for k in (0, 2, 4, 6)}
-    assert f"cosine **{at[6]:.3f}**" in note and abs(at[0] - lab.compare_pair(parse_side(M), parse_side(M), x, y)["a"]) < 1e-5
+    at = {k: pairs.cosines(lab, parse_side(f"{RUN}@{k}"), parse_side(M), x, y)["a"] for k in (0, 2, 4, 6)}
+    assert f"cosine **{at[6]:.3f}**" in note and abs(at[0] - pairs.cosines(lab, parse_side(M), parse_side(M), x, y)["a"]) < 1e-5
     seen = []
     for i in range(4):
-        note, curves, hist, maps = views.replay_step(lab, M, RUN, "topics", x, y, float(i))
+        note, curves, hist, maps = replay_tab.replay_step(lab, M, RUN, "topics", x, y, float(i))
         assert f"**Step {r.steps[i]}**" in note and f"step {r.steps[i]}: cosine **{at[r.steps[i]]:.3f}**" in note
         right = [t for t in maps.data if t.xaxis == "x2"]  # the map at that step (left: the base model)
         seen.append(np.concatenate([np.asarray(t.x, dtype=float) for t in right]))
@@ -84,16 +86,16 @@ def test_a_changed_adapter_or_corpus_never_gets_stale_data(lab, run):
 def test_replay_handlers_refuse_bad_input_with_a_message(lab, run):
     replay.build_replay(lab, M, run, "topics")
     for index in (-1, 4, 1.5, "x", None, [1]):
-        with pytest.raises(views.UserError, match="snapshot"):
-            views.replay_step(lab, M, RUN, "topics", "", "", index)
-    with pytest.raises(views.UserError, match="corpora topics, snli"):
-        views.replay_step(lab, M, RUN, "stsb", "", "", 0)
-    with pytest.raises(views.UserError, match="Valid sides"):
-        views.replay_step(lab, M, f"{M}+/etc", "topics", "", "", 0)
-    steps, note, *figs = views.replay_open(lab, M, M, "topics")
+        with pytest.raises(common.UserError, match="snapshot"):
+            replay_tab.replay_step(lab, M, RUN, "topics", "", "", index)
+    with pytest.raises(common.UserError, match="corpora topics, snli"):
+        replay_tab.replay_step(lab, M, RUN, "stsb", "", "", 0)
+    with pytest.raises(common.UserError, match="Valid sides"):
+        replay_tab.replay_step(lab, M, f"{M}+/etc", "topics", "", "", 0)
+    steps, note, *figs = replay_tab.replay_open(lab, M, M, "topics")
     assert steps == [] and "Neither side has an adapter" in note and figs == [None, None, None]
     # an empty sentence on the Pairs tab: the step view still shows, without the pair line
-    note, *_ = views.replay_step(lab, M, RUN, "topics", "", "", 1)
+    note, *_ = replay_tab.replay_step(lab, M, RUN, "topics", "", "", 1)
     assert "**Step 2**" in note and "two sentences" not in note
 
 
@@ -102,7 +104,7 @@ def test_an_adapter_without_snapshots_says_so(lab, tmp_path, monkeypatch):
 
     make_adapter(tmp_path / "adapters2" / "plain")
     monkeypatch.setenv("EMBEDLAB_ADAPTER_DIRS", str(tmp_path / "adapters2"))
-    steps, note, *_ = views.replay_open(lab, M, f"{M}+plain", "topics")
+    steps, note, *_ = replay_tab.replay_open(lab, M, f"{M}+plain", "topics")
     assert steps == [] and "no training snapshots" in note
 
 

@@ -4,7 +4,7 @@ import json
 import numpy as np
 import pytest
 
-from embedlab import views
+from embedlab.features import pairs, sides as sides_tab
 from embedlab.lab import Lab
 from embedlab.side import MAX_SPEC_CHARS, Side, SideError, parse_side, side_choices, valid_specs
 from tiny import A, B, make_adapter, tiny_models
@@ -104,9 +104,9 @@ def test_snapshot_sides_embed_as_their_weights(encs, root, tmp_path, monkeypatch
     tuned = next(i for i in enc.adapters.values() if i.path.name == "nli")
     assert np.allclose(v5, enc.encode(texts, use_adapter=tuned.name), atol=1e-5)
     assert not np.allclose(v2, v5, atol=1e-3) and not np.allclose(v2, base[0], atol=1e-3)
-    r = views.compare_api(lab, f"{A}+nli@2", f"{A}+nli", *texts)
+    r = pairs.compare_api(lab, f"{A}+nli@2", f"{A}+nli", *texts)
     assert r["side_a"] == f"{A}+nli@2" and abs(r["cosine_a"] - float(v2[0] @ v2[1])) < 1e-5
     assert abs(r["cosine_b"] - float(v5[0] @ v5[1])) < 1e-5
-    card = views.model_card(f"{A}+nli@2")
+    card = sides_tab.model_card(f"{A}+nli@2")
     assert "Training snapshot at step **2**: loss 1.500, STS-B dev 20.0, random-pair cosine 0.700" in card
-    assert "step 0: the base model's vectors" in views.model_card(f"{A}+nli@0")
+    assert "step 0: the base model's vectors" in sides_tab.model_card(f"{A}+nli@0")

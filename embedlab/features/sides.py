@@ -1,0 +1,93 @@
+"""The side pickers above every tab: side A and side B (any model, adapter or training snapshot), each with
+its card (the model's facts, its adapter's training record), and the registry models that cannot load here."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import gradio as gr
+
+from ..adapters import snapshots
+from ..registry import MODELS, available_models
+from ..side import SideError, default_sides, parse_side, side_choices, training_record, valid_specs
+from .common import UserError, gradio_errors, md, user_facing
+
+
+@user_facing
+def model_card(side: Any, what: str = "side") -> str:
+    """One side's facts: the model's, its adapter's training record and, for a snapshot, that step's figures.
+    The adapter was validated when the spec was parsed (allowed folders, regular files, size caps);
+    data is escaped for Markdown."""
+    s = parse_side(side, what)
+    spec = MODELS[s.model]
+    pooling = f"EOS token {md(repr(spec.eos_token))}" if spec.pooling == "eos" else "mean of tokens"
+    lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"
+             + (f". {md(spec.notes)}" if spec.notes else "")]
+    rec = training_record(s)
+    if s.adapter is None:
+        lines.append("Base model, no adapter.")
+    elif not rec:
+        lines.append(f"Adapter **{md(s.adapter)}** (no training record)")
+    else:
+        t = rec.get("training") if isinstance(rec.get("training"), dict) else {}
+        cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
+        dev = (rec.get("dev") if isinstance(rec.get("dev"), dict) else {}).get("STSBenchmark-dev")
+        lines.append(f"Adapter **{md(s.adapter)}**: trained on {md(rec.get('device', '?'))}, "
+                     f"{md(t.get('steps', '?'))} steps × {md(t.get('effective_contrastive_batch', '?'))} triplets, "
+                     f"lr {md(cfg.get('lr', '?'))}"
+                     + (f", STS-B dev {dev:.1f}" if isinstance(dev, (int, float)) and math.isfinite(dev) else ""))
+    if s.step is not None:
+        snap = next(x for x in snapshots(s.folder) if x.step == s.step)
+        figures = [f"{name} {v:.3f}" if name != "STS-B dev" else f"{name} {v:.1f}"
+                   for name, v in (("loss", snap.loss), ("STS-B dev", snap.dev), ("random-pair cosine", snap.random_pair_cosine))
+                   if v is not None]
+        lines.append(f"Training snapshot at step **{s.step}**" + (f": {', '.join(figures)}" if figures else "")
+                     + (" (step 0: the base model's vectors)" if s.weights is None else ""))
+    return "\n\n".join(lines)
+
+
+def first_card(spec: str | None, what: str) -> str:
+    """A side's card shown when the page loads (a broken adapter there is a line on the page, not a failed start)."""
+    if spec is None:
+        return "no model can load here"
+    try:
+        return model_card(spec, what)
+    except UserError as e:
+        return f"Side problem: {md(e)}"
+
+
+def unavailable_note() -> tuple[int, str]:
+    """How many registry models cannot load here, and why, one Markdown line each."""
+    rows = [f"- `{k}`: {md(why)}" for k, (ok, why) in available_models().items() if not ok]
+    return len(rows), "\n".join(rows)
+
+
+def build() -> tuple[gr.Dropdown, gr.Dropdown]:
+    """Side A's and side B's pickers with their cards (default: the default model's base vs its shipped adapter)."""
+    choices = side_choices()
+    try:
+        a0, b0 = (s.spec for s in default_sides())
+    except SideError:
+        a0 = b0 = None
+    with gr.Row(equal_height=False):
+        # allow_custom_value: API callers may type any valid spec (the handlers validate it)
+        with gr.Column():
+            side_a = gr.Dropdown(choices, value=a0, label="Side A", allow_custom_value=True, elem_id="side-a")
+            card_a = gr.Markdown(first_card(a0, "side A"))
+        with gr.Column():
+            side_b = gr.Dropdown(choices, value=b0, label="Side B", allow_custom_value=True, elem_id="side-b")
+            card_b = gr.Markdown(first_card(b0, "side B"))
+    n_out, why_out = unavailable_note()
+    if n_out:  # closed: on this machine it lists the Hub-only paper models, which would fill the top of every page
+        with gr.Accordion(f"{n_out} more model{'s' if n_out > 1 else ''} in the registry cannot load here (why)",
+                          open=False, elem_id="unavailable"):
+            gr.Markdown(why_out)
+    side_a.change(gradio_errors(lambda v: model_card(v, "side A")), [side_a], [card_a], api_name="model_card")
+    side_b.change(gradio_errors(lambda v: model_card(v, "side B")), [side_b], [card_b], api_visibility="private")
+
+    def sides_api() -> list[str]:
+        """Every side spec that can be used here (model[+adapter][@step])."""
+        return valid_specs()
+
+    gr.api(sides_api, api_name="sides")
+    return side_a, side_b

@@ -1,0 +1,83 @@
+"""Start-up work: the default sides made ready in the background (models, the built-in corpora's vectors,
+maps and indexes), and the same work exported as the shipped seed cache (``python -m embedlab build-cache``)."""
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Sequence
+
+from .corpora import builtin
+from .features.maps import map_key, save_map, twin_map
+from .features.pairs import anisotropy_cosines
+from .lab import MAP_MAX, SEED_DIR, Lab
+from .side import Side, default_sides
+
+log = logging.getLogger(__name__)
+WARM_CORPORA = ("topics", "snli", "stsb")
+
+
+def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA) -> tuple[Side, Side]:
+    """Make the default sides (or ``sides``) ready: models, the built-in corpora's vectors, maps and indexes."""
+    a, b = sides or default_sides()
+    lab.status["model"] = f"loading {a.spec} and {b.spec}…"
+    with lab.hold(a, b):
+        pass
+    lab.status["model"] = "ready"
+    lab.status["anisotropy"] = "embedding"
+    anisotropy_cosines(lab, a, b)
+    lab.status["anisotropy"] = "ready"
+    for name in corpora:
+        c = builtin(name)
+
+        def prog(done: int, total: int, name: str = name) -> None:
+            lab.status[name] = f"embedding {done:,}/{total:,}"
+
+        with lab.hold(a, b) as readies:
+            for r in readies:
+                lab._corpus(r, c, progress=prog, wait=True)
+            lab.status[name] = "building map…"
+            twin_map(lab, a, b, c)
+            for r in readies:
+                lab.index(r, c)
+        lab.status[name] = "ready"
+    return a, b
+
+
+def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA) -> None:
+    """:func:`prepare` in a background thread: failures are reported in the status line, never raised."""
+    try:
+        prepare(lab, sides, corpora)
+    except Exception as e:  # background thread: report, never crash the app
+        log.exception("warm-up failed")
+        lab.status["error"] = f"warm-up failed: {e}"
+
+
+def export_seeds(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA,
+                 out: Path = SEED_DIR) -> list[Path]:
+    """Write what :func:`prepare` builds (vectors as float16, maps) to ``out``, replacing what was there.
+
+    Run by ``python -m embedlab build-cache`` after an adapter changes; returns the files written.
+    Everything is written to a sibling folder first and swapped in at the end: ``out`` may be
+    this lab's own seed folder, which the export reads from while it runs.
+    """
+    from .evaluation import anisotropy_texts
+
+    a, b = prepare(lab, sides, corpora)
+    out = Path(out)
+    tmp = out.with_name(out.name + ".new")
+    shutil.rmtree(tmp, ignore_errors=True)
+    with lab.hold(a, b) as (ra, rb):
+        for t in [anisotropy_texts(0)] + [builtin(n).texts for n in corpora]:
+            for r in ([ra, rb] if ra.key("") != rb.key("") else [ra]):
+                lab.embeddings.export(r.enc, t, r.adapter, tmp / "embeddings")
+        for name in corpora:
+            c = builtin(name).sample(MAP_MAX)
+            save_map(tmp / "maps" / f"{map_key(ra, rb, c)}.npz", twin_map(lab, a, b, builtin(name)))
+    for sub in ("embeddings", "maps"):
+        shutil.rmtree(out / sub, ignore_errors=True)
+        (out / sub).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(tmp / sub, out / sub)
+    shutil.rmtree(tmp, ignore_errors=True)
+    return sorted(p for p in out.rglob("*") if p.is_file())
