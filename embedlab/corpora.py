@@ -133,6 +133,14 @@ def clean_text(s: str, keep: str = "\t") -> str:
     return "".join(ch for ch in s if ch >= " " or ch in keep).strip()
 
 
+def _csv_rows(reader) -> list:
+    """All rows of a CSV reader; a malformed file (e.g. a field over csv's 131,072-character limit) is an InputError."""
+    try:
+        return list(reader)
+    except csv.Error as e:
+        raise InputError(f"malformed CSV: {e}") from None
+
+
 def parse_corpus(data: bytes | str, filename: str = "upload.txt", max_texts: int = MAX_TEXTS,
                  max_bytes: int = MAX_UPLOAD_BYTES) -> Corpus:
     """A .txt (one text per line) or .csv (column 'text', optional 'label') upload -> Corpus.
@@ -141,10 +149,7 @@ def parse_corpus(data: bytes | str, filename: str = "upload.txt", max_texts: int
     """
     text = decode_upload(data, max_bytes=max_bytes)
     if filename.lower().endswith(".csv"):
-        try:
-            rows = list(csv.DictReader(io.StringIO(text)))
-        except csv.Error as e:
-            raise InputError(f"malformed CSV: {e}") from None
+        rows = _csv_rows(csv.DictReader(io.StringIO(text)))
         if not rows or "text" not in rows[0]:
             raise InputError("a CSV corpus needs a header row with a 'text' column (and optionally 'label')")
         texts = [clean_text(r.get("text") or "") for r in rows]
@@ -169,7 +174,7 @@ def parse_pairs(data: bytes | str) -> tuple[list[str], list[str], list[float] | 
     text = decode_upload(data, "pair list")
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if lines and lines[0].replace(" ", "").lower().startswith(("s1,s2", "sentence1,sentence2")):
-        rows = list(csv.reader(io.StringIO("\n".join(lines[1:]))))
+        rows = _csv_rows(csv.reader(io.StringIO("\n".join(lines[1:]))))
     else:
         rows = [ln.split("\t") for ln in lines]
     if not rows:

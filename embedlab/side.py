@@ -28,11 +28,16 @@ from .registry import DEFAULT_MODEL, MODELS, available_models, get_spec, hub_rea
 RUNS_DIR = ROOT / "runs"  # train.py's default output: local runs may be compared too
 MAX_SPEC_CHARS = 200
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"  # no leading dot: "..", ".hidden" are not adapter names
-_SPEC = re.compile(rf"(?P<model>{_NAME})(?:\+(?P<adapter>{_NAME}(?:/{_NAME})?))?(?:@(?P<step>\d{{1,9}}))?")
+_SPEC = re.compile(rf"(?P<model>{_NAME})(?:\+(?P<adapter>{_NAME}(?:/{_NAME})?))?(?:@(?P<step>[0-9]{{1,9}}))?")  # ASCII digits only
 
 
 class SideError(ValueError):
-    """A side spec that cannot be used, with the reason and the valid specs in words."""
+    """A side spec that cannot be used, with the reason and the valid specs in words. ``quoted``: the parts of
+    the message that quote what was typed (shown as typed, even where they look like a server path)."""
+
+    def __init__(self, message: str, quoted: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.quoted = quoted
 
 
 @dataclass(frozen=True)
@@ -197,10 +202,10 @@ def _short_list(specs: list[str]) -> str:
     return ", ".join(h + (f" ({', '.join(st)})" if st else "") for h, st in steps.items())
 
 
-def _refuse(what: str, reason: str) -> SideError:
+def _refuse(what: str, reason: str, quoted: tuple[str, ...] = ()) -> SideError:
     valid = valid_specs()
     sep = " " if reason.startswith(("must ", "is ", "has ")) else ": "
-    return SideError(f"{what}{sep}{reason}. Valid sides here: {_short_list(valid) if valid else 'none'}")
+    return SideError(f"{what}{sep}{reason}. Valid sides here: {_short_list(valid) if valid else 'none'}", quoted)
 
 
 def parse_side(value: Any, what: str = "side") -> Side:
@@ -218,7 +223,7 @@ def parse_side(value: Any, what: str = "side") -> Side:
     m = _SPEC.fullmatch(text)
     if m is None:
         shown = text if len(text) <= 60 else text[:57] + "…"
-        raise _refuse(what, f"{shown!r} is not spelled model[+adapter][@step]")
+        raise _refuse(what, f"{shown!r} is not spelled model[+adapter][@step]", (repr(shown),))
     key, name, step = m["model"], m["adapter"], m["step"]
     if key not in MODELS:
         raise _refuse(what, f"unknown model {key!r}")

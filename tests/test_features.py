@@ -649,3 +649,30 @@ def test_a_map_in_memory_does_not_wait_behind_a_map_being_built(lab, adapter, mo
         release.set()
         t.join(120)
     assert not t.is_alive()
+
+
+def test_a_csv_field_over_the_csv_limit_gets_a_clear_message(lab, tmp_path):
+    """Issue 20 #4: a field over csv's 131,072 characters, in a file or pasted, is refused like /upload_corpus's."""
+    big = "s1,s2\n\"" + "x" * 140_000 + "\",b\n"
+    with pytest.raises(common.UserError, match="malformed CSV: field larger than field limit") as e:
+        pairs.batch_pairs(lab, A, A, big, None)
+    assert "Sorry" not in str(e.value)
+    f = tmp_path / "big.csv"
+    f.write_text(big)
+    with pytest.raises(common.UserError, match="malformed CSV: field larger than field limit"):
+        pairs.batch_pairs(lab, A, A, None, str(f))
+
+
+def test_side_specs_take_ascii_digits_and_are_quoted_as_typed(lab, adapter):
+    """Issue 20 #5: '@٥٠' is refused (not read as @50); a spec that looks like a path is quoted as typed."""
+    with pytest.raises(common.UserError, match="is not spelled"):
+        pairs.compare(lab, A, f"{adapter}@\u0665\u0660", "a", "b")
+    with pytest.raises(common.UserError) as e:
+        pairs.compare(lab, A, f"{A}+/proc/self", "a", "b")
+    assert f"'{A}+/proc/self' is not spelled" in str(e.value), str(e.value)
+
+
+def test_echoed_input_is_cut_short(lab):
+    with pytest.raises(common.UserError) as e:
+        srch = search_tab.search(lab, A, A, "x" * 1_000_000, None, "a", 5)  # noqa: F841
+    assert len(str(e.value)) < 300

@@ -58,9 +58,13 @@ _ROOT_PREFIX = re.compile(re.escape(str(ROOT)) + r"/?")
 _ABS_PATH = re.compile(r"""(?<![\w.:/])/(?:[^\s/'"`()\[\]<>,;]+/)+([^\s/'"`()\[\]<>,;]*)""")
 
 
-def scrub(msg: str) -> str:
+def scrub(msg: str, keep: tuple[str, ...] = ()) -> str:
     """A message without server paths: the repository root becomes relative, any other absolute path its
-    last component ("/tmp/gradio/ab12/x.csv" -> "x.csv"). Every handler's message passes through here."""
+    last component ("/tmp/gradio/ab12/x.csv" -> "x.csv"). Every handler's message passes through here.
+    ``keep``: parts of the message quoting what the user typed, left as typed."""
+    for part in keep:
+        if part and part in msg:
+            return part.join(scrub(piece, keep) for piece in msg.split(part))
     msg = _ROOT_PREFIX.sub("", msg)
     return _ABS_PATH.sub(lambda m: m.group(1) or "(folder)", msg)
 
@@ -75,6 +79,8 @@ def user_facing(fn: Callable) -> Callable:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
+        except SideError as e:  # what was typed is quoted as typed
+            raise UserError(scrub(str(e), e.quoted)) from None
         except (UserError, *USER_ERRORS) as e:
             raise UserError(scrub(str(e))) from None
         except Cancelled as e:  # the client left: nobody reads this, but say what happened
