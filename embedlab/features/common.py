@@ -170,7 +170,8 @@ def whole(value: Any, what: str, lo: int, hi: int) -> int:
             (isinstance(value, float) and not (math.isfinite(value) and value.is_integer())):
         raise UserError(f"{what} must be a whole number from {lo} to {hi}")
     if not lo <= value <= hi:
-        raise UserError(f"{what} is {int(value):,}; it must be from {lo} to {hi}")
+        shown = f"{int(value):,}"
+        raise UserError(f"{what} is {shown if len(shown) <= ECHO_CHARS else 'a number too large'}; it must be from {lo} to {hi}")
     return int(value)
 
 
