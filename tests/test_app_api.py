@@ -39,7 +39,9 @@ def test_pairs_example_embed(client):
     s1, s2, note = client.predict(api_name="/example")
     assert s1 and s2 and "Human similarity" in note
     emb = client.predict(M, T, ["hello", "world"], True, api_name="/embed")
-    assert emb["dim_a"] == emb["dim_b"] == 576 and len(emb["a"]) == 2 and emb["a"] != emb["b"]
+    from embedlab.registry import MODELS
+
+    assert emb["dim_a"] == emb["dim_b"] == MODELS[M].dim and len(emb["a"]) == 2 and emb["a"] != emb["b"]
 
 
 def test_compare_across_models(client):
