@@ -492,7 +492,7 @@ def test_d3_every_parameter_is_type_checked(lab, adapter, bad, tmp_path):
 
 def test_d3_no_message_shows_a_server_path(lab, monkeypatch):
     from embedlab.corpora import InputError
-    from embedlab.lab import ROOT
+    from embedlab import ROOT
 
     assert views.scrub(f"cannot open {ROOT}/assets/adapters/x") == "cannot open assets/adapters/x"
     assert views.scrub("'/home/someone/.cache/embedlab/part-00001.npy' is corrupt") == "'part-00001.npy' is corrupt"
