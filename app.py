@@ -14,7 +14,7 @@ import threading
 import gradio as gr
 import pandas as pd
 
-from embedlab import views
+from embedlab import ROOT, views
 from embedlab.compute import configure_for_serving, stop_when
 from embedlab.corpora import BUILTINS
 from embedlab.lab import Lab
@@ -23,7 +23,7 @@ from embedlab.side import SideError, default_sides, valid_specs
 from embedlab.sweep import gradio_folder, sweep_forever
 from embedlab.sts import TASKS
 
-HOW_IT_WORKS = open(os.path.join(os.path.dirname(os.path.abspath(__file__)), "docs", "how_it_works.md"), encoding="utf-8").read()
+HOW_IT_WORKS = (ROOT / "docs" / "how_it_works.md").read_text(encoding="utf-8")
 CSS = """
 .gradio-container {max-width: 1400px !important}
 #status {font-size: 0.9em; opacity: 0.85}
