@@ -69,6 +69,6 @@ clean-cache:
 	rm -rf $${EMBEDLAB_CACHE:-$$HOME/.cache/embedlab}
 
 # For a GPU machine with no network: the default model's GGUF in pieces that fit beside the tree, the gguf wheel and
-# one job script, in .xfer/ (git-ignored). It prints the device calls to make; README "Training on a GPU machine".
+# one job script, in .xfer/ (git-ignored). It prints the device calls to make; docs/gpu.md, "Training on a GPU machine".
 gpu-bundle: $(STAMP)
 	$(PY) tools/gpu_bundle.py
