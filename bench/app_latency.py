@@ -15,19 +15,18 @@ as the round trip of the trivial /status endpoint. The app remembers recent sent
 every timed text is new unless the case says otherwise. The client is made with download_files=False:
 by default it would also fetch each view's CSV + JSON downloads after every search.
 
-    python bench/app_latency.py [--n 30] [--only replay]
+    python -m bench.app_latency [--n 30] [--only replay]
+(run it from the repository root: `-m` puts the root on the import path, for tests/app_server.py)
 """
 from __future__ import annotations
 
 import argparse
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-from app_server import AppServer  # noqa: E402
+from tests.app_server import AppServer
 
 QUERIES = ["A dog runs through the snow.", "The stock market fell sharply.", "A woman is slicing an onion.",
            "Two men are playing football.", "The president gave a speech.", "A cat sits on a mat."]
@@ -93,7 +92,6 @@ def main() -> None:
                 raise SystemExit(f"warm-up did not finish: {status}")
             time.sleep(5)
         print(f"warm-up (model + built-in corpora) finished {time.perf_counter() - t0 + server.ready_s:.0f} s after start")
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from embedlab.side import default_sides
 
         m, adapter = (s.spec for s in default_sides())  # side A: the base model, side B: its shipped adapter

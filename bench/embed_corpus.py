@@ -24,8 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from embedlab import ROOT
 
 
 def corpus_sentences(n: int) -> tuple[list[str], int]:

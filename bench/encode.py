@@ -9,17 +9,14 @@ longest text, last hidden state at the final (EOS) position.
 from __future__ import annotations
 
 import argparse
-import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from embedlab.loading import load_encoder  # noqa: E402
-from embedlab.provenance import device_name  # noqa: E402
-from embedlab.sts import load_task  # noqa: E402
+from embedlab.loading import load_encoder
+from embedlab.provenance import device_name
+from embedlab.sts import load_task
 
 
 def sentences(n: int) -> list[str]:

@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import gc
 import statistics
-import sys
 import time
 from pathlib import Path
 
@@ -29,8 +28,7 @@ import faiss
 import numpy as np
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from embedlab.provenance import environment, write_json_atomic  # noqa: E402
+from embedlab.provenance import environment, write_json_atomic
 
 DIM = 576  # SmolLM2-135M's width
 

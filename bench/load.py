@@ -27,9 +27,10 @@ the bytes on disk (temp: Gradio's cache + the app's downloads; the embedding cac
 before, at the peak, after, and once the last files are past the cleaning age (age + period). Goal: flat (bounded by the cleaning
 age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
 
-    python bench/load.py [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
-    python bench/load.py --expensive [--users 16] [--requests 10] [--think 5]
-    python bench/load.py --disk 1000 [--clients 4] [--pairs-per-file 5]
+    python -m bench.load [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
+    python -m bench.load --expensive [--users 16] [--requests 10] [--think 5]
+    python -m bench.load --disk 1000 [--clients 4] [--pairs-per-file 5]
+(run it from the repository root: `-m` puts the root on the import path, for tests/app_server.py)
 """
 from __future__ import annotations
 
@@ -37,7 +38,6 @@ import argparse
 import os
 import random
 import statistics
-import sys
 import tempfile
 import threading
 import time
@@ -46,9 +46,7 @@ from pathlib import Path
 
 import psutil
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from app_server import AppServer  # noqa: E402
+from tests.app_server import AppServer
 
 M = "smollm2-135m"
 SUBJECTS = ["A man", "A woman", "Two children", "The chef", "A dog", "The old pilot", "A student", "The team"]
@@ -352,7 +350,6 @@ def main() -> None:
             if time.perf_counter() - t0 > 1800:
                 raise SystemExit("warm-up did not finish in 30 min")
             time.sleep(2)
-        sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
         from embedlab.side import default_sides
 
         adapter = default_sides()[1].spec  # side B; side A is the base model M

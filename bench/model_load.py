@@ -12,9 +12,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
 CODE = "import time; t=time.perf_counter(); from embedlab.loading import load_encoder; e=load_encoder('{m}', device='cpu'); e.encode(['warm']); print(time.perf_counter()-t)"
 
 
@@ -23,7 +21,7 @@ def main() -> None:
     ap.add_argument("--model", default="smollm2-135m")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as cache:
-        env = {**os.environ, "EMBEDLAB_CACHE": cache, "PYTHONPATH": str(ROOT)}
+        env = {**os.environ, "EMBEDLAB_CACHE": cache}
         times = []
         for _ in range(2):  # fresh process each time: what a user waits for at start-up
             t0 = time.perf_counter()

@@ -19,17 +19,13 @@ import argparse
 import contextlib
 import random
 import statistics
-import sys
 import threading
 import time
 from collections import defaultdict
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from embedlab import compute  # noqa: E402
-from embedlab.lab import Lab  # noqa: E402
-from embedlab.side import default_sides  # noqa: E402
+from embedlab import compute
+from embedlab.lab import Lab
+from embedlab.side import default_sides
 
 WORDS = "man woman dog child chef pilot plays cooks reads runs paints fixes guitar soup novel park fence car".split()
 

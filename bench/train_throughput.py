@@ -11,27 +11,25 @@ Also printed: real (non-pad) tokens per second and an estimated model-FLOPs util
 ~4 x non-embedding parameters x real tokens per step (forward 2, backward to the activations 2;
 the frozen weights get no gradient; +2 with the gradient cache's extra forward) over --peak-tflops.
 
-    python bench/train_throughput.py [--batch-size 128] [--steps 5] [--max-tokens 8192] [--device cuda]
+    python -m bench.train_throughput [--batch-size 128] [--steps 5] [--max-tokens 8192] [--device cuda]
+(run it from the repository root: `-m` puts the root on the import path, for train.py)
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import sys
 import time
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-import train  # noqa: E402
-from embedlab.encode import embed_batch  # noqa: E402
-from embedlab.loading import load_encoder  # noqa: E402
-from embedlab.loss import info_nce  # noqa: E402
-from embedlab.nli import read_triplets  # noqa: E402
-from embedlab.provenance import device_name  # noqa: E402
+import train
+from embedlab import ROOT
+from embedlab.encode import embed_batch
+from embedlab.loading import load_encoder
+from embedlab.loss import info_nce
+from embedlab.nli import read_triplets
+from embedlab.provenance import device_name
 
 
 def peak(dev: torch.device) -> str:

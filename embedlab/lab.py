@@ -32,7 +32,8 @@ from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
 from .lru import LRU
 from .registry import get_spec
-from .side import ROOT, Side, SideError, adapter_roots, parse_side
+from . import ROOT
+from .side import Side, SideError, adapter_roots, parse_side
 
 log = logging.getLogger(__name__)
 SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
@@ -221,5 +222,4 @@ class Lab:
         return " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
 
 
-__all__ = ["Lab", "Ready", "Side", "SideError", "parse_side", "ModelsBusy", "InputError", "AdapterError", "MAP_MAX",
-           "ROOT"]
+__all__ = ["Lab", "Ready", "Side", "SideError", "parse_side", "ModelsBusy", "InputError", "AdapterError", "MAP_MAX"]

@@ -141,7 +141,7 @@ def test_arbitrary_text_over_the_api_gets_an_answer_or_a_message(client, app_ser
     ((M, M, "topics", "q", 1e300), "/search", "greater than maximum value 50"),  # Gradio's slider check
 ])
 def test_wrong_types_over_the_api_get_a_message_without_server_paths(client, app_server, args, api, msg):
-    from embedlab.lab import ROOT
+    from embedlab import ROOT
 
     with pytest.raises(Exception) as e:
         client.predict(*args, api_name=api)

@@ -496,7 +496,7 @@ def test_every_parameter_is_type_checked(lab, adapter, bad, tmp_path):
 
 def test_no_message_shows_a_server_path(lab, monkeypatch):
     from embedlab.corpora import InputError
-    from embedlab.lab import ROOT
+    from embedlab import ROOT
 
     assert common.scrub(f"cannot open {ROOT}/assets/adapters/x") == "cannot open assets/adapters/x"
     assert common.scrub("'/home/someone/.cache/embedlab/part-00001.npy' is corrupt") == "'part-00001.npy' is corrupt"

@@ -11,9 +11,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tools"))
-import gpu_bundle  # noqa: E402
+from embedlab import ROOT
+from tools import gpu_bundle
 
 MiB = 2**20
 
@@ -101,7 +100,7 @@ def test_pieces_reassemble_install_the_wheel_run_and_come_back_within_out_limits
 
 
 def test_many_runs_are_packed_and_a_damaged_piece_is_refused(tmp_path):
-    from gpu_job import collect
+    from tools.gpu_job import collect
 
     runs = tmp_path / "runs"
     for r in "abcd":

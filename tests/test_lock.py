@@ -1,11 +1,10 @@
 """requirements.lock (what `make` installs) must agree with requirements.txt (what a Space installs)."""
 import re
-from pathlib import Path
 
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-ROOT = Path(__file__).resolve().parent.parent
+from embedlab import ROOT
 
 
 def reqs(name: str) -> list[Requirement]:

@@ -313,7 +313,7 @@ def test_train_cli_reports_data_and_model_errors_without_a_traceback(tmp_path):
     bad.write_bytes(b"a,b,c\n1,2,3\n")
     good = tmp_path / "good.csv"
     good.write_text("sent0,sent1,hard_neg\na,b,c\nd,e,f\n")
-    root = Path(__file__).resolve().parent.parent
+    from embedlab import ROOT as root
     for args, msg in [(["--data", str(bad)], "lacks column"), (["--data", str(good), "--model", "gpt-17"], "gpt-17"),
                       (["--data", str(tmp_path / "none.csv")], "does not exist")]:
         r = subprocess.run([sys.executable, str(root / "train.py"), *args, "--out", str(tmp_path / "o")],

@@ -2,12 +2,13 @@
 import contextlib
 import io
 import re
-from pathlib import Path
 
 import pytest
 
+from embedlab import ROOT
+
 pytestmark = pytest.mark.integration
-README = Path(__file__).resolve().parent.parent / "README.md"
+README = ROOT / "README.md"
 
 
 def readme_examples() -> str:

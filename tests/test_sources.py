@@ -207,7 +207,7 @@ BUILD = textwrap.dedent(
 
 def test_processes_converting_at_once_convert_once(tmp_path):
     folder, log = tmp_path / "models" / "m-v1", tmp_path / "builds.log"
-    root = Path(__file__).resolve().parent.parent
+    from embedlab import ROOT as root
     procs = [subprocess.Popen([sys.executable, "-c", BUILD, str(folder), str(log)], cwd=root) for _ in range(3)]
     assert all(p.wait(timeout=120) == 0 for p in procs)
     assert Path(str(log) + ".started").read_text() == "xxx"

@@ -196,8 +196,7 @@ def test_snli_triplets_exclude_evaluation_sentences():
 
 KILLABLE = """
 import sys, time
-sys.path[:0] = [{root!r}, {tests!r}]
-import train
+import train  # the repository and tests/ come from PYTHONPATH, as pytest.ini's pythonpath gives them to the tests
 from embedlab.loading import attach_adapter
 from tiny import tiny_encoder
 
@@ -221,15 +220,16 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
     import subprocess
     import sys
     import time
-    from pathlib import Path
+
+    from embedlab import ROOT
 
     kw = dict(model="tiny-llama", data=str(triplets), out=str(tmp_path / "killed"), steps=12, batch_size=16,
               chunk_size=12, lr=3e-3, warmup_steps=2, log_every=5, ckpt_every=4, eval_tasks=[], max_length=32,
               device="cpu")
-    root = Path(__file__).resolve().parent.parent
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     script = tmp_path / "run.py"
-    script.write_text(KILLABLE.format(root=str(root), tests=str(root / "tests"), cfg=kw))
-    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    script.write_text(KILLABLE.format(cfg=kw))
+    proc = subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
     ckpt = tmp_path / "killed" / "checkpoint" / "adapter_model.safetensors"
     deadline = time.time() + 120
     while not ckpt.is_file() and proc.poll() is None and time.time() < deadline:
@@ -240,8 +240,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
     assert proc.returncode == -signal.SIGKILL
     assert not (tmp_path / "killed" / "adapter_model.safetensors").exists()
 
-    resumed = subprocess.run([sys.executable, "-c", KILLABLE.format(root=str(root), tests=str(root / "tests"),
-                                                                   cfg={**kw, "resume": True})],
+    resumed = subprocess.run([sys.executable, "-c", KILLABLE.format(cfg={**kw, "resume": True})], env=env,
                              capture_output=True, text=True, timeout=300)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resumed from" in resumed.stdout

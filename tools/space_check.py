@@ -32,10 +32,9 @@ import time
 import urllib.request
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
-from embedlab.adapters import sha256_file  # noqa: E402  (stdlib + registry only: no torch here)
-from embedlab.registry import DEFAULT_MODEL, get_spec  # noqa: E402
+from embedlab import ROOT
+from embedlab.adapters import sha256_file  # stdlib + registry only: no torch here
+from embedlab.registry import DEFAULT_MODEL, get_spec
 
 VENV = Path(tempfile.gettempdir()) / "embedlab-space-venv"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",

@@ -36,7 +36,8 @@ from ..loading import ModelUnavailableError
 from ..nli import DataError
 from ..provenance import environment
 from ..registry import UnknownModelError
-from ..side import ROOT, Side, SideError, parse_side
+from .. import ROOT
+from ..side import Side, SideError, parse_side
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 1000
