@@ -5,7 +5,7 @@ each). Plain functions over numpy arrays and dicts; app.py only lays them out. S
 (loaded models, caches) lives in one :class:`Lab` object, bounded; nothing per user lives here.
 
 One request, start to end: app.py -> views (parse the two side specs) -> a Lab method here, which
-holds the sides' backbones (:meth:`Lab.hold`, at most ``max_models`` in memory), embeds through the
+holds the sides' backbones (:meth:`Lab.hold`: a pool sized by memory, see :meth:`Lab.encoder`), embeds through the
 :class:`~embedlab.cache.EmbeddingCache` (one mixed-adapter pass when both sides share a backbone),
 and the forward pass runs in :mod:`embedlab.encode` on the compute thread.
 """
@@ -46,11 +46,30 @@ log = logging.getLogger(__name__)
 SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
 WARM_CORPORA = ("topics", "snli", "stsb")
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
-MODEL_WAIT_S = 300  # a request waits this long for a model slot held by other requests, then is told to retry
+MODEL_WAIT_S = 300  # a request waits this long for model memory held by other requests, then is told to retry
+# Bytes of model weights the pool keeps loaded. Measured (fp32 parameters + buffers, as loaded here):
+# smollm2-135m 0.54 GB, gemma3-270m 1.07 GB, minilm-l6 0.09 GB: the three small models, ~1.7 GB, fit
+# the default with room to spare, so none of them ever waits for another's memory; a Space has 16 GB.
+MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
 
 
 class ModelsBusy(RuntimeError):
-    """Every model slot is held by running requests for other models (the message says so)."""
+    """The model memory is held by running requests for other models (the message says so)."""
+
+
+def model_bytes(enc: Encoder) -> int:
+    """Bytes of a loaded encoder's weights (parameters and buffers; tied tensors counted once)."""
+    seen, total = set(), 0
+    for t in list(enc.model.parameters()) + list(enc.model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _estimate_bytes(key: str) -> int:
+    """A model's fp32 weight bytes before it is loaded, from its registry entry."""
+    return int(get_spec(key).params_m * 1e6 * 4)
 
 
 @dataclass(frozen=True)
@@ -69,19 +88,23 @@ class Ready:
 class Lab:
     """Bounded caches of models, embeddings, indexes and maps, shared by all users."""
 
-    def __init__(self, cache_dir: Path | None = None, max_models: int = 2, device: str | None = "cpu",
-                 seed_dir: Path | None = SEED_DIR) -> None:
+    def __init__(self, cache_dir: Path | None = None, max_models: int | None = None, device: str | None = "cpu",
+                 seed_dir: Path | None = SEED_DIR, model_bytes: int | None = None) -> None:
         self.cache_dir = Path(cache_dir or cache_root())
         self.seed_dir = Path(seed_dir) if seed_dir else None
         self.embeddings = EmbeddingCache(self.cache_dir / "embeddings",
                                          seeds=[self.seed_dir / "embeddings"] if self.seed_dir else [])
+        # The pool: at most ``model_bytes`` of weights (EMBEDLAB_MODEL_MEMORY_MB) and, if given, ``max_models``.
+        self.model_budget = int(model_bytes if model_bytes is not None else MODEL_MEMORY_MB * 2**20)
         self.max_models = max_models
+        self.resident: set[str] = set()  # models never evicted (the default sides', set by prepare)
         self.device = device
         self._models: OrderedDict[str, Encoder] = OrderedDict()
+        self._bytes: dict[str, int] = {}  # model -> its measured weight bytes (kept after eviction, for the next load)
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)  # notified when a request lets go of its models
-        self._pins: Counter[str] = Counter()  # model -> requests using it now (never evicted meanwhile)
+        self._pins: Counter[str] = Counter()  # model -> requests and jobs using it now (never evicted meanwhile)
         self._map_build = threading.Lock()  # one uncached map at a time (see twin_map)
         self._indexes: LRU[str, faiss_index.Index] = LRU(max_items=8)
         self._maps: LRU[str, dict] = LRU(max_items=6)
@@ -89,9 +112,58 @@ class Lab:
         self.status: dict[str, str] = {}  # background work, shown in the UI
 
     # --- models -----------------------------------------------------------------------------------
+    # The pool is sized by memory, not by a count: every model that fits ``model_budget`` stays loaded, so a
+    # request for one model never waits for another request's model (a 5-minute search on two models
+    # used to hold both of two slots while the default compare waited). A pin (a request or a corpus job
+    # using the model) only stops its model being evicted; it never stops another model loading while
+    # memory allows. Requests of one model share it: their forward passes interleave on the compute
+    # thread one batch at a time, by priority (compute.py), so nobody waits for a model longer than a batch.
+    # Only when pinned and resident models fill the budget does a load wait for a pin to go (status line
+    # says so); a model that cannot fit beside the resident ones at all is refused at once.
+    def _used_bytes(self) -> int:
+        return sum(self._bytes.get(k, 0) for k in self._models)
+
+    def _evict_for(self, key: str, need: int) -> bool:
+        """Evict least recently used models nobody uses (never resident ones) until ``need`` more bytes (and one
+        more model) fit; True when they do. Called with ``self._lock`` held."""
+        def fits() -> bool:
+            count_ok = self.max_models is None or len([k for k in self._models if k != key]) < self.max_models
+            return count_ok and self._used_bytes() - self._bytes.get(key, 0) * (key in self._models) + need \
+                <= self.model_budget
+
+        for old in [k for k in self._models if k != key]:
+            if fits():
+                break
+            if not self._pins[old] and old not in self.resident:
+                del self._models[old]
+        return fits()
+
+    def _make_room(self, key: str) -> None:
+        """Before loading ``key``: free memory for it, waiting (at most MODEL_WAIT_S) while models that are in
+        use fill the budget. Raises ModelsBusy when it cannot fit or the wait runs out."""
+        need = self._bytes.get(key) or _estimate_bytes(key)
+        deadline = time.monotonic() + MODEL_WAIT_S
+        with self._slots:
+            fixed = sum(self._bytes.get(k, 0) for k in self._models if k in self.resident and k != key)
+            if fixed + need > self.model_budget and fixed:
+                raise ModelsBusy(f"{key} needs ~{need / 2**20:,.0f} MB of weights; the app keeps "
+                                 f"{self.model_budget / 2**20:,.0f} MB for models and the default ones use "
+                                 f"{fixed / 2**20:,.0f} MB (EMBEDLAB_MODEL_MEMORY_MB sets it)")
+            label = f"waiting for {key}"
+            try:
+                while not self._evict_for(key, need) and any(self._pins[k] for k in self._models if k != key):
+                    self.status[label] = "the model memory is in use by running requests for other models"
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._slots.wait(timeout=left):
+                        raise ModelsBusy(f"{key}: the app's model memory is in use by other requests; "
+                                         "try again in a minute")
+            finally:
+                self.status.pop(label, None)
+
     def encoder(self, key: str) -> Encoder:
-        """The loaded encoder for ``key`` (loads on first use; the least recently used model that no
-        request holds is evicted). Call it inside :meth:`hold`, which keeps the pool within ``max_models``."""
+        """The loaded encoder for ``key`` (loads on first use, evicting least recently used models that nobody
+        uses and that are not resident until it fits the memory budget). Call it inside :meth:`hold`, which
+        keeps its model from being evicted meanwhile."""
         get_spec(key)
         with self._lock:
             if key in self._models:
@@ -102,6 +174,7 @@ class Lab:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
+            self._make_room(key)
             self.status[key] = "loading the model (first use; up to a minute on 2 cores)…"
             try:
                 enc = load_encoder(key, device=self.device)
@@ -109,39 +182,39 @@ class Lab:
                 self.status.pop(key, None)
             with self._lock:
                 self._models[key] = enc
-                for old in [k for k in self._models if k != key and not self._pins[k]]:
-                    if len(self._models) <= self.max_models:
-                        break
-                    del self._models[old]
+                self._bytes[key] = model_bytes(enc)
+                self._evict_for(key, self._bytes[key])  # the measured size may exceed the estimate
             return enc
+
+    def _keep(self, key: str) -> Callable[[], None]:
+        """Pin ``key`` (no eviction) until the returned function is called, e.g. from a background job's thread."""
+        with self._slots:
+            self._pins[key] += 1
+        done = threading.Event()
+
+        def release() -> None:
+            if not done.is_set():
+                done.set()
+                with self._slots:
+                    self._pins[key] -= 1
+                    self._slots.notify_all()
+
+        return release
 
     @contextlib.contextmanager
     def hold(self, *sides: Side) -> Iterator[list[Ready]]:
         """The sides made ready (models loaded, adapters attached), their models kept in memory until the
-        block ends. A request takes all its models at once, waiting while other requests hold the other
-        slots, so at most ``max_models`` backbones are ever loaded (a cross-model compare needs two)."""
+        block ends. Holding never blocks another request's model: see the pool's notes above."""
         keys = list(dict.fromkeys(s.model for s in sides))
-        if len(keys) > self.max_models:
+        if self.max_models is not None and len(keys) > self.max_models:
             raise ModelsBusy(f"this needs {len(keys)} models at once; the app holds at most {self.max_models}")
-        deadline = time.monotonic() + MODEL_WAIT_S
-        with self._slots:
-            while len(set(k for k, n in self._pins.items() if n) | set(keys)) > self.max_models:
-                waiting = ", ".join(k for k in keys if not self._pins[k])
-                self.status[f"waiting for {waiting}"] = "other requests are using the other models"
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._slots.wait(timeout=left):
-                    self.status.pop(f"waiting for {waiting}", None)
-                    raise ModelsBusy(f"{waiting}: the app's {self.max_models} model slots are in use by other "
-                                     "requests; try again in a minute")
-                self.status.pop(f"waiting for {waiting}", None)
-            self._pins.update(keys)
+        releases = [self._keep(k) for k in keys]
         try:
             encs = {k: self.encoder(k) for k in keys}
             yield [self._ready(s, encs[s.model]) for s in sides]
         finally:
-            with self._slots:
-                self._pins.subtract(keys)
-                self._slots.notify_all()
+            for release in releases:
+                release()
 
     def _ready(self, side: Side, enc: Encoder) -> Ready:
         """Attach ``side``'s weights to its (held) encoder, once per weights folder and file state."""
@@ -346,6 +419,7 @@ class Lab:
     def prepare(self, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA) -> tuple[Side, Side]:
         """Make the default sides (or ``sides``) ready: models, the built-in corpora's vectors, maps and indexes."""
         a, b = sides or default_sides()
+        self.resident.update((a.model, b.model))  # the default sides' models are never evicted
         self.status["model"] = f"loading {a.spec} and {b.spec}…"
         with self.hold(a, b):
             pass
