@@ -51,6 +51,7 @@ MODEL_WAIT_S = 300  # a request waits this long for model memory held by other r
 # smollm2-135m 0.54 GB, gemma3-270m 1.07 GB, minilm-l6 0.09 GB: the three small models, ~1.7 GB, fit
 # the default with room to spare, so none of them ever waits for another's memory; a Space has 16 GB.
 MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
+JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
 
 
 class ModelsBusy(RuntimeError):
@@ -247,10 +248,20 @@ class Lab:
 
     def _corpus(self, r: Ready, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
                 wait: bool = False) -> np.ndarray:
-        """A corpus's vectors under one side (cached). ``wait=False``: a corpus another request is embedding
-        right now raises CacheBusy with its progress instead of blocking this request."""
-        return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=wait,
-                                              sha=corpus.sha256, uploaded=corpus.uploaded)
+        """A corpus's vectors under one side (cached). ``wait=False`` (a request): vectors not cached yet are
+        computed by a background job (cache.Job, shown on the status line, cancellable, background priority);
+        this request waits at most JOB_WAIT_S for it, then raises CacheBusy saying how far the job is."""
+        if wait:
+            return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=True,
+                                                  sha=corpus.sha256, uploaded=corpus.uploaded)
+        return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=False,
+                                              sha=corpus.sha256, uploaded=corpus.uploaded, job_wait_s=JOB_WAIT_S,
+                                              label=f"{r.side.spec} on {corpus.name}",
+                                              keep=lambda: self._keep(r.enc.spec.key))
+
+    def cancel_jobs(self) -> int:
+        """Cancel every background corpus job (each stops after its current batch); returns how many ran."""
+        return self.embeddings.cancel()
 
     def _sample_vectors(self, r: Ready, full: Corpus, sample: Corpus) -> np.ndarray:
         """Vectors of a map's sample: rows of the whole corpus's when those are cached already
@@ -480,12 +491,17 @@ class Lab:
         return sorted(p for p in out.rglob("*") if p.is_file())
 
     def status_line(self) -> str:
-        if not self.status:
+        """One line about background work: models loading, corpus jobs with their progress, the warm-up.
+        "Ready" only when nothing runs."""
+        jobs = self.embeddings.jobs()
+        if not self.status and not jobs:
             return ""
         status = dict(self.status)
         loading = [k for k, v in status.items() if v.startswith("loading the model")]
         busy = {k: v for k, v in status.items() if v != "ready" and k not in loading}
         parts = [f"**Loading {k}** (first use; up to a minute on 2 cores): requests for it wait" for k in loading]
+        parts += [f"**Building the index for {j.label or 'a side'}**: {j.describe()}, in the background "
+                  "(other views work meanwhile)" for j in jobs]
         if busy:
             parts.append("Preparing in the background (other views work meanwhile): "
                          + "; ".join(f"{k}: {v}" for k, v in busy.items()))

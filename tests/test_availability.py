@@ -10,6 +10,8 @@ import pytest
 import embedlab.lab as lab_mod
 import embedlab.side as side_mod
 from embedlab import views
+from embedlab.cache import CacheBusy
+from embedlab.corpora import Corpus
 from embedlab.lab import Lab, ModelsBusy, model_bytes
 from embedlab.registry import MODELS
 from tiny import A, B, tiny_encoder, tiny_models
@@ -80,3 +82,77 @@ def test_the_pool_evicts_by_memory_keeps_resident_models_and_refuses_what_cannot
     with pytest.raises(ModelsBusy, match="EMBEDLAB_MODEL_MEMORY_MB"):
         with small.hold(b):
             pass
+
+
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    encs = tiny_models(monkeypatch)
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
+    return lab
+
+
+def _corpus(n: int) -> Corpus:
+    words = "a the man woman dog cat is playing eating guitar food running park".split()
+    texts = tuple(f"{words[i % 13]} {words[(i // 13) % 13]} {words[(i // 169) % 13]} {i}" for i in range(n))
+    return Corpus("big upload", texts, ("x",) * n, "test corpus", uploaded=True)
+
+
+def test_the_first_embedding_of_a_large_corpus_is_a_visible_cancellable_background_job(lab, monkeypatch):
+    """Issue 20, defect 1/2: an uncached search embedded its whole corpus inside the request (293 s) and the
+    status line read "Ready". Now the search answers within JOB_WAIT_S with the job's progress, the status line
+    shows it (never "Ready" meanwhile), compares still answer, the job can be cancelled and resumes."""
+    import embedlab.cache as cache_mod
+
+    monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 0.3)
+    monkeypatch.setattr(cache_mod, "CHUNK", 256)  # two slices per cached chunk
+    enc = lab.encoder(A)
+    gate, slices = threading.Event(), []
+    real = enc.encode
+
+    def slow(texts, **kw):  # corpus slices wait for the gate after the first two; short requests pass
+        if len(texts) > 2:
+            slices.append(kw.get("priority"))
+            if len(slices) > 2:
+                gate.wait(30)
+        return real(texts, **kw)
+
+    monkeypatch.setattr(enc, "encode", slow)
+    corpus = _corpus(1000)
+    out: list = []
+    t = threading.Thread(target=lambda: out.append(_try(lambda: views.search(lab, A, A, "upload", corpus,
+                                                                                "a dog", 5))), daemon=True)
+    t.start()
+    t.join(10)
+    assert not t.is_alive(), "the search hung while its corpus was embedded"
+    msg = str(out[0])
+    assert isinstance(out[0], views.UserError) and "Building the index for tiny-llama on big upload" in msg
+    assert " of 1,000 texts (" in msg and "%" in msg
+    line = lab.status_line()
+    assert "Building the index for tiny-llama on big upload" in line and "of 1,000 texts" in line
+    assert "Ready" not in line
+    assert set(slices) == {lab_mod.BACKGROUND}  # the job's batches run at background priority
+    assert "cosine" in views.compare(lab, A, A, "a man", "a dog")  # other views answer meanwhile
+    for _ in range(400):  # the job reaches the gate: its first chunk (two slices) is on disk
+        if len(slices) > 2:
+            break
+        time.sleep(0.05)
+    assert lab.cancel_jobs() == 1
+    gate.set()
+    for _ in range(200):
+        if not lab.embeddings.jobs():
+            break
+        time.sleep(0.05)
+    assert not lab.embeddings.jobs() and "Building" not in lab.status_line()
+    monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 30)
+    slices.clear()
+    r = lab.search(views._side(A, "s"), views._side(A, "s"), corpus, "a dog", 5)
+    assert len(r["a"]) == 5
+    assert len(slices) == 6  # resumed: the chunk finished before the cancel (2 slices of 8) was kept
+
+
+def _try(fn):
+    try:
+        return fn()
+    except Exception as e:  # noqa: BLE001
+        return e
