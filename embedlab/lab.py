@@ -33,7 +33,7 @@ from .adapters import AdapterError
 from .cache import EmbeddingCache, embedding_key
 from .compute import BACKGROUND, INTERACTIVE, on_compute_thread, urgent
 from .corpora import Corpus, InputError, builtin
-from .encode import Encoder
+from .encode import Encoder, tokenize
 from .loading import attach_adapter, cache_root, load_encoder
 from .atomic import atomic_path
 from .lru import LRU
@@ -51,6 +51,11 @@ MODEL_WAIT_S = 300  # a request waits this long for model memory held by other r
 # smollm2-135m 0.54 GB, gemma3-270m 1.07 GB, minilm-l6 0.09 GB: the three small models, ~1.7 GB, fit
 # the default with room to spare, so none of them ever waits for another's memory; a Space has 16 GB.
 MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
+# /embed's bounds (views.embed_api), like MAX_PAIR_CHARS for /batch_pairs: 256 texts of 20,000 characters took
+# 109-127 s on 2 cores and 8 such calls pushed /compare's p50 from 0.28 s to 6.9 s.
+MAX_EMBED_CHARS = 200_000  # all texts of one call
+MAX_EMBED_TOKENS = 32_768  # per side, after each text is cut to the model's max_length tokens (as the encoder does)
+EMBED_INTERACTIVE_TOKENS = 2_048  # more than this runs at background priority: compares overtake it batch by batch
 JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
 
 
@@ -282,6 +287,22 @@ class Lab:
         with self.hold(a, b) as (ra, rb):
             return self._texts(ra, rb, texts)
 
+    def embed_bounded(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed` for the /embed API, with its work bounded: at most MAX_EMBED_CHARS characters in all
+        and MAX_EMBED_TOKENS tokens per side (counted after each text is cut to the model's ``max_length``
+        tokens, which is what the encoder embeds); more than EMBED_INTERACTIVE_TOKENS run at background
+        priority, so a compare waits for at most one of its (small) batches."""
+        if (chars := sum(len(t) for t in texts)) > MAX_EMBED_CHARS:
+            raise InputError(f"{chars:,} characters in all; the API embeds at most {MAX_EMBED_CHARS:,} per call "
+                             "(a text is cut to the model's first 128-256 tokens anyway): split the list or "
+                             "shorten the texts")
+        with self.hold(a, b) as (ra, rb):
+            tokens = max(_tokens(r, texts) for r in (ra, rb))
+            if tokens > MAX_EMBED_TOKENS:
+                raise InputError(f"{tokens:,} tokens (each text cut to its model's limit); the API embeds at most "
+                                 f"{MAX_EMBED_TOKENS:,} per call: split the list")
+            return self._texts(ra, rb, texts, priority=BACKGROUND if tokens > EMBED_INTERACTIVE_TOKENS else INTERACTIVE)
+
     # --- views ------------------------------------------------------------------------------------
     def compare_pair(self, a: Side, b: Side, x: str, y: str) -> dict:
         """Cosine of one pair of texts under side A and side B. Urgent: the cheapest request, and the one
@@ -506,6 +527,12 @@ class Lab:
             parts.append("Preparing in the background (other views work meanwhile): "
                          + "; ".join(f"{k}: {v}" for k, v in busy.items()))
         return " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+
+
+def _tokens(r: Ready, texts: Sequence[str]) -> int:
+    """Tokens the encoder runs for ``texts`` under side ``r``: each text with its prompt, cut to max_length."""
+    ids, _ = tokenize(r.enc.tokenizer, r.enc.spec, texts, r.enc.max_length, r.enc.prompt_for(r.adapter))
+    return sum(len(x) for x in ids)
 
 
 # The map file's array names (kept from when the two sides were always base and tuned: the shipped

@@ -156,3 +156,30 @@ def _try(fn):
         return fn()
     except Exception as e:  # noqa: BLE001
         return e
+
+
+def test_embed_has_bounded_work_and_runs_long_lists_at_background_priority(lab, monkeypatch):
+    """Issue 20, defect 2: /embed took 256 texts of 20,000 characters (109-127 s of work on 2 cores) at
+    interactive priority, and 8 such calls pushed the compare p50 from 0.28 s to 6.9 s. Now its characters and
+    tokens are capped like /batch_pairs', and a long list runs at background priority."""
+    enc = lab.encoder(A)
+    seen = []
+    real = enc.encode_mixed
+    monkeypatch.setattr(enc, "encode_mixed", lambda texts, adapters, priority=0: seen.append(priority)
+                        or real(texts, adapters, priority=priority))
+    words = "a the man woman dog cat is playing eating guitar food running park".split()
+    long_text = " ".join(words[i % 13] for i in range(3500))  # ~15,000 characters, under the per-text limit
+    with pytest.raises(views.UserError, match=r"characters in all; the API embeds at most 200,000 per call"):
+        views.embed_api(lab, A, A, [long_text + f" {i}" for i in range(256)])
+    assert not seen  # refused before any work
+    monkeypatch.setattr(lab_mod, "MAX_EMBED_TOKENS", 1000)
+    texts = [f"{words[i % 13]} {words[i // 13 % 13]} is playing {i}" for i in range(256)]
+    with pytest.raises(views.UserError, match=r"tokens \(each text cut to its model's limit\); the API embeds at most 1,000"):
+        views.embed_api(lab, A, A, texts)
+    monkeypatch.setattr(lab_mod, "MAX_EMBED_TOKENS", 32_768)
+    out = views.embed_api(lab, A, A, texts)  # ~2,800 tokens: a long list
+    assert len(out["a"]) == 256 and seen == [lab_mod.BACKGROUND]
+    views.embed_api(lab, A, A, ["a dog", "a cat"])  # a short one stays interactive
+    assert seen[-1] == lab_mod.INTERACTIVE
+    # each text counts what the encoder embeds: cut to max_length tokens (tiny-llama: 32)
+    assert lab_mod._tokens(lab_mod.Ready(views._side(A, "s"), enc, None), [long_text]) == enc.max_length
