@@ -47,9 +47,9 @@ SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the bu
 WARM_CORPORA = ("topics", "snli", "stsb")
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
 MODEL_WAIT_S = 300  # a request waits this long for model memory held by other requests, then is told to retry
-# Bytes of model weights the pool keeps loaded. Measured (fp32 parameters + buffers, as loaded here):
-# smollm2-135m 0.54 GB, gemma3-270m 1.07 GB, minilm-l6 0.09 GB: the three small models, ~1.7 GB, fit
-# the default with room to spare, so none of them ever waits for another's memory; a Space has 16 GB.
+# Bytes of model weights the pool keeps loaded. Measured with model_bytes (fp32 parameters + buffers, as
+# load_encoder loads them on CPU): smollm2-135m 513 MiB, gemma3-270m 1,023 MiB, minilm-l6 87 MiB. The three
+# small models, 1,623 MiB, fit the default with room to spare, so none ever waits for another's memory; a Space has 16 GB.
 MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
 # /embed's bounds (views.embed_api), like MAX_PAIR_CHARS for /batch_pairs: 256 texts of 20,000 characters took
 # 109-127 s on 2 cores and 8 such calls pushed /compare's p50 from 0.28 s to 6.9 s.
