@@ -252,11 +252,13 @@ class EmbeddingCache:
                 if self._jobs.get(job.key) is job:
                     del self._jobs[job.key]
             lock.release()
-            job.finished.set()
-            if release:
-                release()
-            if uploaded:
-                self.trim_uploads()
+            try:
+                if uploaded:  # before the waiting request goes on: it sees the upload cache within its cap
+                    self.trim_uploads()
+            finally:
+                job.finished.set()
+                if release:
+                    release()
 
     def trim_uploads(self) -> int:
         """Remove the least recently used upload folders until the rest fit ``upload_bytes``; returns bytes freed.
