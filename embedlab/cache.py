@@ -76,7 +76,7 @@ class CacheBusy(RuntimeError):
 
 
 def _duration(s: float) -> str:
-    return f"{s:.0f} s" if s < 90 else f"{s / 60:.0f} min"
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
 
 
 class Job:
@@ -87,26 +87,24 @@ class Job:
         self.key, self.label, self.total = key, label, total
         self.done = 0
         self.started = time.monotonic()
-        self._first: tuple[float, int] | None = None  # (time, rows) of the first computed slice: the rate's origin
-        self._rate: tuple[float, int] | None = None  # (seconds, rows) computed since then
+        self._first: tuple[float, int] | None = None  # (time, rows) when computing began: the rate's origin
         self.finished = threading.Event()
         self.cancelled = threading.Event()
         self.result: np.ndarray | None = None
         self.error: BaseException | None = None
 
     def update(self, done: int, total: int) -> None:
-        now = time.monotonic()
         if self._first is None or done < self._first[1]:
-            self._first = (now, done)
-        elif done > self._first[1]:
-            self._rate = (now - self._first[0], done - self._first[1])
+            self._first = (time.monotonic(), done)  # cached chunks read before it do not count for the rate
         self.done, self.total = done, total
 
     def eta_s(self) -> float | None:
-        """Seconds left at the rate so far; None until a few slices have run."""
-        if self._rate is None or self._rate[1] <= 0 or self._rate[0] <= 0:
+        """Seconds left at the rate since the first computed slice, measured up to now (so a job that
+        stalls behind interactive work sees its estimate grow); None until a slice has been computed."""
+        if self._first is None or self.done <= self._first[1]:
             return None
-        return (self.total - self.done) * self._rate[0] / self._rate[1]
+        rate = (self.done - self._first[1]) / max(1e-9, time.monotonic() - self._first[0])
+        return (self.total - self.done) / rate
 
     def describe(self) -> str:
         """E.g. "3,200 of 10,000 texts (32%, about 2 min left)"."""

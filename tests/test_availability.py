@@ -183,3 +183,20 @@ def test_embed_has_bounded_work_and_runs_long_lists_at_background_priority(lab, 
     assert seen[-1] == lab_mod.INTERACTIVE
     # each text counts what the encoder embeds: cut to max_length tokens (tiny-llama: 32)
     assert lab_mod._tokens(lab_mod.Ready(views._side(A, "s"), enc, None), [long_text]) == enc.max_length
+
+
+def test_a_jobs_estimate_grows_while_it_stalls(monkeypatch):
+    """The bench on a loaded machine showed "128 of 10,000 texts (1%, about 12 min left)" for minutes while the
+    job waited behind interactive work: the estimate is the rate measured up to now, so it grows in a stall."""
+    import embedlab.cache as cache_mod
+
+    now = [100.0]
+    monkeypatch.setattr(cache_mod.time, "monotonic", lambda: now[0])
+    job = cache_mod.Job("k", "x on y", 10_000)
+    job.update(0, 10_000)
+    assert "estimating the time left" in job.describe()
+    now[0] += 10
+    job.update(1_000, 10_000)
+    assert job.describe() == "1,000 of 10,000 texts (10%, about 90 s left)"
+    now[0] += 80  # no batch for 80 s
+    assert job.describe() == "1,000 of 10,000 texts (10%, about 14 min left)"
