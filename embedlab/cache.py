@@ -322,6 +322,11 @@ class EmbeddingCache:
         key = embedding_key(enc, adapter, sha or corpus_sha256(list(texts)))
         return min(len(texts), len(_read_manifest(self.root / key / "manifest.json")) * CHUNK)
 
+    def in_memory(self, key: str) -> bool:
+        """Whether the vectors of embedding key ``key`` are in memory (get_or_compute answers at once)."""
+        with self._guard:
+            return key in self._memory
+
     def peek(self, enc: Encoder, texts: Sequence[str], adapter: str | None = None,
              sha: str | None = None, uploaded: bool = False) -> np.ndarray | None:
         """The cached embeddings of ``texts`` if every chunk is already cached, else None (never computes)."""

@@ -12,6 +12,7 @@ and the forward pass runs in :mod:`embedlab.encode` on the compute thread.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import hashlib
 import json
@@ -30,7 +31,7 @@ import numpy as np
 
 from . import index as faiss_index
 from .adapters import AdapterError
-from .cache import EmbeddingCache, embedding_key
+from .cache import CacheBusy, EmbeddingCache, embedding_key
 from .compute import BACKGROUND, INTERACTIVE, on_compute_thread, urgent
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder, tokenize
@@ -57,6 +58,10 @@ MAX_EMBED_CHARS = 200_000  # all texts of one call
 MAX_EMBED_TOKENS = 32_768  # per side, after each text is cut to the model's max_length tokens (as the encoder does)
 EMBED_INTERACTIVE_TOKENS = 2_048  # more than this runs at background priority: compares overtake it batch by batch
 JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
+
+
+# The sides the calling request holds (Lab.hold): a corpus job for one of them starts the others' jobs too.
+_held: contextvars.ContextVar[tuple] = contextvars.ContextVar("embedlab_held", default=())
 
 
 class ModelsBusy(RuntimeError):
@@ -215,10 +220,15 @@ class Lab:
         if self.max_models is not None and len(keys) > self.max_models:
             raise ModelsBusy(f"this needs {len(keys)} models at once; the app holds at most {self.max_models}")
         releases = [self._keep(k) for k in keys]
+        token = None
         try:
             encs = {k: self.encoder(k) for k in keys}
-            yield [self._ready(s, encs[s.model]) for s in sides]
+            readies = [self._ready(s, encs[s.model]) for s in sides]
+            token = _held.set(tuple(readies))
+            yield readies
         finally:
+            if token is not None:
+                _held.reset(token)
             for release in releases:
                 release()
 
@@ -255,12 +265,26 @@ class Lab:
                 wait: bool = False) -> np.ndarray:
         """A corpus's vectors under one side (cached). ``wait=False`` (a request): vectors not cached yet are
         computed by a background job (cache.Job, shown on the status line, cancellable, background priority);
-        this request waits at most JOB_WAIT_S for it, then raises CacheBusy saying how far the job is."""
+        this request waits at most JOB_WAIT_S for it, then raises CacheBusy saying how far the job is. The jobs
+        of the request's other sides (:meth:`hold`) start at the same time, and the message lists them too."""
         if wait:
             return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=True,
                                                   sha=corpus.sha256, uploaded=corpus.uploaded)
-        return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=False,
-                                              sha=corpus.sha256, uploaded=corpus.uploaded, job_wait_s=JOB_WAIT_S,
+        others = [] if self.embeddings.in_memory(r.key(corpus.sha256)) else \
+            list({o.key(corpus.sha256): o for o in _held.get() if o.key(corpus.sha256) != r.key(corpus.sha256)}.values())
+        for o in others:  # the request needs this corpus under its other sides too: their jobs start now, not after
+            with contextlib.suppress(Exception):  # (an error shows when that side's own turn comes)
+                self._corpus_job(o, corpus, 0.0)
+        try:
+            return self._corpus_job(r, corpus, JOB_WAIT_S)
+        except CacheBusy as e:
+            also = [f"{j.label}: {j.describe()}" for o in others for j in self.embeddings.jobs()
+                    if j.key == o.key(corpus.sha256)]
+            raise CacheBusy(str(e) + (" Also building " + "; ".join(also) + "." if also else "")) from None
+
+    def _corpus_job(self, r: Ready, corpus: Corpus, wait_s: float) -> np.ndarray:
+        return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, wait=False, sha=corpus.sha256,
+                                              uploaded=corpus.uploaded, job_wait_s=wait_s,
                                               label=f"{r.side.spec} on {corpus.name}",
                                               keep=lambda: self._keep(r.enc.spec.key))
 

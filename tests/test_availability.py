@@ -200,3 +200,28 @@ def test_a_jobs_estimate_grows_while_it_stalls(monkeypatch):
     assert job.describe() == "1,000 of 10,000 texts (10%, about 90 s left)"
     now[0] += 80  # no batch for 80 s
     assert job.describe() == "1,000 of 10,000 texts (10%, about 14 min left)"
+
+
+def test_a_search_on_two_uncached_sides_starts_both_jobs_at_once(lab, monkeypatch):
+    """Side B's job used to start only when side A's was done and the user asked again; now both start with the
+    first request and its message lists both."""
+    monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 0.3)
+    gate = threading.Event()
+    for key in (A, B):
+        enc = lab.encoder(key)
+        monkeypatch.setattr(enc, "encode", lambda texts, _real=enc.encode, **kw:
+                            (len(texts) <= 2 or gate.wait(30), _real(texts, **kw))[1])
+    try:
+        with pytest.raises(views.UserError) as e:
+            views.search(lab, A, B, "upload", _corpus(600), "a dog", 5)
+        assert "Building the index for tiny-llama on big upload" in str(e.value)
+        assert "Also building tiny-bert on big upload: 0 of 600 texts" in str(e.value)
+        assert lab.status_line().count("Building the index for") == 2
+    finally:
+        gate.set()
+    for _ in range(400):
+        if not lab.embeddings.jobs():
+            break
+        time.sleep(0.05)
+    r = views.search(lab, A, B, "upload", _corpus(600), "a dog", 5)
+    assert len(r[0]) == 5 and len(r[1]) == 5
