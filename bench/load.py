@@ -21,6 +21,16 @@ evaluation of all 9 tasks with quick off, anisotropy). Goals: interactive pair p
 answer; exponential, seeded); without it the 16 users send back to back, a stress test whose wait
 is bound by Little's law (16 users / the requests per second the 2 cores serve).
 
+--worst: the "worst single request" scenario (issue 20). 8 users each compare a fresh pair, pause 5 s, and
+again, while each maximal request runs in turn: an uncached search on a non-default pair (minilm-l6 vs
+gemma3-270m on the 10K stsb corpus), a maximal /embed, a maximal /batch_pairs, an uncached map (the same pair
+on snli), a full quick evaluation (every task). A search or map whose corpus is being embedded answers at
+once with the job's progress; the client asks again every 10 s, as a person would, until it has its answer.
+The app runs with an embedding cache of its own (models shared), so "uncached" is true on every run. Prints,
+per case: the maximal request's time, compare p50/p95, errors, and the app's RSS before and after; then the
+RSS --settle seconds after the last case. Goals: compare p95 <= 2 s in every case, 0 errors, RSS back
+within 200 MiB of its start.
+
 --disk N: N requests that upload files (batch pairs from an uploaded file; every 25th a new corpus
 upload + a search in it), C at a time, against an app whose temporary folders are its own; reports
 the bytes on disk (temp: Gradio's cache + the app's downloads; the embedding cache of uploads)
@@ -30,6 +40,7 @@ age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
     python -m bench.load [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
     python -m bench.load --expensive [--users 16] [--requests 10] [--think 5]
     python -m bench.load --disk 1000 [--clients 4] [--pairs-per-file 5]
+    python -m bench.load --worst [--users 8] [--cases search,embed,batch_pairs,map,evaluate] [--settle 120]
 (run it from the repository root: `-m` puts the root on the import path, for tests/app_server.py)
 """
 from __future__ import annotations
@@ -200,6 +211,107 @@ def run_expensive(server: AppServer, adapter: str, args: argparse.Namespace) -> 
     STOPPING.set()
 
 
+BUILDING = ("Building the index", "being computed right now")  # a job's progress: ask again later
+
+
+def worst_request(url: str, adapter: str, kind: str, pair: tuple[str, str], cutoff_s: float) -> tuple[float, str]:
+    """One maximal request of ``kind`` from its own client; a 'building' answer is asked again every 10 s.
+    Returns (seconds until the real answer, '' or the error)."""
+    from gradio_client import Client
+
+    c = Client(url, verbose=False, download_files=False)
+    rng = random.Random(11)
+    t0 = time.perf_counter()
+    while True:
+        try:
+            if kind == "search":
+                c.predict(*pair, "stsb", sentence(rng), 10, api_name="/search")
+            elif kind == "map":
+                c.predict(*pair, "snli", sentence(rng), api_name="/map")
+            elif kind == "embed":  # the most the API takes: 256 distinct texts, just under its total characters
+                from embedlab.lab import MAX_EMBED_CHARS
+
+                per = MAX_EMBED_CHARS // 256 - 8
+                texts = [(sentence(rng) + " and then it rains on the old town square") * 20 for _ in range(256)]
+                c.predict(M, adapter, [t[:per] + f" {i:05d}" for i, t in enumerate(texts)], True, api_name="/embed")
+            elif kind == "batch_pairs":
+                c.predict(M, adapter, max_pairs_text(rng), None, api_name="/batch_pairs")
+            elif kind == "evaluate":
+                from embedlab.sts import TASKS
+
+                c.predict(M, adapter, list(TASKS), True, api_name="/evaluate")
+            return time.perf_counter() - t0, ""
+        except Exception as e:  # noqa: BLE001
+            msg = str(e)
+            if any(b in msg for b in BUILDING) and time.perf_counter() - t0 < cutoff_s:
+                print(f"    {kind}: {msg[:150]}", flush=True)
+                time.sleep(10)
+                continue
+            return time.perf_counter() - t0, f"{type(e).__name__}: {msg[:200]}"
+
+
+def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None:
+    from gradio_client import Client
+
+    clients = [Client(server.url, verbose=False, download_files=False) for _ in range(args.users)]
+    pair = tuple(args.pair.split(","))
+    rss0 = app_rss_mib(server.proc.pid)
+    rows = []
+    for kind in ["idle"] + args.cases.split(","):
+        stop = threading.Event()
+        times: list[float] = []
+        errors: list[str] = []
+        lock = threading.Lock()
+
+        def comparer(u: int) -> None:
+            rng = random.Random(9000 + u)
+            time.sleep(rng.uniform(0, 5))  # users out of step
+            while not stop.is_set():
+                t0 = time.perf_counter()
+                try:
+                    clients[u].predict(M, adapter, sentence(rng), sentence(rng), api_name="/compare")
+                    with lock:
+                        times.append(time.perf_counter() - t0)
+                except Exception as e:  # noqa: BLE001
+                    with lock:
+                        errors.append(f"compare: {type(e).__name__}: {str(e)[:200]}")
+                stop.wait(5)
+
+        before = app_rss_mib(server.proc.pid)
+        users = [threading.Thread(target=comparer, args=(u,), daemon=True) for u in range(args.users)]
+        for t in users:
+            t.start()
+        print(f"  {kind}: running (RSS {before:.0f} MiB)", flush=True)
+        if kind == "idle":
+            time.sleep(30)
+            took, err = 30.0, ""
+        else:
+            took, err = worst_request(server.url, adapter, kind, pair, args.cutoff)
+            if err:
+                errors.append(f"{kind}: {err}")
+        stop.set()
+        for t in users:
+            t.join()
+        after = app_rss_mib(server.proc.pid)
+        p50 = statistics.median(times) if times else float("nan")
+        p95 = pct(times, 0.95) if times else float("nan")
+        rows.append((kind, took, len(times), p50, p95, len(errors), before, after))
+        print(f"  {kind}: {took:.0f} s; compare n {len(times)} p50 {p50:.2f} s p95 {p95:.2f} s; errors {len(errors)}; "
+              f"RSS {before:.0f} -> {after:.0f} MiB", flush=True)
+        for e in errors[:5]:
+            print(f"    error: {e}", flush=True)
+    time.sleep(args.settle)
+    settled = app_rss_mib(server.proc.pid)
+    print(f"\nworst single request, {args.users} users comparing with 5 s pauses; non-default pair {' vs '.join(pair)}")
+    print("| case | maximal request (s) | compares | p50 (s) | p95 (s) | errors | RSS before → after (MiB) |")
+    print("|---|---:|---:|---:|---:|---:|---|")
+    for kind, took, n, p50, p95, ne, before, after in rows:
+        print(f"| {kind} | {took:.0f} | {n} | {p50:.2f} | {p95:.2f} | {ne} | {before:.0f} → {after:.0f} |")
+    print(f"\nRSS at start {rss0:.0f} MiB, after the last case {rows[-1][7]:.0f} MiB, {args.settle:.0f} s later "
+          f"{settled:.0f} MiB ({settled - rss0:+.0f} MiB; goal within 200). Goals: p95 <= 2 s in every case, 0 errors: "
+          f"{'met' if all(r[4] <= 2 and r[5] == 0 for r in rows) and settled - rss0 <= 200 else 'NOT met'}")
+
+
 def report(times: dict, errors: list, names: list[str]) -> None:
     for name in names:
         if times[name]:
@@ -329,13 +441,20 @@ def main() -> None:
     ap.add_argument("--kinds", default="batch_pairs,map_upload,evaluate,anisotropy",
                     help="--expensive: which maximal requests run beside the users (comma-separated)")
     ap.add_argument("--cutoff", type=float, default=3600, help="--expensive: stop waiting for the long requests after this (s)")
+    ap.add_argument("--worst", action="store_true", help="each maximal request in turn beside users comparing every 5 s")
+    ap.add_argument("--cases", default="search,embed,batch_pairs,map,evaluate", help="--worst: the maximal requests, in order")
+    ap.add_argument("--pair", default="minilm-l6,gemma3-270m", help="--worst: the non-default pair of the search and map")
+    ap.add_argument("--settle", type=float, default=120, help="--worst: seconds after the last case before the last RSS")
     ap.add_argument("--clean", default="60,120", help="--disk: the app's EMBEDLAB_DELETE_CACHE (freq,age seconds)")
     ap.add_argument("--upload-cache-mb", default="16", help="--disk: the app's EMBEDLAB_UPLOAD_CACHE_MB")
     args = ap.parse_args()
     env = {"EMBEDLAB_MAX_SESSIONS": str(args.max_sessions)} if args.max_sessions else {}
     tmp = Path(tempfile.mkdtemp(prefix="embedlab-bench-"))
     cache = None
-    if args.disk:  # the app's temp folders (Gradio's cache, the downloads) and caches in folders of their own, to measure
+    if args.worst:
+        args.users = 8 if args.users == 16 else args.users
+        args.cutoff = min(args.cutoff, 1800)
+    if args.disk or args.worst:  # the app's temp folders (Gradio's cache, the downloads) and caches in folders of their own, to measure
         from embedlab.loading import cache_root
 
         cache = Path(tempfile.mkdtemp(prefix="embedlab-bench-cache-"))
@@ -357,6 +476,8 @@ def main() -> None:
         print(f"machine: {os.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         if args.expensive:
             return run_expensive(server, adapter, args)
+        if args.worst:
+            return run_worst(server, adapter, args)
         if args.disk:
             return run_disk(server, adapter, args, tmp, cache / "embeddings" / "uploads", sum(int(x) for x in args.clean.split(",")[:2]) + 10)
         print(f"{args.users} users x {args.requests} requests (+1 quick evaluation) per round, {args.rounds} rounds, "

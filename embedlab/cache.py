@@ -18,12 +18,13 @@ import logging
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .compute import BACKGROUND, INTERACTIVE
+from .compute import BACKGROUND, INTERACTIVE, Cancelled, stop_when
 from .encode import Encoder, validate_texts
 from . import atomic
 from .lru import LRU
@@ -74,6 +75,49 @@ class CacheBusy(RuntimeError):
     """Another thread is computing these embeddings right now (the message says how far it is)."""
 
 
+def _duration(s: float) -> str:
+    return f"{s:.0f} s" if s < 120 else f"{s / 60:.0f} min"
+
+
+class Job:
+    """A corpus being embedded in the background for one side (see :meth:`EmbeddingCache.get_or_compute`):
+    its progress, an estimate of the time left, and a way to cancel it."""
+
+    def __init__(self, key: str, label: str, total: int) -> None:
+        self.key, self.label, self.total = key, label, total
+        self.done = 0
+        self.started = time.monotonic()
+        self._first: tuple[float, int] | None = None  # (time, rows) when computing began: the rate's origin
+        self.finished = threading.Event()
+        self.cancelled = threading.Event()
+        self.result: np.ndarray | None = None
+        self.error: BaseException | None = None
+
+    def update(self, done: int, total: int) -> None:
+        if self._first is None or done < self._first[1]:
+            self._first = (time.monotonic(), done)  # cached chunks read before it do not count for the rate
+        self.done, self.total = done, total
+
+    def eta_s(self) -> float | None:
+        """Seconds left at the rate since the first computed slice, measured up to now (so a job that
+        stalls behind interactive work sees its estimate grow); None until a slice has been computed."""
+        if self._first is None or self.done <= self._first[1]:
+            return None
+        rate = (self.done - self._first[1]) / max(1e-9, time.monotonic() - self._first[0])
+        return (self.total - self.done) / rate
+
+    def describe(self) -> str:
+        """E.g. "3,200 of 10,000 texts (32%, about 2 min left)"."""
+        pct = int(100 * self.done / self.total) if self.total else 100
+        eta = self.eta_s()
+        left = f"about {_duration(eta)} left" if eta is not None else "estimating the time left"
+        return f"{self.done:,} of {self.total:,} texts ({pct}%, {left})"
+
+    def cancel(self) -> None:
+        """Stop after the batch that runs now (the chunks finished so far stay cached)."""
+        self.cancelled.set()
+
+
 class EmbeddingCache:
     """Disk cache of float32 (N, d) embeddings; one folder per key, one .npy per chunk.
 
@@ -96,7 +140,20 @@ class EmbeddingCache:
         self._texts: LRU[str, np.ndarray] = LRU(max_items=memory_texts)
         self._locks: dict[str, threading.Lock] = {}
         self._progress: dict[str, str] = {}
+        self._jobs: dict[str, Job] = {}  # key -> the background job computing it now
         self._guard = threading.Lock()
+
+    def jobs(self) -> list[Job]:
+        """The background jobs running now, oldest first."""
+        with self._guard:
+            return [j for j in self._jobs.values() if not j.finished.is_set()]
+
+    def cancel(self, key: str | None = None) -> int:
+        """Cancel the job computing ``key`` (None: every job); returns how many were running."""
+        jobs = [j for j in self.jobs() if key is None or j.key == key]
+        for j in jobs:
+            j.cancel()
+        return len(jobs)
 
     def _remember(self, key: str, arr: np.ndarray) -> np.ndarray:
         arr.flags.writeable = False  # shared between requests: nobody may change it in place
@@ -113,12 +170,21 @@ class EmbeddingCache:
         wait: bool = True,
         sha: str | None = None,
         uploaded: bool = False,
+        job_wait_s: float | None = None,
+        label: str = "",
+        keep: Callable[[], Callable[[], None]] | None = None,
     ) -> np.ndarray:
         """Embeddings of ``texts`` (float32, (N, d)) under ``adapter`` (a loaded name, None = base), computing
         only the chunks not yet cached.
 
         ``sha``: :func:`corpus_sha256` of ``texts`` when the caller knows it (hashing 10K texts costs 20 ms).
         ``uploaded``: a user's upload, cached under the size-capped ``uploads`` folder.
+        ``job_wait_s`` (with ``wait=False``; a web request): compute in a background :class:`Job` instead of
+        in the caller's thread, wait at most this long for it, and then raise :class:`CacheBusy` saying how
+        far it is ("3,200 of 10,000 texts (32%, about 2 min left)"); the next call for the same vectors finds
+        the job (or its result) instead of starting another. ``label`` names the job (side and corpus);
+        ``keep()`` is called when the job starts and returns what to call when it ends (the Lab pins the
+        model with it).
         """
         texts = list(texts)
         key = embedding_key(enc, adapter, sha or corpus_sha256(texts))
@@ -126,7 +192,12 @@ class EmbeddingCache:
             if (hit := self._memory.get(key)) is not None:
                 return hit
             lock = self._locks.setdefault(key, threading.Lock())
+        if job_wait_s is not None and not wait:
+            return self._via_job(enc, texts, adapter, key, lock, uploaded, job_wait_s, label, keep)
         if not lock.acquire(blocking=wait):
+            if (job := self._jobs.get(key)) is not None:
+                raise CacheBusy(f"building the index for {job.label or 'this side'}: {job.describe()}; "
+                                "try again in a moment")
             raise CacheBusy(f"these embeddings are being computed right now ({self._progress.get(key, 'starting')}); "
                             "try again in a moment")
         try:
@@ -136,6 +207,56 @@ class EmbeddingCache:
             lock.release()
             if uploaded:
                 self.trim_uploads()
+
+    def _via_job(self, enc: Encoder, texts: list[str], adapter: str | None, key: str, lock: threading.Lock,
+                 uploaded: bool, job_wait_s: float, label: str,
+                 keep: Callable[[], Callable[[], None]] | None) -> np.ndarray:
+        """get_or_compute's background path: join or start the job for ``key``, wait a little, report."""
+        with self._guard:
+            job = self._jobs.get(key)
+            if job is None:
+                if not lock.acquire(blocking=False):  # computed in another thread without a job (the warm-up)
+                    raise CacheBusy(f"these embeddings are being computed right now "
+                                    f"({self._progress.get(key, 'starting')}); try again in a moment")
+                job = self._jobs[key] = Job(key, label, len(texts))
+                release = keep() if keep else None
+                threading.Thread(target=self._run_job, args=(job, enc, texts, adapter, lock, uploaded, release),
+                                 name=f"embed-job-{key[:24]}", daemon=True).start()
+        if job.finished.wait(job_wait_s):
+            if job.result is not None:
+                return job.result
+            if isinstance(job.error, Cancelled):
+                raise CacheBusy(f"building the index for {job.label or 'this side'} was cancelled at "
+                                f"{job.done:,} of {job.total:,} texts; ask again to resume it") from None
+            raise job.error  # type: ignore[misc]
+        raise CacheBusy(f"Building the index for {job.label or 'this side'}: {job.describe()}. It runs in the "
+                        "background (other views answer meanwhile; the status line shows its progress): "
+                        "ask again when it is done.")
+
+    def _run_job(self, job: Job, enc: Encoder, texts: list[str], adapter: str | None, lock: threading.Lock,
+                 uploaded: bool, release: Callable[[], None] | None) -> None:
+        """A job's thread: the chunks not cached yet, in background-priority batches; stops when cancelled."""
+        try:
+            with stop_when(job.cancelled.is_set):
+                arr = self._get_or_compute(enc, texts, adapter, job.update, job.key, uploaded=uploaded)
+            job.result = self._remember(job.key, arr)
+        except BaseException as e:  # handed to whoever asks next
+            if not isinstance(e, Cancelled):
+                log.exception("embedding job %s failed", job.label or job.key)
+            job.error = e
+        finally:
+            self._progress.pop(job.key, None)
+            with self._guard:
+                if self._jobs.get(job.key) is job:
+                    del self._jobs[job.key]
+            lock.release()
+            try:
+                if uploaded:  # before the waiting request goes on: it sees the upload cache within its cap
+                    self.trim_uploads()
+            finally:
+                job.finished.set()
+                if release:
+                    release()
 
     def trim_uploads(self) -> int:
         """Remove the least recently used upload folders until the rest fit ``upload_bytes``; returns bytes freed.
@@ -200,6 +321,11 @@ class EmbeddingCache:
         checksums are verified when they are read, not here)."""
         key = embedding_key(enc, adapter, sha or corpus_sha256(list(texts)))
         return min(len(texts), len(_read_manifest(self.root / key / "manifest.json")) * CHUNK)
+
+    def in_memory(self, key: str) -> bool:
+        """Whether the vectors of embedding key ``key`` are in memory (get_or_compute answers at once)."""
+        with self._guard:
+            return key in self._memory
 
     def peek(self, enc: Encoder, texts: Sequence[str], adapter: str | None = None,
              sha: str | None = None, uploaded: bool = False) -> np.ndarray | None:

@@ -5,15 +5,17 @@ each); its computation lives with its tab in :mod:`embedlab.features`, over one 
 (loaded models, embedding, index and map caches), bounded; nothing per user lives here.
 
 One request, start to end: a feature's handler (parse the two side specs) -> its computation, which
-holds the sides' backbones (:meth:`Lab.hold`, at most ``max_models`` in memory), embeds through the
+holds the sides' backbones (:meth:`Lab.hold`: a pool sized by memory, see :meth:`Lab.encoder`), embeds through the
 :class:`~embedlab.cache.EmbeddingCache` (one mixed-adapter pass when both sides share a backbone),
 and the forward pass runs in :mod:`embedlab.encode` on the compute thread.
 """
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import dataclasses
 import logging
+import os
 import threading
 import time
 from collections import Counter, OrderedDict
@@ -25,10 +27,10 @@ import numpy as np
 
 from . import index as faiss_index
 from .adapters import AdapterError
-from .cache import EmbeddingCache, embedding_key
-from .compute import INTERACTIVE
+from .cache import CacheBusy, EmbeddingCache, embedding_key
+from .compute import BACKGROUND, INTERACTIVE
 from .corpora import Corpus, InputError
-from .encode import Encoder
+from .encode import Encoder, tokenize
 from .loading import attach_adapter, cache_root, load_encoder
 from .lru import LRU
 from .registry import get_spec
@@ -38,11 +40,40 @@ from .side import Side, SideError, adapter_roots, parse_side
 log = logging.getLogger(__name__)
 SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
-MODEL_WAIT_S = 300  # a request waits this long for a model slot held by other requests, then is told to retry
+MODEL_WAIT_S = 300  # a request waits this long for model memory held by other requests, then is told to retry
+# Bytes of model weights the pool keeps loaded. Measured with model_bytes (fp32 parameters + buffers, as
+# load_encoder loads them on CPU): smollm2-135m 513 MiB, gemma3-270m 1,023 MiB, minilm-l6 87 MiB. The three
+# small models, 1,623 MiB, fit the default with room to spare, so none ever waits for another's memory; a Space has 16 GB.
+MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
+# /embed's bounds (views.embed_api), like MAX_PAIR_CHARS for /batch_pairs: 256 texts of 20,000 characters took
+# 109-127 s on 2 cores and 8 such calls pushed /compare's p50 from 0.28 s to 6.9 s.
+MAX_EMBED_CHARS = 200_000  # all texts of one call
+MAX_EMBED_TOKENS = 32_768  # per side, after each text is cut to the model's max_length tokens (as the encoder does)
+EMBED_INTERACTIVE_TOKENS = 2_048  # more than this runs at background priority: compares overtake it batch by batch
+JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
+
+
+# The sides the calling request holds (Lab.hold): a corpus job for one of them starts the others' jobs too.
+_held: contextvars.ContextVar[tuple] = contextvars.ContextVar("embedlab_held", default=())
 
 
 class ModelsBusy(RuntimeError):
-    """Every model slot is held by running requests for other models (the message says so)."""
+    """The model memory is held by running requests for other models (the message says so)."""
+
+
+def model_bytes(enc: Encoder) -> int:
+    """Bytes of a loaded encoder's weights (parameters and buffers; tied tensors counted once)."""
+    seen, total = set(), 0
+    for t in list(enc.model.parameters()) + list(enc.model.buffers()):
+        if t.data_ptr() not in seen:
+            seen.add(t.data_ptr())
+            total += t.numel() * t.element_size()
+    return total
+
+
+def _estimate_bytes(key: str) -> int:
+    """A model's fp32 weight bytes before it is loaded, from its registry entry."""
+    return int(get_spec(key).params_m * 1e6 * 4)
 
 
 @dataclass(frozen=True)
@@ -61,19 +92,23 @@ class Ready:
 class Lab:
     """Bounded caches of models, embeddings, indexes and maps, shared by all users."""
 
-    def __init__(self, cache_dir: Path | None = None, max_models: int = 2, device: str | None = "cpu",
-                 seed_dir: Path | None = SEED_DIR) -> None:
+    def __init__(self, cache_dir: Path | None = None, max_models: int | None = None, device: str | None = "cpu",
+                 seed_dir: Path | None = SEED_DIR, model_bytes: int | None = None) -> None:
         self.cache_dir = Path(cache_dir or cache_root())
         self.seed_dir = Path(seed_dir) if seed_dir else None
         self.embeddings = EmbeddingCache(self.cache_dir / "embeddings",
                                          seeds=[self.seed_dir / "embeddings"] if self.seed_dir else [])
+        # The pool: at most ``model_bytes`` of weights (EMBEDLAB_MODEL_MEMORY_MB) and, if given, ``max_models``.
+        self.model_budget = int(model_bytes if model_bytes is not None else MODEL_MEMORY_MB * 2**20)
         self.max_models = max_models
+        self.resident: set[str] = set()  # models never evicted (the default sides', set by prepare)
         self.device = device
         self._models: OrderedDict[str, Encoder] = OrderedDict()
+        self._bytes: dict[str, int] = {}  # model -> its measured weight bytes (kept after eviction, for the next load)
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)  # notified when a request lets go of its models
-        self._pins: Counter[str] = Counter()  # model -> requests using it now (never evicted meanwhile)
+        self._pins: Counter[str] = Counter()  # model -> requests and jobs using it now (never evicted meanwhile)
         self._map_build = threading.Lock()  # one uncached map at a time (see features.maps.twin_map)
         self._indexes: LRU[str, faiss_index.Index] = LRU(max_items=8)
         self._maps: LRU[str, dict] = LRU(max_items=6)
@@ -81,9 +116,58 @@ class Lab:
         self.status: dict[str, str] = {}  # background work, shown in the UI
 
     # --- models -----------------------------------------------------------------------------------
+    # The pool is sized by memory, not by a count: every model that fits ``model_budget`` stays loaded, so a
+    # request for one model never waits for another request's model (a 5-minute search on two models
+    # used to hold both of two slots while the default compare waited). A pin (a request or a corpus job
+    # using the model) only stops its model being evicted; it never stops another model loading while
+    # memory allows. Requests of one model share it: their forward passes interleave on the compute
+    # thread one batch at a time, by priority (compute.py), so nobody waits for a model longer than a batch.
+    # Only when pinned and resident models fill the budget does a load wait for a pin to go (status line
+    # says so); a model that cannot fit beside the resident ones at all is refused at once.
+    def _used_bytes(self) -> int:
+        return sum(self._bytes.get(k, 0) for k in self._models)
+
+    def _evict_for(self, key: str, need: int) -> bool:
+        """Evict least recently used models nobody uses (never resident ones) until ``need`` more bytes (and one
+        more model) fit; True when they do. Called with ``self._lock`` held."""
+        def fits() -> bool:
+            count_ok = self.max_models is None or len([k for k in self._models if k != key]) < self.max_models
+            return count_ok and self._used_bytes() - self._bytes.get(key, 0) * (key in self._models) + need \
+                <= self.model_budget
+
+        for old in [k for k in self._models if k != key]:
+            if fits():
+                break
+            if not self._pins[old] and old not in self.resident:
+                del self._models[old]
+        return fits()
+
+    def _make_room(self, key: str) -> None:
+        """Before loading ``key``: free memory for it, waiting (at most MODEL_WAIT_S) while models that are in
+        use fill the budget. Raises ModelsBusy when it cannot fit or the wait runs out."""
+        need = self._bytes.get(key) or _estimate_bytes(key)
+        deadline = time.monotonic() + MODEL_WAIT_S
+        with self._slots:
+            fixed = sum(self._bytes.get(k, 0) for k in self._models if k in self.resident and k != key)
+            if fixed + need > self.model_budget and fixed:
+                raise ModelsBusy(f"{key} needs ~{need / 2**20:,.0f} MB of weights; the app keeps "
+                                 f"{self.model_budget / 2**20:,.0f} MB for models and the default ones use "
+                                 f"{fixed / 2**20:,.0f} MB (EMBEDLAB_MODEL_MEMORY_MB sets it)")
+            label = f"waiting for {key}"
+            try:
+                while not self._evict_for(key, need) and any(self._pins[k] for k in self._models if k != key):
+                    self.status[label] = "the model memory is in use by running requests for other models"
+                    left = deadline - time.monotonic()
+                    if left <= 0 or not self._slots.wait(timeout=left):
+                        raise ModelsBusy(f"{key}: the app's model memory is in use by other requests; "
+                                         "try again in a minute")
+            finally:
+                self.status.pop(label, None)
+
     def encoder(self, key: str) -> Encoder:
-        """The loaded encoder for ``key`` (loads on first use; the least recently used model that no
-        request holds is evicted). Call it inside :meth:`hold`, which keeps the pool within ``max_models``."""
+        """The loaded encoder for ``key`` (loads on first use, evicting least recently used models that nobody
+        uses and that are not resident until it fits the memory budget). Call it inside :meth:`hold`, which
+        keeps its model from being evicted meanwhile."""
         get_spec(key)
         with self._lock:
             if key in self._models:
@@ -94,6 +178,7 @@ class Lab:
             with self._lock:
                 if key in self._models:
                     return self._models[key]
+            self._make_room(key)
             self.status[key] = "loading the model (first use; up to a minute on 2 cores)…"
             try:
                 enc = load_encoder(key, device=self.device)
@@ -101,39 +186,44 @@ class Lab:
                 self.status.pop(key, None)
             with self._lock:
                 self._models[key] = enc
-                for old in [k for k in self._models if k != key and not self._pins[k]]:
-                    if len(self._models) <= self.max_models:
-                        break
-                    del self._models[old]
+                self._bytes[key] = model_bytes(enc)
+                self._evict_for(key, self._bytes[key])  # the measured size may exceed the estimate
             return enc
+
+    def _keep(self, key: str) -> Callable[[], None]:
+        """Pin ``key`` (no eviction) until the returned function is called, e.g. from a background job's thread."""
+        with self._slots:
+            self._pins[key] += 1
+        done = threading.Event()
+
+        def release() -> None:
+            if not done.is_set():
+                done.set()
+                with self._slots:
+                    self._pins[key] -= 1
+                    self._slots.notify_all()
+
+        return release
 
     @contextlib.contextmanager
     def hold(self, *sides: Side) -> Iterator[list[Ready]]:
         """The sides made ready (models loaded, adapters attached), their models kept in memory until the
-        block ends. A request takes all its models at once, waiting while other requests hold the other
-        slots, so at most ``max_models`` backbones are ever loaded (a cross-model compare needs two)."""
+        block ends. Holding never blocks another request's model: see the pool's notes above."""
         keys = list(dict.fromkeys(s.model for s in sides))
-        if len(keys) > self.max_models:
+        if self.max_models is not None and len(keys) > self.max_models:
             raise ModelsBusy(f"this needs {len(keys)} models at once; the app holds at most {self.max_models}")
-        deadline = time.monotonic() + MODEL_WAIT_S
-        with self._slots:
-            while len(set(k for k, n in self._pins.items() if n) | set(keys)) > self.max_models:
-                waiting = ", ".join(k for k in keys if not self._pins[k])
-                self.status[f"waiting for {waiting}"] = "other requests are using the other models"
-                left = deadline - time.monotonic()
-                if left <= 0 or not self._slots.wait(timeout=left):
-                    self.status.pop(f"waiting for {waiting}", None)
-                    raise ModelsBusy(f"{waiting}: the app's {self.max_models} model slots are in use by other "
-                                     "requests; try again in a minute")
-                self.status.pop(f"waiting for {waiting}", None)
-            self._pins.update(keys)
+        releases = [self._keep(k) for k in keys]
+        token = None
         try:
             encs = {k: self.encoder(k) for k in keys}
-            yield [self._ready(s, encs[s.model]) for s in sides]
+            readies = [self._ready(s, encs[s.model]) for s in sides]
+            token = _held.set(tuple(readies))
+            yield readies
         finally:
-            with self._slots:
-                self._pins.subtract(keys)
-                self._slots.notify_all()
+            if token is not None:
+                _held.reset(token)
+            for release in releases:
+                release()
 
     def _ready(self, side: Side, enc: Encoder) -> Ready:
         """Attach ``side``'s weights to its (held) encoder, once per weights folder and file state."""
@@ -166,10 +256,34 @@ class Lab:
 
     def _corpus(self, r: Ready, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
                 wait: bool = False) -> np.ndarray:
-        """A corpus's vectors under one side (cached). ``wait=False``: a corpus another request is embedding
-        right now raises CacheBusy with its progress instead of blocking this request."""
-        return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=wait,
-                                              sha=corpus.sha256, uploaded=corpus.uploaded)
+        """A corpus's vectors under one side (cached). ``wait=False`` (a request): vectors not cached yet are
+        computed by a background job (cache.Job, shown on the status line, cancellable, background priority);
+        this request waits at most JOB_WAIT_S for it, then raises CacheBusy saying how far the job is. The jobs
+        of the request's other sides (:meth:`hold`) start at the same time, and the message lists them too."""
+        if wait:
+            return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, progress=progress, wait=True,
+                                                  sha=corpus.sha256, uploaded=corpus.uploaded)
+        others = [] if self.embeddings.in_memory(r.key(corpus.sha256)) else \
+            list({o.key(corpus.sha256): o for o in _held.get() if o.key(corpus.sha256) != r.key(corpus.sha256)}.values())
+        for o in others:  # the request needs this corpus under its other sides too: their jobs start now, not after
+            with contextlib.suppress(Exception):  # (an error shows when that side's own turn comes)
+                self._corpus_job(o, corpus, 0.0)
+        try:
+            return self._corpus_job(r, corpus, JOB_WAIT_S)
+        except CacheBusy as e:
+            also = [f"{j.label}: {j.describe()}" for o in others for j in self.embeddings.jobs()
+                    if j.key == o.key(corpus.sha256)]
+            raise CacheBusy(str(e) + (" Also building " + "; ".join(also) + "." if also else "")) from None
+
+    def _corpus_job(self, r: Ready, corpus: Corpus, wait_s: float) -> np.ndarray:
+        return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, wait=False, sha=corpus.sha256,
+                                              uploaded=corpus.uploaded, job_wait_s=wait_s,
+                                              label=f"{r.side.spec} on {corpus.name}",
+                                              keep=lambda: self._keep(r.enc.spec.key))
+
+    def cancel_jobs(self) -> int:
+        """Cancel every background corpus job (each stops after its current batch); returns how many ran."""
+        return self.embeddings.cancel()
 
     def corpus_vectors(self, a: Side, b: Side, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
         """A corpus's vectors under both sides, (N, d_a) and (N, d_b) float32 (cached)."""
@@ -180,6 +294,22 @@ class Lab:
         """Texts under both sides, (N, d_a) and (N, d_b) float32."""
         with self.hold(a, b) as (ra, rb):
             return self._texts(ra, rb, texts)
+
+    def embed_bounded(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+        """:meth:`embed` for the /embed API, with its work bounded: at most MAX_EMBED_CHARS characters in all
+        and MAX_EMBED_TOKENS tokens per side (counted after each text is cut to the model's ``max_length``
+        tokens, which is what the encoder embeds); more than EMBED_INTERACTIVE_TOKENS run at background
+        priority, so a compare waits for at most one of its (small) batches."""
+        if (chars := sum(len(t) for t in texts)) > MAX_EMBED_CHARS:
+            raise InputError(f"{chars:,} characters in all; the API embeds at most {MAX_EMBED_CHARS:,} per call "
+                             "(a text is cut to the model's first 128-256 tokens anyway): split the list or "
+                             "shorten the texts")
+        with self.hold(a, b) as (ra, rb):
+            tokens = max(_tokens(r, texts) for r in (ra, rb))
+            if tokens > MAX_EMBED_TOKENS:
+                raise InputError(f"{tokens:,} tokens (each text cut to its model's limit); the API embeds at most "
+                                 f"{MAX_EMBED_TOKENS:,} per call: split the list")
+            return self._texts(ra, rb, texts, priority=BACKGROUND if tokens > EMBED_INTERACTIVE_TOKENS else INTERACTIVE)
 
     # --- index and map caches (shared by the features) ----------------------------------------------
     def index(self, r: Ready, corpus: Corpus) -> tuple[faiss_index.Index, np.ndarray]:
@@ -210,16 +340,27 @@ class Lab:
 
     # --- status -------------------------------------------------------------------------------------
     def status_line(self) -> str:
-        if not self.status:
+        """One line about background work: models loading, corpus jobs with their progress, the warm-up.
+        "Ready" only when nothing runs."""
+        jobs = self.embeddings.jobs()
+        if not self.status and not jobs:
             return ""
         status = dict(self.status)
         loading = [k for k, v in status.items() if v.startswith("loading the model")]
         busy = {k: v for k, v in status.items() if v != "ready" and k not in loading}
         parts = [f"**Loading {k}** (first use; up to a minute on 2 cores): requests for it wait" for k in loading]
+        parts += [f"**Building the index for {j.label or 'a side'}**: {j.describe()}, in the background "
+                  "(other views work meanwhile)" for j in jobs]
         if busy:
             parts.append("Preparing in the background (other views work meanwhile): "
                          + "; ".join(f"{k}: {v}" for k, v in busy.items()))
         return " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+
+
+def _tokens(r: Ready, texts: Sequence[str]) -> int:
+    """Tokens the encoder runs for ``texts`` under side ``r``: each text with its prompt, cut to max_length."""
+    ids, _ = tokenize(r.enc.tokenizer, r.enc.spec, texts, r.enc.max_length, r.enc.prompt_for(r.adapter))
+    return sum(len(x) for x in ids)
 
 
 __all__ = ["Lab", "Ready", "Side", "SideError", "parse_side", "ModelsBusy", "InputError", "AdapterError", "MAP_MAX"]

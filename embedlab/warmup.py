@@ -21,6 +21,7 @@ WARM_CORPORA = ("topics", "snli", "stsb")
 def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA) -> tuple[Side, Side]:
     """Make the default sides (or ``sides``) ready: models, the built-in corpora's vectors, maps and indexes."""
     a, b = sides or default_sides()
+    lab.resident.update((a.model, b.model))  # the default sides' models are never evicted
     lab.status["model"] = f"loading {a.spec} and {b.spec}…"
     with lab.hold(a, b):
         pass

@@ -252,7 +252,8 @@ def test_a_model_that_fails_to_load_is_reported_and_the_lab_goes_on(tmp_path, mo
 
 
 def test_at_most_two_models_are_loaded_and_the_status_line_says_which_one_loads(tmp_path, monkeypatch):
-    """The real pool (max_models=2): a cross-model request holds both of its models; a request for a third model
+    """The real pool with a count cap (max_models=2; by default the pool is sized by memory, see
+    test_availability.py): a cross-model request holds both of its models; a request for a third model
     waits until they are released, then the least recently used one is evicted. While a model loads the
     status line names it."""
     import threading
@@ -264,7 +265,7 @@ def test_at_most_two_models_are_loaded_and_the_status_line_says_which_one_loads(
     encs = tiny_models(monkeypatch)
     monkeypatch.setitem(MODELS, "tiny-3", __import__("dataclasses").replace(MODELS[A], key="tiny-3", base_ids=("tiny-3",)))
     monkeypatch.setattr(side_mod, "available_models", lambda: {A: (True, ""), B: (True, ""), "tiny-3": (True, "")})
-    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None, max_models=2)
     loading, release = threading.Event(), threading.Event()
     lines = []
 

@@ -142,7 +142,7 @@ def embed_api(lab: Lab, side_a: Any, side_b: Any, texts: Any, both: Any = True) 
     both = flag(both, "both")
     a, b = sides(side_a, side_b)
     texts = [text(t, f"text {i + 1}", 20_000) for i, t in enumerate(texts)]
-    va, vb = lab.embed(a, b if both else a, texts)
+    va, vb = lab.embed_bounded(a, b if both else a, texts)  # total characters and tokens capped
     return {"side_a": a.spec, "side_b": b.spec if both else None, "dim_a": int(va.shape[1]),
             "dim_b": int(vb.shape[1]) if both else None,
             "a": va.round(6).tolist(), "b": vb.round(6).tolist() if both else None}
