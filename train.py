@@ -41,7 +41,7 @@ def _accepts(kind, value) -> bool:
     """Whether a JSON value has the Config type ``kind`` (a bool is no number; a float is finite)."""
     if typing.get_origin(kind) is typing.Literal:
         return value in typing.get_args(kind)
-    if kind is list[str]:
+    if kind == list[str]:
         return isinstance(value, list) and all(isinstance(v, str) for v in value)
     if kind is float:
         return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
@@ -51,7 +51,7 @@ def _accepts(kind, value) -> bool:
 def _type_name(kind) -> str:
     if typing.get_origin(kind) is typing.Literal:
         return "one of " + ", ".join(typing.get_args(kind))
-    return "list[str]" if kind is list[str] else kind.__name__
+    return "list[str]" if kind == list[str] else kind.__name__
 
 
 def _read_config_file(path: str, ap: argparse.ArgumentParser) -> dict:
