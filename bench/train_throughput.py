@@ -1,18 +1,19 @@
-"""Training throughput: one contrastive step (forward + backward) of train.py vs a naive reference loop.
+"""Training throughput: one contrastive step (forward + backward) of embedlab.training vs a naive reference loop.
 
 Same device, same process, same triplets, same LoRA (r8 on q/v). Sentences/s = 3 x triplets / step time.
 Reference: AutoModelForCausalLM with output_hidden_states (LM head over the whole vocabulary), fp32
 weights under bf16 autocast on GPU, batch padded to its longest text, plain InfoNCE (no gradient cache).
-Ours: train.contrastive_step as train.py sets it up: backbone only, passes of similar length
+Ours: training.contrastive_step as train.py sets it up: backbone only, passes of similar length
 (--max-tokens padded tokens each; train.py's default for the device when 0), gradient cache only
-with --chunk-size, on a GPU the frozen base in bf16 under bf16 autocast with fp32 LoRA weights.
+with --chunk-size, and in bf16 (--precision auto: on a GPU, and on a CPU with native bf16) the frozen
+base in bf16 under bf16 autocast with fp32 LoRA weights. The naive loop stays fp32 on a CPU.
 
 Also printed: real (non-pad) tokens per second and an estimated model-FLOPs utilisation:
 ~4 x non-embedding parameters x real tokens per step (forward 2, backward to the activations 2;
 the frozen weights get no gradient; +2 with the gradient cache's extra forward) over --peak-tflops.
 
     python -m bench.train_throughput [--batch-size 128] [--steps 5] [--max-tokens 8192] [--device cuda]
-(run it from the repository root: `-m` puts the root on the import path, for train.py)
+                                     [--precision auto|bf16|fp32]
 """
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ import time
 import torch
 import torch.nn.functional as F
 
-import train
+from embedlab import training as train
 from embedlab import ROOT
 from embedlab.encode import embed_batch
 from embedlab.loading import load_encoder
@@ -68,12 +69,13 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--device", default=None)
     ap.add_argument("--skip-naive", action="store_true")
+    ap.add_argument("--precision", choices=train.PRECISIONS, default="auto", help="ours (the naive loop: see above)")
     args = ap.parse_args()
     dev = train.choose_device(args.device or "", torch.cuda.device_count())
     if dev.type == "cuda" and dev.index is not None:
         torch.cuda.set_device(dev)
-    precision = train.mixed_precision(True, dev)
-    autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if precision == "bf16" else contextlib.nullcontext
+    precision, note = train.resolve_precision(args.precision, dev)
+    naive_autocast = (lambda: torch.autocast("cuda", dtype=torch.bfloat16)) if dev.type == "cuda" else contextlib.nullcontext
     data = read_triplets(ROOT / "assets/data/NLI/snli_all_triplets.csv")
     B = args.batch_size
 
@@ -85,13 +87,13 @@ def main() -> None:
     spec, tok = enc.spec, enc.tokenizer
     cfg = train.Config(model=args.model, batch_size=B, chunk_size=args.chunk_size, max_tokens=args.max_tokens,
                        max_length=96)
-    enc.model.to(train.base_dtype(precision))  # as train.py: bf16 frozen base on a GPU
+    enc.model.to(train.base_dtype(precision))  # as train.py: the frozen base in bf16 when training in bf16
     flops_params = sum(p.numel() for n, p in enc.model.named_parameters() if "embed" not in n)
     model = lora(enc.model, spec.lora_targets).train()
     real_tokens = []
 
     def embed(b):
-        with autocast():
+        with train.autocast(precision, dev):
             return embed_batch(model, b, spec)
 
     def ours(i):
@@ -107,7 +109,7 @@ def main() -> None:
     grad_cache = 0 < args.chunk_size < 3 * B
     mfu = (6 if grad_cache else 4) * flops_params * tokens / t_ours / (args.peak_tflops * 1e12)
     print(f"device: {device_name(dev)}; {args.model}; {B} triplets/step ({3 * B} sentences, {tokens:.0f} real tokens); "
-          f"precision {precision}, passes of <= {train.tokens_per_pass(cfg, dev)} padded tokens")
+          f"precision {precision}{' (' + note + ')' if note else ''}, naive loop {'bf16 autocast' if dev.type == 'cuda' else 'fp32'}, passes of <= {train.tokens_per_pass(cfg, dev)} padded tokens")
     print(f"embedlab train step : {3 * B / t_ours:9.1f} sentences/s ({t_ours:.3f} s/step, {tokens / t_ours:,.0f} tokens/s, "
           f"{'gradient cache ' + str(args.chunk_size) if grad_cache else 'no gradient cache'}, peak {peak_ours}, "
           f"estimated MFU {100 * mfu:.2f}% of {args.peak_tflops:g} TFLOP/s)")
@@ -128,7 +130,7 @@ def main() -> None:
     def naive(i):
         a, p, n = batch(i)
         b = tok([t + spec.eos_token for t in a + p + n], padding=True, return_tensors="pt").to(dev)
-        with autocast():
+        with naive_autocast():
             h = naive_model(**b, output_hidden_states=True).hidden_states[-1][:, -1]
         e = F.normalize(h.float(), dim=-1)
         info_nce(e[:B], e[B:2 * B], e[2 * B:], 0.05).backward()

@@ -5,11 +5,14 @@ L2-normalised, so a dot product is a cosine.
 """
 from __future__ import annotations
 
-from typing import Callable, Sequence
+import contextlib
+from typing import Callable, Iterator, Sequence, TypeVar
 
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
+
+T = TypeVar("T")
 
 
 def info_nce(anchor: torch.Tensor, positive: torch.Tensor, negative: torch.Tensor | None,
@@ -68,24 +71,23 @@ def world_size() -> int:
     return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
 
 
-class RandContext:
-    """Captures the RNG state at creation and restores it inside ``with`` (dropout replays exactly)."""
+def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The CPU generator's state and, on a CUDA device, that device's: what dropout draws from."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
 
-    def __init__(self, device: torch.device) -> None:
-        self.cpu = torch.get_rng_state()
-        self.cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
-        self.device = device
 
-    def __enter__(self) -> None:
-        self._saved = (torch.get_rng_state(), torch.cuda.get_rng_state(self.device) if self.cuda is not None else None)
-        torch.set_rng_state(self.cpu)
-        if self.cuda is not None:
-            torch.cuda.set_rng_state(self.cuda, self.device)
+@contextlib.contextmanager
+def _replay_rng(states: tuple[torch.Tensor, torch.Tensor | None], device: torch.device) -> Iterator[None]:
+    """Run the block from the RNG ``states`` (so dropout draws what it drew then), then restore the current ones."""
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.set_rng_state(states[0])
+        if states[1] is not None:
+            torch.cuda.set_rng_state(states[1], device)
+        yield
 
-    def __exit__(self, *exc) -> None:
-        torch.set_rng_state(self._saved[0])
-        if self._saved[1] is not None:
-            torch.cuda.set_rng_state(self._saved[1], self.device)
+
+def _call(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def grad_cache_step(
@@ -94,6 +96,7 @@ def grad_cache_step(
     loss_from_embeddings: Callable[[torch.Tensor], torch.Tensor],
     device: torch.device,
     no_sync: Callable[[], object] | None = None,
+    run: Callable[[Callable[[], T]], T] = _call,
 ) -> torch.Tensor:
     """One contrastive step with a gradient cache (Gao et al. 2021, "GradCache").
 
@@ -107,29 +110,32 @@ def grad_cache_step(
         chunks: model inputs; their embeddings are concatenated in order.
         loss_from_embeddings: (sum n_chunk, d) -> scalar loss.
         no_sync: context factory (DDP ``no_sync``) used for all but the last chunk's backward.
+        run: executor of the step's units of work (``run(fn) -> fn()``): each chunk's no-grad pass, the loss
+            and its backward, each chunk's pass with graph and its backward. A caller may run them on another
+            thread (e.g. a compute thread at background priority); each unit sets its own grad mode and RNG.
     Returns the loss (detached). Parameter gradients are accumulated as by ``loss.backward()``.
     """
-    states, reps = [], []
-    with torch.no_grad():
-        for c in chunks:
-            states.append(RandContext(device))
-            reps.append(embed(c))
+    def no_grad_pass(c) -> tuple[tuple, torch.Tensor]:
+        states = _rng_states(device)
+        with torch.no_grad():
+            return states, embed(c)
+
+    passes = [run(lambda c=c: no_grad_pass(c)) for c in chunks]
+    states, reps = [s for s, _ in passes], [r for _, r in passes]
     reps_all = torch.cat(reps).detach().requires_grad_()
-    loss = loss_from_embeddings(reps_all)
-    loss.backward()
+
+    def loss_and_backward() -> torch.Tensor:
+        loss = loss_from_embeddings(reps_all)
+        loss.backward()
+        return loss
+
+    loss = run(loss_and_backward)
     grads = reps_all.grad.split([r.shape[0] for r in reps])
+
+    def pass_with_graph(c, state, g, last: bool) -> None:
+        with (no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()), _replay_rng(state, device):
+            embed(c).backward(gradient=g)
+
     for i, (c, state, g) in enumerate(zip(chunks, states, grads)):
-        last = i == len(chunks) - 1
-        ctx = no_sync() if (no_sync is not None and not last) else _null()
-        with ctx, state:
-            emb = embed(c)
-            emb.backward(gradient=g)
+        run(lambda c=c, state=state, g=g, last=i == len(chunks) - 1: pass_with_graph(c, state, g, last))
     return loss.detach()
-
-
-class _null:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc) -> None:
-        return None

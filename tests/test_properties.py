@@ -276,8 +276,8 @@ def test_train_config_file_is_checked(tmp_path_factory, capsys, values):
         return
     for f in train.dataclasses.fields(train.Config):  # accepted: every field has its declared type
         v = getattr(cfg, f.name)
-        want = {"int": int, "float": (int, float), "str": str, "bool": bool, "list[str]": list}[f.type]
-        assert isinstance(v, want) and not (f.type == "int" and isinstance(v, bool)), (f.name, v)
+        want = {int: int, float: (int, float), str: str, bool: bool, list[str]: list}.get(f.type, str)  # precision: a Literal of str
+        assert isinstance(v, want) and not (f.type is int and isinstance(v, bool)), (f.name, v)
 
 
 @pytest.mark.parametrize("content", [b"{", b"[1, 2]", b"\xff\xfe", b"", b'{"steps": "many"}', b'{"lr": -1}',

@@ -8,6 +8,7 @@ import torch
 from safetensors.torch import load_file
 
 import train
+from embedlab import training
 from embedlab.adapters import save_adapter, snapshots
 from embedlab.evaluation import run_eval
 from embedlab.loading import attach_adapter
@@ -93,17 +94,17 @@ def test_resume_keeps_the_snapshots_taken_before_the_kill(tmp_path, triplets, mo
     class Killed(Exception):
         pass
 
-    real_save = train.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_die(acc, path):
         real_save(acc, path)
         raise Killed
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     kw = dict(steps=8, eval_tasks=[], eval_limit=5, snapshot_steps="2,6")
     with pytest.raises(Killed):
         train.main(cfg(tmp_path, triplets, **kw), load=tiny_load)  # dies at the step-5 checkpoint
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     assert train.main(cfg(tmp_path, triplets, resume=True, **kw), load=tiny_load) == 0
     assert [s.step for s in snapshots(tmp_path / "out")] == [2, 6, 8]
 

@@ -1,4 +1,4 @@
-"""train.py on a tiny random Llama: loss goes down, kill-and-resume, adapter loads and changes embeddings."""
+"""train.py and embedlab.training on a tiny random Llama: loss goes down, kill-and-resume, adapter loads and changes embeddings."""
 import json
 
 import numpy as np
@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import train
+from embedlab import training
 from embedlab.loading import attach_adapter
 from tiny import tiny_encoder
 
@@ -34,9 +35,9 @@ def tiny_load(key, adapter=None, device=None, max_length=None):
 def cfg(tmp_path, data, **kw):
     base = dict(model="tiny-llama", data=str(data), out=str(tmp_path / "out"), steps=20, batch_size=16, chunk_size=12,
                 lr=3e-3, warmup_steps=2, log_every=5, ckpt_every=5, eval_tasks=["STS17"], eval_limit=20,
-                max_length=32, device="cpu")
+                max_length=32, device="cpu", precision="fp32")  # fp32: exact comparisons (bf16: test_training.py)
     base.update(kw)
-    return train.Config(**base)
+    return training.Config(**base)
 
 
 def test_twenty_steps_lower_the_loss_and_save_a_working_adapter(tmp_path, triplets):
@@ -58,7 +59,7 @@ def test_twenty_steps_lower_the_loss_and_save_a_working_adapter(tmp_path, triple
     with safe_open(str(out / "adapter_model.safetensors"), "pt") as f:
         assert all(k.startswith("base_model.model.model.layers.") for k in f.keys())
     assert rec["command"].startswith("python train.py --model tiny-llama") and "--steps 20" in rec["command"]
-    assert rec["training"]["precision"] == "no" and rec["device"].startswith("CPU")
+    assert rec["training"]["precision"] == rec["precision"] == "fp32" and rec["device"].startswith("CPU")
     card = (out / "README.md").read_text()
     assert card.startswith("---\nbase_model: tiny-llama\n") and rec["command"] in card and rec["device"] in card
     enc = tiny_encoder("llama")
@@ -94,17 +95,17 @@ def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch)
     class Killed(Exception):
         pass
 
-    real_save = train.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_die(acc, path):
         real_save(acc, path)
         raise Killed  # the process dies right after the first (step-5) checkpoint
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_die)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_die)
     part = cfg(tmp_path / "part", triplets, steps=10, eval_tasks=[])
     with pytest.raises(Killed):
         train.main(part, load=tiny_load)
-    monkeypatch.setattr(train, "save_checkpoint", real_save)
+    monkeypatch.setattr(training, "save_checkpoint", real_save)
     resumed = cfg(tmp_path / "part", triplets, steps=10, eval_tasks=[], resume=True)
     assert train.main(resumed, load=tiny_load) == 0
     assert_same_adapter(tmp_path / "full/out", tmp_path / "part/out", atol=1e-5)
@@ -114,14 +115,14 @@ def test_kill_and_resume_gives_the_same_adapter(tmp_path, triplets, monkeypatch)
 
 def test_nan_loss_stops_and_keeps_checkpoint(tmp_path, triplets, monkeypatch, capsys):
     calls = {"n": 0}
-    real = train.distributed_info_nce
+    real = training.distributed_info_nce
 
     def poisoned(*a, **k):
         calls["n"] += 1
         loss = real(*a, **k)
         return loss * float("nan") if calls["n"] > 6 else loss
 
-    monkeypatch.setattr(train, "distributed_info_nce", poisoned)
+    monkeypatch.setattr(training, "distributed_info_nce", poisoned)
     c = cfg(tmp_path, triplets, steps=10, eval_tasks=[])
     assert train.main(c, load=tiny_load) == 3
     err = capsys.readouterr().out
@@ -136,8 +137,8 @@ def checkpoint_step(folder) -> int:
 
 
 def test_nan_before_any_checkpoint_says_none_written(tmp_path, triplets, monkeypatch, capsys):
-    real = train.distributed_info_nce
-    monkeypatch.setattr(train, "distributed_info_nce", lambda *a, **k: real(*a, **k) * float("nan"))
+    real = training.distributed_info_nce
+    monkeypatch.setattr(training, "distributed_info_nce", lambda *a, **k: real(*a, **k) * float("nan"))
     assert train.main(cfg(tmp_path, triplets, steps=10, eval_tasks=[]), load=tiny_load) == 3
     err = capsys.readouterr().out
     assert "loss is nan at step 1" in err and "none written yet" in err
@@ -170,7 +171,7 @@ def test_config_flags_and_file(tmp_path):
     f = tmp_path / "c.json"
     f.write_text(json.dumps({"lr": 0.001, "batch_size": 32}))
     c = train.parse_config(["--config", str(f), "--batch-size", "64", "--lora-targets", "q_proj", "k_proj", "--no-bf16"])
-    assert c.lr == 0.001 and c.batch_size == 64 and c.lora_targets == ["q_proj", "k_proj"] and c.bf16 is False
+    assert c.lr == 0.001 and c.batch_size == 64 and c.lora_targets == ["q_proj", "k_proj"] and c.precision == "fp32"
     f.write_text(json.dumps({"learning_rate": 1}))
     with pytest.raises(SystemExit):
         train.parse_config(["--config", str(f)])
@@ -179,9 +180,9 @@ def test_config_flags_and_file(tmp_path):
 
 
 def test_batches_are_a_function_of_step():
-    a = train.batch_indices(7, 100, 16, seed=0)
-    assert (a == train.batch_indices(7, 100, 16, seed=0)).all() and len(set(a)) == 16
-    epoch0 = np.concatenate([train.batch_indices(s, 100, 16, 0) for s in range(6)])
+    a = training.batch_indices(7, 100, 16, seed=0)
+    assert (a == training.batch_indices(7, 100, 16, seed=0)).all() and len(set(a)) == 16
+    epoch0 = np.concatenate([training.batch_indices(s, 100, 16, 0) for s in range(6)])
     assert len(set(epoch0)) == 96  # no triplet repeats within an epoch
 
 
@@ -197,6 +198,7 @@ def test_snli_triplets_exclude_evaluation_sentences():
 KILLABLE = """
 import sys, time
 import train  # the repository and tests/ come from PYTHONPATH, as pytest.ini's pythonpath gives them to the tests
+from embedlab import training
 from embedlab.loading import attach_adapter
 from tiny import tiny_encoder
 
@@ -206,9 +208,9 @@ def load(key, adapter=None, device=None, max_length=None):
         attach_adapter(enc, adapter)
     return enc
 
-real = train.contrastive_step
-train.contrastive_step = lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1]  # slow enough to be killed mid-run
-cfg = train.Config(**{cfg!r})
+real = training.contrastive_step
+training.contrastive_step = lambda *a, **k: (time.sleep(0.3), real(*a, **k))[1]  # slow enough to be killed mid-run
+cfg = training.Config(**{cfg!r})
 sys.exit(train.main(cfg, load=load))
 """
 
@@ -225,7 +227,7 @@ def test_sigkill_mid_run_then_resume_matches_an_uninterrupted_run(tmp_path, trip
 
     kw = dict(model="tiny-llama", data=str(triplets), out=str(tmp_path / "killed"), steps=12, batch_size=16,
               chunk_size=12, lr=3e-3, warmup_steps=2, log_every=5, ckpt_every=4, eval_tasks=[], max_length=32,
-              device="cpu")
+              device="cpu", precision="fp32")
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), str(ROOT / "tests")])}
     script = tmp_path / "run.py"
     script.write_text(KILLABLE.format(cfg=kw))
@@ -265,9 +267,9 @@ def test_length_bucketed_passes_give_the_loss_and_gradients_of_one_pass():
     embed = lambda b: embed_batch(model, b, enc.spec)  # noqa: E731
 
     def run(**kw):
-        c = train.Config(model="tiny-llama", batch_size=8, max_length=32, **kw)
+        c = training.Config(model="tiny-llama", batch_size=8, max_length=32, **kw)
         passes = []
-        loss = train.contrastive_step(lambda b: passes.append(b["input_ids"].shape) or embed(b), enc.tokenizer, enc.spec,
+        loss = training.contrastive_step(lambda b: passes.append(b["input_ids"].shape) or embed(b), enc.tokenizer, enc.spec,
                                       enc.pad_id, a, p, n, c, device)
         grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
         model.zero_grad(set_to_none=True)
@@ -281,35 +283,28 @@ def test_length_bucketed_passes_give_the_loss_and_gradients_of_one_pass():
         assert loss == pytest.approx(one_loss, abs=1e-5)
         for k in one:
             assert torch.allclose(grads[k], one[k], atol=1e-5), k
-    assert train.tokens_per_pass(train.Config(), device) == 512
-    assert train.tokens_per_pass(train.Config(), torch.device("cuda")) == 8192
-    assert train.tokens_per_pass(train.Config(max_tokens=2048), torch.device("cuda")) == 2048
+    assert training.tokens_per_pass(training.Config(), device) == 512
+    assert training.tokens_per_pass(training.Config(), torch.device("cuda")) == 8192
+    assert training.tokens_per_pass(training.Config(max_tokens=2048), torch.device("cuda")) == 2048
 
 
 def test_device_choice():
     cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert train.choose_device("", 0) == cpu and train.choose_device("", 2) == cuda
-    assert train.choose_device("cpu", 2) == cpu  # a CPU run on a GPU host
-    assert train.choose_device("cuda:1", 2) == torch.device("cuda", 1)
+    assert training.choose_device("", 0) == cpu and training.choose_device("", 2) == cuda
+    assert training.choose_device("cpu", 2) == cpu  # a CPU run on a GPU host
+    assert training.choose_device("cuda:1", 2) == torch.device("cuda", 1)
     for requested, count, procs, msg in [("cuda", 0, 1, "no CUDA"), ("cuda:2", 2, 1, "cuda:0..cuda:1"),
                                          ("cuda:1", 2, 4, "CUDA_VISIBLE_DEVICES"), ("mps", 0, 1, "only cpu and cuda"),
                                          ("gpu please", 1, 1, "not a device")]:
-        with pytest.raises(train.SetupError, match=msg):
-            train.choose_device(requested, count, procs)
-
-
-def test_precision_follows_the_device_not_the_host():
-    assert train.mixed_precision(True, torch.device("cuda", 1)) == "bf16"
-    assert train.mixed_precision(True, torch.device("cpu")) == "no"  # even where a GPU exists
-    assert train.mixed_precision(False, torch.device("cuda")) == "no"
-    assert train.base_dtype("bf16") == torch.bfloat16 and train.base_dtype("no") == torch.float32
+        with pytest.raises(training.SetupError, match=msg):
+            training.choose_device(requested, count, procs)
 
 
 def test_bf16_base_keeps_trainable_lora_weights_in_fp32():
     from peft import LoraConfig, get_peft_model
 
     enc = tiny_encoder("llama")
-    enc.model.to(train.base_dtype("bf16"))
+    enc.model.to(training.base_dtype("bf16"))
     model = get_peft_model(enc.model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"]))
     trainable = [p for p in model.parameters() if p.requires_grad]
     frozen = [p for p in model.parameters() if not p.requires_grad]
@@ -321,13 +316,13 @@ def test_checkpoint_is_accelerate_state_with_lora_weights_only(tmp_path, triplet
     class Stop(Exception):
         pass
 
-    real_save = train.save_checkpoint
+    real_save = training.save_checkpoint
 
     def save_then_stop(acc, path):
         real_save(acc, path)
         raise Stop
 
-    monkeypatch.setattr(train, "save_checkpoint", save_then_stop)
+    monkeypatch.setattr(training, "save_checkpoint", save_then_stop)
     with pytest.raises(Stop):
         train.main(cfg(tmp_path, triplets, steps=10, eval_tasks=[]), load=tiny_load)
     ck = tmp_path / "out" / "checkpoint"
@@ -339,9 +334,9 @@ def test_checkpoint_is_accelerate_state_with_lora_weights_only(tmp_path, triplet
 
 
 def test_command_line_names_the_changed_settings():
-    c = train.Config(steps=300, batch_size=32, lora_targets=["q_proj"], bf16=False, prompt="{s} means: ")
+    c = training.Config(steps=300, batch_size=32, lora_targets=["q_proj"], precision="fp32", prompt="{s} means: ")
     assert train.command_line(c) == ("python train.py --prompt '{s} means: ' --lora-targets q_proj --steps 300 "
-                                     "--batch-size 32 --no-bf16")
+                                     "--batch-size 32 --precision fp32")
     import shlex
 
     assert train.parse_config(shlex.split(train.command_line(c))[2:]) == c  # the command reproduces the settings
