@@ -1,5 +1,4 @@
 """Every endpoint of the running app through gradio_client, plus bad input over the API."""
-import os
 import time
 
 import pytest

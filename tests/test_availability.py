@@ -10,7 +10,6 @@ import pytest
 import embedlab.lab as lab_mod
 import embedlab.side as side_mod
 from embedlab.features import common, pairs, search
-from embedlab.cache import CacheBusy
 from embedlab.corpora import Corpus
 from embedlab.lab import Lab, ModelsBusy, model_bytes
 from embedlab.registry import MODELS
