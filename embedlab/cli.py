@@ -76,7 +76,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _build_data(args: argparse.Namespace) -> int:
-    from .nli import build_snli_triplets, write_triplets
+    from .nli import build_multigenre_triplets, build_snli_triplets, write_multigenre, write_triplets
     from .provenance import write_json_atomic
 
     rows, counts = build_snli_triplets()
@@ -87,6 +87,27 @@ def _build_data(args: argparse.Namespace) -> int:
             "licence": "SNLI 1.0: CC BY-SA 4.0"}
     write_json_atomic(args.out.with_suffix(".json"), meta)
     print(f"wrote {args.out}: {len(rows):,} triplets ({counts['dropped_overlap']} dropped for evaluation overlap), sha256 {sha}")
+    if args.multigenre_out is None:
+        return 0
+    out = args.multigenre_out
+    rows, per_source = build_multigenre_triplets()
+    sha = write_multigenre(rows, out)
+    meta = {"file": out.name, "rows": len(rows), "sha256_csv": sha, "columns": ["sent0", "sent1", "hard_neg", "source"],
+            "sources": per_source,
+            "built_from": "SNLI 1.0 dev+test triplets (as snli_all_triplets.csv), MultiNLI 1.0 dev matched and mismatched "
+                          "(grouped by pairID minus its last letter; classes from the label column), counterfactually-"
+                          "augmented SNLI train (grouped by premise text): every entailment x contradiction pair per "
+                          "premise, minus triplets containing a sentence of any evaluation set (letters+digits "
+                          "comparison), minus triplets whose positive and hard negative are the same, deduplicated "
+                          "(letters+digits comparison; the first source keeps a triplet)",
+            "licence": "SNLI 1.0 CC BY-SA 4.0; MultiNLI 1.0 OANC (free) and CC BY-SA 3.0 / CC BY 3.0 (fiction); "
+                       "counterfactually-augmented SNLI Apache-2.0 (text from SNLI train, CC BY-SA 4.0)"}
+    write_json_atomic(out.with_name(out.name.removesuffix(".xz").removesuffix(".csv") + ".json"), meta)
+    print(f"wrote {out}: {len(rows):,} triplets, sha256 (uncompressed CSV) {sha}")
+    print(f"{'source':<22}{'premises':>9}{'candidates':>11}{'overlap':>9}{'degenerate':>11}{'duplicate':>10}{'kept':>7}")
+    for name, c in per_source.items():
+        print(f"{name:<22}{c['premises']:>9,}{c['candidates']:>11,}{c['dropped_overlap']:>9,}{c['dropped_degenerate']:>11,}"
+              f"{c['dropped_duplicate']:>10,}{c['kept']:>7,}")
     return 0
 
 
@@ -265,8 +286,13 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="results table (ours beside the paper's) from assets/results")
     r.add_argument("--readme", type=Path, help="rewrite the table between the results markers of this file")
     r.set_defaults(fn=_report)
-    b = sub.add_parser("build-data", help="build the SNLI training triplets CSV")
+    b = sub.add_parser("build-data", help="build the training triplet CSVs: SNLI-only (shipped) and multi-genre "
+                                          "(SNLI + MultiNLI dev + counterfactual SNLI, with a source column)")
     b.add_argument("--out", type=Path, default=Path("assets/data/NLI/snli_all_triplets.csv"))
+    b.add_argument("--multigenre-out", type=Path, default=ROOT / "assets/data/NLI/multigenre_triplets.csv",
+                   help="the multi-genre CSV (.csv.xz: xz-compressed; train.py reads either)")
+    b.add_argument("--no-multigenre", dest="multigenre_out", action="store_const", const=None,
+                   help="build the SNLI-only CSV alone")
     b.set_defaults(fn=_build_data)
     em = sub.add_parser("embed", help="embed a .txt (one text per line) or .csv ('text' column) corpus into a .npy; "
                                       "resumable: rerun the same command after an interruption")
