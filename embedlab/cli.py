@@ -1,4 +1,4 @@
-"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card|replay-cache|adopt-snapshots``."""
+"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card|replay-cache|adopt-snapshots|export``."""
 from __future__ import annotations
 
 import argparse
@@ -250,6 +250,27 @@ def _replay_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """A side as a sentence-transformers model folder (LoRA merged, tokenizer adding BOS/EOS, last-token pooling)."""
+    from .export import ExportError, export_side
+    from .loading import ModelUnavailableError
+    from .side import SideError
+
+    command = f"python -m embedlab export {args.side} {args.out}" + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
+    try:
+        r = export_side(args.side, args.out, dtype=args.dtype, force=args.force, device=args.device, command=command)
+    except (SideError, ExportError, ModelUnavailableError, AdapterError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {r.path}: {r.side}, {r.dtype}, {r.bytes / 2**20:.1f} MiB in {r.seconds:.0f} s; cosine to the lab's "
+          f"vectors >= {r.min_cosine:.6f} on the probe texts")
+    if r.note:
+        print(f"note: {r.note}")
+    print(f'use: from sentence_transformers import SentenceTransformer; '
+          f'SentenceTransformer("{r.path}").encode(["A man is playing a guitar."])')
+    return 0
+
+
 def _adopt_snapshots(args: argparse.Namespace) -> int:
     """Give a shipped adapter the snapshots of a retraining whose final adapter equals it."""
     from .modelcard import write_card
@@ -333,6 +354,15 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--tolerance", type=float, default=0.0, help="largest max abs difference accepted (default 0)")
     ad.add_argument("--model", default="smollm2-135m")
     ad.set_defaults(fn=_adopt_snapshots)
+    x = sub.add_parser("export", help="write a side (model[+adapter][@step]) as a sentence-transformers model folder: "
+                                      "LoRA merged, a tokenizer that adds BOS/EOS itself, last-token pooling, normalised")
+    x.add_argument("side", help="e.g. gemma3-270m+nli-cft, smollm2-135m+nli-cft@50, or a base model gemma3-270m")
+    x.add_argument("out", type=Path, help="the folder to write (must not exist, or be empty)")
+    x.add_argument("--dtype", default="float32", choices=["float32", "bf16", "bfloat16"],
+                   help="weights' precision (default float32: the lab's vectors to cosine >= 0.9999)")
+    x.add_argument("--force", action="store_true", help="replace OUT when it holds an earlier export")
+    x.add_argument("--device", default="cpu", help="where the lab's check vectors are computed (default cpu)")
+    x.set_defaults(fn=_export)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)
