@@ -45,9 +45,11 @@ def main() -> int:
             r = X.export_side(side, Path(tmp) / "out", dtype=args.dtype)
             row = {"side": spec, "dtype": r.dtype, "sentences": len(texts), "export_s": round(time.perf_counter() - t0, 1),
                    "folder_mib": round(r.bytes / 2**20, 1)}
+            print(f"{spec}: exported in {row['export_s']} s", file=sys.stderr, flush=True)
             t0 = time.perf_counter()
             want = X.lab_vectors(side, texts)
             row["lab_s"] = round(time.perf_counter() - t0, 1)
+            print(f"{spec}: lab vectors in {row['lab_s']} s", file=sys.stderr, flush=True)
             st = SentenceTransformer(str(r.path), device="cpu")
             for bs in (64, 1):
                 t0 = time.perf_counter()
@@ -57,6 +59,8 @@ def main() -> int:
                 row[f"bs{bs}_min_cosine"] = round(float(c.min()), 8)
                 row[f"bs{bs}_mean_cosine"] = round(float(c.mean()), 8)
                 row[f"bs{bs}_worst_text"] = texts[int(c.argmin())][:80]
+                print(f"{spec}: batch size {bs}: {row[f'st_bs{bs}_s']} s, min cosine {c.min():.8f}", file=sys.stderr,
+                      flush=True)
         rows.append(row)
         print(json.dumps(row), flush=True)
     if args.json:
