@@ -1,4 +1,4 @@
-"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card|replay-cache|adopt-snapshots``."""
+"""Command line: ``python -m embedlab eval|models|report|build-data|build-cache|convert-adapter|model-card|replay-cache|adopt-snapshots|export``."""
 from __future__ import annotations
 
 import argparse
@@ -76,7 +76,7 @@ def _report(args: argparse.Namespace) -> int:
 
 
 def _build_data(args: argparse.Namespace) -> int:
-    from .nli import build_snli_triplets, write_triplets
+    from .nli import build_multigenre_triplets, build_snli_triplets, write_multigenre, write_triplets
     from .provenance import write_json_atomic
 
     rows, counts = build_snli_triplets()
@@ -87,6 +87,27 @@ def _build_data(args: argparse.Namespace) -> int:
             "licence": "SNLI 1.0: CC BY-SA 4.0"}
     write_json_atomic(args.out.with_suffix(".json"), meta)
     print(f"wrote {args.out}: {len(rows):,} triplets ({counts['dropped_overlap']} dropped for evaluation overlap), sha256 {sha}")
+    if args.multigenre_out is None:
+        return 0
+    out = args.multigenre_out
+    rows, per_source = build_multigenre_triplets()
+    sha = write_multigenre(rows, out)
+    meta = {"file": out.name, "rows": len(rows), "sha256_csv": sha, "columns": ["sent0", "sent1", "hard_neg", "source"],
+            "sources": per_source,
+            "built_from": "SNLI 1.0 dev+test triplets (as snli_all_triplets.csv), MultiNLI 1.0 dev matched and mismatched "
+                          "(grouped by pairID minus its last letter; classes from the label column), counterfactually-"
+                          "augmented SNLI train (grouped by premise text): every entailment x contradiction pair per "
+                          "premise, minus triplets containing a sentence of any evaluation set (letters+digits "
+                          "comparison), minus triplets whose positive and hard negative are the same, deduplicated "
+                          "(letters+digits comparison; the first source keeps a triplet)",
+            "licence": "SNLI 1.0 CC BY-SA 4.0; MultiNLI 1.0 OANC (free) and CC BY-SA 3.0 / CC BY 3.0 (fiction); "
+                       "counterfactually-augmented SNLI Apache-2.0 (text from SNLI train, CC BY-SA 4.0)"}
+    write_json_atomic(out.with_name(out.name.removesuffix(".xz").removesuffix(".csv") + ".json"), meta)
+    print(f"wrote {out}: {len(rows):,} triplets, sha256 (uncompressed CSV) {sha}")
+    print(f"{'source':<22}{'premises':>9}{'candidates':>11}{'overlap':>9}{'degenerate':>11}{'duplicate':>10}{'kept':>7}")
+    for name, c in per_source.items():
+        print(f"{name:<22}{c['premises']:>9,}{c['candidates']:>11,}{c['dropped_overlap']:>9,}{c['dropped_degenerate']:>11,}"
+              f"{c['dropped_duplicate']:>10,}{c['kept']:>7,}")
     return 0
 
 
@@ -230,6 +251,27 @@ def _replay_cache(args: argparse.Namespace) -> int:
     return 0
 
 
+def _export(args: argparse.Namespace) -> int:
+    """A side as a sentence-transformers model folder (LoRA merged, tokenizer adding BOS/EOS, last-token pooling)."""
+    from .export import ExportError, export_side
+    from .loading import ModelUnavailableError
+    from .side import SideError
+
+    command = f"python -m embedlab export {args.side} {args.out}" + (f" --dtype {args.dtype}" if args.dtype != "float32" else "")
+    try:
+        r = export_side(args.side, args.out, dtype=args.dtype, force=args.force, device=args.device, command=command)
+    except (SideError, ExportError, ModelUnavailableError, AdapterError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {r.path}: {r.side}, {r.dtype}, {r.bytes / 2**20:.1f} MiB in {r.seconds:.0f} s; cosine to the lab's "
+          f"vectors >= {r.min_cosine:.6f} on the probe texts")
+    if r.note:
+        print(f"note: {r.note}")
+    print(f'use: from sentence_transformers import SentenceTransformer; '
+          f'SentenceTransformer("{r.path}").encode(["A man is playing a guitar."])')
+    return 0
+
+
 def _adopt_snapshots(args: argparse.Namespace) -> int:
     """Give a shipped adapter the snapshots of a retraining whose final adapter equals it."""
     from .modelcard import write_card
@@ -266,8 +308,13 @@ def main(argv: list[str] | None = None) -> int:
     r = sub.add_parser("report", help="results table (ours beside the paper's) from assets/results")
     r.add_argument("--readme", type=Path, help="rewrite the table between the results markers of this file")
     r.set_defaults(fn=_report)
-    b = sub.add_parser("build-data", help="build the SNLI training triplets CSV")
+    b = sub.add_parser("build-data", help="build the training triplet CSVs: SNLI-only (shipped) and multi-genre "
+                                          "(SNLI + MultiNLI dev + counterfactual SNLI, with a source column)")
     b.add_argument("--out", type=Path, default=Path("assets/data/NLI/snli_all_triplets.csv"))
+    b.add_argument("--multigenre-out", type=Path, default=ROOT / "assets/data/NLI/multigenre_triplets.csv",
+                   help="the multi-genre CSV (.csv.xz: xz-compressed; train.py reads either)")
+    b.add_argument("--no-multigenre", dest="multigenre_out", action="store_const", const=None,
+                   help="build the SNLI-only CSV alone")
     b.set_defaults(fn=_build_data)
     em = sub.add_parser("embed", help="embed a .txt (one text per line) or .csv ('text' column) corpus into a .npy; "
                                       "resumable: rerun the same command after an interruption")
@@ -308,6 +355,15 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--tolerance", type=float, default=0.0, help="largest max abs difference accepted (default 0)")
     ad.add_argument("--model", default="smollm2-135m")
     ad.set_defaults(fn=_adopt_snapshots)
+    x = sub.add_parser("export", help="write a side (model[+adapter][@step]) as a sentence-transformers model folder: "
+                                      "LoRA merged, a tokenizer that adds BOS/EOS itself, last-token pooling, normalised")
+    x.add_argument("side", help="e.g. gemma3-270m+nli-cft, smollm2-135m+nli-cft@50, or a base model gemma3-270m")
+    x.add_argument("out", type=Path, help="the folder to write (must not exist, or be empty)")
+    x.add_argument("--dtype", default="float32", choices=["float32", "bf16", "bfloat16"],
+                   help="weights' precision (default float32: the lab's vectors to cosine >= 0.9999)")
+    x.add_argument("--force", action="store_true", help="replace OUT when it holds an earlier export")
+    x.add_argument("--device", default="cpu", help="where the lab's check vectors are computed (default cpu)")
+    x.set_defaults(fn=_export)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     return args.fn(args)

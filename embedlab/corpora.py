@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import corpus_sha256
-from .sts import DATA_DIR
+from .sts import DATA_DIR, open_data
 
 MAX_UPLOAD_BYTES = 2 * 2**20
 MAX_TEXTS = 20_000  # an uploaded corpus (lines)
@@ -83,7 +83,7 @@ def builtin(name: str) -> Corpus:
     if name == "stsb":
         texts, labels = [], []
         for split in ("test", "dev", "train"):
-            with open(DATA_DIR / "STSBenchmark" / f"sts-{split}.csv", encoding="utf-8", newline="") as f:
+            with open_data(DATA_DIR / "STSBenchmark" / f"sts-{split}.csv") as f:
                 for r in csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE):
                     texts += [r[5], r[6]]
                     labels += [r[0].replace("main-", "")] * 2

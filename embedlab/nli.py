@@ -1,14 +1,18 @@
-"""NLI training triplets (anchor, positive, hard negative): read, validate, build from SNLI.
+"""NLI training triplets (anchor, positive, hard negative): read, validate, build from SNLI, MultiNLI and CAD.
 
-Training data is any CSV with columns ``sent0,sent1,hard_neg`` (SimCSE's format).
+Training data is any CSV with columns ``sent0,sent1,hard_neg`` (SimCSE's format), plain or
+compressed (``.gz``, ``.xz``); extra columns (such as the multi-genre file's ``source``) are ignored.
 """
 from __future__ import annotations
 
 import csv
 import gzip
 import hashlib
+import io
 import itertools
+import lzma
 import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +20,7 @@ from .sts import DATA_DIR, EXTRA_TASKS, TASKS, load_task
 
 COLUMNS = ("sent0", "sent1", "hard_neg")
 MAX_CHARS = 2000  # one sentence; NLI sentences are short, longer rows are almost certainly broken input
+MAX_DECOMPRESSED = 1 << 30  # a compressed training file may expand to at most 1 GiB
 
 
 class DataError(ValueError):
@@ -41,7 +46,7 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
         raise DataError(f"training file {path} does not exist")
     raw = p.read_bytes()
     try:
-        text = raw.decode("utf-8-sig")
+        text = decompress(raw, str(path)).decode("utf-8-sig")
     except UnicodeDecodeError as e:
         raise DataError(f"{path} is not UTF-8 (byte {e.start})") from None
     if "\x00" in text:
@@ -72,6 +77,25 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
     if len(a) < 2:
         raise DataError(f"{path} has {len(a)} triplet(s); contrastive training needs at least 2")
     return Triplets(a, pos, neg, hashlib.sha256(raw).hexdigest(), str(p))
+
+
+def decompress(raw: bytes, what: str = "file") -> bytes:
+    """``raw`` itself, or its content when it is gzip or xz (recognised by magic bytes, not by name);
+    :class:`DataError` when it expands beyond :data:`MAX_DECOMPRESSED` or is corrupt."""
+    if raw[:2] == b"\x1f\x8b":
+        opener = gzip.GzipFile(fileobj=io.BytesIO(raw))
+    elif raw[:6] == b"\xfd7zXZ\x00":
+        opener = lzma.LZMAFile(io.BytesIO(raw))
+    else:
+        return raw
+    try:
+        with opener as f:
+            out = f.read(MAX_DECOMPRESSED + 1)
+    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
+        raise DataError(f"{what}: corrupt compressed file ({e})") from None
+    if len(out) > MAX_DECOMPRESSED:
+        raise DataError(f"{what} expands to more than {MAX_DECOMPRESSED >> 20} MiB")
+    return out
 
 
 def normalise(s: str) -> str:
@@ -123,3 +147,120 @@ def write_triplets(rows: list[tuple[str, str, str]], path: Path) -> str:
         w.writerow(COLUMNS)
         w.writerows(rows)
     return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+# --- the multi-genre set: SNLI dev+test, MultiNLI 1.0 dev, counterfactually-augmented SNLI train -------------
+
+NLI_DIR = DATA_DIR / "NLI"
+MULTIGENRE_COLUMNS = (*COLUMNS, "source")
+# source name -> file under assets/data/NLI (xz-compressed; SOURCES.md has the uncompressed sha256)
+MNLI_FILES = {"mnli_dev_matched": "mnli_dev/multinli_1.0_dev_matched.csv.xz",
+              "mnli_dev_mismatched": "mnli_dev/multinli_1.0_dev_mismatched.csv.xz"}
+CAD_FILE = "cad_snli/all_combined_train.tsv.xz"
+SNLI_SOURCE = "snli_devtest"
+CAD_SOURCE = "cad_snli_train"
+
+
+def _text(path: Path) -> str:
+    return decompress(path.read_bytes(), str(path)).decode("utf-8")
+
+
+Group = dict  # {"premise": str, "entailment": [str], "contradiction": [str]}
+
+
+def _add(groups: dict[str, Group], key: str, premise: str, hypothesis: str, label: str) -> None:
+    g = groups.setdefault(key, {"premise": premise, "entailment": [], "contradiction": []})
+    if label in ("entailment", "contradiction") and hypothesis not in g[label]:
+        g[label].append(hypothesis)
+
+
+def mnli_groups(text: str) -> dict[str, Group]:
+    """MultiNLI rows (``pairID,sentence1,sentence2,label``) grouped by premise: a premise's pairs share
+    ``pairID`` minus its last letter (e/n/c, the prompt the annotator answered; the class is ``label``,
+    which differs from that letter for ~2% of pairs). Groups in order of first appearance."""
+    groups: dict[str, Group] = {}
+    for row in csv.DictReader(io.StringIO(text)):
+        pid = (row.get("pairID") or "").strip()
+        if len(pid) < 2 or pid[-1] not in "enc":
+            raise DataError(f"MultiNLI pairID {pid!r} does not end in e, n or c")
+        _add(groups, pid[:-1], row["sentence1"].strip(), row["sentence2"].strip(), row["label"].strip())
+    return groups
+
+
+def cad_groups(text: str) -> dict[str, Group]:
+    """Counterfactually-augmented SNLI rows (``sentence1\tsentence2\tgold_label``) grouped by premise text
+    (an edited premise is a premise of its own)."""
+    groups: dict[str, Group] = {}
+    for row in csv.DictReader(io.StringIO(text), delimiter="\t", quoting=csv.QUOTE_NONE):
+        p = row["sentence1"].strip()
+        _add(groups, p, p, row["sentence2"].strip(), row["gold_label"].strip())
+    return groups
+
+
+def group_triplets(groups: dict[str, Group]) -> list[tuple[str, str, str]]:
+    """Every (premise, entailment, contradiction) combination of each group, groups in order."""
+    return [(g["premise"], e, c) for g in groups.values() for e, c in itertools.product(g["entailment"], g["contradiction"])]
+
+
+def select_triplets(sources: dict[str, list[tuple[str, str, str]]], banned: set[str]) -> tuple[list[tuple[str, str, str, str]], dict[str, dict[str, int]]]:
+    """Sources in order -> rows ``(sent0, sent1, hard_neg, source)`` and per-source counts.
+
+    Drops, in this order: triplets holding a sentence of an evaluation set (``banned``: normalised
+    sentences), degenerate ones (positive and hard negative the same once normalised), and duplicates of
+    a triplet already kept (same three sentences once normalised; the first source keeps it)."""
+    seen: set[tuple[str, str, str]] = set()
+    rows: list[tuple[str, str, str, str]] = []
+    counts: dict[str, dict[str, int]] = {}
+    for name, triplets in sources.items():
+        c = counts[name] = {"candidates": len(triplets), "dropped_overlap": 0, "dropped_degenerate": 0,
+                            "dropped_duplicate": 0, "kept": 0}
+        for t in triplets:
+            key = tuple(normalise(x) for x in t)
+            if set(key) & banned:
+                c["dropped_overlap"] += 1
+            elif not all(key) or key[1] == key[2]:
+                c["dropped_degenerate"] += 1
+            elif key in seen:
+                c["dropped_duplicate"] += 1
+            else:
+                seen.add(key)
+                rows.append((*t, name))
+                c["kept"] += 1
+    return rows, counts
+
+
+def build_multigenre_triplets(folder: Path | None = None, banned: set[str] | None = None
+                              ) -> tuple[list[tuple[str, str, str, str]], dict[str, dict[str, int]]]:
+    """One multi-genre set: our SNLI triplets (:func:`build_snli_triplets`, already filtered), then MultiNLI 1.0
+    dev matched and mismatched, then counterfactually-augmented SNLI train; every source filtered for evaluation
+    overlap and the whole deduplicated (:func:`select_triplets`). Returns rows with their source and per-source
+    counts (``premises`` added: groups read from the source)."""
+    folder = folder or NLI_DIR
+    banned = evaluation_sentences() if banned is None else banned
+    snli, snli_counts = build_snli_triplets(folder / "snli_senteval")
+    groups = {name: mnli_groups(_text(folder / rel)) for name, rel in MNLI_FILES.items()}
+    groups[CAD_SOURCE] = cad_groups(_text(folder / CAD_FILE))
+    sources = {SNLI_SOURCE: snli, **{name: group_triplets(g) for name, g in groups.items()}}
+    rows, counts = select_triplets(sources, banned)
+    # SNLI's own evaluation-overlap drops happened in build_snli_triplets: count them here too
+    counts[SNLI_SOURCE]["candidates"] += snli_counts["dropped_overlap"]
+    counts[SNLI_SOURCE]["dropped_overlap"] += snli_counts["dropped_overlap"]
+    counts[SNLI_SOURCE]["premises"] = snli_counts["premises"]
+    for name, g in groups.items():
+        counts[name]["premises"] = len(g)
+    return rows, counts
+
+
+def write_multigenre(rows: list[tuple[str, str, str, str]], path: Path) -> str:
+    """Write ``sent0,sent1,hard_neg,source`` rows as CSV, xz-compressed when ``path`` ends in ``.xz``
+    (deterministic: fixed preset, no timestamp); returns the sha256 of the uncompressed CSV."""
+    buf = io.StringIO(newline="")
+    w = csv.writer(buf)
+    w.writerow(MULTIGENRE_COLUMNS)
+    w.writerows(rows)
+    data = buf.getvalue().encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME) if path.suffix == ".xz" else data)
+    tmp.replace(path)
+    return hashlib.sha256(data).hexdigest()

@@ -7,11 +7,12 @@ train+trial+test like MTEB (``sick="test"`` gives SentEval's test-only variant).
 from __future__ import annotations
 
 import csv
+import lzma
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import IO, Callable, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
@@ -52,9 +53,17 @@ class STSTask:
                        [self.subset[i] for i in idx] if self.subset else [])
 
 
+def open_data(path: Path) -> IO[str]:
+    """A data file for reading as text; ``<path>.xz`` when only the compressed copy ships (the larger
+    files do, to keep the repository small; SOURCES.md records the uncompressed bytes)."""
+    if not path.exists() and (packed := path.with_name(path.name + ".xz")).exists():
+        return lzma.open(packed, "rt", encoding="utf-8", newline="")
+    return open(path, encoding="utf-8", newline="")
+
+
 def _tsv(path: Path) -> list[list[str]]:
     # QUOTE_NONE: sentences contain bare quotes; STSBenchmark rows may carry extra columns.
-    with open(path, encoding="utf-8", newline="") as f:
+    with open_data(path) as f:
         return list(csv.reader(f, delimiter="\t", quoting=csv.QUOTE_NONE))
 
 
