@@ -429,15 +429,15 @@ def main(cfg: Config, load=load_encoder) -> int:
             if not evaluator:
                 evaluator.append(load(cfg.model, device=device))
             ev = evaluator[0]
-            rel, use = None, False
+            rel, use = None, None
             if step > 0 or spec.prompt != enc.spec.prompt:
                 rel = f"{SNAPSHOTS_DIR}/step-{step}"
                 save_adapter(acc.unwrap_model(model), out / rel, spec, dtype=torch.float16)
                 # the prompt travels with the weights: attach_adapter embeds with the one in training.json
                 write_json_atomic(out / rel / "training.json", {"model": spec.key, "prompt": spec.prompt, "step": step,
                                                                 "snapshot_of": "../.."})
-                use = attach_adapter(ev, out / rel, activate=False).name
-            r = run_eval(ev, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, use_adapter=use)
+                use = attach_adapter(ev, out / rel).name
+            r = run_eval(ev, ["STSBenchmark-dev"], adapter=use, limit=cfg.eval_limit or None)
         state.snapshots.append({"step": step, "path": rel, "dev": r["tasks"]["STSBenchmark-dev"],
                                 "random_pair_cosine": r["random_pair_cosine"]})
         tqdm.write(f"snapshot step {step}: STSBenchmark dev {r['tasks']['STSBenchmark-dev']:.2f}"
@@ -517,7 +517,8 @@ def main(cfg: Config, load=load_encoder) -> int:
     # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
     # prompt it was trained with: attach_adapter reads it back from training.json).
     tuned = load(cfg.model, adapter=out, device=device)
-    dev = run_eval(tuned, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, progress=True)
+    dev = run_eval(tuned, ["STSBenchmark-dev"], adapter=next(iter(tuned.adapters)), limit=cfg.eval_limit or None,
+                   progress=True)
     record["dev"] = dev["tasks"]
     if wanted:  # the final step is always a snapshot: the adapter itself
         losses = {s: loss for s, loss in history}
@@ -528,7 +529,8 @@ def main(cfg: Config, load=load_encoder) -> int:
     tasks = [t for t in cfg.eval_tasks if t != "STSBenchmark-dev"]
     if tasks:
         # the same record format as `python -m embedlab eval`, so it can go under assets/results as is
-        record["test"] = {**run_eval(tuned, tasks, limit=cfg.eval_limit or None, progress=True),
+        record["test"] = {**run_eval(tuned, tasks, adapter=next(iter(tuned.adapters)), limit=cfg.eval_limit or None,
+                                    progress=True),
                           "trained_on": device.type, "trained_device": record["device"]}
     write_json_atomic(out / "training.json", record)
     write_card(out, spec)

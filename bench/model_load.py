@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-CODE = "import time; t=time.perf_counter(); from embedlab.loading import load_encoder; e=load_encoder('{m}', device='cpu'); e.encode(['warm']); print(time.perf_counter()-t)"
+CODE = "import time; t=time.perf_counter(); from embedlab.loading import load_encoder; e=load_encoder('{m}', device='cpu'); e.embed(['warm']); print(time.perf_counter()-t)"
 
 
 def main() -> None:

@@ -186,7 +186,7 @@ class EmbeddingCache:
             found = {k: v for k in key_of.values() if (v := self._texts.get(k)) is not None}
         new = [ta for ta, k in key_of.items() if k not in found]
         if new:
-            vecs = enc.encode_mixed([t for t, _ in new], [a for _, a in new], priority=priority)
+            vecs = enc.embed([t for t, _ in new], [a for _, a in new], priority=priority)
             computed = {key_of[ta]: vecs[i] for i, ta in enumerate(new)}
             found.update(computed)
             with self._guard:
@@ -245,7 +245,7 @@ class EmbeddingCache:
                     log.warning("cache chunk %s/%s is corrupt; recomputing", folder.name, name)
                 pieces = []
                 for j in range(lo, hi, SLICE):
-                    pieces.append(enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=adapter or False, priority=BACKGROUND))
+                    pieces.append(enc.embed(texts[j : min(hi, j + SLICE)], adapter, priority=BACKGROUND))
                     if progress:
                         progress(min(hi, j + SLICE), len(texts))
                 arr = np.concatenate(pieces)

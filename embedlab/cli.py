@@ -28,9 +28,10 @@ def _eval(args: argparse.Namespace) -> int:
     except (UnknownModelError, ModelUnavailableError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    record = run_eval(enc, args.tasks, limit=args.limit, sick=args.sick, use_adapter=not args.base, progress=True)
-    if record["adapter"] and enc.active_adapter:  # where the adapter was trained, from its training record
-        trained = read_training_record(enc.adapters[enc.active_adapter].path)
+    adapter = next(iter(enc.adapters)) if args.adapter and not args.base else None  # the loaded adapter's name
+    record = run_eval(enc, args.tasks, adapter=adapter, limit=args.limit, sick=args.sick, progress=True)
+    if adapter is not None:  # where the adapter was trained, from its training record
+        trained = read_training_record(enc.adapters[adapter].path)
         if trained.get("trained_on"):
             record.update(trained_on=trained["trained_on"], trained_device=trained.get("device"))
     print(format_table(record))
@@ -114,7 +115,7 @@ def _embed(args: argparse.Namespace) -> int:
     except (InputError, UnknownModelError, ModelUnavailableError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    adapter = enc.active_adapter if args.adapter and not args.base else None  # the loaded adapter's name
+    adapter = next(iter(enc.adapters)) if args.adapter and not args.base else None  # the loaded adapter's name
     with state.split_between_processes(list(corpus.texts)) as shard:
         cache = EmbeddingCache(cache_root() / "embeddings")
         corpus_sha = corpus_sha256(shard)

@@ -155,7 +155,7 @@ class Lab:
         memo = (side.model, str(path), sig)
         name = self._attached.get(memo) if sig is not None else None
         if name not in enc.adapters:
-            info = attach_adapter(enc, path, allowed_roots=None if side.hub else adapter_roots(), activate=False)
+            info = attach_adapter(enc, path, allowed_roots=None if side.hub else adapter_roots())
             if info.prompt != side.prompt:  # a snapshot embeds with its adapter's training prompt
                 enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
             name = self._attached[memo] = info.name

@@ -322,15 +322,15 @@ def load_encoder(
 
 
 def attach_adapter(
-    enc: Encoder, path: str | Path, allowed_roots: Sequence[Path] | None = None, activate: bool = True
+    enc: Encoder, path: str | Path, allowed_roots: Sequence[Path] | None = None
 ) -> AdapterInfo:
     """Validate and load a LoRA adapter onto the encoder's backbone (no reload of the base).
 
     Accepts adapters saved in the causal-LM form (ours, the paper's hub adapters) and the
     older backbone form: the saved names are mapped explicitly onto the backbone's LoRA
     modules, and every LoRA tensor must be applied (PEFT would only warn and run the base
-    model). Several adapters can be loaded; :meth:`Encoder.encode` picks one with
-    ``use_adapter`` and embeds its texts with the prompt it was trained with
+    model). Several adapters can be loaded, each under its ``info.name``; :meth:`Encoder.embed`
+    names the adapter of each text and embeds it with the prompt that adapter was trained with
     (``info.prompt``). Loading the same weights twice is a no-op.
     """
     from peft import LoraConfig, PeftModel, set_peft_model_state_dict
@@ -377,9 +377,6 @@ def attach_adapter(
                 raise AdapterError(f"adapter does not fit {enc.spec.key}: {str(e).splitlines()[0][:200]}") from e
             enc.model.eval()
             enc.adapters[info.name] = info
-            enc._mode = "?"  # loading switched the model's adapter state: set it again before the next batch
-        if activate:
-            enc.active_adapter = info.name
 
     on_compute_thread(attach)
     return info
