@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -249,7 +250,11 @@ def _adopt_snapshots(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .precision import CHOICES, ENV, PrecisionError, requested
+
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
+    p.add_argument("--precision", help=f"{'|'.join(CHOICES)}: what the forward passes run in (default: ${ENV} or "
+                                       "auto = bf16 on a GPU or a CPU with native bf16, else fp32)")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("eval", help="STS evaluation (Spearman x100 of cosine vs gold)")
     e.add_argument("--model", default="smollm2-135m", help=f"one of: {', '.join(MODELS)}")
@@ -310,6 +315,12 @@ def main(argv: list[str] | None = None) -> int:
     ad.set_defaults(fn=_adopt_snapshots)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        precision = requested(args.precision)
+    except PrecisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.environ[ENV] = precision  # every loader and record of this command sees the same setting
     return args.fn(args)
 
 

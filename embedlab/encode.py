@@ -6,6 +6,7 @@ EOS it is evaluated with.
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -18,6 +19,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from .compute import INTERACTIVE, background_batch_tokens, run_rows
+from .precision import Precision
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -135,8 +137,9 @@ def embed_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: Mo
     if spec.causal:
         extra["use_cache"] = False
     out = model(**batch, **extra)
-    vec = pool(out.last_hidden_state, batch["attention_mask"], spec.pooling)
-    return F.normalize(vec.float(), dim=-1)
+    # pooled in float32 whatever the model ran in (a no-op for float32 hidden states)
+    vec = pool(out.last_hidden_state.float(), batch["attention_mask"], spec.pooling)
+    return F.normalize(vec, dim=-1)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
@@ -179,6 +182,8 @@ class Encoder:
     max_length: int
     weights_dir: str = ""
     adapters: dict = field(default_factory=dict)  # name -> AdapterInfo
+    # what the forward passes run in; bf16 as the weights' dtype or under autocast: spec.bf16
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "fp32"))
 
     @property
     def dim(self) -> int:
@@ -268,6 +273,12 @@ class Encoder:
         report = EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))
         return (out, report) if return_report else out
 
+    def _numerics(self):
+        """The context the forward pass runs in: bf16 autocast where this model's bf16 is autocast."""
+        if self.precision.bf16 and self.spec.bf16 == "autocast":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
     def _route(self, names: list[str | None]) -> dict:
         """The forward pass's keyword naming each row's adapter (None = base): PEFT's per-row
         ``adapter_names``; nothing for a backbone without adapters."""
@@ -284,7 +295,7 @@ class Encoder:
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for idx in length_batches([len(x) for x in ids], batch_size, max_tokens):
             batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
-            with torch.inference_mode():
+            with torch.inference_mode(), self._numerics():
                 vec = embed_batch(self.model, batch, self.spec, **self._route([rows[i][1] for i in idx]))
             out[idx] = vec.cpu().numpy()
         return out

@@ -74,5 +74,6 @@ def run_eval(
         "sick": sick,
         "prompt": enc.prompt_for(adapter),
         "max_length": enc.max_length,
-        "environment": environment(enc.device),
+        "precision": enc.precision.name,
+        "environment": environment(enc.device, enc.precision),
     }

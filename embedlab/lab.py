@@ -35,6 +35,7 @@ from .compute import BACKGROUND, INTERACTIVE, on_compute_thread, urgent
 from .corpora import Corpus, InputError, builtin
 from .encode import Encoder
 from .loading import attach_adapter, cache_root, load_encoder
+from .precision import resolve as resolve_precision
 from .atomic import atomic_path
 from .lru import LRU
 from .projection import TwinMaps, neighbour_overlap, place_by_neighbours
@@ -415,7 +416,8 @@ class Lab:
         if busy:
             parts.append("Preparing in the background (other views work meanwhile): "
                          + "; ".join(f"{k}: {v}" for k, v in busy.items()))
-        return " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+        ready = " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+        return f"{ready} · Precision: {resolve_precision(self.device).describe()}"
 
 
 # The map file's array names (kept from when the two sides were always base and tuned: the shipped

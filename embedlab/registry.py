@@ -76,6 +76,9 @@ class ModelSpec:
     paper_key: str | None = None  # column of PAPER_RESULTS for this model
     gguf_tokenizer: Literal["transformers", "spm_bpe"] = "transformers"  # how a GGUF's tokenizer is rebuilt
     notes: str = ""  # one line for people, shown on the side's card
+    # how the model runs when the precision is bf16 (embedlab.precision): its weights cast to bf16, or
+    # float32 weights under bf16 autocast. Chosen per model by bench/precision.py (speed, cosine to fp32).
+    bf16: Literal["weights", "autocast"] = "weights"
 
 
 MODELS: dict[str, ModelSpec] = {
