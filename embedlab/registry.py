@@ -76,9 +76,12 @@ class ModelSpec:
     paper_key: str | None = None  # column of PAPER_RESULTS for this model
     gguf_tokenizer: Literal["transformers", "spm_bpe"] = "transformers"  # how a GGUF's tokenizer is rebuilt
     notes: str = ""  # one line for people, shown on the side's card
-    # how the model runs when the precision is bf16 (embedlab.precision): its weights cast to bf16, or
-    # float32 weights under bf16 autocast. Chosen per model by bench/precision.py (speed, cosine to fp32).
-    bf16: Literal["weights", "autocast"] = "weights"
+    # how the model runs when the precision is bf16 (embedlab.precision): float32 weights under bf16
+    # autocast, or its weights cast to bf16. bench/precision.py (100 STS-B test sentences, base and shipped
+    # adapter in one mixed pass; min cosine to fp32, speed vs fp32): SmolLM2 autocast 0.99934 / 1.63x,
+    # cast weights 0.99729 / 1.51x; Gemma 3 autocast 0.99430 / 2.58x, cast weights 0.99312 / 3.09x (both
+    # minima on the untrained base; its adapter >= 0.9998); MiniLM below. Autocast: closer to fp32.
+    bf16: Literal["weights", "autocast"] = "autocast"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -150,6 +153,7 @@ MODELS: dict[str, ModelSpec] = {
             max_length=256,
             base_ids=("minilm-l6", "sentence-transformers/all-MiniLM-L6-v2"),
             notes="Already trained contrastively on 1B pairs: the bar a small LM has to reach.",
+            bf16="weights",  # bench/precision.py: 1.26x fp32 with cast weights (min cosine 0.99992), 0.97x autocast
         ),
         ModelSpec(
             key="minicpm-2b",
