@@ -48,9 +48,9 @@ def embedding_key(enc: Encoder, adapter: str | None, corpus_sha: str) -> str:
     """Everything that changes the vectors: model, adapter weights (``adapter``: a name loaded on ``enc``,
     None = the base weights), prompt, max length, corpus.
 
-    Not the precision (embedlab.precision), on purpose: bf16 and fp32 vectors of one text agree to cosine
-    >= 0.999 (bench/precision.py, also against the shipped float16-stored caches), so the shipped caches
-    serve both, and every record of vectors that may come from a cache says so (``environment()``)."""
+    Not the precision (embedlab.precision), on purpose: the shipped fp32 caches serve a bf16 process too
+    (against fresh bf16 vectors, cosine >= 0.9992 on every text checked: bench/precision.py --caches), and
+    every record of vectors that may come from a cache says so (``environment()``)."""
     tag = enc.adapters[enc.check_adapter(adapter)].sha256[:16] if adapter is not None else "base"
     settings = hashlib.sha256(f"{enc.prompt_for(adapter)}|{enc.max_length}|{enc.spec.pooling}".encode()).hexdigest()[:8]
     return f"{enc.spec.key}-{tag}-{settings}-{corpus_sha[:16]}"
