@@ -302,8 +302,8 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     enc = lab.encoder(A)
     monkeypatch.setattr(fresh, "encoder", lambda key: enc)
     monkeypatch.setattr(lab_mod.TwinMaps, "fit", lambda *a, **k: pytest.fail("UMAP refitted"))
-    real = enc.encode
-    monkeypatch.setattr(enc, "encode", lambda texts, **k: real(texts, **k) if len(texts) <= 2
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda texts, a=None, **k: real(texts, a, **k) if len(texts) <= 2
                         else pytest.fail(f"corpus of {len(texts)} re-encoded"))
     m = fresh.twin_map(*sides, builtin("topics"))
     assert m["xy_a"].shape == (len(builtin("topics")), 2) and not np.allclose(m["xy_a"], m["xy_b"])
