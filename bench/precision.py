@@ -9,7 +9,9 @@ and sentences/s, each ratio within one run (the machine is shared: compare ratio
 
     nice -n 5 python bench/precision.py [--models smollm2-135m gemma3-270m minilm-l6] [--n 0] [--threads 2]
 
-The three variants run one after another per model (each loaded fresh, warmed up on 64 sentences).
+The three variants run one after another per model (each loaded fresh, warmed up on 64 sentences), so
+on a shared machine the speed column follows the neighbours' load: bench/encode.py interleaves, use it
+for speed; this bench is for the cosines.
 """
 from __future__ import annotations
 

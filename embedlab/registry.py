@@ -77,10 +77,12 @@ class ModelSpec:
     gguf_tokenizer: Literal["transformers", "spm_bpe"] = "transformers"  # how a GGUF's tokenizer is rebuilt
     notes: str = ""  # one line for people, shown on the side's card
     # how the model runs when the precision is bf16 (embedlab.precision): float32 weights under bf16
-    # autocast, or its weights cast to bf16. bench/precision.py (100 STS-B test sentences, base and shipped
-    # adapter in one mixed pass; min cosine to fp32, speed vs fp32): SmolLM2 autocast 0.99934 / 1.63x,
-    # cast weights 0.99729 / 1.51x; Gemma 3 autocast 0.99430 / 2.58x, cast weights 0.99312 / 3.09x (both
-    # minima on the untrained base; its adapter >= 0.9998); MiniLM below. Autocast: closer to fp32.
+    # autocast, or its weights cast to bf16. bench/precision.py --n 400 (STS-B test, base and shipped adapter
+    # in one mixed pass), min cosine to fp32 base / adapter: SmolLM2 autocast 0.99904 / 0.99929, cast weights
+    # 0.99874 / 0.99693; Gemma 3 autocast 0.98793 / 0.99983, cast weights 0.97778 / 0.99964 (its untrained
+    # base misses 0.999 either way). Speed (--n 100, sequential, so noisy on a shared machine): SmolLM2
+    # 1.63x / 1.51x fp32, Gemma 2.58x / 3.09x; bench/encode.py, interleaved: SmolLM2 autocast 4.8x fp32.
+    # Autocast: closer to fp32 on every model and side. MiniLM: below.
     bf16: Literal["weights", "autocast"] = "autocast"
 
 
