@@ -109,7 +109,7 @@ def main() -> None:
     os.environ["EMBEDLAB_CACHE"] = str(work / "cache")
     enc = load_encoder(args.model, device="cpu")
     idx = np.random.default_rng(1).choice(len(order), size=64, replace=False)  # from both runs' chunks
-    fresh = enc.encode([order[i] for i in idx])
+    fresh = enc.embed([order[i] for i in idx])
     cos = np.einsum("ij,ij->i", fresh, vecs[idx])
     print(f"check: {len(idx)} sampled rows vs a fresh encode: min cosine {cos.min():.6f} "
           f"({'OK' if cos.min() > 0.9999 else 'MISMATCH'})")

@@ -13,7 +13,7 @@ import sys
 import tempfile
 import time
 
-CODE = "import time; t=time.perf_counter(); from embedlab.loading import load_encoder; e=load_encoder('{m}', device='cpu'); e.encode(['warm']); print(time.perf_counter()-t)"
+CODE = "import time; t=time.perf_counter(); from embedlab.loading import load_encoder; e=load_encoder('{m}', device='cpu'); e.embed(['warm']); print(time.perf_counter()-t)"
 
 
 def main() -> None:

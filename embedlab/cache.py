@@ -47,7 +47,11 @@ def corpus_sha256(texts: Sequence[str]) -> str:
 
 def embedding_key(enc: Encoder, adapter: str | None, corpus_sha: str) -> str:
     """Everything that changes the vectors: model, adapter weights (``adapter``: a name loaded on ``enc``,
-    None = the base weights), prompt, max length, corpus."""
+    None = the base weights), prompt, max length, corpus.
+
+    Not the precision (embedlab.precision), on purpose: the shipped fp32 caches serve a bf16 process too
+    (against fresh bf16 vectors, cosine >= 0.9992 on every text checked: bench/precision.py --caches), and
+    every record of vectors that may come from a cache says so (``environment()``)."""
     tag = enc.adapters[enc.check_adapter(adapter)].sha256[:16] if adapter is not None else "base"
     settings = hashlib.sha256(f"{enc.prompt_for(adapter)}|{enc.max_length}|{enc.spec.pooling}".encode()).hexdigest()[:8]
     return f"{enc.spec.key}-{tag}-{settings}-{corpus_sha[:16]}"
@@ -307,7 +311,7 @@ class EmbeddingCache:
             found = {k: v for k in key_of.values() if (v := self._texts.get(k)) is not None}
         new = [ta for ta, k in key_of.items() if k not in found]
         if new:
-            vecs = enc.encode_mixed([t for t, _ in new], [a for _, a in new], priority=priority)
+            vecs = enc.embed([t for t, _ in new], [a for _, a in new], priority=priority)
             computed = {key_of[ta]: vecs[i] for i, ta in enumerate(new)}
             found.update(computed)
             with self._guard:
@@ -371,7 +375,7 @@ class EmbeddingCache:
                     log.warning("cache chunk %s/%s is corrupt; recomputing", folder.name, name)
                 pieces = []
                 for j in range(lo, hi, SLICE):
-                    pieces.append(enc.encode(texts[j : min(hi, j + SLICE)], use_adapter=adapter or False, priority=BACKGROUND))
+                    pieces.append(enc.embed(texts[j : min(hi, j + SLICE)], adapter, priority=BACKGROUND))
                     if progress:
                         progress(min(hi, j + SLICE), len(texts))
                 arr = np.concatenate(pieces)

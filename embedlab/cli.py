@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -28,9 +29,10 @@ def _eval(args: argparse.Namespace) -> int:
     except (UnknownModelError, ModelUnavailableError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    record = run_eval(enc, args.tasks, limit=args.limit, sick=args.sick, use_adapter=not args.base, progress=True)
-    if record["adapter"] and enc.active_adapter:  # where the adapter was trained, from its training record
-        trained = read_training_record(enc.adapters[enc.active_adapter].path)
+    adapter = next(iter(enc.adapters)) if args.adapter and not args.base else None  # the loaded adapter's name
+    record = run_eval(enc, args.tasks, adapter=adapter, limit=args.limit, sick=args.sick, progress=True)
+    if adapter is not None:  # where the adapter was trained, from its training record
+        trained = read_training_record(enc.adapters[adapter].path)
         if trained.get("trained_on"):
             record.update(trained_on=trained["trained_on"], trained_device=trained.get("device"))
     print(format_table(record))
@@ -135,7 +137,7 @@ def _embed(args: argparse.Namespace) -> int:
     except (InputError, UnknownModelError, ModelUnavailableError, AdapterError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    adapter = enc.active_adapter if args.adapter and not args.base else None  # the loaded adapter's name
+    adapter = next(iter(enc.adapters)) if args.adapter and not args.base else None  # the loaded adapter's name
     with state.split_between_processes(list(corpus.texts)) as shard:
         cache = EmbeddingCache(cache_root() / "embeddings")
         corpus_sha = corpus_sha256(shard)
@@ -291,7 +293,11 @@ def _adopt_snapshots(args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from .precision import CHOICES, ENV, PrecisionError, requested
+
     p = argparse.ArgumentParser(prog="python -m embedlab", description=__doc__)
+    p.add_argument("--precision", help=f"{'|'.join(CHOICES)}: what the forward passes run in (default: ${ENV} or "
+                                       "auto = bf16 on a GPU or a CPU with native bf16, else fp32)")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("eval", help="STS evaluation (Spearman x100 of cosine vs gold)")
     e.add_argument("--model", default="smollm2-135m", help=f"one of: {', '.join(MODELS)}")
@@ -366,6 +372,12 @@ def main(argv: list[str] | None = None) -> int:
     x.set_defaults(fn=_export)
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        precision = requested(args.precision)
+    except PrecisionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    os.environ[ENV] = precision  # every loader and record of this command sees the same setting
     return args.fn(args)
 
 

@@ -250,6 +250,9 @@ def configure_for_serving(background_batch_tokens: int | None, threads: int | No
     Call before the server starts its threads.
     """
     global _background_batch_tokens
+    from .precision import requested
+
+    requested()  # a bad $EMBEDLAB_PRECISION stops the server here, naming the valid values, not at a first request
     # A forward pass is ~3,000 torch ops; each releases the GIL and must take it back. While another
     # thread runs Python (the web server), CPython hands the GIL back only after its switch interval
     # (5 ms by default): measured here, a 98 ms compare took 8.5 s beside one busy Python thread,

@@ -1,11 +1,13 @@
 """Text -> sentence embedding: tokenisation, batching and pooling.
 
-One code path serves inference (:meth:`Encoder.encode`) and training
+One code path serves inference (:meth:`Encoder.embed`) and training
 (:func:`embed_batch` with gradients), so the EOS a model is trained with is the
 EOS it is evaluated with.
 """
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -16,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .compute import INTERACTIVE, background_batch_tokens, on_compute_thread, run_rows
+from .compute import INTERACTIVE, background_batch_tokens, run_rows
+from .precision import Precision
 from .registry import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -134,8 +137,9 @@ def embed_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: Mo
     if spec.causal:
         extra["use_cache"] = False
     out = model(**batch, **extra)
-    vec = pool(out.last_hidden_state, batch["attention_mask"], spec.pooling)
-    return F.normalize(vec.float(), dim=-1)
+    # pooled in float32 whatever the model ran in (a no-op for float32 hidden states)
+    vec = pool(out.last_hidden_state.float(), batch["attention_mask"], spec.pooling)
+    return F.normalize(vec, dim=-1)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
@@ -156,12 +160,18 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
         yield cur
 
 
+# PEFT's name for "no adapter" in a per-row ``adapter_names`` list (peft.tuners.lora). Only
+# :meth:`Encoder._route` spells it: everywhere else the base model is ``None``.
+_PEFT_BASE = "__base__"
+
+
 @dataclass
 class Encoder:
     """A loaded backbone (+ optional LoRA adapters) that turns texts into vectors.
 
-    Built by :func:`embedlab.loading.load_encoder`. Thread-safe: every forward pass
-    and every change of model state (switching or attaching adapters) runs on the
+    Built by :func:`embedlab.loading.load_encoder`. Every forward pass names the adapter of each
+    row (``None`` = the base weights), so no call depends on state an earlier call left behind.
+    Thread-safe: every forward pass and every change of the model (attaching adapters) runs on the
     one compute thread (:mod:`embedlab.compute`), one batch at a time.
     """
 
@@ -172,8 +182,8 @@ class Encoder:
     max_length: int
     weights_dir: str = ""
     adapters: dict = field(default_factory=dict)  # name -> AdapterInfo
-    active_adapter: str | None = None
-    _mode: str | None = field(default="?", repr=False)  # adapter the backbone runs now; "?" = not yet set
+    # what the forward passes run in; bf16 as the weights' dtype or under autocast: spec.bf16
+    precision: Precision = field(default_factory=lambda: Precision("fp32", "fp32"))
 
     @property
     def dim(self) -> int:
@@ -199,77 +209,45 @@ class Encoder:
             raise KeyError(f"adapter {name!r} is not loaded; loaded: {', '.join(self.adapters) or 'none'}")
         return name
 
-    def _set_mode(self, name: str | None) -> None:
-        """Switch the backbone to adapter ``name`` (None = base model). Compute thread only:
-        it is model state, so it changes only between two batches that run there."""
-        if not self.adapters or name == self._mode:
-            return
-        if name is None:
-            self.model.base_model.disable_adapter_layers()
-        else:
-            if self._mode is None or self._mode == "?":
-                self.model.base_model.enable_adapter_layers()
-            if self.model.active_adapter != name:
-                self.model.set_adapter(name)
-        self._mode = name
-
-    def encode(
+    def embed(
         self,
         texts: Sequence[str],
-        use_adapter: bool | str = True,
-        batch_size: int = COALESCE_ROWS,
-        max_tokens: int | None = None,
+        adapters: str | None | Sequence[str | None] = None,
+        *,
+        priority: int = INTERACTIVE,
         progress: bool = False,
         return_report: bool = False,
-        priority: int = INTERACTIVE,
+        batch_size: int = COALESCE_ROWS,
+        max_tokens: int | None = None,
     ) -> np.ndarray | tuple[np.ndarray, EncodeReport]:
         """Texts -> float32 (N, d) L2-normalised embeddings, in input order.
 
-        ``use_adapter``: True = the active adapter (if any), False = the base model,
-        a name = that loaded adapter. Texts longer than ``max_length`` tokens are
-        truncated and counted in the report (and logged). ``max_tokens``: padded
-        tokens per batch; by default 4096, or for background work in a serving
-        process the cap :func:`embedlab.compute.configure_for_serving` set.
-        """
-        if max_tokens is None:
-            max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
-        texts = validate_texts(texts)
-        name = self.check_adapter(self.active_adapter if use_adapter is True else (use_adapter or None))
-        out, report = self._run(texts, name, None, batch_size, max_tokens, progress, priority)
-        return (out, report) if return_report else out
+        ``adapters``: one loaded adapter's name for every text, ``None`` for the base weights, or a
+        list with one entry per text (rows of several adapters share one PEFT mixed-adapter pass: on a
+        CPU a short request then costs one read of the weights rather than one per side). Each text
+        gets its adapter's training prompt (:meth:`prompt_for`). Texts longer than ``max_length``
+        tokens are truncated and counted in the report (and logged). ``max_tokens``: padded tokens
+        per batch; by default 4096, or for background work in a serving process the cap
+        :func:`embedlab.compute.configure_for_serving` set.
 
-    def encode_mixed(self, texts: Sequence[str], adapters: Sequence[str | None],
-                     priority: int = INTERACTIVE) -> np.ndarray:
-        """Each text under its own adapter of this backbone (None = the base weights) -> (N, d) float32, one pass.
-
-        PEFT's mixed-adapter batches run rows with different adapters (or none) in the same forward
-        call. On a CPU a short request costs one read of the weights rather than one per side, which
-        nearly halves an interactive compare of two sides that share a backbone.
-        """
-        texts = validate_texts(texts)
-        adapters = list(adapters)
-        if len(adapters) != len(texts):
-            raise ValueError(f"{len(texts)} texts but {len(adapters)} adapter names")
-        for a in set(adapters):
-            self.check_adapter(a)
-        max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
-        if len(set(adapters)) == 1:  # one side: the plain path, no per-row routing
-            return self._run(texts, adapters[0], None, COALESCE_ROWS, max_tokens, False, priority)[0]
-        mode = next(a for a in adapters if a is not None)  # adapter layers on; rows pick theirs
-        names = ["__base__" if a is None else a for a in adapters]
-        return self._run(texts, mode, names, COALESCE_ROWS, max_tokens, False, priority)[0]
-
-    def _run(self, texts: list[str], mode: str | None, adapter_names: list[str] | None, batch_size: int,
-             max_tokens: int, progress: bool, priority: int) -> tuple[np.ndarray, EncodeReport]:
-        """The one encoding loop: tokenise, length-sorted batches, backbone, pool.
-
-        Each batch is one task on the compute thread (adapter switch + forward), so
-        work of a higher priority can run between two batches of a long job.
+        Each length-sorted batch is one entry on the compute thread, so work of a higher priority can
+        run between two batches of a long job; interactive entries queued at the same moment share
+        one forward pass (:func:`embedlab.compute.run_rows`).
         """
         t0 = time.perf_counter()
+        texts = validate_texts(texts)
+        if adapters is None or isinstance(adapters, str):
+            names = [adapters] * len(texts)
+        else:
+            names = list(adapters)
+            if len(names) != len(texts):
+                raise ValueError(f"{len(texts)} texts but {len(names)} adapter names")
+        for a in dict.fromkeys(names):
+            self.check_adapter(a)
+        if max_tokens is None:
+            max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
         # Each side is embedded with its own prompt: the adapter's training prompt, the registry's for the base.
-        sides = [None if n == "__base__" else n for n in adapter_names] if adapter_names else [mode] * len(texts)
-        prompts = [self.prompt_for(n) for n in sides]
+        prompts = [self.prompt_for(n) for n in names]
         ids: list[list[int]] = [[] for _ in texts]
         n_trunc = 0
         for prompt in dict.fromkeys(prompts):
@@ -281,44 +259,43 @@ class Encoder:
         if n_trunc:
             log.warning("%d of %d texts truncated to %d tokens", n_trunc, len(texts), self.max_length)
         lengths = [len(x) for x in ids]
-        if priority == INTERACTIVE and not progress and (batch_size, max_tokens) == (COALESCE_ROWS, MAX_TOKENS) \
-                and len(texts) <= COALESCE_ROWS:
-            # A short interactive request: its rows may share one forward pass with other requests' rows
-            # queued at the same moment (compute.run_rows); alone, it runs exactly the batches below would.
-            rows = run_rows(("encode", id(self)), list(zip(ids, sides)), self._encode_rows, priority, COALESCE_ROWS)
-            out = np.stack(rows).astype(np.float32, copy=False)
-        else:
-            out = np.empty((len(texts), self.dim), dtype=np.float32)
-            bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
-            for idx in length_batches(lengths, batch_size, max_tokens):
-                on_compute_thread(lambda idx=idx: self._forward(out, idx, ids, mode, adapter_names), priority)
-                bar.update(len(idx))
-            bar.close()
-        return out, EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))
+        out = np.empty((len(texts), self.dim), dtype=np.float32)
+        run = functools.partial(self._forward_rows, batch_size=batch_size, max_tokens=max_tokens)
+        key = ("encode", id(self), batch_size, max_tokens)
+        bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
+        for idx in length_batches(lengths, batch_size, max_tokens):
+            # Interactive rows may share a pass with other requests' rows (up to batch_size in all); a
+            # background batch runs alone, so what a job writes to a cache does not depend on its neighbours.
+            share = batch_size if priority == INTERACTIVE else len(idx)
+            out[idx] = np.stack(run_rows(key, [(ids[i], names[i]) for i in idx], run, priority, share))
+            bar.update(len(idx))
+        bar.close()
+        report = EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))
+        return (out, report) if return_report else out
 
-    def _forward(self, out: np.ndarray, idx: list[int], ids: list[list[int]], mode: str | None,
-                 adapter_names: list[str] | None) -> None:
-        """Compute thread: rows ``idx`` of ``ids`` through the backbone in adapter ``mode`` (None = base;
-        ``adapter_names``: PEFT's per-row adapters, "__base__" = none) into ``out[idx]``, (len(idx), d) float32."""
+    def _numerics(self):
+        """The context the forward pass runs in: bf16 autocast where this model's bf16 is autocast."""
+        if self.precision.bf16 and self.spec.bf16 == "autocast":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
+        return contextlib.nullcontext()
+
+    def _route(self, names: list[str | None]) -> dict:
+        """The forward pass's keyword naming each row's adapter (None = base): PEFT's per-row
+        ``adapter_names``; nothing for a backbone without adapters."""
+        if not self.adapters:
+            return {}
+        return {"adapter_names": [_PEFT_BASE if n is None else n for n in names]}
+
+    def _forward_rows(self, rows: list[tuple[list[int], str | None]], batch_size: int, max_tokens: int) -> np.ndarray:
+        """Compute thread: (token ids, adapter name or None) per row -> (N, d) float32, in length-sorted
+        batches of at most ``batch_size`` rows and ``max_tokens`` padded tokens."""
         if self.model.training:  # walking ~5K modules costs 10 ms: only if something left training on
             self.model.eval()
-        self._set_mode(mode)
-        batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
-        extra = {"adapter_names": [adapter_names[i] for i in idx]} if adapter_names else {}
-        with torch.inference_mode():
-            out[idx] = embed_batch(self.model, batch, self.spec, **extra).cpu().numpy()
-
-    def _encode_rows(self, rows: list[tuple[list[int], str | None]]) -> np.ndarray:
-        """Compute thread: (token ids, adapter name or None = base) per row -> (N, d) float32, in the
-        length-sorted batches :meth:`_run` uses; rows of several adapters run as one PEFT mixed batch."""
         ids = [r[0] for r in rows]
-        names = [r[1] for r in rows]
-        if len(set(names)) == 1:
-            mode, adapter_names = names[0], None
-        else:
-            mode = next(n for n in names if n is not None)
-            adapter_names = ["__base__" if n is None else n for n in names]
         out = np.empty((len(rows), self.dim), dtype=np.float32)
-        for idx in length_batches([len(x) for x in ids], COALESCE_ROWS, MAX_TOKENS):
-            self._forward(out, idx, ids, mode, adapter_names)
+        for idx in length_batches([len(x) for x in ids], batch_size, max_tokens):
+            batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
+            with torch.inference_mode(), self._numerics():
+                vec = embed_batch(self.model, batch, self.spec, **self._route([rows[i][1] for i in idx]))
+            out[idx] = vec.cpu().numpy()
         return out

@@ -35,17 +35,16 @@ def run_eval(
     tasks: Sequence[str] = TASKS,
     limit: int | None = None,
     sick: str = "mteb",
-    use_adapter: bool | str = True,
+    adapter: str | None = None,
     progress: bool | Callable[[int, int, str], None] = False,
 ) -> dict:
     """Run :func:`embedlab.sts.evaluate` and return the record
     ``{"model","adapter","adapter_sha256","tasks","average","pairs","seconds",...}``.
 
+    ``adapter``: the name of an adapter loaded on ``enc``, None = the base weights.
     ``progress``: True for a tqdm bar, or a callback ``(done, total, task)``.
     """
-    adapter = None
-    if use_adapter is not False and enc.adapters:
-        adapter = enc.adapters[enc.active_adapter if use_adapter is True else use_adapter]
+    info = enc.adapters[enc.check_adapter(adapter)] if adapter is not None else None
     bar = None
     if progress is True:
         bar = tqdm(total=len(tasks), desc="STS", unit="task")
@@ -55,7 +54,7 @@ def run_eval(
             bar.set_postfix_str(name)
             bar.refresh()
 
-    encode = functools.partial(enc.encode, use_adapter=use_adapter, priority=BACKGROUND)  # interactive work goes first
+    encode = functools.partial(enc.embed, adapters=adapter, priority=BACKGROUND)  # interactive work goes first
     result = evaluate(encode, tasks, limit=limit, sick=sick, progress=progress or None)
     if bar is not None:
         bar.close()
@@ -64,8 +63,8 @@ def run_eval(
         aniso = float(random_pair_cosines(encode(list(anisotropy_texts()))).mean())
     return {
         "model": enc.spec.key,
-        "adapter": str(adapter.path) if adapter else None,
-        "adapter_sha256": adapter.sha256 if adapter else None,
+        "adapter": str(info.path) if info else None,
+        "adapter_sha256": info.sha256 if info else None,
         "tasks": {k: round(v, 4) for k, v in result.tasks.items()},
         "average": round(result.average, 4),
         "pairs": result.pairs,
@@ -73,7 +72,8 @@ def run_eval(
         "random_pair_cosine": None if aniso is None else round(aniso, 4),
         "limit": limit,
         "sick": sick,
-        "prompt": enc.prompt_for(adapter.name if adapter else None),
+        "prompt": enc.prompt_for(adapter),
         "max_length": enc.max_length,
-        "environment": environment(enc.device),
+        "precision": enc.precision.name,
+        "environment": environment(enc.device, enc.precision),
     }

@@ -95,7 +95,7 @@ def load_side(side: Side, device: str | torch.device = "cpu"):
 
 def encode_side(enc, adapter: str | None, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
     """The lab's vectors of ``texts`` under ``adapter`` of ``enc`` (None = base weights): (N, d) float32."""
-    return enc.encode(list(texts), use_adapter=adapter if adapter is not None else False, batch_size=batch_size)
+    return enc.embed(list(texts), adapter, batch_size=batch_size)
 
 
 def lab_vectors(side: Side | str, texts: Sequence[str], device: str = "cpu", batch_size: int = 64) -> np.ndarray:

@@ -32,6 +32,7 @@ from .compute import BACKGROUND, INTERACTIVE
 from .corpora import Corpus, InputError
 from .encode import Encoder, tokenize
 from .loading import attach_adapter, cache_root, load_encoder
+from .precision import resolve as resolve_precision
 from .lru import LRU
 from .registry import get_spec
 from . import ROOT
@@ -237,7 +238,7 @@ class Lab:
         memo = (side.model, str(path), sig)
         name = self._attached.get(memo) if sig is not None else None
         if name not in enc.adapters:
-            info = attach_adapter(enc, path, allowed_roots=None if side.hub else adapter_roots(), activate=False)
+            info = attach_adapter(enc, path, allowed_roots=None if side.hub else adapter_roots())
             if info.prompt != side.prompt:  # a snapshot embeds with its adapter's training prompt
                 enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
             name = self._attached[memo] = info.name
@@ -354,7 +355,8 @@ class Lab:
         if busy:
             parts.append("Preparing in the background (other views work meanwhile): "
                          + "; ".join(f"{k}: {v}" for k, v in busy.items()))
-        return " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+        ready = " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+        return f"{ready} · Precision: {resolve_precision(self.device).describe()}"
 
 
 def _tokens(r: Ready, texts: Sequence[str]) -> int:

@@ -28,6 +28,7 @@ import torch
 from .adapters import AdapterError, AdapterInfo, inspect_adapter, sha256_file
 from .compute import on_compute_thread
 from .encode import Encoder
+from .precision import resolve as resolve_precision
 from .registry import HubFile, ModelSpec, _dist_root, availability, get_spec, hub_reachable
 
 log = logging.getLogger(__name__)
@@ -295,11 +296,15 @@ def load_encoder(
     device: str | torch.device | None = None,
     max_length: int | None = None,
     allowed_adapter_roots: Sequence[Path] | None = None,
+    precision: str | None = None,
 ) -> Encoder:
-    """Load a registered model as an :class:`Encoder` (float32), optionally with a LoRA adapter.
+    """Load a registered model as an :class:`Encoder`, optionally with a LoRA adapter.
 
-    Raises :class:`ModelUnavailableError` (with the reason) when the model cannot
-    load here and :class:`AdapterError` for an unusable adapter.
+    ``precision``: auto|bf16|fp32, default ``$EMBEDLAB_PRECISION`` (:mod:`embedlab.precision`); in bf16
+    the weights are cast to bf16 or kept float32 under autocast, as the spec's ``bf16`` says (LoRA
+    weights stay float32 either way). Raises :class:`ModelUnavailableError` (with the reason) when
+    the model cannot load here, :class:`AdapterError` for an unusable adapter and
+    :class:`~embedlab.precision.PrecisionError` for an unknown precision.
     """
     from transformers import AutoModel, AutoTokenizer
 
@@ -308,29 +313,31 @@ def load_encoder(
     if not ok:
         raise ModelUnavailableError(f"{spec.key}: {why}")
     dev = torch.device(device) if device is not None else default_device()
+    prec = resolve_precision(dev, precision)
+    dtype = torch.bfloat16 if prec.bf16 and spec.bf16 == "weights" else torch.float32
     try:
         folder = weights_dir(spec)
         kw = {"trust_remote_code": spec.trust_remote_code}
         tokenizer = AutoTokenizer.from_pretrained(folder, **kw)
-        model = AutoModel.from_pretrained(folder, dtype=torch.float32, **kw).to(dev).eval()
+        model = AutoModel.from_pretrained(folder, dtype=dtype, **kw).to(dev).eval()
     except (OSError, ValueError, ImportError) as e:
         raise ModelUnavailableError(f"{spec.key} failed to load: {str(e).splitlines()[0][:300]}") from e
-    enc = Encoder(spec, model, tokenizer, dev, max_length or spec.max_length, weights_dir=folder)
+    enc = Encoder(spec, model, tokenizer, dev, max_length or spec.max_length, weights_dir=folder, precision=prec)
     if adapter is not None:
         attach_adapter(enc, adapter, allowed_roots=allowed_adapter_roots)
     return enc
 
 
 def attach_adapter(
-    enc: Encoder, path: str | Path, allowed_roots: Sequence[Path] | None = None, activate: bool = True
+    enc: Encoder, path: str | Path, allowed_roots: Sequence[Path] | None = None
 ) -> AdapterInfo:
     """Validate and load a LoRA adapter onto the encoder's backbone (no reload of the base).
 
     Accepts adapters saved in the causal-LM form (ours, the paper's hub adapters) and the
     older backbone form: the saved names are mapped explicitly onto the backbone's LoRA
     modules, and every LoRA tensor must be applied (PEFT would only warn and run the base
-    model). Several adapters can be loaded; :meth:`Encoder.encode` picks one with
-    ``use_adapter`` and embeds its texts with the prompt it was trained with
+    model). Several adapters can be loaded, each under its ``info.name``; :meth:`Encoder.embed`
+    names the adapter of each text and embeds it with the prompt that adapter was trained with
     (``info.prompt``). Loading the same weights twice is a no-op.
     """
     from peft import LoraConfig, PeftModel, set_peft_model_state_dict
@@ -377,9 +384,6 @@ def attach_adapter(
                 raise AdapterError(f"adapter does not fit {enc.spec.key}: {str(e).splitlines()[0][:200]}") from e
             enc.model.eval()
             enc.adapters[info.name] = info
-            enc._mode = "?"  # loading switched the model's adapter state: set it again before the next batch
-        if activate:
-            enc.active_adapter = info.name
 
     on_compute_thread(attach)
     return info

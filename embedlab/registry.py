@@ -78,6 +78,14 @@ class ModelSpec:
     notes: str = ""  # one line for people, shown on the side's card
     dim: int | None = None  # the embedding's width (hidden size), for the teaching notes
     lora_note: str = ""  # the size of its LoRA adapter in words, for the teaching notes
+    # how the model runs when the precision is bf16 (embedlab.precision): float32 weights under bf16
+    # autocast, or its weights cast to bf16. bench/precision.py --n 400 (STS-B test, base and shipped adapter
+    # in one mixed pass), min cosine to fp32 base / adapter: SmolLM2 autocast 0.99904 / 0.99929, cast weights
+    # 0.99874 / 0.99693; Gemma 3 autocast 0.98793 / 0.99983, cast weights 0.97778 / 0.99964 (its untrained
+    # base misses 0.999 either way). Speed (--n 100, sequential, so noisy on a shared machine): SmolLM2
+    # 1.63x / 1.51x fp32, Gemma 2.58x / 3.09x; bench/encode.py, interleaved: SmolLM2 autocast 4.8x fp32.
+    # Autocast: closer to fp32 on every model and side. MiniLM: below.
+    bf16: Literal["weights", "autocast"] = "autocast"
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -153,6 +161,7 @@ MODELS: dict[str, ModelSpec] = {
             max_length=256,
             base_ids=("minilm-l6", "sentence-transformers/all-MiniLM-L6-v2"),
             notes="Already trained contrastively on 1B pairs: the bar a small LM has to reach.",
+            bf16="weights",  # bench/precision.py: 1.26x fp32 with cast weights (min cosine 0.99992), 0.97x autocast
         ),
         ModelSpec(
             key="minicpm-2b",

@@ -559,7 +559,7 @@ class Trainer:
             if self._evaluator is None:
                 self._evaluator = self.load(self.cfg.model, device=device)
             ev = self._evaluator
-            rel, use = None, False
+            rel, use = None, None  # None: the base model (step 0 with the registry prompt)
             if step > 0 or spec.prompt != self.enc.spec.prompt:
                 rel = f"{SNAPSHOTS_DIR}/step-{step}"
                 self.executor(lambda: save_adapter(self.acc.unwrap_model(self.model), self.out / rel, spec,
@@ -567,8 +567,8 @@ class Trainer:
                 # the prompt travels with the weights: attach_adapter embeds with the one in training.json
                 write_json_atomic(self.out / rel / "training.json", {"model": spec.key, "prompt": spec.prompt,
                                                                      "step": step, "snapshot_of": "../.."})
-                use = attach_adapter(ev, self.out / rel, activate=False).name
-            r = run_eval(ev, ["STSBenchmark-dev"], limit=self.cfg.eval_limit or None, use_adapter=use)
+                use = attach_adapter(ev, self.out / rel).name
+            r = run_eval(ev, ["STSBenchmark-dev"], adapter=use, limit=self.cfg.eval_limit or None)
         self.state.snapshots.append({"step": step, "path": rel, "dev": r["tasks"]["STSBenchmark-dev"],
                                      "random_pair_cosine": r["random_pair_cosine"]})
         tqdm.write(f"snapshot step {step}: STSBenchmark dev {r['tasks']['STSBenchmark-dev']:.2f}"
@@ -610,7 +610,9 @@ class Trainer:
             # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
             # prompt it was trained with: attach_adapter reads it back from training.json).
             tuned = self.load(cfg.model, adapter=out, device=self.device)
-            dev = run_eval(tuned, ["STSBenchmark-dev"], limit=cfg.eval_limit or None, progress=self.progress)
+            name = next(iter(tuned.adapters))  # the one adapter just attached (None would be the base model)
+            dev = run_eval(tuned, ["STSBenchmark-dev"], adapter=name, limit=cfg.eval_limit or None,
+                           progress=self.progress)
             record["dev"] = dev["tasks"]
             if self.wanted:  # the final step is always a snapshot: the adapter itself
                 losses = {s: loss for s, loss in self.state.history}
@@ -622,7 +624,7 @@ class Trainer:
             tasks = [t for t in cfg.eval_tasks if t != "STSBenchmark-dev"]
             if tasks:
                 # the same record format as `python -m embedlab eval`, so it can go under assets/results as is
-                record["test"] = {**run_eval(tuned, tasks, limit=cfg.eval_limit or None, progress=self.progress),
+                record["test"] = {**run_eval(tuned, tasks, adapter=name, limit=cfg.eval_limit or None, progress=self.progress),
                                   "trained_on": self.device.type, "trained_device": record["device"]}
             write_json_atomic(out / "training.json", record)
         write_card(out, self.spec)

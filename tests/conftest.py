@@ -2,6 +2,9 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # tests never touch the hub
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Tests compare vectors with fp32 references at tight tolerances, so they run in fp32 wherever the CPU is
+# (auto would pick bf16 on some machines and not others). bf16 is tested on purpose: tests/test_precision.py.
+os.environ.setdefault("EMBEDLAB_PRECISION", "fp32")
 
 import pytest  # noqa: E402
 from hypothesis import settings  # noqa: E402

@@ -18,14 +18,14 @@ def adapter_dir(tmp_path):
 
 def test_adapter_changes_embeddings_and_switches_off(adapter_dir):
     enc = tiny_encoder("llama")
-    base = enc.encode(SENTS)
+    base = enc.embed(SENTS)
     info = attach_adapter(enc, adapter_dir)
-    tuned = enc.encode(SENTS)
-    off = enc.encode(SENTS, use_adapter=False)
+    tuned = enc.embed(SENTS, info.name)
+    off = enc.embed(SENTS, None)
     assert info.r == 4 and info.targets == ("q_proj", "v_proj") and len(info.sha256) == 64
-    assert np.allclose(off, base, atol=1e-6)  # switching off gives the base model back, no reload
+    assert np.allclose(off, base, atol=1e-6)  # None gives the base model back, no reload
     assert (np.einsum("ij,ij->i", tuned, base) < 0.999).all()
-    assert np.allclose(enc.encode(SENTS, use_adapter=info.name), tuned, atol=1e-6)
+    assert np.array_equal(enc.embed(SENTS, info.name), tuned)
 
 
 def test_two_adapters_on_one_backbone(tmp_path):
@@ -33,11 +33,10 @@ def test_two_adapters_on_one_backbone(tmp_path):
     make_adapter(tmp_path / "b", seed=2)
     enc = tiny_encoder("llama")
     a = attach_adapter(enc, tmp_path / "a")
-    ea = enc.encode(SENTS)
+    ea = enc.embed(SENTS, a.name)
     b = attach_adapter(enc, tmp_path / "b")
-    assert enc.active_adapter == b.name
-    assert not np.allclose(enc.encode(SENTS), ea, atol=1e-4)
-    assert np.allclose(enc.encode(SENTS, use_adapter=a.name), ea, atol=1e-6)
+    assert not np.allclose(enc.embed(SENTS, b.name), ea, atol=1e-4)
+    assert np.array_equal(enc.embed(SENTS, a.name), ea)
     assert attach_adapter(enc, tmp_path / "a").name == a.name and len(enc.adapters) == 2
 
 
@@ -112,41 +111,41 @@ def test_adapter_with_wrong_shapes_refused_at_attach(tmp_path):
         attach_adapter(enc, tmp_path / "ad")
 
 
-def test_inactive_adapter_means_base(adapter_dir):
+def test_loading_an_adapter_leaves_the_base_vectors_as_they_were(adapter_dir):
     enc = tiny_encoder("llama")
-    base = enc.encode(SENTS)
-    attach_adapter(enc, adapter_dir, activate=False)
-    assert enc.active_adapter is None
-    assert np.allclose(enc.encode(SENTS), base, atol=1e-6)  # use_adapter=True with none active -> base
+    base = enc.embed(SENTS)
+    attach_adapter(enc, adapter_dir)
+    assert np.allclose(enc.embed(SENTS), base, atol=1e-6)  # adapters=None -> base, whatever is loaded
 
 
 def test_base_and_tuned_in_one_pass_equal_separate_passes(adapter_dir):
     enc = tiny_encoder("llama")
-    attach_adapter(enc, adapter_dir)
-    name = enc.active_adapter
+    name = attach_adapter(enc, adapter_dir).name
     texts = ["a man is playing a guitar", "the dog", "a woman is eating food in the park today"]
-    out = enc.encode_mixed(texts + texts, [None] * 3 + [name] * 3)
+    out = enc.embed(texts + texts, [None] * 3 + [name] * 3)
     base, tuned = out[:3], out[3:]
-    assert np.allclose(base, enc.encode(texts, use_adapter=False), atol=1e-5)
-    assert np.allclose(tuned, enc.encode(texts, use_adapter=name), atol=1e-5)
+    assert np.allclose(base, enc.embed(texts, None), atol=1e-5)
+    assert np.allclose(tuned, enc.embed(texts, name), atol=1e-5)
     assert not np.allclose(base, tuned, atol=1e-3)
-    assert np.allclose(enc.encode_mixed(texts, [None] * 3), base, atol=1e-5)
+    assert np.allclose(enc.embed(texts, [None] * 3), base, atol=1e-5)
     with pytest.raises(KeyError):
-        enc.encode_mixed(texts, [None, "not-loaded", None])
+        enc.embed(texts, [None, "not-loaded", None])
+    with pytest.raises(KeyError):
+        enc.embed(texts, "not-loaded")
     with pytest.raises(ValueError, match="adapter names"):
-        enc.encode_mixed(texts, [None])
+        enc.embed(texts, [None])
 
 
 def test_two_adapters_and_the_base_in_one_pass_equal_separate_passes(adapter_dir, tmp_path):
     """Side A and side B as two adapters (or a snapshot) of one backbone: PEFT's per-row adapter_names."""
     enc = tiny_encoder("llama")
-    one = attach_adapter(enc, adapter_dir, activate=False).name
+    one = attach_adapter(enc, adapter_dir).name
     make_adapter(tmp_path / "other", seed=7)
-    two = attach_adapter(enc, tmp_path / "other", activate=False).name
+    two = attach_adapter(enc, tmp_path / "other").name
     texts = ["a man is playing a guitar", "the dog", "a woman is eating food"]
-    out = enc.encode_mixed(texts * 3, [one] * 3 + [None] * 3 + [two] * 3)
-    for i, use in enumerate([one, False, two]):
-        assert np.allclose(out[3 * i:3 * i + 3], enc.encode(texts, use_adapter=use), atol=1e-5), use
+    out = enc.embed(texts * 3, [one] * 3 + [None] * 3 + [two] * 3)
+    for i, use in enumerate([one, None, two]):
+        assert np.allclose(out[3 * i:3 * i + 3], enc.embed(texts, use), atol=1e-5), use
     assert not np.allclose(out[:3], out[6:], atol=1e-3)
 
 
@@ -154,14 +153,14 @@ def test_interactive_texts_are_remembered_per_text_and_adapter(adapter_dir, tmp_
     from embedlab.cache import EmbeddingCache
 
     enc = tiny_encoder("llama")
-    name = attach_adapter(enc, adapter_dir, activate=False).name
+    name = attach_adapter(enc, adapter_dir).name
     cache = EmbeddingCache(tmp_path / "c", memory_texts=6)
     calls = []
-    real = enc.encode_mixed
-    enc.encode_mixed = lambda texts, adapters, **kw: calls.append(list(texts)) or real(texts, adapters, **kw)
+    real = enc.embed
+    enc.embed = lambda texts, adapters=None, **kw: calls.append(list(texts)) or real(texts, adapters, **kw)
     a, b, c = "a man is playing a guitar", "the dog", "a woman is eating food"
     base, tuned = cache.sides(enc, [a, b], [None, name])
-    ref_b, ref_t = enc.encode([a, b], use_adapter=False), enc.encode([a, b], use_adapter=name)
+    ref_b, ref_t = real([a, b], None), real([a, b], name)
     assert base.dtype == np.float32 and base.shape == (2, enc.dim)
     assert np.allclose(base, ref_b, atol=1e-5) and np.allclose(tuned, ref_t, atol=1e-5)
     assert calls == [[a, b, a, b]]  # both sides in one pass
@@ -239,16 +238,16 @@ def test_converted_adapter_embeds_identically_and_loads_the_standard_way(adapter
 
     # our loader: both forms give the same embeddings, bit for bit
     e_old, e_new = tiny_encoder("llama"), tiny_encoder("llama")
-    attach_adapter(e_old, old)
+    n_old = attach_adapter(e_old, old).name
     e_new.spec = HUB_SPEC
-    attach_adapter(e_new, adapter_dir)
-    assert np.array_equal(e_old.encode(SENTS), e_new.encode(SENTS))
+    n_new = attach_adapter(e_new, adapter_dir).name
+    assert np.array_equal(e_old.embed(SENTS, n_old), e_new.embed(SENTS, n_new))
 
     # the standard way: every LoRA tensor applied, and the same embeddings as our encoder
     lm = PeftModel.from_pretrained(causal_lm_with(enc), str(adapter_dir))
     lora_b = [p for n, p in lm.named_parameters() if "lora_B" in n]
     assert len(lora_b) == 4 and all(p.abs().sum() > 0 for p in lora_b)
-    assert np.abs(standard_embed(lm, enc, SENTS) - e_new.encode(SENTS)).max() < 1e-5
+    assert np.abs(standard_embed(lm, enc, SENTS) - e_new.embed(SENTS, n_new)).max() < 1e-5
     # ... which the old form did not survive: PEFT applies none of its B weights
     lm_old = PeftModel.from_pretrained(causal_lm_with(enc), str(old))
     assert all(p.abs().sum() == 0 for n, p in lm_old.named_parameters() if "lora_B" in n)
@@ -262,10 +261,10 @@ def test_loader_fails_loudly_when_lora_tensors_are_missing_or_extra(adapter_dir)
     first = sorted(state)[0]
     save_file({k: v for k, v in state.items() if k != first}, str(w))
     enc = tiny_encoder("llama")
-    base = enc.encode(SENTS)
+    base = enc.embed(SENTS)
     with pytest.raises(AdapterError, match="7 of 8 LoRA tensors"):
         attach_adapter(enc, adapter_dir)
-    assert not enc.adapters and np.array_equal(enc.encode(SENTS), base)  # left as it was
+    assert not enc.adapters and np.array_equal(enc.embed(SENTS), base)  # left as it was
     save_file({**state, "base_model.model.layers.9.self_attn.q_proj.lora_A.weight": state[first].clone()}, str(w))
     with pytest.raises(AdapterError, match="fit no module"):
         attach_adapter(enc, adapter_dir)
@@ -281,10 +280,10 @@ def test_a_second_adapter_that_does_not_fit_leaves_the_first(tmp_path):
     save_file(dict(list(load_file(str(w)).items())[1:]), str(w))
     enc = tiny_encoder("llama")
     a = attach_adapter(enc, tmp_path / "a")
-    ea = enc.encode(SENTS)
+    ea = enc.embed(SENTS, a.name)
     with pytest.raises(AdapterError, match="7 of 8 LoRA tensors.*missing"):
         attach_adapter(enc, tmp_path / "b")
-    assert list(enc.adapters) == [a.name] and np.array_equal(enc.encode(SENTS), ea)
+    assert list(enc.adapters) == [a.name] and np.array_equal(enc.embed(SENTS, a.name), ea)
 
 
 def test_training_record_reader(adapter_dir, tmp_path):
@@ -325,24 +324,23 @@ def test_adapter_embeds_with_its_training_prompt_also_beside_the_base(adapter_di
     shutil.copytree(adapter_dir, tmp_path / "plain")
     (adapter_dir / "training.json").write_text(json.dumps({"prompt": "the {s} is"}))
     enc = tiny_encoder("llama")
-    base = enc.encode(SENTS)
+    base = enc.embed(SENTS)
     info = attach_adapter(enc, adapter_dir)
     assert info.prompt == "the {s} is" and enc.prompt_for(info.name) == "the {s} is" and enc.prompt_for(None) == "{s}"
-    tuned = enc.encode(SENTS)
+    tuned = enc.embed(SENTS, info.name)
     # the reference: the same weights with the prompt put in by hand
     ref = tiny_encoder("llama")
     ref.spec = dataclasses.replace(ref.spec, prompt="the {s} is")
-    attach_adapter(ref, tmp_path / "plain")
-    assert np.allclose(tuned, ref.encode(SENTS), atol=1e-6)
+    assert np.allclose(tuned, ref.embed(SENTS, attach_adapter(ref, tmp_path / "plain").name), atol=1e-6)
     plain = tiny_encoder("llama")
-    attach_adapter(plain, tmp_path / "plain")
-    assert not np.allclose(tuned, plain.encode(SENTS), atol=1e-3)  # the prompt does change the vectors
+    plain_name = attach_adapter(plain, tmp_path / "plain").name
+    assert not np.allclose(tuned, plain.embed(SENTS, plain_name), atol=1e-3)  # the prompt does change the vectors
     # mixed base + tuned pass: each side with its own prompt
     texts = SENTS + ["a cat"]
-    out = enc.encode_mixed(texts + texts, [None] * len(texts) + [info.name] * len(texts))
+    out = enc.embed(texts + texts, [None] * len(texts) + [info.name] * len(texts))
     b, t = out[:len(texts)], out[len(texts):]
     assert np.allclose(b[:2], base, atol=1e-5) and np.allclose(t[:2], tuned, atol=1e-5)
-    assert np.allclose(enc.encode(SENTS, use_adapter=False), base, atol=1e-6)
+    assert np.allclose(enc.embed(SENTS, None), base, atol=1e-6)
 
 
 def test_cache_key_follows_the_adapters_prompt(adapter_dir, tmp_path):
@@ -408,11 +406,11 @@ def test_the_cards_usage_snippet_embeds_like_our_encoder(adapter_dir, tmp_path):
     (adapter_dir / "training.json").write_text(json.dumps({"prompt": "the {s} is"}))
     ours = tiny_encoder("llama")
     ours.spec = HUB_SPEC
-    attach_adapter(ours, adapter_dir)
+    name = attach_adapter(ours, adapter_dir).name
     ns: dict = {}
     exec(usage_snippet(HUB_SPEC, "the {s} is", str(base_dir), str(adapter_dir), ours.max_length), ns)
     texts = SENTS + ["a woman is eating food in the park ."]
-    assert np.abs(ns["embed"](texts).numpy() - ours.encode(texts)).max() < 1e-5
+    assert np.abs(ns["embed"](texts).numpy() - ours.embed(texts, name)).max() < 1e-5
 
 
 def test_report_reads_each_adapters_training_record(tmp_path):

@@ -108,16 +108,16 @@ def test_the_first_embedding_of_a_large_corpus_is_a_visible_cancellable_backgrou
     monkeypatch.setattr(cache_mod, "CHUNK", 256)  # two slices per cached chunk
     enc = lab.encoder(A)
     gate, slices = threading.Event(), []
-    real = enc.encode
+    real = enc.embed
 
-    def slow(texts, **kw):  # corpus slices wait for the gate after the first two; short requests pass
+    def slow(texts, adapters=None, **kw):  # corpus slices wait for the gate after the first two; short requests pass
         if len(texts) > 2:
             slices.append(kw.get("priority"))
             if len(slices) > 2:
                 gate.wait(30)
-        return real(texts, **kw)
+        return real(texts, adapters, **kw)
 
-    monkeypatch.setattr(enc, "encode", slow)
+    monkeypatch.setattr(enc, "embed", slow)
     corpus = _corpus(1000)
     out: list = []
     t = threading.Thread(target=lambda: out.append(_try(lambda: search.search(lab, A, A, "upload", corpus,
@@ -164,9 +164,9 @@ def test_embed_has_bounded_work_and_runs_long_lists_at_background_priority(lab, 
     tokens are capped like /batch_pairs', and a long list runs at background priority."""
     enc = lab.encoder(A)
     seen = []
-    real = enc.encode_mixed
-    monkeypatch.setattr(enc, "encode_mixed", lambda texts, adapters, priority=0: seen.append(priority)
-                        or real(texts, adapters, priority=priority))
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda texts, adapters=None, priority=0, **kw: seen.append(priority)
+                        or real(texts, adapters, priority=priority, **kw))
     words = "a the man woman dog cat is playing eating guitar food running park".split()
     long_text = " ".join(words[i % 13] for i in range(3500))  # ~15,000 characters, under the per-text limit
     with pytest.raises(common.UserError, match=r"characters in all; the API embeds at most 200,000 per call"):
@@ -209,8 +209,8 @@ def test_a_search_on_two_uncached_sides_starts_both_jobs_at_once(lab, monkeypatc
     gate = threading.Event()
     for key in (A, B):
         enc = lab.encoder(key)
-        monkeypatch.setattr(enc, "encode", lambda texts, _real=enc.encode, **kw:
-                            (len(texts) <= 2 or gate.wait(30), _real(texts, **kw))[1])
+        monkeypatch.setattr(enc, "embed", lambda texts, adapters=None, _real=enc.embed, **kw:
+                            (len(texts) <= 2 or gate.wait(30), _real(texts, adapters, **kw))[1])
     try:
         with pytest.raises(common.UserError) as e:
             search.search(lab, A, B, "upload", _corpus(600), "a dog", 5)

@@ -44,21 +44,20 @@ def test_concurrent_base_and_adapter_requests_never_mix_adapter_state(tmp_path):
 
     enc = tiny_encoder("llama")
     make_adapter(tmp_path / "a", seed=1)
-    attach_adapter(enc, tmp_path / "a")
-    name = enc.active_adapter
+    name = attach_adapter(enc, tmp_path / "a").name
     texts = ["a man is playing a guitar", "the dog is eating food", "a woman runs in the park"]
-    want_base, want_tuned = enc.encode(texts, use_adapter=False), enc.encode(texts, use_adapter=name)
+    want_base, want_tuned = enc.embed(texts, None), enc.embed(texts, name)
     errors = []
 
     def worker(k: int) -> None:
         for i in range(10):
             kind = (k + i) % 3
             if kind == 0:
-                ok = np.allclose(enc.encode(texts, use_adapter=False), want_base, atol=1e-5)
+                ok = np.allclose(enc.embed(texts, None), want_base, atol=1e-5)
             elif kind == 1:
-                ok = np.allclose(enc.encode(texts, use_adapter=name, priority=BACKGROUND), want_tuned, atol=1e-5)
+                ok = np.allclose(enc.embed(texts, name, priority=BACKGROUND), want_tuned, atol=1e-5)
             else:
-                b, t = np.split(enc.encode_mixed(texts + texts, [None] * len(texts) + [name] * len(texts)), 2)
+                b, t = np.split(enc.embed(texts + texts, [None] * len(texts) + [name] * len(texts)), 2)
                 ok = np.allclose(b, want_base, atol=1e-5) and np.allclose(t, want_tuned, atol=1e-5)
             if not ok:
                 errors.append((k, i, kind))
@@ -111,10 +110,10 @@ def test_work_of_a_request_whose_client_has_gone_stops_between_batches():
     gone = threading.Event()
     with stop_when(lambda: len(batches) >= 3 or gone.is_set()):
         with pytest.raises(Cancelled):
-            enc.encode(texts, batch_size=8, priority=BACKGROUND)
+            enc.embed(texts, batch_size=8, priority=BACKGROUND)
     assert len(batches) == 3  # 25 batches asked for; none ran after the client left
     batches.clear()
-    assert enc.encode(texts[:16], batch_size=8).shape == (16, 32) and len(batches) == 2  # outside: runs as usual
+    assert enc.embed(texts[:16], batch_size=8).shape == (16, 32) and len(batches) == 2  # outside: runs as usual
     gone.set()
     with stop_when(gone.is_set), pytest.raises(Cancelled):  # already gone: nothing is queued at all
         on_compute_thread(lambda: pytest.fail("ran"))
@@ -193,10 +192,10 @@ def test_concurrent_encodes_share_forward_passes_and_get_their_own_vectors(tmp_p
     name = attach_adapter(enc, tmp_path / "a").name
     pairs = [[f"a man is playing a guitar {i}", f"the dog eats food number {i}"] for i in range(5)]
     def both(p):  # base and adapter vectors of the same texts, one mixed pass (what a compare asks)
-        return np.split(enc.encode_mixed(p + p, [None] * len(p) + [name] * len(p)), 2)
+        return np.split(enc.embed(p + p, [None] * len(p) + [name] * len(p)), 2)
 
     alone = [both(p) for p in pairs]
-    base_only = enc.encode(pairs[0], use_adapter=False)
+    base_only = enc.embed(pairs[0], None)
     passes = []
     real = enc.model.forward
 
@@ -208,7 +207,7 @@ def test_concurrent_encodes_share_forward_passes_and_get_their_own_vectors(tmp_p
     gate, blocker = _block_compute_thread()
     got = {}
     threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, both(pairs[i]))) for i in range(5)]
-    threads.append(threading.Thread(target=lambda: got.__setitem__("base", enc.encode(pairs[0], use_adapter=False))))
+    threads.append(threading.Thread(target=lambda: got.__setitem__("base", enc.embed(pairs[0], None))))
     for n, t in enumerate(threads, 1):
         t.start()
         _wait_queued(n)

@@ -12,8 +12,8 @@ SENTS = ["a man is playing a guitar .", "the dog", "a woman is eating food in th
 @pytest.mark.parametrize("kind", ["llama", "bert"])
 def test_batched_equals_one_at_a_time(kind):
     enc = tiny_encoder(kind)
-    batched = enc.encode(SENTS, batch_size=3)
-    single = np.stack([enc.encode([s])[0] for s in SENTS])
+    batched = enc.embed(SENTS, batch_size=3)
+    single = np.stack([enc.embed([s])[0] for s in SENTS])
     assert batched.dtype == np.float32 and batched.shape == (len(SENTS), 32)
     assert np.allclose(np.linalg.norm(batched, axis=1), 1.0, atol=1e-5)
     assert (np.einsum("ij,ij->i", batched, single) >= 0.9999).all()
@@ -21,8 +21,8 @@ def test_batched_equals_one_at_a_time(kind):
 
 def test_order_is_input_order_despite_length_sorting():
     enc = tiny_encoder("llama")
-    a = enc.encode(SENTS)
-    b = enc.encode(SENTS[::-1])[::-1]
+    a = enc.embed(SENTS)
+    b = enc.embed(SENTS[::-1])[::-1]
     assert np.allclose(a, b, atol=1e-5)
 
 
@@ -35,7 +35,7 @@ def test_eos_appended_after_truncated_text_and_reported():
     assert n_trunc == 1
     assert len(ids[0]) == 8 and ids[0][0] == bos and ids[0][-1] == eos
     assert ids[1][0] == bos and ids[1][-1] == eos
-    _, report = enc.encode([long, "cat"], return_report=True)
+    _, report = enc.embed([long, "cat"], return_report=True)
     assert report.n_truncated == 1 and report.n_texts == 2
 
 
@@ -49,12 +49,12 @@ def test_bert_truncation_keeps_sep():
 @pytest.mark.parametrize("bad", [[], [""], ["   \n\t"], ["ok", None], ["ok", 3], "a plain string"])
 def test_bad_texts_rejected(bad):
     with pytest.raises(TextError):
-        tiny_encoder("llama").encode(bad)
+        tiny_encoder("llama").embed(bad)
 
 
 def test_huge_text_rejected():
     with pytest.raises(TextError, match="characters"):
-        tiny_encoder("llama").encode(["a" * 200_000])
+        tiny_encoder("llama").embed(["a" * 200_000])
 
 
 def test_pool_eos_left_and_right_padding():
@@ -87,3 +87,43 @@ def test_length_batches_bounds_and_coverage():
     # sorted: each batch's lengths are contiguous in the descending order
     widths = [max(lengths[i] for i in b) for b in batches]
     assert widths == sorted(widths, reverse=True)
+
+
+def _switched_reference(enc, texts, adapter, batch_size=64, max_tokens=4096):
+    """The former forward path (before ``Encoder.embed``): the adapter switched on the model
+    (``set_adapter``, or PEFT's ``disable_adapter`` for the base), then plain forward passes over the
+    same length-sorted batches, with no per-row ``adapter_names``."""
+    import contextlib
+
+    from embedlab.encode import embed_batch
+
+    ids, _ = tokenize(enc.tokenizer, enc.spec, texts, enc.max_length, enc.prompt_for(adapter))
+    out = np.empty((len(texts), enc.dim), dtype=np.float32)
+    if adapter is not None:
+        enc.model.set_adapter(adapter)
+    with (enc.model.disable_adapter() if adapter is None else contextlib.nullcontext()), torch.inference_mode():
+        for idx in length_batches([len(x) for x in ids], batch_size, max_tokens):
+            batch = collate([ids[i] for i in idx], enc.pad_id, left=enc.spec.causal, device=enc.device)
+            out[idx] = embed_batch(enc.model, batch, enc.spec).numpy()
+    return out
+
+
+def test_naming_the_adapter_per_row_gives_the_switched_models_vectors_bit_for_bit(tmp_path):
+    """``embed(texts, name)`` routes every row through PEFT's ``adapter_names`` (None = base): the vectors
+    are exactly those of the former path that switched the model's adapter, base and adapters alike."""
+    from embedlab.loading import attach_adapter
+    from tiny import make_adapter
+
+    enc = tiny_encoder("llama")
+    make_adapter(tmp_path / "a", seed=1)
+    make_adapter(tmp_path / "b", seed=2)
+    (tmp_path / "b" / "training.json").write_text('{"prompt": "the {s} is"}')
+    a, b = attach_adapter(enc, tmp_path / "a").name, attach_adapter(enc, tmp_path / "b").name
+    texts = SENTS * 3
+    for name in [None, a, b, None, a]:  # in an order that would catch state left behind by the previous call
+        assert np.array_equal(enc.embed(texts, name), _switched_reference(enc, texts, name)), name
+        assert np.array_equal(enc.embed(texts, name, batch_size=4, priority=10),
+                              _switched_reference(enc, texts, name, batch_size=4)), name
+    mixed = enc.embed(texts + texts + texts, [None] * 15 + [a] * 15 + [b] * 15)
+    for i, name in enumerate([None, a, b]):
+        assert np.allclose(mixed[15 * i:15 * (i + 1)], _switched_reference(enc, texts, name), atol=1e-6), name

@@ -52,9 +52,9 @@ def test_cross_model_compare_matches_each_model_alone(lab, adapter):
     enc_a, enc_b = lab.encoder(A), lab.encoder(B)
     x, y = "a man is playing a guitar", "a dog is running in the park"
     r = pairs.compare_api(lab, B, adapter, x, y)
-    va = enc_b.encode([x, y], use_adapter=False)
+    va = enc_b.embed([x, y], None)
     (name,) = enc_a.adapters
-    vb = enc_a.encode([x, y], use_adapter=name)
+    vb = enc_a.embed([x, y], name)
     assert r["side_a"] == B and r["side_b"] == adapter
     assert abs(r["cosine_a"] - float(va[0] @ va[1])) < 1e-5 and abs(r["cosine_b"] - float(vb[0] @ vb[1])) < 1e-5
 
@@ -187,8 +187,8 @@ def test_cross_model_map_search_anisotropy_and_evaluation(lab, adapter, monkeypa
     # one backbone, two sides: a single mixed pass (PEFT adapter_names per row), not one per side
     enc = lab.encoder(A)
     calls = []
-    real = enc.encode_mixed
-    monkeypatch.setattr(enc, "encode_mixed", lambda t, a, **k: calls.append(list(a)) or real(t, a, **k))
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda t, a=None, **k: calls.append(list(a)) or real(t, a, **k))
     pairs.compare(lab, A, adapter, "a woman plays", "a man eats")
     (name,) = enc.adapters
     assert calls == [[None, None, name, name]]
@@ -307,8 +307,8 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     enc = lab.encoder(A)
     monkeypatch.setattr(fresh, "encoder", lambda key: enc)
     monkeypatch.setattr(maps.TwinMaps, "fit", lambda *a, **k: pytest.fail("UMAP refitted"))
-    real = enc.encode
-    monkeypatch.setattr(enc, "encode", lambda texts, **k: real(texts, **k) if len(texts) <= 2
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda texts, a=None, **k: real(texts, a, **k) if len(texts) <= 2
                         else pytest.fail(f"corpus of {len(texts)} re-encoded"))
     m = maps.twin_map(fresh, *sides, builtin("topics"))
     assert m["xy_a"].shape == (len(builtin("topics")), 2) and not np.allclose(m["xy_a"], m["xy_b"])
@@ -524,8 +524,8 @@ def test_batch_pairs_run_at_background_priority(lab, adapter, monkeypatch):
 
     enc = lab.encoder(A)
     seen = []
-    real = enc.encode_mixed
-    monkeypatch.setattr(enc, "encode_mixed", lambda texts, a, priority=0: seen.append(priority) or real(texts, a, priority))
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda texts, a=None, priority=0: seen.append(priority) or real(texts, a, priority=priority))
     pairs.batch_pairs(lab, A, adapter, "a man\ta dog\na cat\ta park", None)
     assert seen == [BACKGROUND]
     pairs.compare(lab, A, adapter, "a woman", "a guitar")
@@ -537,7 +537,7 @@ def test_full_evaluation_only_where_the_host_opts_in(lab, monkeypatch):
 
     limits = []
 
-    def fake_run_eval(enc, tasks, limit=None, use_adapter=False, progress=None):
+    def fake_run_eval(enc, tasks, adapter=None, limit=None, progress=None):
         limits.append(limit)
         return {"tasks": {t: 50.0 for t in tasks}, "average": 50.0, "pairs": {t: 10 for t in tasks}, "seconds": 1.0}
 

@@ -155,4 +155,4 @@ def test_real_gguf_to_a_two_step_adapter_that_loads(tmp_path):
     assert rec["training"]["steps"] == 2 and rec["device"].startswith("CPU") and "STS17" in rec["test"]["tasks"]
     enc = load_encoder("smollm2-135m", device="cpu")
     info = attach_adapter(enc, out / "tiny-run")
-    assert enc.encode(["a man is playing a guitar"], use_adapter=info.name).shape == (1, 576)
+    assert enc.embed(["a man is playing a guitar"], info.name).shape == (1, 576)

@@ -170,8 +170,8 @@ def test_embedding_cache_reuses_detects_corruption_and_resumes(tmp_path, monkeyp
     texts = [f"a man {w}" for w in "is playing eating running the dog cat park food guitar".split()]
     cache = EmbeddingCache(tmp_path, memory_bytes=0)  # disk behaviour only
     calls = []
-    real = enc.encode
-    monkeypatch.setattr(enc, "encode", lambda t, **k: (calls.append(len(t)), real(t, **k))[1])
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda t, a=None, **k: (calls.append(len(t)), real(t, a, **k))[1])
     first = cache.get_or_compute(enc, texts, adapter=None)
     assert first.shape == (10, 32) and sum(calls) == 10
     calls.clear()
@@ -200,8 +200,8 @@ def test_seed_cache_serves_shipped_vectors_and_memory_tier(tmp_path, monkeypatch
     assert len(seed_files) == 3 and np.load(seed_files[0]).dtype == np.float16
 
     calls = []
-    real = enc.encode
-    monkeypatch.setattr(enc, "encode", lambda t, **k: (calls.append(len(t)), real(t, **k))[1])
+    real = enc.embed
+    monkeypatch.setattr(enc, "embed", lambda t, a=None, **k: (calls.append(len(t)), real(t, a, **k))[1])
     user = EmbeddingCache(tmp_path / "user", seeds=[tmp_path / "seed"])
     assert user.peek(enc, texts[:5], adapter=None) is None  # another corpus: not cached, not computed
     got = user.get_or_compute(enc, texts, adapter=None)

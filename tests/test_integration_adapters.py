@@ -46,9 +46,9 @@ def test_backbone_form_copy_embeds_bit_for_bit_the_same(enc, shipped, tmp_path):
     state = load_file(str(old / "adapter_model.safetensors"))
     save_file({PEFT_PREFIX + k[len(PEFT_PREFIX + "model."):]: v for k, v in state.items()},
               str(old / "adapter_model.safetensors"), metadata={"format": "pt"})
-    new = enc.encode(SENTS)
+    new = enc.embed(SENTS, enc.adapters[next(iter(enc.adapters))].name)
     info = attach_adapter(enc, old)
-    assert np.array_equal(enc.encode(SENTS, use_adapter=info.name), new)
+    assert np.array_equal(enc.embed(SENTS, info.name), new)
 
 
 def test_standard_peft_load_applies_all_weights_and_the_card_snippet_matches(enc, shipped):
@@ -66,5 +66,6 @@ def test_standard_peft_load_applies_all_weights_and_the_card_snippet_matches(enc
     applied = sum(torch.equal(p, saved[n.replace(".default", "")]) for n, p in lora_b.items())
     assert applied == 60
     ns: dict = {}
-    exec(usage_snippet(enc.spec, enc.prompt_for(enc.active_adapter), enc.weights_dir, str(shipped), enc.max_length), ns)
-    assert np.abs(ns["embed"](SENTS).numpy() - enc.encode(SENTS)).max() < 1e-4
+    name = next(iter(enc.adapters))  # the shipped adapter, attached first
+    exec(usage_snippet(enc.spec, enc.prompt_for(name), enc.weights_dir, str(shipped), enc.max_length), ns)
+    assert np.abs(ns["embed"](SENTS).numpy() - enc.embed(SENTS, name)).max() < 1e-4

@@ -24,7 +24,7 @@ def test_bos_and_eos_and_embeddings(enc):
 
     ids, _ = tokenize(enc.tokenizer, enc.spec, ["hello world"], enc.max_length)
     assert ids[0][0] == enc.tokenizer.bos_token_id == 2 and ids[0][-1] == 1  # <bos> ... <eos>
-    e = enc.encode(["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell."])
+    e = enc.embed(["A man is playing a guitar.", "A man plays the guitar.", "The stock market fell."])
     assert e.shape == (3, 640) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-5)
     assert e[0] @ e[1] > e[0] @ e[2]  # a paraphrase is closer than an unrelated sentence
 

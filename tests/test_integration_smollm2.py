@@ -37,8 +37,8 @@ def test_eos_is_im_end_and_no_bos(enc):
 
 
 def test_batched_equals_single(enc):
-    batched = enc.encode(SENTS)
-    single = np.stack([enc.encode([s])[0] for s in SENTS])
+    batched = enc.embed(SENTS)
+    single = np.stack([enc.embed([s])[0] for s in SENTS])
     assert batched.dtype == np.float32 and batched.shape == (4, 576)
     assert (np.einsum("ij,ij->i", batched, single) >= 0.9999).all()
 
@@ -49,7 +49,7 @@ def test_cached_copy_equals_gguf_load(enc):
     path = gguf_file(get_spec("smollm2-135m"))
     gguf_model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32).eval()
     direct = Encoder(enc.spec, gguf_model, enc.tokenizer, torch.device("cpu"), enc.max_length)
-    a, b = enc.encode(SENTS), direct.encode(SENTS)
+    a, b = enc.embed(SENTS), direct.embed(SENTS)
     assert np.abs(a - b).max() < 1e-5
 
 

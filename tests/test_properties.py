@@ -87,7 +87,7 @@ def test_whatever_passes_validation_encodes_to_unit_vectors(texts):
         texts = validate_texts(texts)
     except TextError:
         return
-    v = enc.encode(texts)
+    v = enc.embed(texts)
     assert v.shape == (len(texts), enc.dim) and np.isfinite(v).all() and np.allclose(np.linalg.norm(v, axis=1), 1, atol=1e-4)
 
 

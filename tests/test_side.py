@@ -100,9 +100,9 @@ def test_snapshot_sides_embed_as_their_weights(encs, root, tmp_path, monkeypatch
     v2, v5 = lab.embed(parse_side(f"{A}+nli@2"), parse_side(f"{A}+nli@5"), texts)
     step2 = next(i for i in enc.adapters.values() if i.path.name == "step-2")
     assert step2.prompt == "the {s}"
-    assert np.allclose(v2, enc.encode(texts, use_adapter=step2.name), atol=1e-5)
+    assert np.allclose(v2, enc.embed(texts, step2.name), atol=1e-5)
     tuned = next(i for i in enc.adapters.values() if i.path.name == "nli")
-    assert np.allclose(v5, enc.encode(texts, use_adapter=tuned.name), atol=1e-5)
+    assert np.allclose(v5, enc.embed(texts, tuned.name), atol=1e-5)
     assert not np.allclose(v2, v5, atol=1e-3) and not np.allclose(v2, base[0], atol=1e-3)
     r = pairs.compare_api(lab, f"{A}+nli@2", f"{A}+nli", *texts)
     assert r["side_a"] == f"{A}+nli@2" and abs(r["cosine_a"] - float(v2[0] @ v2[1])) < 1e-5

@@ -55,7 +55,7 @@ def test_snapshots_are_saved_evaluated_and_leave_training_unchanged(tmp_path, tr
     # its weights are the run's at step 5: not the start (B = 0) and not the end
     assert all(not torch.equal(w[k].float(), b[k]) for k in w if "lora_B" in k)
     assert any(w[k].abs().max() > 0 for k in w if "lora_B" in k)
-    assert snaps[2].dev == run_eval(enc, ["STSBenchmark-dev"])["tasks"]["STSBenchmark-dev"]
+    assert snaps[2].dev == run_eval(enc, ["STSBenchmark-dev"], adapter=info.name)["tasks"]["STSBenchmark-dev"]
 
 
 def test_a_fresh_adapter_encodes_exactly_as_the_base_model(tmp_path):
@@ -63,13 +63,13 @@ def test_a_fresh_adapter_encodes_exactly_as_the_base_model(tmp_path):
     from peft import LoraConfig, get_peft_model
 
     enc0 = tiny_encoder("llama")
-    base = enc0.encode(SENTS)
+    base = enc0.embed(SENTS)
     model = get_peft_model(tiny_encoder("llama").model, LoraConfig(r=8, lora_alpha=32, target_modules=["q_proj", "v_proj"]))
     assert any(p.abs().max() > 0 for n, p in model.named_parameters() if "lora_A" in n)  # A is random, B zero
     save_adapter(model, tmp_path / "step0", LLAMA_SPEC, dtype=torch.float16)
     enc = tiny_encoder("llama")
-    attach_adapter(enc, tmp_path / "step0")
-    assert np.array_equal(enc.encode(SENTS), base)
+    name = attach_adapter(enc, tmp_path / "step0").name
+    assert np.array_equal(enc.embed(SENTS, name), base)
 
 
 def test_snapshot_with_its_own_prompt_keeps_weights_and_prompt(tmp_path, triplets):  # noqa: F811

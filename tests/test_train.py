@@ -64,9 +64,9 @@ def test_twenty_steps_lower_the_loss_and_save_a_working_adapter(tmp_path, triple
     assert card.startswith("---\nbase_model: tiny-llama\n") and rec["command"] in card and rec["device"] in card
     enc = tiny_encoder("llama")
     sents = ["a man is playing a guitar", "the dog is eating food"]
-    base = enc.encode(sents)
-    attach_adapter(enc, out)
-    assert (np.einsum("ij,ij->i", enc.encode(sents), base) < 0.9999).all()
+    base = enc.embed(sents)
+    name = attach_adapter(enc, out).name
+    assert (np.einsum("ij,ij->i", enc.embed(sents, name), base) < 0.9999).all()
 
 
 def test_gradient_cache_and_plain_training_agree(tmp_path, triplets):

@@ -94,9 +94,9 @@ def test_callback_after_every_step_and_stop_between_steps_leaves_a_usable_adapte
     out = tmp_path / "out"
     assert (out / "adapter_model.safetensors").is_file() and not (out / "checkpoint").exists()
     enc = tiny_encoder("llama")
-    base = enc.encode(SENTS)
-    attach_adapter(enc, out)
-    assert (np.einsum("ij,ij->i", enc.encode(SENTS), base) < 0.9999).all()
+    base = enc.embed(SENTS)
+    name = attach_adapter(enc, out).name
+    assert (np.einsum("ij,ij->i", enc.embed(SENTS, name), base) < 0.9999).all()
 
 
 def test_breaking_out_of_the_steps_then_finish_saves_the_steps_done(tmp_path, triplets):  # noqa: F811

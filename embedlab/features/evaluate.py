@@ -63,7 +63,7 @@ def evaluate_side(lab: Lab, side: Side, tasks: list[str], limit: int | None, pro
     from ..evaluation import run_eval
 
     with lab.hold(side) as (r,):
-        return run_eval(r.enc, tasks, limit=limit, use_adapter=r.adapter or False, progress=progress)
+        return run_eval(r.enc, tasks, adapter=r.adapter, limit=limit, progress=progress)
 
 
 @user_facing
