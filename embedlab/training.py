@@ -25,11 +25,12 @@ import time
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator, Literal, Mapping, TypeVar
+from typing import Any, Callable, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
 
+from . import precision
 from .adapters import SNAPSHOTS_DIR, AdapterError, save_adapter
 from .encode import collate, embed_batch, length_batches, tokenize
 from .loading import load_encoder
@@ -43,35 +44,19 @@ Executor = Callable[[Callable[[], T]], T]  # run(fn) -> fn(), perhaps on another
 
 # --- precision ----------------------------------------------------------------------------------
 
-PRECISIONS = ("auto", "bf16", "fp32")
+PRECISIONS = precision.CHOICES
 
 
-def native_bf16(caps: Mapping[str, Any] | None = None) -> bool:
-    """Whether this CPU computes bf16 natively (``caps``: ``torch.cpu.get_capabilities()``, injectable for tests).
-
-    x86: AVX512-BF16 (AMD Zen 4+, Intel Cooper Lake) or AMX-BF16 (Intel Sapphire Rapids+); ARM64: the BF16
-    extension (NEON or SVE). ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` is no test of this: oneDNN also
-    reports bf16 on plain AVX512 CPUs, where it emulates it. (Detection lives here until the embedding side's
-    precision helper and this one are unified.)
-    """
-    caps = torch.cpu.get_capabilities() if caps is None else caps
-    return any(bool(caps.get(k)) for k in ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16"))
-
-
-def resolve_precision(requested: str, device: torch.device, caps: Mapping[str, Any] | None = None) -> tuple[str, str]:
-    """(``"bf16"`` or ``"fp32"``, a note or "") for ``--precision`` on ``device``.
-
-    auto: bf16 on a CUDA device and on a CPU with native bf16, else fp32. bf16 on a CPU without it runs
-    (emulated, slower) and says so.
-    """
-    if requested not in PRECISIONS:
-        raise ConfigError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}")
-    has = device.type == "cuda" or native_bf16(caps)
-    if requested == "auto":
-        return ("bf16" if has else "fp32"), ""
-    if requested == "bf16" and not has:
-        return "bf16", "bf16 on a CPU without native bf16: emulated, slower than fp32"
-    return requested, ""
+def resolve_precision(requested: str, device: torch.device) -> tuple[str, str]:
+    """(``"bf16"`` or ``"fp32"``, a note or "") for ``--precision`` on ``device``: the embedding side's rule
+    (:func:`embedlab.precision.resolve`: auto = bf16 on a CUDA device and on a CPU with native bf16, else fp32),
+    so a run trains in the precision the app would embed in. bf16 on a CPU without it runs (emulated, slower)
+    and says so."""
+    try:
+        p = precision.resolve(device, requested)
+    except precision.PrecisionError:
+        raise ConfigError(f"--precision {requested!r}: choose one of {', '.join(PRECISIONS)}") from None
+    return p.name, ("bf16 on a CPU without native bf16: emulated, slower than fp32" if p.emulated else "")
 
 
 def base_dtype(precision: str) -> torch.dtype:

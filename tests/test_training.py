@@ -19,24 +19,20 @@ SENTS = ["a man is playing a guitar", "the dog is eating food"]
 CPU = torch.device("cpu")
 
 
-def test_native_bf16_detection_both_branches():
-    assert training.native_bf16({"architecture": "x86_64", "avx512_bf16": True})  # AMD Zen 4, Intel Cooper Lake
-    assert training.native_bf16({"architecture": "x86_64", "avx512_bf16": False, "amx_bf16": True})  # Sapphire Rapids
-    assert training.native_bf16({"architecture": "arm64", "bf16": True})
-    assert not training.native_bf16({"architecture": "x86_64", "avx512_f": True, "avx512_bf16": False, "avx2": True})
-    assert isinstance(training.native_bf16(), bool)  # this host, through torch.cpu.get_capabilities()
+@pytest.mark.parametrize("native", [True, False])
+def test_precision_resolution_both_detection_branches(monkeypatch, native):
+    """Training resolves --precision by the embedding side's rule and detection (embedlab.precision, whose own
+    test covers the CPU flags)."""
+    from embedlab import precision
 
-
-def test_precision_resolution():
-    has, lacks = {"avx512_bf16": True}, {"avx2": True}
-    assert training.resolve_precision("auto", CPU, has) == ("bf16", "")
-    assert training.resolve_precision("auto", CPU, lacks) == ("fp32", "")
-    assert training.resolve_precision("auto", torch.device("cuda"), lacks) == ("bf16", "")  # a GPU: bf16, whatever the CPU
-    assert training.resolve_precision("fp32", CPU, has) == ("fp32", "")
-    precision, note = training.resolve_precision("bf16", CPU, lacks)  # runs, emulated, and says so
-    assert precision == "bf16" and "emulated" in note
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: native)
+    assert training.resolve_precision("auto", CPU) == ("bf16" if native else "fp32", "")
+    assert training.resolve_precision("auto", torch.device("cuda")) == ("bf16", "")  # a GPU: bf16, whatever the CPU
+    assert training.resolve_precision("fp32", CPU) == ("fp32", "")
+    name, note = training.resolve_precision("bf16", CPU)  # runs; emulated (and says so) where the CPU lacks it
+    assert name == "bf16" and ("emulated" in note) == (not native)
     with pytest.raises(training.ConfigError, match="auto, bf16, fp32"):
-        training.resolve_precision("fp16", CPU, has)
+        training.resolve_precision("fp16", CPU)
     assert training.base_dtype("bf16") == torch.bfloat16 and training.base_dtype("fp32") == torch.float32
 
 
