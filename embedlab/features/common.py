@@ -258,12 +258,17 @@ def record(a: Side, b: Side, corpus: Corpus | None = None, **extra: Any) -> dict
 # internals ("Could not preprocess input component at index 5 …", pydantic's "validation error for FileData").
 # A component's preprocess that raises gr.Error is passed through as is, so these components check their
 # value first and say what was expected, briefly, in the handlers' words.
+# Each is a Gradio "template" (is_template): without it Gradio names the block after the subclass ("text",
+# "number") and the browser asks for a custom component's frontend that does not exist (404): the field never
+# renders, the page stays "Loading…" and its load events (the first visit's compare) never run.
 def _refuse(msg: str) -> gr.Error:
     return gr.Error(msg, print_exception=False)
 
 
 class Text(gr.Textbox):
     """A text field that refuses numbers, lists and objects (Gradio's Textbox turns them into text)."""
+
+    is_template = True  # the browser draws it with Gradio's own component (its block name is the base's)
 
     def __init__(self, *, what: str = "the value", **kw: Any) -> None:
         super().__init__(**kw)
@@ -278,6 +283,8 @@ class Text(gr.Textbox):
 class Choice(gr.Dropdown):
     """A fixed-choice dropdown whose refusal quotes the value cut short (Gradio's quotes all of it)."""
 
+    is_template = True  # the browser draws it with Gradio's own component (its block name is the base's)
+
     def __init__(self, *, what: str = "the value", **kw: Any) -> None:
         super().__init__(**kw)
         self.what = what
@@ -291,6 +298,8 @@ class Choice(gr.Dropdown):
 
 class Choices(gr.CheckboxGroup):
     """A checkbox group whose refusal quotes the value cut short and names the field."""
+
+    is_template = True  # the browser draws it with Gradio's own component (its block name is the base's)
 
     def __init__(self, *, what: str = "the value", **kw: Any) -> None:
         super().__init__(**kw)
@@ -310,6 +319,8 @@ class Number(gr.Slider):
     """A slider that refuses text, true/false, lists and objects with our message (Gradio's compares them to its
     bounds and fails with a TypeError)."""
 
+    is_template = True  # the browser draws it with Gradio's own component (its block name is the base's)
+
     def __init__(self, *, what: str = "the value", **kw: Any) -> None:
         super().__init__(**kw)
         self.what = what
@@ -323,6 +334,8 @@ class Number(gr.Slider):
 class Upload(gr.File):
     """A file input whose malformed file object (not sent through the upload route) gets our message
     instead of pydantic's validation error."""
+
+    is_template = True  # the browser draws it with Gradio's own component (its block name is the base's)
 
     def __init__(self, *, what: str = "the file", **kw: Any) -> None:
         super().__init__(**kw)
