@@ -564,6 +564,8 @@ def test_every_component_is_one_the_browser_can_draw(tmp_path):
     known |= {"api", "tabitem"}  # gr.api's function-only endpoints, gr.Tab
     types = {c["type"] for c in demo.config["components"]}
     assert types <= known, types - known
+    labels = {c["props"].get("label") for c in demo.config["components"]}  # their settings reach the browser
+    assert {"Sentence A", "Query", "Corpus", "k", "Tasks"} <= labels, labels
 
 
 def test_long_requests_run_one_at_a_time_with_a_bounded_wait(tmp_path):
