@@ -23,6 +23,16 @@ from embedlab.sweep import gradio_folder, sweep_forever
 CSS = """
 .gradio-container {max-width: 1400px !important}
 #status {font-size: 0.9em; opacity: 0.85}
+/* side cards: one short line; the details fold */
+.side-card details summary {cursor: pointer; opacity: 0.75; font-size: 0.9em}
+/* tables: words and numbers stay whole (a phone broke "medic ine", "0. 97 1"); headers wrap instead of being cut */
+#moved :is(td, th), .hits :is(td, th), .wide-table :is(td, th) {word-break: normal !important; overflow-wrap: normal !important}
+#moved :is(td, th) *, .hits :is(td, th) *, .wide-table :is(td, th) * {word-break: normal !important; overflow-wrap: normal !important}
+.wide-table th, .wide-table th * {white-space: normal !important}
+@media (max-width: 640px) {
+  /* fewer columns on a phone: What moved without "#" and "label", search hits without "label" */
+  #moved tr > :nth-child(1), #moved tr > :nth-child(3), .hits tr > :nth-child(4) {display: none !important}
+}
 """
 
 MAX_FILE_SIZE = "4mb"  # uploads over this are refused before Gradio stores them (the app reads at most 2 MiB)

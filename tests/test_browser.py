@@ -28,12 +28,22 @@ def page(app_server):
 
 
 def test_first_visit_shows_the_effect_without_a_click(page):
-    """Before any click: the page's pair compared (both cosines and what they mean), the topics map drawn from
-    the cache, and the models that cannot load here folded away in a closed accordion."""
+    """Before any click: the page's pair compared, each side's cosine beside what unrelated pairs get under that
+    side (from the shipped cache) and the gap; the anisotropy histogram drawn from the cache; the topics map
+    drawn from the cache; the models that cannot load here folded away in a closed accordion."""
     table = page.locator("text=/B · smollm2-135m\\+nli-cft/").locator("xpath=ancestor::table")
     table.wait_for(timeout=300_000)
-    assert len(re.findall(r"\b-?[01]\.\d{3}\b", table.inner_text())) == 2
-    assert page.locator("text=/It means something only next to what unrelated sentences get/").count() == 1
+    assert len(re.findall(r"\b-?[01]\.\d{3}\b", table.inner_text())) == 2  # this pair's cosines
+    rows = [r.split("\t") for r in table.inner_text().splitlines()[1:]]
+    assert len(rows) == 2 and all(re.fullmatch(r"-?[01]\.\d{2}", r[2].strip()) for r in rows), rows  # unrelated
+    assert all(re.fullmatch(r"[+-][01]\.\d{2}", r[3].strip()) for r in rows), rows  # the gap
+    assert page.locator("text=/the effect is the/").count() == 1
+    page.locator("#aniso-plot .js-plotly-plot").wait_for(timeout=30_000)  # drawn from the cache, no click
+    assert "Mean cosine of" in page.locator("#aniso-note").inner_text()
+    # side cards: one short line each, the details folded
+    cards = page.locator(".side-card")
+    assert cards.count() == 2 and not page.locator(".side-card details[open]").count()
+    assert "Default." not in page.locator(".side-card").nth(1).inner_text()
     folded = page.locator("#unavailable")
     assert "cannot load here" in folded.inner_text() and not page.locator("text=minicpm-2b").first.is_visible()
     page.screenshot(path=str(SHOTS / "first_visit.png"), full_page=True)
@@ -46,8 +56,17 @@ def test_first_visit_shows_the_effect_without_a_click(page):
 def test_pairs_tab(page):
     page.get_by_role("button", name="Compare").click()
     page.wait_for_selector("text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
+    before = page.locator("#pair-out").inner_text()
     page.get_by_role("button", name="Load an STSBenchmark example").click()
     page.wait_for_selector("text=Human similarity score", timeout=60_000)
+    # the previous pair's numbers are gone at once; the example is then compared without a click
+    page.wait_for_function("(b) => document.querySelector('#pair-out').innerText !== b", arg=before, timeout=60_000)
+    page.wait_for_selector("#pair-out >> text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
+    s1 = page.get_by_label("Sentence A").input_value()
+    assert s1 != "A man is playing a guitar."
+    page.get_by_label("Sentence A").fill(s1 + " Edited.")
+    page.get_by_label("Sentence A").dispatch_event("input")
+    page.wait_for_function("() => !document.body.innerText.includes('Human similarity score')", timeout=10_000)
     # While the start-up warm-up is embedding the anisotropy sample, the app answers "being computed right
     # now; try again": do as a user would and click again until the result itself is on the page.
     deadline = time.time() + 600
@@ -60,6 +79,16 @@ def test_pairs_tab(page):
         page.wait_for_timeout(5000)
     page.wait_for_timeout(1500)  # let plotly draw before the screenshot
     page.screenshot(path=str(SHOTS / "pairs.png"), full_page=True)
+
+
+# Table cells whose text runs over more lines than it has words: a word or number was broken mid-way.
+BROKEN_CELLS_JS = """() => [...document.querySelectorAll('td, th')].filter(c => c.offsetParent !== null).filter(c => {
+  const t = c.innerText.trim(); if (!t) return false;
+  const words = t.split(/\\s+/).length, line = parseFloat(getComputedStyle(c).lineHeight) || 20;
+  const r = document.createRange(); r.selectNodeContents(c);
+  const lines = new Set([...r.getClientRects()].map(x => Math.round(x.top))).size;
+  return lines > words && words <= 2;
+}).map(c => c.innerText.trim())"""
 
 
 def pick_side(page, which: str, spec: str) -> None:
@@ -109,6 +138,12 @@ def test_search_tab(page):
 def test_benchmarks_and_how_it_works(page):
     page.get_by_role("tab", name="Benchmarks").click()
     page.wait_for_selector("text=MiniCPM-2B paper after", timeout=30_000)
+    page.wait_for_timeout(1000)
+    cut = page.evaluate("""() => [...document.querySelectorAll('.wide-table th')].filter(th => th.offsetParent !== null)
+        .filter(th => th.scrollWidth > th.clientWidth + 1).map(th => th.innerText.trim())""")
+    assert not cut, f"headers cut: {cut}"  # they wrap instead
+    overflow = page.evaluate("""() => [...document.querySelectorAll('.wide-table')].map(t => t.scrollWidth - t.clientWidth)""")
+    assert max(overflow) <= 1, overflow
     page.screenshot(path=str(SHOTS / "benchmarks.png"), full_page=True)
     page.get_by_role("tab", name="How it works").click()
     page.wait_for_selector("text=Contrastive fine-tuning (InfoNCE)", timeout=30_000)
@@ -136,6 +171,9 @@ def test_phone_width_screenshots(page, app_server):
     pg.goto(app_server.url)
     pg.locator("text=/B · smollm2-135m\\+nli-cft/").wait_for(timeout=300_000)
     pg.wait_for_timeout(1000)
+    # the first result is on the first screen (it was 1,388 px down, below a long side card)
+    bottom = pg.evaluate("() => document.querySelector('#pair-out table').getBoundingClientRect().bottom + window.scrollY")
+    assert bottom <= 844, f"the first result ends {bottom:.0f} px down a 844 px phone screen"
     pg.screenshot(path=str(SHOTS / "phone_pairs.png"), full_page=True)
     for tab in ["Map", "Search", "Benchmarks", "How it works"]:
         if pg.get_by_role("tab", name=tab).is_visible():
@@ -146,6 +184,9 @@ def test_phone_width_screenshots(page, app_server):
         pg.wait_for_timeout(1500)
         pg.screenshot(path=str(SHOTS / f"phone_{tab.lower().replace(' ', '_')}.png"), full_page=True)
     # nothing wider than the window: a horizontal scrollbar on a phone hides half of every row
+        if tab in ("Map", "Search", "Benchmarks"):  # tables: no word or number broken mid-way
+            broken = pg.evaluate(BROKEN_CELLS_JS)
+            assert not broken, f"{tab}: cells broken mid-word: {broken[:5]}"
     overflow = pg.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     pg.close()
     assert overflow <= 0, f"the page is {overflow} px wider than a 390 px window"

@@ -70,8 +70,10 @@ def build(ctx: Ctx) -> None:
         search_note = gr.Markdown()
         with gr.Row():
             widths = ["8%", "12%", "52%", "14%", "14%"]
-            res_a = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths)
-            res_b = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths)
+            res_a = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths,
+                                 elem_id="search-a", elem_classes="hits")
+            res_b = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths,
+                                 elem_id="search-b", elem_classes="hits")
         search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
     inputs = [*ctx.sides, search_corpus, ctx.parts["upload_state"], query, k]
     outputs = [res_a, res_b, search_note, search_files]
