@@ -57,7 +57,7 @@ def test_pairs_tab(page):
     page.get_by_role("button", name="Compare").click()
     page.wait_for_selector("text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
     before = page.locator("#pair-out").inner_text()
-    page.get_by_role("button", name="Load an STSBenchmark example").click()
+    page.get_by_role("button", name="STSBenchmark example").click()
     page.wait_for_selector("text=Human similarity score", timeout=60_000)
     # the previous pair's numbers are gone at once; the example is then compared without a click
     page.wait_for_function("(b) => document.querySelector('#pair-out').innerText !== b", arg=before, timeout=60_000)
@@ -82,7 +82,7 @@ def test_pairs_tab(page):
 
 
 # Table cells whose text runs over more lines than it has words: a word or number was broken mid-way.
-BROKEN_CELLS_JS = """() => [...document.querySelectorAll('td, th')].filter(c => c.offsetParent !== null).filter(c => {
+BROKEN_CELLS_JS = """() => [...document.querySelectorAll("[role=gridcell], [role=columnheader]")].filter(c => c.offsetParent !== null).filter(c => {
   const t = c.innerText.trim(); if (!t) return false;
   const words = t.split(/\\s+/).length, line = parseFloat(getComputedStyle(c).lineHeight) || 20;
   const r = document.createRange(); r.selectNodeContents(c);
@@ -102,7 +102,9 @@ def pick_side(page, which: str, spec: str) -> None:
 def test_cross_model_compare(page):
     """Side A on MiniLM, side B on tuned SmolLM2: both cosines on the page, each side's card, no console errors."""
     pick_side(page, "A", "minilm-l6")
-    page.wait_for_selector("text=all-MiniLM-L6-v2 (reference sentence encoder)", timeout=60_000)
+    # the card: one short line, the model's facts folded in its details
+    page.locator(".side-card details", has_text="all-MiniLM-L6-v2 (reference sentence encoder)").wait_for(
+        state="attached", timeout=60_000)
     page.get_by_label("Sentence A").fill("A man is playing a guitar.")
     page.get_by_label("Sentence B").fill("A person plays an instrument.")
     page.get_by_role("button", name="Compare").click()
@@ -112,7 +114,9 @@ def test_cross_model_compare(page):
     page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "pairs_cross_model.png"), full_page=True)
     pick_side(page, "A", "smollm2-135m")  # back to the default for the other tabs
-    page.wait_for_selector("text=Base model, no adapter", timeout=60_000)
+    page.locator(".side-card details", has_text="smollm2-135m").first.wait_for(state="attached", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('.side-card').innerText.startsWith('Base model.')",
+                           timeout=60_000)
 
 
 def test_map_tab(page):
@@ -128,7 +132,7 @@ def test_map_tab(page):
 
 def test_search_tab(page):
     page.get_by_role("tab", name="Search").click()
-    page.get_by_label("Corpus").last.click()
+    page.locator("#search-corpus input").click()
     page.get_by_role("option", name=re.compile("Topics demo")).click()
     page.get_by_role("button", name="Search", exact=True).click()
     page.wait_for_selector("text=FAISS exact", timeout=600_000)
@@ -139,7 +143,7 @@ def test_benchmarks_and_how_it_works(page):
     page.get_by_role("tab", name="Benchmarks").click()
     page.wait_for_selector("text=MiniCPM-2B paper after", timeout=30_000)
     page.wait_for_timeout(1000)
-    cut = page.evaluate("""() => [...document.querySelectorAll('.wide-table th')].filter(th => th.offsetParent !== null)
+    cut = page.evaluate("""() => [...document.querySelectorAll('.wide-table [role=columnheader]')].filter(th => th.offsetParent !== null)
         .filter(th => th.scrollWidth > th.clientWidth + 1).map(th => th.innerText.trim())""")
     assert not cut, f"headers cut: {cut}"  # they wrap instead
     overflow = page.evaluate("""() => [...document.querySelectorAll('.wide-table')].map(t => t.scrollWidth - t.clientWidth)""")

@@ -224,9 +224,9 @@ def build(ctx: Ctx) -> None:
         with gr.Row():
             s1 = Text(label="Sentence A", value="A man is playing a guitar.", max_lines=4, what="sentence A")
             s2 = Text(label="Sentence B", value="A person plays an instrument.", max_lines=4, what="sentence B")
-        with gr.Row():
-            go_pair = gr.Button("Compare", variant="primary")
-            ex = gr.Button("Load an STSBenchmark example")
+        with gr.Row():  # side by side on a phone too
+            go_pair = gr.Button("Compare", variant="primary", min_width=100)
+            ex = gr.Button("STSBenchmark example", min_width=160)
         gold_note = gr.Markdown()
         pair_out = gr.Markdown(elem_id="pair-out")
         with gr.Accordion("Batch: many pairs, optionally with your scores", open=False):

@@ -63,7 +63,7 @@ def build(ctx: Ctx) -> None:
     with gr.Tab("Search"):
         with gr.Row():
             search_corpus = Choice(choices=[(v, k) for k, v in BUILTINS.items()] + [("your upload (Map tab)", "upload")],
-                                   value="stsb", label="Corpus", what="corpus")
+                                   value="stsb", label="Corpus", what="corpus", elem_id="search-corpus")
             query = Text(label="Query", value="A dog runs through the snow.", scale=3, what="query")
             k = Number(minimum=1, maximum=MAX_K, value=10, step=1, label="k", what="k")
         go_search = gr.Button("Search", variant="primary")
