@@ -29,7 +29,7 @@ CSS = """
    and numbers stay whole (a phone broke "medic ine", "0. 97 1"); headers wrap between words instead of being cut */
 :is(#moved, .hits, .wide-table) :is([role=gridcell], [role=columnheader]),
 :is(#moved, .hits, .wide-table) :is([role=gridcell], [role=columnheader]) * {word-break: normal !important; overflow-wrap: normal !important}
-.wide-table [role=columnheader], .wide-table [role=columnheader] * {white-space: normal !important}
+.wide-table :is([role=columnheader], [role=gridcell]), .wide-table :is([role=columnheader], [role=gridcell]) * {white-space: normal !important}
 /* the pair's result: numbers whole, headers wrap between words */
 #pair-out :is(td, th) {word-break: normal !important; overflow-wrap: normal !important}
 #pair-out td:not(:first-child) {white-space: nowrap}
