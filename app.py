@@ -34,7 +34,7 @@ CSS = """
 #pair-out :is(td, th) {word-break: normal !important; overflow-wrap: normal !important}
 #pair-out td:not(:first-child) {white-space: nowrap}
 @media (max-width: 640px) {
-  .intro-more {display: none !important}
+  .intro-more, .wide-only {display: none !important}
   .gradio-container h1 {font-size: 1.5em !important; margin-bottom: 0.2em !important}
   #status {font-size: 0.8em}
   #pair-out :is(td, th) {padding: 4px 6px !important}
@@ -63,7 +63,7 @@ def build(lab: Lab) -> gr.Blocks:
     common.DOWNLOAD_TTL_S = DELETE_CACHE[1]
     with gr.Blocks(title="embedlab", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
-                    "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690).")
+                    "contrastive fine-tuning with a LoRA adapter<span class='wide-only'> (arXiv 2408.00690)</span>.")
         # a phone leaves this out (the pickers list the sides): its first screen shows the first result
         gr.Markdown("Every view compares two sides: a model (`smollm2-135m`), a model with an adapter "
                     "(`smollm2-135m+nli-cft`), a training snapshot (`smollm2-135m+nli-cft@50`) or another model "

@@ -63,9 +63,6 @@ def test_pairs_tab(page):
     page.wait_for_selector("#pair-out >> text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
     s1 = page.get_by_label("Sentence A").input_value()
     assert s1 != "A man is playing a guitar."
-    page.get_by_label("Sentence A").fill(s1 + " Edited.")
-    page.get_by_label("Sentence A").dispatch_event("input")
-    page.wait_for_function("() => !document.body.innerText.includes('Human similarity score')", timeout=10_000)
     # While the start-up warm-up is embedding the anisotropy sample, the app answers "being computed right
     # now; try again": do as a user would and click again until the result itself is on the page.
     deadline = time.time() + 600
@@ -81,13 +78,17 @@ def test_pairs_tab(page):
 
 
 # Table cells whose text runs over more lines than it has words: a word or number was broken mid-way.
-BROKEN_CELLS_JS = """() => [...document.querySelectorAll("[role=gridcell], [role=columnheader]")].filter(c => c.offsetParent !== null).filter(c => {
-  const t = c.innerText.trim(); if (!t) return false;
-  const words = t.split(/\\s+/).length, line = parseFloat(getComputedStyle(c).lineHeight) || 20;
-  const r = document.createRange(); r.selectNodeContents(c);
-  const lines = new Set([...r.getClientRects()].map(x => Math.round(x.top))).size;
-  return lines > words && words <= 2;
-}).map(c => c.innerText.trim())"""
+BROKEN_CELLS_JS = """() => [...document.querySelectorAll("[role=gridcell], [role=columnheader]")]
+  .filter(c => c.offsetParent !== null).filter(c => {
+    const walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      for (const word of n.textContent.matchAll(/\\S+/g)) {  // one word on two lines: broken
+        const r = document.createRange(); r.setStart(n, word.index); r.setEnd(n, word.index + word[0].length);
+        if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) return true;
+      }
+    }
+    return false;
+  }).map(c => c.innerText.trim())"""
 
 
 def pick_side(page, which: str, spec: str) -> None:

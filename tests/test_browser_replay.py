@@ -94,7 +94,6 @@ def test_replay_follows_side_b_to_gemma(page):
 
     page.reload()
     page.wait_for_selector("text=embedlab", timeout=60_000)
-    page.locator("#replay-step label").first.wait_for(state="attached", timeout=60_000)
     dep = page.evaluate("""() => window.gradio_config.dependencies.findIndex(d => (d.js || '').includes('replay-note'))""")
     dep_id = page.evaluate(f"() => window.gradio_config.dependencies[{dep}].id")
     updates = []  # replay redraws sent to the server (shown: the first input set by SHOWN_JS)
@@ -107,7 +106,7 @@ def test_replay_follows_side_b_to_gemma(page):
 
     page.on("request", on_request)
     pick_side(page, "B", "gemma3-270m+nli-cft")  # on the Pairs tab: the replay tab is hidden
-    page.wait_for_selector("text=/Adapter \\*?\\*?nli-cft/", timeout=60_000)
+    page.locator(".side-card details", has_text="gemma3-270m+nli-cft").first.wait_for(state="attached", timeout=60_000)
     page.get_by_role("tab", name="Training replay").click()
     page.wait_for_selector("#replay-note >> text=/Step 60/", timeout=300_000)
     page.wait_for_timeout(2000)

@@ -253,7 +253,7 @@ def build(ctx: Ctx) -> None:
     ex.click(gradio_errors(lambda: sts_example()), None, [s1, s2, gold_note], api_name="example").success(
         h(compare), [*ctx.sides, s1, s2], [pair_out], api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE)
     for box in (s1, s2):
-        box.input(None, None, [gold_note], js="() => ''", api_visibility="private")
+        box.input(lambda: "", None, [gold_note], api_visibility="private", show_progress="hidden", queue=False)
     go_batch.click(h(batch_pairs), [*ctx.sides, batch_text, batch_file],
                    [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", **ctx.heavy)
     def measure(lab_: Lab, a: Any, b: Any) -> tuple[str, Any]:  # the plot shows once it has a figure
