@@ -82,7 +82,7 @@ BROKEN_CELLS_JS = """() => [...document.querySelectorAll("[role=gridcell], [role
   .filter(c => c.offsetParent !== null).filter(c => {
     const walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
     for (let n = walk.nextNode(); n; n = walk.nextNode()) {
-      for (const word of n.textContent.matchAll(/\\S+/g)) {  // one word on two lines: broken
+      for (const word of n.textContent.matchAll(/[^\\s-]+/g)) {  // one word on two lines (not at a hyphen): broken
         const r = document.createRange(); r.setStart(n, word.index); r.setEnd(n, word.index + word[0].length);
         if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) return true;
       }
