@@ -23,6 +23,33 @@ from embedlab.sweep import gradio_folder, sweep_forever
 CSS = """
 .gradio-container {max-width: 1400px !important}
 #status {font-size: 0.9em; opacity: 0.85}
+/* side cards: one short line; the details fold */
+.side-card details summary {cursor: pointer; opacity: 0.75; font-size: 0.9em}
+/* tables (Gradio's dataframe: div[role=gridcell] with data-col, th[role=columnheader] with data-heading): words
+   and numbers stay whole (a phone broke "medic ine", "0. 97 1"); headers wrap between words instead of being cut */
+:is(#moved, .hits, .wide-table) :is([role=gridcell], [role=columnheader]),
+:is(#moved, .hits, .wide-table) :is([role=gridcell], [role=columnheader]) * {word-break: normal !important; overflow-wrap: normal !important}
+.wide-table :is([role=columnheader], [role=gridcell]), .wide-table :is([role=columnheader], [role=gridcell]) * {white-space: normal !important}
+/* the pair's result: numbers whole, headers wrap between words */
+#pair-out :is(td, th) {word-break: normal !important; overflow-wrap: normal !important}
+#pair-out td:not(:first-child) {white-space: nowrap}
+@media (max-width: 640px) {
+  .intro-more, .wide-only {display: none !important}
+  .gradio-container h1 {font-size: 1.5em !important; margin-bottom: 0.2em !important}
+  #status {font-size: 0.8em}
+  #pair-out :is(td, th) {padding: 4px 6px !important}
+  #pair-out td code {font-size: 0.85em; padding: 0 2px; word-break: break-all}
+  /* fewer columns on a phone, the rest wide enough for whole words: What moved without "#" and "label", the
+     search hits without "label" (the data stays: a What-moved row still finds its neighbours) */
+  #moved :is([data-col="0"], [data-heading="0"], [data-col="2"], [data-heading="2"]),
+  .hits :is([data-col="3"], [data-heading="3"]) {display: none !important}
+  #moved :is([data-col="1"], [data-heading="1"]) {flex: 0 0 75% !important; width: 75% !important; min-width: 0 !important; max-width: none !important}
+  #moved :is([data-col="3"], [data-heading="3"]) {flex: 0 0 25% !important; width: 25% !important; min-width: 0 !important; max-width: none !important}
+  .hits :is([data-col="0"], [data-heading="0"]) {flex: 0 0 11% !important; width: 11% !important; min-width: 0 !important; max-width: none !important}
+  .hits :is([data-col="1"], [data-heading="1"]) {flex: 0 0 19% !important; width: 19% !important; min-width: 0 !important; max-width: none !important}
+  .hits :is([data-col="2"], [data-heading="2"]) {flex: 0 0 46% !important; width: 46% !important; min-width: 0 !important; max-width: none !important}
+  .hits :is([data-col="4"], [data-heading="4"]) {flex: 0 0 22% !important; width: 22% !important; min-width: 0 !important; max-width: none !important}
+}
 """
 
 MAX_FILE_SIZE = "4mb"  # uploads over this are refused before Gradio stores them (the app reads at most 2 MiB)
@@ -36,9 +63,11 @@ def build(lab: Lab) -> gr.Blocks:
     common.DOWNLOAD_TTL_S = DELETE_CACHE[1]
     with gr.Blocks(title="embedlab", delete_cache=DELETE_CACHE) as demo:
         gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
-                    "contrastive fine-tuning with a LoRA adapter (arXiv 2408.00690). Every view compares two sides: "
-                    "a model (`smollm2-135m`), a model with an adapter (`smollm2-135m+nli-cft`), a training snapshot "
-                    "(`smollm2-135m+nli-cft@50`) or another model entirely (`minilm-l6`).")
+                    "contrastive fine-tuning with a LoRA adapter<span class='wide-only'> (arXiv 2408.00690)</span>.")
+        # a phone leaves this out (the pickers list the sides): its first screen shows the first result
+        gr.Markdown("Every view compares two sides: a model (`smollm2-135m`), a model with an adapter "
+                    "(`smollm2-135m+nli-cft`), a training snapshot (`smollm2-135m+nli-cft@50`) or another model "
+                    "entirely (`minilm-l6`).", elem_classes="intro-more")
         side_a, side_b = sides.build()
         status = gr.Markdown(elem_id="status")
         # long requests: one of each kind at a time, a bounded and fair wait; maps: several at once (one in
@@ -47,6 +76,7 @@ def build(lab: Lab) -> gr.Blocks:
         with gr.Tabs():
             for tab in TABS:
                 tab.build(ctx)
+        sides.unavailable()
         pairs.api(ctx)
         pairs.on_first_visit(ctx)
 

@@ -117,7 +117,7 @@ MODELS: dict[str, ModelSpec] = {
             eos_token="<|im_end|>",
             add_bos=False,
             base_ids=("smollm2-135m", "HuggingFaceTB/SmolLM2-135M-Instruct"),
-            notes="Default. Llama architecture, 30 layers, width 576.",
+            notes="Llama architecture, 30 layers, width 576.",
         ),
         ModelSpec(
             key="gemma3-270m",

@@ -28,12 +28,21 @@ def page(app_server):
 
 
 def test_first_visit_shows_the_effect_without_a_click(page):
-    """Before any click: the page's pair compared (both cosines and what they mean), the topics map drawn from
-    the cache, and the models that cannot load here folded away in a closed accordion."""
+    """Before any click: the page's pair compared, each side's cosine beside what unrelated pairs get under that
+    side (from the shipped cache) and the gap; the anisotropy histogram drawn from the cache; the topics map
+    drawn from the cache; the models that cannot load here folded away in a closed accordion."""
     table = page.locator("text=/B · smollm2-135m\\+nli-cft/").locator("xpath=ancestor::table")
     table.wait_for(timeout=300_000)
-    assert len(re.findall(r"\b-?[01]\.\d{3}\b", table.inner_text())) == 2
-    assert page.locator("text=/It means something only next to what unrelated sentences get/").count() == 1
+    assert len(re.findall(r"\b-?[01]\.\d{3}\b", table.inner_text())) == 2  # this pair's cosines
+    rows = [r.split("\t") for r in table.inner_text().splitlines()[1:]]
+    assert len(rows) == 2 and all(re.fullmatch(r"-?[01]\.\d{2}", r[2].strip()) for r in rows), rows  # unrelated
+    assert all(re.fullmatch(r"[+-][01]\.\d{2}", r[3].strip()) for r in rows), rows  # the gap
+    assert page.locator("text=/the effect is the/").count() == 1
+    page.locator("#aniso-plot .js-plotly-plot").wait_for(timeout=30_000)  # drawn from the cache, no click
+    assert "Mean cosine of" in page.locator("#aniso-note").inner_text()
+    # side cards: one short line each, the details folded
+    assert page.locator(".side-card details").count() == 2 and not page.locator(".side-card details[open]").count()
+    assert not any("Default." in t for t in page.locator(".side-card").all_inner_texts())
     folded = page.locator("#unavailable")
     assert "cannot load here" in folded.inner_text() and not page.locator("text=minicpm-2b").first.is_visible()
     page.screenshot(path=str(SHOTS / "first_visit.png"), full_page=True)
@@ -46,8 +55,14 @@ def test_first_visit_shows_the_effect_without_a_click(page):
 def test_pairs_tab(page):
     page.get_by_role("button", name="Compare").click()
     page.wait_for_selector("text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
-    page.get_by_role("button", name="Load an STSBenchmark example").click()
+    before = page.locator("#pair-out").inner_text()
+    page.get_by_role("button", name="STSBenchmark example").click()
     page.wait_for_selector("text=Human similarity score", timeout=60_000)
+    # the previous pair's numbers are gone at once; the example is then compared without a click
+    page.wait_for_function("(b) => document.querySelector('#pair-out').innerText !== b", arg=before, timeout=60_000)
+    page.wait_for_selector("#pair-out >> text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
+    s1 = page.get_by_label("Sentence A").input_value()
+    assert s1 != "A man is playing a guitar."
     # While the start-up warm-up is embedding the anisotropy sample, the app answers "being computed right
     # now; try again": do as a user would and click again until the result itself is on the page.
     deadline = time.time() + 600
@@ -62,6 +77,20 @@ def test_pairs_tab(page):
     page.screenshot(path=str(SHOTS / "pairs.png"), full_page=True)
 
 
+# Table cells whose text runs over more lines than it has words: a word or number was broken mid-way.
+BROKEN_CELLS_JS = """() => [...document.querySelectorAll("[role=gridcell], [role=columnheader]")]
+  .filter(c => c.offsetParent !== null).filter(c => {
+    const walk = document.createTreeWalker(c, NodeFilter.SHOW_TEXT);
+    for (let n = walk.nextNode(); n; n = walk.nextNode()) {
+      for (const word of n.textContent.matchAll(/[^\\s-]+/g)) {  // one word on two lines (not at a hyphen): broken
+        const r = document.createRange(); r.setStart(n, word.index); r.setEnd(n, word.index + word[0].length);
+        if (new Set([...r.getClientRects()].map(x => Math.round(x.top))).size > 1) return true;
+      }
+    }
+    return false;
+  }).map(c => c.innerText.trim())"""
+
+
 def pick_side(page, which: str, spec: str) -> None:
     """Choose ``spec`` in the "Side A"/"Side B" dropdown as a user does: type, then click the option."""
     box = page.get_by_label(f"Side {which}")
@@ -73,7 +102,9 @@ def pick_side(page, which: str, spec: str) -> None:
 def test_cross_model_compare(page):
     """Side A on MiniLM, side B on tuned SmolLM2: both cosines on the page, each side's card, no console errors."""
     pick_side(page, "A", "minilm-l6")
-    page.wait_for_selector("text=all-MiniLM-L6-v2 (reference sentence encoder)", timeout=60_000)
+    # the card: one short line, the model's facts folded in its details
+    page.locator(".side-card details", has_text="all-MiniLM-L6-v2 (reference sentence encoder)").wait_for(
+        state="attached", timeout=60_000)
     page.get_by_label("Sentence A").fill("A man is playing a guitar.")
     page.get_by_label("Sentence B").fill("A person plays an instrument.")
     page.get_by_role("button", name="Compare").click()
@@ -83,7 +114,9 @@ def test_cross_model_compare(page):
     page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "pairs_cross_model.png"), full_page=True)
     pick_side(page, "A", "smollm2-135m")  # back to the default for the other tabs
-    page.wait_for_selector("text=Base model, no adapter", timeout=60_000)
+    page.locator(".side-card details", has_text="smollm2-135m").first.wait_for(state="attached", timeout=60_000)
+    page.wait_for_function("() => document.querySelector('.side-card').innerText.startsWith('Base model.')",
+                           timeout=60_000)
 
 
 def test_map_tab(page):
@@ -99,7 +132,7 @@ def test_map_tab(page):
 
 def test_search_tab(page):
     page.get_by_role("tab", name="Search").click()
-    page.get_by_label("Corpus").last.click()
+    page.locator("#search-corpus input").click()
     page.get_by_role("option", name=re.compile("Topics demo")).click()
     page.get_by_role("button", name="Search", exact=True).click()
     page.wait_for_selector("text=FAISS exact", timeout=600_000)
@@ -109,6 +142,12 @@ def test_search_tab(page):
 def test_benchmarks_and_how_it_works(page):
     page.get_by_role("tab", name="Benchmarks").click()
     page.wait_for_selector("text=MiniCPM-2B paper after", timeout=30_000)
+    page.wait_for_timeout(1000)
+    cut = page.evaluate("""() => [...document.querySelectorAll('.wide-table [role=columnheader]')].filter(th => th.offsetParent !== null)
+        .filter(th => th.scrollWidth > th.clientWidth + 1).map(th => th.innerText.trim())""")
+    assert not cut, f"headers cut: {cut}"  # they wrap instead
+    overflow = page.evaluate("""() => [...document.querySelectorAll('.wide-table')].map(t => t.scrollWidth - t.clientWidth)""")
+    assert max(overflow) <= 1, overflow
     page.screenshot(path=str(SHOTS / "benchmarks.png"), full_page=True)
     page.get_by_role("tab", name="How it works").click()
     page.wait_for_selector("text=Contrastive fine-tuning (InfoNCE)", timeout=30_000)
@@ -136,6 +175,9 @@ def test_phone_width_screenshots(page, app_server):
     pg.goto(app_server.url)
     pg.locator("text=/B · smollm2-135m\\+nli-cft/").wait_for(timeout=300_000)
     pg.wait_for_timeout(1000)
+    # the first result is on the first screen (it was 1,388 px down, below a long side card)
+    bottom = pg.evaluate("() => document.querySelector('#pair-out table').getBoundingClientRect().bottom + window.scrollY")
+    assert bottom <= 844, f"the first result ends {bottom:.0f} px down a 844 px phone screen"
     pg.screenshot(path=str(SHOTS / "phone_pairs.png"), full_page=True)
     for tab in ["Map", "Search", "Benchmarks", "How it works"]:
         if pg.get_by_role("tab", name=tab).is_visible():
@@ -146,6 +188,9 @@ def test_phone_width_screenshots(page, app_server):
         pg.wait_for_timeout(1500)
         pg.screenshot(path=str(SHOTS / f"phone_{tab.lower().replace(' ', '_')}.png"), full_page=True)
     # nothing wider than the window: a horizontal scrollbar on a phone hides half of every row
+        if tab in ("Map", "Search", "Benchmarks"):  # tables: no word or number broken mid-way
+            broken = pg.evaluate(BROKEN_CELLS_JS)
+            assert not broken, f"{tab}: cells broken mid-word: {broken[:5]}"
     overflow = pg.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     pg.close()
     assert overflow <= 0, f"the page is {overflow} px wider than a 390 px window"

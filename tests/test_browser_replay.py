@@ -1,6 +1,7 @@
 """The Training replay tab in headless Debian Chromium: the slider moves the figures, no console errors,
 screenshots at 1400 and 390 px (the shipped adapter's snapshots and assets/cache/replay)."""
 import json
+import re
 
 import pytest
 
@@ -24,30 +25,55 @@ def state(page) -> dict:
     return json.loads(page.evaluate(STATE_JS))
 
 
+def pick_step(page, step: int) -> None:
+    """Click a training step in the snapshot picker (it shows steps; its value is the snapshot's index)."""
+    page.locator("#replay-step label").filter(has_text=re.compile(f"^\\s*{step}\\s*$")).click()
+
+
+def shown_steps(page) -> tuple[list[str], str]:
+    """The picker's steps as shown, and the checked one."""
+    labels = page.locator("#replay-step label")
+    texts = [t.strip() for t in labels.all_inner_texts()]
+    checked = [t for t, c in zip(texts, [labels.nth(i).locator("input").is_checked() for i in range(len(texts))]) if c]
+    return texts, checked[0] if checked else ""
+
+
+SIZES_JS = """() => ['replay-curves', 'replay-hist', 'replay-map'].map(id => {
+  const p = document.querySelector(`#${id} .js-plotly-plot`);
+  return p ? [p._fullLayout.width, p.getBoundingClientRect().width] : null;
+})"""
+
+
 def test_slider_moves_the_map_the_histogram_and_the_curves(page):
     page.get_by_role("tab", name="Training replay").click()
     page.wait_for_selector("#replay-note >> text=/Step \\d+/", timeout=120_000)
     page.wait_for_selector("#replay-map .js-plotly-plot", timeout=60_000)
+    # the picker shows training steps, the last one checked
+    assert shown_steps(page) == (["0", "50", "100", "200", "300"], "300")
+    page.wait_for_timeout(1000)
+    for size in page.evaluate(SIZES_JS):  # drawn while shown: each figure as wide as its box
+        assert size and abs(size[0] - size[1]) <= 2, size
     last = state(page)
     assert last["map"] and len(last["hist"]) == 2  # the final step over the base model
-    slider = page.locator("#replay-step input[type=range]")
-    slider.focus()
-    page.keyboard.press("Home")  # step 0: the base model
+    pick_step(page, 0)  # step 0: the base model
     page.wait_for_selector("#replay-note >> text=Step 0", timeout=60_000)
     page.wait_for_function("() => document.querySelector('#replay-hist .js-plotly-plot').data.length === 1",
                            timeout=30_000)
     first = state(page)
     assert first["map"] != last["map"] and "base model" in first["note"]
-    page.keyboard.press("ArrowRight")  # the first trained snapshot
+    pick_step(page, 50)  # the first trained snapshot
     page.wait_for_function("() => document.querySelector('#replay-hist .js-plotly-plot').data.length === 2",
                            timeout=30_000)
     second = state(page)
     assert second["map"] not in (first["map"], None) and second["note"] != first["note"]
+    assert shown_steps(page)[1] == "50"
     page.wait_for_timeout(1000)  # let plotly draw before the screenshot
     page.screenshot(path=str(SHOTS / "replay.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
     page.wait_for_timeout(1500)
     page.screenshot(path=str(SHOTS / "replay_phone.png"), full_page=True)
+    for size in page.evaluate(SIZES_JS):  # the map panel is not cut off on a phone
+        assert size and size[1] <= 390 and abs(size[0] - size[1]) <= 2, size
     page.set_viewport_size({"width": 1400, "height": 1000})
 
 
@@ -62,27 +88,32 @@ def test_corpus_change_redraws_at_the_last_step(page):
 
 
 def test_replay_follows_side_b_to_gemma(page):
-    """Side B on tuned Gemma 3: the tab replays Gemma's own snapshots (0, 10, 25 and 60 of 60 steps)."""
+    """Side B on tuned Gemma 3 while another tab is shown, then the tab opened: Gemma's own snapshots (0, 10, 25
+    and 60 of 60 steps) drawn at full size, the curves reaching step 60."""
     from test_browser import pick_side
 
     page.reload()
     page.wait_for_selector("text=embedlab", timeout=60_000)
-    # The tab first, then the side: one replay update in flight at a time. (Side, then tab, queues two; on a
-    # busy machine the later-finishing one reset the slider to the last step after Home had moved it.)
+    pick_side(page, "B", "gemma3-270m+nli-cft")  # on the Pairs tab: the replay tab is hidden
+    page.locator(".side-card details", has_text="gemma3-270m+nli-cft").first.wait_for(state="attached", timeout=60_000)
     page.get_by_role("tab", name="Training replay").click()
-    page.wait_for_selector("#replay-note >> text=/Step 300/", timeout=120_000)
-    pick_side(page, "B", "gemma3-270m+nli-cft")
     page.wait_for_selector("#replay-note >> text=/Step 60/", timeout=300_000)
-    slider = page.locator("#replay-step input[type=range]")
-    slider.focus()
-    page.keyboard.press("Home")
+    page.wait_for_timeout(2000)
+    assert shown_steps(page) == (["0", "10", "25", "60"], "60")
+    curves = page.evaluate("""() => { const p = document.querySelector('#replay-curves .js-plotly-plot');
+        return p._fullLayout.xaxis.range[1]; }""")
+    assert curves >= 60, curves  # the curves reach the last step (they stopped at ~58 when drawn hidden)
+    for size in page.evaluate(SIZES_JS):
+        assert size and abs(size[0] - size[1]) <= 2, size
+    pick_step(page, 0)
     page.wait_for_selector("#replay-note >> text=Step 0", timeout=120_000)
     page.wait_for_function("() => document.querySelector('#replay-hist .js-plotly-plot').data.length === 1",
                            timeout=30_000)
-    page.keyboard.press("ArrowRight")
+    pick_step(page, 10)
     page.wait_for_selector("#replay-note >> text=/Step 10: after 10 of 60 training steps/", timeout=120_000)
     page.wait_for_timeout(1000)  # let plotly draw before the screenshot
     page.screenshot(path=str(SHOTS / "replay_gemma.png"), full_page=True)
+    page.get_by_role("tab", name="Pairs").click()
     pick_side(page, "B", "smollm2-135m+nli-cft")  # back to the default for the tests after this one
 
 

@@ -552,6 +552,23 @@ def test_full_evaluation_only_where_the_host_opts_in(lab, monkeypatch):
         evaluate.run_evaluation(lab, A, A, ["STS12", "STS99"], True)
 
 
+def test_every_component_is_one_the_browser_can_draw(tmp_path):
+    """Our input components subclass Gradio's: each must be drawn by Gradio's own frontend (a block named after
+    the subclass made the browser ask for a custom component that does not exist, and the page never loaded)."""
+    import gradio as gr
+
+    import app
+
+    demo = app.build(Lab(cache_dir=tmp_path / "cache"))
+    known = {c.__name__.lower() for c in vars(gr.components).values() if isinstance(c, type)}
+    known |= {c.__name__.lower() for c in vars(gr.layouts).values() if isinstance(c, type)}
+    known |= {"api", "tabitem"}  # gr.api's function-only endpoints, gr.Tab
+    types = {c["type"] for c in demo.config["components"]}
+    assert types <= known, types - known
+    labels = {c["props"].get("label") for c in demo.config["components"]}  # their settings reach the browser
+    assert {"Sentence A", "Query", "Corpus", "k", "Tasks"} <= labels, labels
+
+
 def test_long_requests_run_one_at_a_time_with_a_bounded_wait(tmp_path):
     import app
 

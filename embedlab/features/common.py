@@ -259,10 +259,28 @@ def record(a: Side, b: Side, corpus: Corpus | None = None, **extra: Any) -> dict
 # internals ("Could not preprocess input component at index 5 …", pydantic's "validation error for FileData").
 # A component's preprocess that raises gr.Error is passed through as is, so these components check their
 # value first and say what was expected, briefly, in the handlers' words.
+# Each is @drawn_by_gradio: without it Gradio names the block after the subclass ("text", "number") and the
+# browser asks for a custom component's frontend that does not exist (404): the field never renders, the page
+# stays "Loading…" and its load events (the first visit's compare) never run; and its label and value are lost.
+def drawn_by_gradio(cls: type) -> type:
+    """A subclass of a Gradio component that the browser draws with the Gradio component it subclasses:
+    its block name is the base's (``is_template``) and its settings (label, value, choices…) are read by the
+    base's signature (Gradio reads them by the class's own ``__init__``, which here takes ``**kw``)."""
+    base = cls.__base__
+    cls.is_template = True
+
+    def get_config(self: Any, cls_: type | None = None) -> dict:
+        return base.get_config(self, cls_ or base)
+
+    cls.get_config = get_config
+    return cls
+
+
 def _refuse(msg: str) -> gr.Error:
     return gr.Error(msg, print_exception=False)
 
 
+@drawn_by_gradio
 class Text(gr.Textbox):
     """A text field that refuses numbers, lists and objects (Gradio's Textbox turns them into text)."""
 
@@ -276,6 +294,7 @@ class Text(gr.Textbox):
         return super().preprocess(payload)
 
 
+@drawn_by_gradio
 class Choice(gr.Dropdown):
     """A fixed-choice dropdown whose refusal quotes the value cut short (Gradio's quotes all of it)."""
 
@@ -290,6 +309,7 @@ class Choice(gr.Dropdown):
         return super().preprocess(payload)
 
 
+@drawn_by_gradio
 class Choices(gr.CheckboxGroup):
     """A checkbox group whose refusal quotes the value cut short and names the field."""
 
@@ -307,6 +327,7 @@ class Choices(gr.CheckboxGroup):
         return super().preprocess(payload)
 
 
+@drawn_by_gradio
 class Number(gr.Slider):
     """A slider that refuses text, true/false, lists and objects with our message (Gradio's compares them to its
     bounds and fails with a TypeError)."""
@@ -321,6 +342,7 @@ class Number(gr.Slider):
         return super().preprocess(payload)
 
 
+@drawn_by_gradio
 class Upload(gr.File):
     """A file input whose malformed file object (not sent through the upload route) gets our message
     instead of pydantic's validation error."""

@@ -103,12 +103,12 @@ def build(ctx: Ctx) -> None:
     with gr.Tab("Benchmarks"):
         table = results_table()
         gr.Markdown("Spearman ×100 between cosine and human scores (MTEB conventions). Paper columns: arXiv 2408.00690, Table 1.")
-        gr.Dataframe(table, interactive=False)
+        gr.Dataframe(table, interactive=False, wrap=True, elem_classes="wide-table")
         gr.Plot(results_chart(table))
         loss_fig, records = training_records()
         gr.Markdown("### Shipped adapters: training records")
         if len(records):
-            gr.Dataframe(records, interactive=False)
+            gr.Dataframe(records, interactive=False, wrap=True, elem_classes="wide-table")
         else:
             gr.Markdown("No adapter is shipped yet (assets/adapters/). Train one with `python train.py`.")
         if loss_fig is not None:

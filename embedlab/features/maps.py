@@ -149,8 +149,9 @@ def draw_map(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpu
     moved = pd.DataFrame({"#": order, "text": [c.texts[i] for i in order], "label": [c.labels[i] for i in order],
                           "kept": [round(float(j), 2) for j in m["jaccard"][order]]})
     note = (f"{len(c):,} texts{f' (a seeded sample of {len(full):,})' if len(full) > MAP_MAX else ''}; "
-            f"mean neighbour overlap (k=10) between A `{a.spec}` and B `{b.spec}`: **{m['jaccard'].mean():.2f}**. "
-            "Click a row to compare its neighbours.")
+            f"mean neighbour overlap between A `{a.spec}` and B `{b.spec}`: **{m['jaccard'].mean():.2f}** "
+            "(how much a text's 10 nearest neighbours stay the same from A to B: 1 = all the same, 0 = none; "
+            "the *kept* column below is this per text). Click a row to compare its neighbours.")
     rows = [{"text": t, "label": l, f"{na} x": float(ax), f"{na} y": float(ay), f"{nb} x": float(bx), f"{nb} y": float(by),
              "jaccard": float(j)} for t, l, (ax, ay), (bx, by), j in zip(c.texts, c.labels, m["xy_a"], m["xy_b"], m["jaccard"])]
     out = files("map", rows, record(a, b, c, umap=m["params"])) if downloads else None
@@ -197,8 +198,9 @@ def build(ctx: Ctx) -> None:
         with gr.Row(equal_height=False):
             with gr.Column(scale=3):
                 moved = gr.Dataframe(label="What moved: texts whose 10 nearest neighbours differ most "
-                                     "between A and B (kept = Jaccard overlap of their neighbours)",
-                                     interactive=False, wrap=True, column_widths=["8%", "62%", "18%", "12%"],
+                                     "between A and B (kept: the share of its neighbours that stayed, "
+                                     "0 = all new, 1 = all the same)",
+                                     interactive=False, wrap=True, column_widths=["9%", "59%", "18%", "14%"],
                                      elem_id="moved")
             with gr.Column(scale=2):
                 moved_detail = gr.Markdown("Click a row to see its neighbours under A and under B.")

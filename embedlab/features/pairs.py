@@ -17,7 +17,7 @@ from ..lab import Lab
 from ..side import Side
 from ..sts import load_task, spearman100
 from . import maps
-from .common import (INTERACTIVE_AT_ONCE, Ctx, Text, Upload, UserError, files, flag, gradio_errors, kind, md, names,
+from .common import (INTERACTIVE_AT_ONCE, USER_ERRORS, Ctx, Text, Upload, UserError, files, flag, gradio_errors, kind, md, names,
                      optional_text, record, sides, text, upload, user_facing)
 
 MAX_EMBED_TEXTS = 256  # /embed, per call
@@ -64,28 +64,64 @@ def anisotropy_cosines(lab: Lab, a: Side, b: Side, n_pairs: int = 2000, seed: in
     return {"a": ca, "b": random_pair_cosines(vb, n_pairs, seed), "n_pairs": len(ca)}
 
 
+def cached_random_pairs(lab: Lab, a: Side, b: Side) -> dict | None:
+    """:func:`anisotropy_cosines` from the embedding cache only: None when either side's vectors of the
+    anisotropy sample are not cached yet (the default sides' are shipped in assets/cache). Never embeds, so a
+    first visit and every compare cost no model time for it."""
+    from ..evaluation import anisotropy_texts, random_pair_cosines
+
+    texts = anisotropy_texts(0)
+    c = Corpus("anisotropy sample", texts, ("stsb",) * len(texts), "")
+    with lab.hold(a, b) as (ra, rb):
+        va = lab.embeddings.peek(ra.enc, c.texts, ra.adapter, sha=c.sha256)
+        vb = None if va is None else lab.embeddings.peek(rb.enc, c.texts, rb.adapter, sha=c.sha256)
+    if vb is None:
+        return None
+    ca = random_pair_cosines(va, 2000, 0)
+    return {"a": ca, "b": random_pair_cosines(vb, 2000, 0), "n_pairs": len(ca)}
+
+
+def unrelated_means(lab: Lab, a: Side, b: Side) -> tuple[float | None, float | None]:
+    """Each side's mean cosine of random unrelated STSBenchmark pairs (what the page's pair is read against),
+    from the cache only; (None, None) when not measured yet for these sides."""
+    r = cached_random_pairs(lab, a, b)
+    return (None, None) if r is None else (float(r["a"].mean()), float(r["b"].mean()))
+
+
 # --- handlers ---------------------------------------------------------------------------------------
 @user_facing
 def compare_api(lab: Lab, side_a: Any, side_b: Any, text_a: Any, text_b: Any) -> dict:
-    """API: the cosine of one pair of texts under each side, with the sides' specs."""
+    """API: the cosine of one pair of texts under each side, with the sides' specs, and each side's mean
+    cosine of random unrelated pairs (``unrelated_a``/``unrelated_b``; None when not cached for that side yet)."""
     a, b = sides(side_a, side_b)
     r = cosines(lab, a, b, text(text_a, "text A"), text(text_b, "text B"))
-    return {"side_a": a.spec, "side_b": b.spec, "cosine_a": round(r["a"], 6), "cosine_b": round(r["b"], 6)}
+    ua, ub = unrelated_means(lab, a, b)
+    return {"side_a": a.spec, "side_b": b.spec, "cosine_a": round(r["a"], 6), "cosine_b": round(r["b"], 6),
+            "unrelated_a": None if ua is None else round(ua, 6), "unrelated_b": None if ub is None else round(ub, 6)}
 
 
-# One sentence under every compare: what the two numbers mean (the first thing a visitor sees).
-PAIR_MEANING = ("Each number is the cosine between the two sentences' embeddings under that side (1 = same direction). "
-                "It means something only next to what unrelated sentences get: a raw LM gives almost any two sentences "
-                "a high cosine (see *Anisotropy* below), while a contrastively tuned one keeps high scores for pairs that "
-                "mean the same thing.")
+# One sentence under every compare: what the numbers mean (the first thing a visitor sees).
+PAIR_MEANING = ("A cosine (1 = same direction) means something only next to what unrelated sentences get under the "
+                "same side: a raw LM gives almost any two sentences a high cosine, a contrastively tuned one keeps "
+                "high scores for pairs that mean the same thing, so the effect is the **gap**, not the number.")
+NOT_MEASURED = ("— : not measured for this side yet; *Anisotropy* below measures it.")
+
+
+def pair_table(a: Side, b: Side, r: dict, unrelated: tuple[float | None, float | None]) -> str:
+    """The compare result: each side's cosine of the pair beside its cosine of unrelated pairs, and the gap."""
+    rows = []
+    for name, side, cos, un in (("A", a, r["a"], unrelated[0]), ("B", b, r["b"], unrelated[1])):
+        rows.append(f"| {name} · `{side.spec}` | **{cos:.3f}** | "
+                    + (f"{un:.2f} | {cos - un:+.2f} |" if un is not None else "— | — |"))
+    return ("| side | this pair | unrelated pairs | gap |\n|---|---|---|---|\n" + "\n".join(rows)
+            + f"\n\n{PAIR_MEANING}" + ("" if None not in unrelated else f" {NOT_MEASURED}"))
 
 
 @user_facing
 def compare(lab: Lab, side_a: Any, side_b: Any, x: Any, y: Any) -> str:
     a, b = sides(side_a, side_b)
     r = cosines(lab, a, b, text(x, "sentence A"), text(y, "sentence B"))
-    return (f"| side | cosine |\n|---|---|\n| A · `{a.spec}` | **{r['a']:.3f}** |\n| B · `{b.spec}` | **{r['b']:.3f}** |"
-            f"\n\n{PAIR_MEANING}")
+    return pair_table(a, b, r, unrelated_means(lab, a, b))
 
 
 @user_facing
@@ -121,14 +157,18 @@ def batch_pairs(lab: Lab, side_a: Any, side_b: Any, text: str | None, file: str 
     return pd.DataFrame(rows), fig, summary, out
 
 
-@user_facing
-def anisotropy(lab: Lab, side_a: Any, side_b: Any):
-    a, b = sides(side_a, side_b)
-    r = anisotropy_cosines(lab, a, b)
+def anisotropy_view(a: Side, b: Side, r: dict) -> tuple[str, Any]:
+    """The anisotropy section's note and histogram of :func:`anisotropy_cosines`' result ``r``."""
     na, nb = names(a, b)
     msg = (f"Mean cosine of {r['n_pairs']:,} random STSBenchmark sentence pairs: A `{a.spec}` **{r['a'].mean():.3f}**, "
            f"B `{b.spec}` **{r['b'].mean():.3f}**. Unrelated sentences should score low; a raw LM scores almost every pair the same.")
     return msg, plots.cosine_histogram({na: r["a"], nb: r["b"]}, "Random-pair cosines (anisotropy)")
+
+
+@user_facing
+def anisotropy(lab: Lab, side_a: Any, side_b: Any):
+    a, b = sides(side_a, side_b)
+    return anisotropy_view(a, b, anisotropy_cosines(lab, a, b))
 
 
 @user_facing
@@ -150,22 +190,31 @@ def embed_api(lab: Lab, side_a: Any, side_b: Any, texts: Any, both: Any = True) 
 
 @user_facing
 def first_visit(lab: Lab, side_a: Any, side_b: Any, x: Any, y: Any, corpus_name: Any) -> tuple:
-    """What a visitor sees before clicking anything: the page's pair compared, and the map of ``corpus_name``
-    if it is cached (a built-in corpus under the default sides is: assets/cache). Outputs of :func:`compare`
-    then :func:`maps.draw_map`; a part that fails or is not cached leaves a line instead, never an error."""
+    """What a visitor sees before clicking anything: the page's pair compared (beside unrelated pairs), the
+    anisotropy histogram and the map of ``corpus_name`` when they are cached (the default sides' are:
+    assets/cache). Outputs of :func:`compare`, :func:`anisotropy` then :func:`maps.draw_map`; a part that
+    fails or is not cached leaves a line instead (the histogram stays hidden), never an error."""
     try:
         pair = compare(lab, side_a, side_b, x, y)
     except UserError as e:
         pair = f"Press **Compare** to compare the pair ({md(e)})"
+    aniso: tuple = ("", gr.update(visible=False))
+    try:
+        a, b = sides(side_a, side_b)
+        if (r := cached_random_pairs(lab, a, b)) is not None:
+            msg, fig = anisotropy_view(a, b, r)
+            aniso = (msg, gr.update(value=fig, visible=True))
+    except (UserError, *USER_ERRORS):  # the histogram is a bonus here: never a failed first visit
+        pass
     empty = (None, None, "Press **Draw the maps** to draw them.", None, None)
     try:
         if not isinstance(corpus_name, str) or corpus_name not in BUILTINS:
-            return (pair, *empty)
+            return (pair, *aniso, *empty)
         if not maps.cached(lab, *sides(side_a, side_b), maps.builtin(corpus_name)):
-            return (pair, *empty)
-        return (pair, *maps.draw_map(lab, side_a, side_b, corpus_name, None, None, downloads=False))
+            return (pair, *aniso, *empty)
+        return (pair, *aniso, *maps.draw_map(lab, side_a, side_b, corpus_name, None, None, downloads=False))
     except UserError:
-        return (pair, *empty)
+        return (pair, *aniso, *empty)
 
 
 # --- layout and wiring ----------------------------------------------------------------------------
@@ -175,11 +224,11 @@ def build(ctx: Ctx) -> None:
         with gr.Row():
             s1 = Text(label="Sentence A", value="A man is playing a guitar.", max_lines=4, what="sentence A")
             s2 = Text(label="Sentence B", value="A person plays an instrument.", max_lines=4, what="sentence B")
-        with gr.Row():
-            go_pair = gr.Button("Compare", variant="primary")
-            ex = gr.Button("Load an STSBenchmark example")
+        with gr.Row():  # side by side on a phone too
+            go_pair = gr.Button("Compare", variant="primary", min_width=100)
+            ex = gr.Button("STSBenchmark example", min_width=160)
         gold_note = gr.Markdown()
-        pair_out = gr.Markdown()
+        pair_out = gr.Markdown(elem_id="pair-out")
         with gr.Accordion("Batch: many pairs, optionally with your scores", open=False):
             batch_text = Text(label="One pair per line: sentence A <TAB> sentence B [<TAB> score]", lines=5,
                               what="the pairs")
@@ -192,15 +241,26 @@ def build(ctx: Ctx) -> None:
             batch_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
         with gr.Accordion("Anisotropy: are all sentences alike?", open=True):
             go_aniso = gr.Button("Measure random-pair cosines")
-            aniso_note = gr.Markdown()
-            aniso_plot = gr.Plot()
-    ctx.parts.update(s1=s1, s2=s2, pair_out=pair_out)
+            aniso_note = gr.Markdown(elem_id="aniso-note")
+            # hidden until drawn (the first visit draws it from the cache): no large empty frame
+            aniso_plot = gr.Plot(visible=False, elem_id="aniso-plot")
+    ctx.parts.update(s1=s1, s2=s2, pair_out=pair_out, aniso_outputs=[aniso_note, aniso_plot])
     h = ctx.h
     go_pair.click(h(compare), [*ctx.sides, s1, s2], [pair_out], api_name="pairs", concurrency_limit=INTERACTIVE_AT_ONCE)
-    ex.click(gradio_errors(lambda: sts_example()), None, [s1, s2, gold_note], api_name="example")
+    # An example replaces the pair: the previous pair's numbers go at once (in the browser), the example's human
+    # score shows, and the example is compared at once. Editing a sentence drops the example's score.
+    ex.click(None, None, [pair_out], js="() => ''", api_visibility="private")
+    ex.click(gradio_errors(lambda: sts_example()), None, [s1, s2, gold_note], api_name="example").success(
+        h(compare), [*ctx.sides, s1, s2], [pair_out], api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE)
+    for box in (s1, s2):
+        box.input(lambda: "", None, [gold_note], api_visibility="private", show_progress="hidden", queue=False)
     go_batch.click(h(batch_pairs), [*ctx.sides, batch_text, batch_file],
                    [batch_df, batch_plot, batch_note, batch_files], api_name="batch_pairs", **ctx.heavy)
-    go_aniso.click(h(anisotropy), ctx.sides, [aniso_note, aniso_plot], api_name="anisotropy", **ctx.heavy)
+    def measure(lab_: Lab, a: Any, b: Any) -> tuple[str, Any]:  # the plot shows once it has a figure
+        msg, fig = anisotropy(lab_, a, b)
+        return msg, gr.update(value=fig, visible=True)
+
+    go_aniso.click(h(measure), ctx.sides, [aniso_note, aniso_plot], api_name="anisotropy", **ctx.heavy)
 
 
 def api(ctx: Ctx) -> None:
@@ -225,5 +285,5 @@ def on_first_visit(ctx: Ctx) -> None:
     """A first visitor sees the effect before clicking: the page's pair compared, the topics map drawn from the cache."""
     p = ctx.parts
     ctx.demo.load(ctx.h(first_visit), [*ctx.sides, p["s1"], p["s2"], p["map_corpus"]],
-                  [p["pair_out"], *p["map_outputs"]], api_visibility="private",
+                  [p["pair_out"], *p["aniso_outputs"], *p["map_outputs"]], api_visibility="private",
                   concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="first_visit")

@@ -9,7 +9,7 @@ from ..lab import Lab
 from ..registry import MODELS
 from ..replay import REPLAY_CORPORA, ReplayUnavailable, load_replay, replay_corpus, step_view
 from ..side import Side, parse_side
-from .common import (INTERACTIVE_AT_ONCE, USER_ERRORS, Choice, Ctx, Number, UserError, scrub, sides, text, user_facing,
+from .common import (INTERACTIVE_AT_ONCE, USER_ERRORS, Choice, Ctx, UserError, drawn_by_gradio, scrub, short, sides, text, user_facing,
                      whole)
 from .pairs import cosines
 
@@ -73,8 +73,37 @@ def replay_step(lab: Lab, side_a: Any, side_b: Any, corpus_name: Any, x: Any, y:
     return note + _pair_at(lab, s, int(r.steps[i]), x, y), *figs
 
 
+def _choices(steps: list[int]) -> list[tuple[str, int]]:
+    """The snapshot picker's choices: each shows its training step; its value is the snapshot's index (the
+    ``/replay`` API's input, as when it was a slider over indices)."""
+    return [(str(step), i) for i, step in enumerate(steps)]
+
+
 def _label(steps: list[int]) -> str:
-    return f"Snapshot (0–{len(steps) - 1}): steps " + " · ".join(map(str, steps)) if steps else "Snapshot (none)"
+    return "Training step (0 = the base model)" if steps else "Training step (no snapshots)"
+
+
+@drawn_by_gradio
+class Steps(gr.Radio):
+    """The snapshot picker: refuses a value that is not a snapshot's index with our message (Gradio's lists
+    its internals)."""
+
+    def preprocess(self, payload: Any) -> Any:
+        values = [v for _, v in self.choices]
+        if isinstance(payload, bool) or payload not in values:
+            raise gr.Error(f"snapshot must be a snapshot's number from 0 to {len(values) - 1}, not {short(payload)}",
+                           print_exception=False)
+        return super().preprocess(payload)
+
+
+# "Is the tab on screen?" read in the browser when a trigger fires: plots drawn in a hidden tab come out
+# mis-sized (plotly measures a 0-width box), so the tab draws only while shown, and a tab opened later draws then.
+SHOWN_JS = """async (...args) => {
+  await new Promise((r) => setTimeout(r, 0));
+  const el = document.querySelector('#replay-note');
+  args[0] = !!el && el.checkVisibility();
+  return args.slice(0, %d);
+}"""  # %d: the event's number of inputs (a js function is also given the outputs' values)
 
 
 def build(ctx: Ctx) -> None:
@@ -86,27 +115,34 @@ def build(ctx: Ctx) -> None:
         with gr.Row():
             corpus = Choice(choices=[(v, k) for k, v in REPLAY_CORPORA.items()], value="topics", label="Corpus", scale=1,
                             min_width=220, elem_id="replay-corpus", what="corpus")
-            # the range is set here too: Gradio checks an API call's value against the slider's own
+            # the choices are set here too: Gradio checks an API call's value against the component's own
             steps0 = replay_steps(ctx.lab, a0, b0) if a0 else []
-            slider = Number(minimum=0, maximum=max(1, len(steps0) - 1), value=max(0, len(steps0) - 1), step=1, label=_label(steps0),
-                            scale=3, min_width=300, interactive=bool(steps0), elem_id="replay-step", what="snapshot")
+            step = Steps(choices=_choices(steps0) or [("0", 0)], value=max(0, len(steps0) - 1), label=_label(steps0),
+                         scale=3, min_width=300, interactive=bool(steps0), elem_id="replay-step")
         note = gr.Markdown(elem_id="replay-note")
         with gr.Row(equal_height=False):
             curves = gr.Plot(elem_id="replay-curves")
             hist = gr.Plot(elem_id="replay-hist")
         replay_map = gr.Plot(elem_id="replay-map")
+        shown = gr.Checkbox(False, visible=False)  # set by SHOWN_JS when a trigger fires
+        drawn = gr.State(None)  # the inputs the tab was last drawn for
 
-    def on_open(lab_, a, b, c, x, y):
+    def on_open(lab_, is_shown, a, b, c, x, y, last):
+        """One update per change the visitor can see: nothing while the tab is hidden (the tab's own select draws
+        it then), nothing when the inputs are those already drawn (a side changed, then the tab opened)."""
+        key = [a, b, c, x, y]
+        if not is_shown or key == last:
+            return (gr.skip(),) * 6
         steps, *view = replay_open(lab_, a, b, c, x, y)
         if not steps:
-            return gr.update(interactive=False, minimum=0, maximum=1, value=0, label=_label([])), *view
-        return (gr.update(interactive=True, minimum=0, maximum=len(steps) - 1, value=len(steps) - 1,
-                          label=_label(steps)), *view)
+            return gr.update(interactive=False, choices=_choices([0]), value=0, label=_label([])), *view, key
+        return (gr.update(interactive=True, choices=_choices(steps), value=len(steps) - 1, label=_label(steps)),
+                *view, key)
 
     outputs = [note, curves, hist, replay_map]
     inputs = [*ctx.sides, corpus, ctx.parts["s1"], ctx.parts["s2"]]
-    for event in (replay_tab.select, ctx.side_a.change, ctx.side_b.change, corpus.input):
-        event(ctx.h(on_open), inputs, [slider, *outputs],
-              api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="replay")
-    slider.input(ctx.h(replay_step), [*inputs, slider], outputs, api_name="replay", trigger_mode="always_last",
-                 concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="replay", show_progress="hidden")
+    gr.on([replay_tab.select, ctx.side_a.change, ctx.side_b.change, corpus.input], ctx.h(on_open),
+          [shown, *inputs, drawn], [step, *outputs, drawn], js=SHOWN_JS % (len(inputs) + 2), api_visibility="private",
+          concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="replay")
+    step.input(ctx.h(replay_step), [*inputs, step], outputs, api_name="replay", trigger_mode="always_last",
+               concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="replay", show_progress="hidden")

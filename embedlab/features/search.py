@@ -63,15 +63,17 @@ def build(ctx: Ctx) -> None:
     with gr.Tab("Search"):
         with gr.Row():
             search_corpus = Choice(choices=[(v, k) for k, v in BUILTINS.items()] + [("your upload (Map tab)", "upload")],
-                                   value="stsb", label="Corpus", what="corpus")
+                                   value="stsb", label="Corpus", what="corpus", elem_id="search-corpus")
             query = Text(label="Query", value="A dog runs through the snow.", scale=3, what="query")
             k = Number(minimum=1, maximum=MAX_K, value=10, step=1, label="k", what="k")
         go_search = gr.Button("Search", variant="primary")
         search_note = gr.Markdown()
         with gr.Row():
             widths = ["8%", "12%", "52%", "14%", "14%"]
-            res_a = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths)
-            res_b = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths)
+            res_a = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths,
+                                 elem_id="search-a", elem_classes="hits")
+            res_b = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths,
+                                 elem_id="search-b", elem_classes="hits")
         search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
     inputs = [*ctx.sides, search_corpus, ctx.parts["upload_state"], query, k]
     outputs = [res_a, res_b, search_note, search_files]

@@ -15,7 +15,9 @@ from .common import UserError, gradio_errors, md, user_facing
 
 @user_facing
 def model_card(side: Any, what: str = "side") -> str:
-    """One side's facts: the model's, its adapter's training record and, for a snapshot, that step's figures.
+    """One side's card: one short line (what the side is), then its details folded in a ``<details>``: the
+    model's facts, its adapter's training record and, for a snapshot, that step's figures. (The model's name
+    is in the picker above it; the two cards of a page differ in their first line only where the sides do.)
     The adapter was validated when the spec was parsed (allowed folders, regular files, size caps);
     data is escaped for Markdown."""
     s = parse_side(side, what)
@@ -24,18 +26,22 @@ def model_card(side: Any, what: str = "side") -> str:
     lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"
              + (f". {md(spec.notes)}" if spec.notes else "")]
     rec = training_record(s)
+    dev = None
     if s.adapter is None:
         lines.append("Base model, no adapter.")
+        head = "Base model."
     elif not rec:
         lines.append(f"Adapter **{md(s.adapter)}** (no training record)")
+        head = f"With adapter **{md(s.adapter)}**"
     else:
         t = rec.get("training") if isinstance(rec.get("training"), dict) else {}
         cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
         dev = (rec.get("dev") if isinstance(rec.get("dev"), dict) else {}).get("STSBenchmark-dev")
+        dev = dev if isinstance(dev, (int, float)) and math.isfinite(dev) else None
         lines.append(f"Adapter **{md(s.adapter)}**: trained on {md(rec.get('device', '?'))}, "
                      f"{md(t.get('steps', '?'))} steps × {md(t.get('effective_contrastive_batch', '?'))} triplets, "
-                     f"lr {md(cfg.get('lr', '?'))}"
-                     + (f", STS-B dev {dev:.1f}" if isinstance(dev, (int, float)) and math.isfinite(dev) else ""))
+                     f"lr {md(cfg.get('lr', '?'))}" + (f", STS-B dev {dev:.1f}" if dev is not None else ""))
+        head = f"With adapter **{md(s.adapter)}**"
     if s.step is not None:
         snap = next(x for x in snapshots(s.folder) if x.step == s.step)
         figures = [f"{name} {v:.3f}" if name != "STS-B dev" else f"{name} {v:.1f}"
@@ -43,7 +49,9 @@ def model_card(side: Any, what: str = "side") -> str:
                    if v is not None]
         lines.append(f"Training snapshot at step **{s.step}**" + (f": {', '.join(figures)}" if figures else "")
                      + (" (step 0: the base model's vectors)" if s.weights is None else ""))
-    return "\n\n".join(lines)
+        head = f"With adapter **{md(s.adapter)}** at step **{s.step}**"
+    # <details> around Markdown: blank lines inside keep the Markdown parsed (a phone shows the short line only)
+    return f"{head}\n\n<details><summary>details</summary>\n\n" + "\n\n".join(lines) + "\n\n</details>"
 
 
 def first_card(spec: str | None, what: str) -> str:
@@ -62,6 +70,16 @@ def unavailable_note() -> tuple[int, str]:
     return len(rows), "\n".join(rows)
 
 
+def unavailable() -> None:
+    """The registry models that cannot load here, folded (on this machine it lists the Hub-only paper models);
+    laid out below the tabs, so a phone's first screen keeps the first result."""
+    n_out, why_out = unavailable_note()
+    if n_out:
+        with gr.Accordion(f"{n_out} more model{'s' if n_out > 1 else ''} in the registry cannot load here (why)",
+                          open=False, elem_id="unavailable"):
+            gr.Markdown(why_out)
+
+
 def build() -> tuple[gr.Dropdown, gr.Dropdown]:
     """Side A's and side B's pickers with their cards (default: the default model's base vs its shipped adapter)."""
     choices = side_choices()
@@ -71,17 +89,13 @@ def build() -> tuple[gr.Dropdown, gr.Dropdown]:
         a0 = b0 = None
     with gr.Row(equal_height=False):
         # allow_custom_value: API callers may type any valid spec (the handlers validate it)
-        with gr.Column():
+        # min_width: the two sides stay side by side on a phone (390 px), so the first result is on its first screen
+        with gr.Column(min_width=150):
             side_a = gr.Dropdown(choices, value=a0, label="Side A", allow_custom_value=True, elem_id="side-a")
-            card_a = gr.Markdown(first_card(a0, "side A"))
-        with gr.Column():
+            card_a = gr.Markdown(first_card(a0, "side A"), elem_classes="side-card")
+        with gr.Column(min_width=150):
             side_b = gr.Dropdown(choices, value=b0, label="Side B", allow_custom_value=True, elem_id="side-b")
-            card_b = gr.Markdown(first_card(b0, "side B"))
-    n_out, why_out = unavailable_note()
-    if n_out:  # closed: on this machine it lists the Hub-only paper models, which would fill the top of every page
-        with gr.Accordion(f"{n_out} more model{'s' if n_out > 1 else ''} in the registry cannot load here (why)",
-                          open=False, elem_id="unavailable"):
-            gr.Markdown(why_out)
+            card_b = gr.Markdown(first_card(b0, "side B"), elem_classes="side-card")
     side_a.change(gradio_errors(lambda v: model_card(v, "side A")), [side_a], [card_a], api_name="model_card")
     side_b.change(gradio_errors(lambda v: model_card(v, "side B")), [side_b], [card_b], api_visibility="private")
 
