@@ -13,6 +13,7 @@ one is missing (a Gradio upgrade renamed it): nothing here falls back silently.
 """
 from __future__ import annotations
 
+import inspect
 import os
 import threading
 import time
@@ -20,6 +21,7 @@ from types import SimpleNamespace
 from typing import Any, Callable
 
 import gradio as gr
+from gradio import route_utils
 from gradio.context import LocalContext
 from gradio.queueing import Event, EventQueue
 
@@ -39,6 +41,10 @@ def check(demo: gr.Blocks) -> None:
     else:
         missing += [f"Queue.{a}" for a in ("event_ids_to_events", "event_queue_per_concurrency_id")
                     if not isinstance(getattr(queue, a, None), dict)]
+        if not inspect.iscoroutinefunction(getattr(queue, "push", None)):
+            missing.append("Queue.push (async)")
+    if not callable(getattr(route_utils, "get_fn", None)):
+        missing.append("gradio.route_utils.get_fn")
     try:
         event = Event(None, SimpleNamespace(concurrency_id="check"), None, None)  # type: ignore[arg-type]
         missing += [f"Event.{a}" for a in ("alive", "session_hash", "concurrency_id", "request", "enqueue_time", "_id")
@@ -49,6 +55,8 @@ def check(demo: gr.Blocks) -> None:
         missing.append("EventQueue.queue")
     if not isinstance(getattr(gr.Markdown(render=False), "keep_in_cache", None), set):
         missing.append("Block.keep_in_cache")
+    if not missing:
+        _hook_push(demo)
     if missing:
         raise GradioChanged(f"this app needs Gradio internals that gradio {gr.__version__} does not have: "
                             + ", ".join(missing) + ". Install the Gradio version in requirements.txt.")
@@ -102,13 +110,14 @@ class LongRequests:
     in the queue: the cap is never exceeded, not even by one.
     """
 
-    RESERVATION_S = 5.0  # an admitted request is in the queue within milliseconds; a failed push is forgotten after this
+    RESERVATION_S = 5.0  # the longest a reservation can outlive a lost push (push's own end releases it at once)
 
     def __init__(self, demo: gr.Blocks, group: str, max_waiting: int, per_client: int) -> None:
         self.demo, self.group, self.max_waiting, self.per_client = demo, group, max_waiting, per_client
         self._lock = threading.Lock()
         self._reserved: list[tuple[float, str | None, str | None]] = []  # (when, session, address)
         self._arrived: set[str] = set()  # ids of events that took a reservation
+        demo.__dict__.setdefault("_embedlab_gates", []).append(self)  # on the Blocks: demo.queue() makes a new queue
 
     def _waiting(self, now: float) -> list[tuple[str | None, str | None]]:
         """(session, address) of every request waiting in the group, reservations included (under the lock)."""
@@ -130,6 +139,7 @@ class LongRequests:
 
     def admit(self) -> None:
         """Raise gr.Error (the message says why) unless this request may wait in the group; else count it."""
+        _hook_push(self.demo)  # normally done by check() at start-up
         request = LocalContext.request.get(None)
         session, address = getattr(request, "session_hash", None), _address(request)
         with self._lock:
@@ -145,10 +155,40 @@ class LongRequests:
                                "(other users' requests go first meanwhile)", print_exception=False)
             self._reserved.append((now, session, address))
 
+    def release(self, session: str | None) -> None:
+        """The request of ``session`` admitted last has left the validator's hands (queued or refused): its
+        reservation ends. Without this a request that finished within RESERVATION_S still counted as waiting,
+        so three quick maps from cache in a row (0.15 s each) were refused as "2 long requests waiting"."""
+        with self._lock:
+            for i, (_, s, _) in enumerate(self._reserved):
+                if s == session:
+                    del self._reserved[i]
+                    return
+
     def validator(self, *args: Any, **_kw: Any) -> list:
         """The Gradio validator: admits the request, and leaves every input valid (the handler checks them)."""
         self.admit()
         return [gr.validate(True, "")] * len(args)
+
+
+def _hook_push(demo: gr.Blocks) -> None:
+    """Make the queue's ``push`` (which runs a group's validator, then queues the event) end the pushed request's
+    reservation when it returns: queued, the event is counted from the queue; refused, it waits nowhere."""
+    queue = demo._queue
+    if getattr(queue, "_embedlab_hooked", False):
+        return
+    real = queue.push
+
+    async def push(body: Any, request: Any, username: Any) -> Any:
+        try:
+            return await real(body, request, username)
+        finally:
+            group = route_utils.get_fn(demo, None, body).concurrency_id
+            for g in demo.__dict__.get("_embedlab_gates", []):
+                if g.group == group:
+                    g.release(body.session_hash)
+
+    queue.push, queue._embedlab_hooked = push, True
 
 
 __all__ = ["GradioChanged", "check", "client_gone_check", "kept_files", "LongRequests"]

@@ -114,3 +114,18 @@ def test_what_gradio_cannot_preprocess_gets_our_short_message(served, data, msg)
     with pytest.raises(Exception) as e:
         Client(url, verbose=False).predict(*data, api_name="/checked")
     assert msg in str(e.value) and "preprocess" not in str(e.value) and "validation error" not in str(e.value), str(e.value)
+
+
+def test_quick_long_requests_one_after_another_are_all_admitted(served):
+    """A long request that finishes at once (a map from cache: 0.15 s) stops counting as waiting when it is
+    queued: bench/app_latency.py's sixth map in a row from one client was refused as '2 long requests waiting'."""
+    demo, url, dep = served
+    RELEASE.set()  # every request finishes at once
+    session = uuid.uuid4().hex
+    for i in range(6):
+        r = join(url, dep["long"], [f"quick{i}"], session)
+        assert r.status_code == 200, r.text
+        deadline = time.time() + 30
+        while any(e.concurrency_id == "heavy" for e in list(demo._queue.event_ids_to_events.values())) \
+                and time.time() < deadline:
+            time.sleep(0.02)
