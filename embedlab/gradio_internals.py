@@ -180,13 +180,14 @@ def _hook_push(demo: gr.Blocks) -> None:
     real = queue.push
 
     async def push(body: Any, request: Any, username: Any) -> Any:
+        session = body.session_hash  # as the validator saw it: push gives a request without one (REST) a new one
         try:
             return await real(body, request, username)
         finally:
             group = route_utils.get_fn(demo, None, body).concurrency_id
             for g in demo.__dict__.get("_embedlab_gates", []):
                 if g.group == group:
-                    g.release(body.session_hash)
+                    g.release(session)
 
     queue.push, queue._embedlab_hooked = push, True
 

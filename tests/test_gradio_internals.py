@@ -116,13 +116,30 @@ def test_what_gradio_cannot_preprocess_gets_our_short_message(served, data, msg)
     assert msg in str(e.value) and "preprocess" not in str(e.value) and "validation error" not in str(e.value), str(e.value)
 
 
-def test_quick_long_requests_one_after_another_are_all_admitted(served):
+def rest(url, api, data):
+    """One call over Gradio's REST route (/gradio_api/call/<api>, then its event stream), which carries no
+    session: Gradio makes one inside Queue.push, after the validator ran."""
+    r = httpx.post(url + f"gradio_api/call/{api}", json={"data": data}, timeout=30)
+    if r.status_code != 200:
+        return r.status_code, r.text
+    with httpx.stream("GET", url + f"gradio_api/call/{api}/{r.json()['event_id']}", timeout=30) as resp:
+        lines = list(resp.iter_lines())
+    return (500 if any(x.startswith("event: error") for x in lines) else 200), "\n".join(lines)
+
+
+@pytest.mark.parametrize("route", ["join", "rest"])
+def test_quick_long_requests_one_after_another_are_all_admitted(served, route):
     """A long request that finishes at once (a map from cache: 0.15 s) stops counting as waiting when it is
-    queued: bench/app_latency.py's sixth map in a row from one client was refused as '2 long requests waiting'."""
+    queued: bench/app_latency.py's maps in a row from one client were refused as '2 long requests waiting', and
+    over REST, where Gradio gives each request a session only after the validator, as '8 … already waiting'."""
     demo, url, dep = served
     RELEASE.set()  # every request finishes at once
     session = uuid.uuid4().hex
-    for i in range(6):
+    for i in range(10):
+        if route == "rest":
+            code, text = rest(url, "long", [f"quick{i}"])
+            assert code == 200, text
+            continue
         r = join(url, dep["long"], [f"quick{i}"], session)
         assert r.status_code == 200, r.text
         deadline = time.time() + 30
