@@ -14,6 +14,7 @@ from embedlab.corpora import Corpus
 from embedlab.lab import Lab, ModelsBusy, model_bytes
 from embedlab.registry import MODELS
 from embedlab.side import parse_side
+from test_features import lab  # noqa: F401  (fixture: a lab serving the two tiny models)
 from tiny import A, B, tiny_encoder, tiny_models
 
 C = "tiny-3"
@@ -84,12 +85,6 @@ def test_the_pool_evicts_by_memory_keeps_resident_models_and_refuses_what_cannot
             pass
 
 
-@pytest.fixture
-def lab(tmp_path, monkeypatch):
-    encs = tiny_models(monkeypatch)
-    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
-    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
-    return lab
 
 
 def _corpus(n: int) -> Corpus:
