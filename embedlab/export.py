@@ -84,7 +84,9 @@ def load_side(side: Side, device: str | torch.device = "cpu"):
     from .loading import attach_adapter, load_encoder
     from .side import adapter_roots
 
-    enc = load_encoder(side.model, device=device)
+    # fp32 whatever EMBEDLAB_PRECISION says: the merged weights must be the fp32 ones, and the reference vectors
+    # the export is checked against (cosine >= 0.9999) must not carry bf16's rounding
+    enc = load_encoder(side.model, device=device, precision="fp32")
     if side.weights is None:
         return enc, None
     info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else adapter_roots())

@@ -156,8 +156,8 @@ class LongRequests:
             self._reserved.append((now, session, address))
 
     def release(self, session: str | None) -> None:
-        """The request of ``session`` admitted last has left the validator's hands (queued or refused): its
-        reservation ends. Without this a request that finished within RESERVATION_S still counted as waiting,
+        """A request of ``session`` that this group admitted is now in the queue (and counted there): one of that
+        session's reservations ends (which one does not matter: they differ only in age). Without this a request that finished within RESERVATION_S still counted as waiting,
         so three quick maps from cache in a row (0.15 s each) were refused as "2 long requests waiting"."""
         with self._lock:
             for i, (_, s, _) in enumerate(self._reserved):
@@ -181,13 +181,19 @@ def _hook_push(demo: gr.Blocks) -> None:
 
     async def push(body: Any, request: Any, username: Any) -> Any:
         session = body.session_hash  # as the validator saw it: push gives a request without one (REST) a new one
-        try:
-            return await real(body, request, username)
-        finally:
-            group = route_utils.get_fn(demo, None, body).concurrency_id
+        result = await real(body, request, username)
+        # Only a request its validator admitted holds a reservation, and only one that was then queued
+        # ("success") is counted from the queue now. A refused one (validator_error), a full queue or a bad
+        # body took none: releasing there would free another request's place.
+        if isinstance(result, tuple) and result and result[-1] == "success":
+            try:
+                group = route_utils.get_fn(demo, None, body).concurrency_id
+            except Exception:  # noqa: BLE001  no function for this body: no group, no reservation
+                return result
             for g in demo.__dict__.get("_embedlab_gates", []):
                 if g.group == group:
                     g.release(session)
+        return result
 
     queue.push, queue._embedlab_hooked = push, True
 

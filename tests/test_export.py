@@ -216,3 +216,15 @@ def test_export_gives_the_labs_vectors_on_stsbenchmark(tmp_path, spec):
         got = st_vectors(r.path, texts, bs)
         c = cosines(got, want)
         assert c.min() >= 0.9999, (spec, bs, float(c.min()), texts[int(c.argmin())])
+
+
+def test_the_export_loads_its_side_in_fp32_whatever_the_precision_setting(monkeypatch):
+    """On a bf16 host (EMBEDLAB_PRECISION=auto on this CPU) the export must still merge fp32 weights and check
+    itself against fp32 vectors: bf16's rounding alone is below its 0.9999 cosine bar."""
+    import embedlab.loading as loading
+
+    seen = {}
+    monkeypatch.setenv("EMBEDLAB_PRECISION", "bf16")
+    monkeypatch.setattr(loading, "load_encoder", lambda key, **kw: seen.update(kw) or tiny_encoder("llama"))
+    enc, name = X.load_side(Side(LLAMA_SPEC.key))
+    assert seen["precision"] == "fp32" and name is None
