@@ -46,7 +46,7 @@ MODEL_WAIT_S = 300  # a request waits this long for model memory held by other r
 # load_encoder loads them on CPU): smollm2-135m 513 MiB, gemma3-270m 1,023 MiB, minilm-l6 87 MiB. The three
 # small models, 1,623 MiB, fit the default with room to spare, so none ever waits for another's memory; a Space has 16 GB.
 MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
-# /embed's bounds (views.embed_api), like MAX_PAIR_CHARS for /batch_pairs: 256 texts of 20,000 characters took
+# /embed's bounds (features.pairs.embed_api), like MAX_PAIR_CHARS for /batch_pairs: 256 texts of 20,000 characters took
 # 109-127 s on 2 cores and 8 such calls pushed /compare's p50 from 0.28 s to 6.9 s.
 MAX_EMBED_CHARS = 200_000  # all texts of one call
 MAX_EMBED_TOKENS = 32_768  # per side, after each text is cut to the model's max_length tokens (as the encoder does)

@@ -268,7 +268,8 @@ def api(ctx: Ctx) -> None:
     lab = ctx.lab
 
     def compare(side_a: str, side_b: str, text_a: str, text_b: str) -> dict:
-        """The cosine of one pair of texts under each side: {side_a, side_b, cosine_a, cosine_b}."""
+        """The cosine of one pair of texts under each side: {side_a, side_b, cosine_a, cosine_b,
+        unrelated_a, unrelated_b} (each side's mean cosine of unrelated pairs, None when not cached)."""
         return compare_api(lab, side_a, side_b, text_a, text_b)
 
     gr.api(gradio_errors(compare), api_name="compare", concurrency_limit=INTERACTIVE_AT_ONCE)
