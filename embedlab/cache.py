@@ -31,6 +31,9 @@ from .lru import LRU
 
 log = logging.getLogger(__name__)
 CHUNK = 2048  # sentences per cached file
+# Corpus jobs running at once (each up to 20,000 texts at background priority): a new one beyond this is refused
+# with a message, so requests that give up after JOB_WAIT_S cannot pile up hours of background work.
+MAX_JOBS = int(os.environ.get("EMBEDLAB_MAX_JOBS", "4"))
 SLICE = 128  # sentences per encode call (progress is reported per slice); the compute thread runs
 #              them at background priority, so interactive requests go first between two batches
 
@@ -219,6 +222,10 @@ class EmbeddingCache:
         with self._guard:
             job = self._jobs.get(key)
             if job is None:
+                if len(self._jobs) >= MAX_JOBS:
+                    running = "; ".join(f"{j.label or 'a side'}: {j.describe()}" for j in self._jobs.values())
+                    raise CacheBusy(f"the app is already building as many indexes as it builds at once "
+                                    f"({len(self._jobs)}: {running}); ask again when one of them is done")
                 if not lock.acquire(blocking=False):  # computed in another thread without a job (the warm-up)
                     raise CacheBusy(f"these embeddings are being computed right now "
                                     f"({self._progress.get(key, 'starting')}); try again in a moment")

@@ -220,3 +220,32 @@ def test_a_search_on_two_uncached_sides_starts_both_jobs_at_once(lab, monkeypatc
         time.sleep(0.05)
     r = search.search(lab, A, B, "upload", _corpus(600), "a dog", 5)
     assert len(r[0]) == 5 and len(r[1]) == 5
+
+
+def test_background_corpus_jobs_are_capped_and_a_new_one_is_refused_with_a_message(lab, monkeypatch):
+    """Review of issue 20's jobs: a request gives up after JOB_WAIT_S, so upload + search in a loop started one
+    detached 20,000-text job after another. Now at most MAX_JOBS run; the next is refused, saying which run."""
+    import embedlab.cache as cache_mod
+
+    monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 0.3)
+    monkeypatch.setattr(cache_mod, "MAX_JOBS", 1)
+    gate = threading.Event()
+    enc = lab.encoder(A)
+    monkeypatch.setattr(enc, "embed", lambda texts, adapters=None, _real=enc.embed, **kw:
+                        (len(texts) <= 2 or gate.wait(30), _real(texts, adapters, **kw))[1])
+    first, second = _corpus(600), Corpus("other upload", tuple(f"other {i}" for i in range(600)), ("x",) * 600,
+                                         "test corpus", uploaded=True)
+    try:
+        with pytest.raises(common.UserError, match="Building the index for tiny-llama on big upload"):
+            search.search(lab, A, A, "upload", first, "a dog", 5)
+        with pytest.raises(common.UserError, match=r"already building as many indexes as it builds at once \(1: tiny-llama on big upload"):
+            search.search(lab, A, A, "upload", second, "a dog", 5)
+        assert len(lab.embeddings.jobs()) == 1
+    finally:
+        gate.set()
+    for _ in range(400):
+        if not lab.embeddings.jobs():
+            break
+        time.sleep(0.05)
+    monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 30)
+    assert len(search.top_k(lab, parse_side(A), parse_side(A), second, "a dog", 5)["a"]) == 5  # now it runs
