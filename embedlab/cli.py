@@ -172,9 +172,13 @@ def _embed(args: argparse.Namespace) -> int:
 
 def _build_cache(args: argparse.Namespace) -> int:
     from .lab import Lab
+    from .precision import ENV
     from .side import model_sides
     from .warmup import export_seeds
 
+    if os.environ[ENV] != "fp32":  # the keys hold no precision: what ships is fp32, as precision.CACHED_VECTORS_NOTE says
+        print(f"build-cache writes the shipped fp32 vectors (precision {os.environ[ENV]} -> fp32)", file=sys.stderr)
+        os.environ[ENV] = "fp32"
     files = export_seeds(Lab(device=args.device), model_sides(args.model), out=args.out)
     size = sum(f.stat().st_size for f in files)
     print(f"wrote {len(files)} files, {size / 2**20:.1f} MiB, under {args.out}")
@@ -236,8 +240,10 @@ def _replay_cache(args: argparse.Namespace) -> int:
     from .corpora import InputError
     from .lab import Lab
     from .loading import ModelUnavailableError
+    from .precision import ENV
     from .replay import build_replay
 
+    os.environ[ENV] = "fp32"  # shipped, like build-cache's vectors: fp32 whatever the host runs
     try:
         spec, folders = _adapter_folders(argparse.Namespace(model=args.model, adapters=[args.adapter] if args.adapter else []))
         lab = Lab(device=args.device)
