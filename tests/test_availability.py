@@ -93,6 +93,13 @@ def _corpus(n: int) -> Corpus:
     return Corpus("big upload", texts, ("x",) * n, "test corpus", uploaded=True)
 
 
+def _until_no_jobs(lab: Lab, timeout_s: float = 20) -> None:
+    """Wait (at most ``timeout_s``) until the lab's background corpus jobs have all ended."""
+    deadline = time.monotonic() + timeout_s
+    while lab.embeddings.jobs() and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def test_the_first_embedding_of_a_large_corpus_is_a_visible_cancellable_background_job(lab, monkeypatch):
     """Issue 20, defect 1/2: an uncached search embedded its whole corpus inside the request (293 s) and the
     status line read "Ready". Now the search answers within JOB_WAIT_S with the job's progress, the status line
@@ -134,10 +141,7 @@ def test_the_first_embedding_of_a_large_corpus_is_a_visible_cancellable_backgrou
         time.sleep(0.05)
     assert lab.cancel_jobs() == 1
     gate.set()
-    for _ in range(200):
-        if not lab.embeddings.jobs():
-            break
-        time.sleep(0.05)
+    _until_no_jobs(lab, timeout_s=10)
     assert not lab.embeddings.jobs() and "Building" not in lab.status_line()
     monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 30)
     slices.clear()
@@ -214,10 +218,7 @@ def test_a_search_on_two_uncached_sides_starts_both_jobs_at_once(lab, monkeypatc
         assert lab.status_line().count("Building the index for") == 2
     finally:
         gate.set()
-    for _ in range(400):
-        if not lab.embeddings.jobs():
-            break
-        time.sleep(0.05)
+    _until_no_jobs(lab)
     r = search.search(lab, A, B, "upload", _corpus(600), "a dog", 5)
     assert len(r[0]) == 5 and len(r[1]) == 5
 
@@ -243,9 +244,6 @@ def test_background_corpus_jobs_are_capped_and_a_new_one_is_refused_with_a_messa
         assert len(lab.embeddings.jobs()) == 1
     finally:
         gate.set()
-    for _ in range(400):
-        if not lab.embeddings.jobs():
-            break
-        time.sleep(0.05)
+    _until_no_jobs(lab)
     monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 30)
     assert len(search.top_k(lab, parse_side(A), parse_side(A), second, "a dog", 5)["a"]) == 5  # now it runs
