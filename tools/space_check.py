@@ -278,8 +278,10 @@ def browser_check(url: str, shot: Path, timeout_s: float) -> dict[str, float | s
                 page.wait_for_timeout(100)
             out["compare_s"] = time.perf_counter() - t0
             rows = page.locator("table tr").all_inner_texts()
-            cosines = [(r.split("\t")[0].strip(), float(m.group())) for r in rows
-                       if (m := re.search(r"-?\d\.\d{3}\s*$", r.strip()))]
+            # rows: side | this pair | unrelated pairs | gap; the pair's cosine is the first number after the side
+            cells = [[c.strip() for c in r.split("\t")] for r in rows]
+            cosines = [(c[0], float(c[1])) for c in cells
+                       if len(c) > 1 and c[0].startswith(("A · ", "B · ")) and re.fullmatch(r"-?\d\.\d{3}", c[1])]
             if len(cosines) != 2 or cosines[0][0] != f"A · {DEFAULT_MODEL}" \
                     or not cosines[1][0].startswith(f"B · {DEFAULT_MODEL}+"):
                 raise CheckFailed(f"expected side A (the base model) and side B (with its adapter), got rows {rows!r}")
