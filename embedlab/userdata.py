@@ -24,7 +24,9 @@ from . import atomic
 from .corpora import MAX_UPLOAD_BYTES, InputError, clean_text, decode_upload, read_upload
 from .features.common import kind, short
 from .nli import COLUMNS, DataError, holds_evaluation_sentence
+from .sts import DATA_DIR
 
+EXAMPLE_FILE = DATA_DIR / "examples" / "paraphrases.csv"  # 40 original rows (anchor, positive, negative): a sample to offer
 MIN_ROWS = 16  # usable rows after dropping duplicates: fewer cannot fill a contrastive batch worth training on
 MAX_ROWS = 20_000  # rows in the file (before dropping any)
 MAX_BYTES = MAX_UPLOAD_BYTES  # 2 MiB, as every upload of the app
@@ -40,11 +42,11 @@ SPELLINGS: dict[str, tuple[str, ...]] = {
                  "text2"),
     "negative": ("negative", "hard_neg", "neg", "hard_negative", "sent2", "contradiction"),
 }
-# extension -> format; None: decided by the content (see _format)
+# extension -> format; None: decided by the content (see parse_triplets)
 EXTENSIONS: dict[str, str | None] = {".csv": "csv", ".tsv": "tsv", ".tab": "tsv", ".jsonl": "jsonl",
                                      ".ndjson": "jsonl", ".json": "jsonl", ".txt": None, "": None}
 DELIMITERS = {"csv": ",", "tsv": "\t"}
-OTHER_DELIMITERS = (",", "\t", ";")  # tried on the header when the named one finds no columns (e.g. Excel's ';')
+OTHER_DELIMITERS = (",", "\t", ";")  # also tried on the header: the one finding most columns wins (a TSV named .csv, Excel's ';')
 FIELD_LIMIT = csv.field_size_limit()  # csv's own (131,072 characters); not raised: it is process-wide
 
 

@@ -18,12 +18,12 @@ from conftest import examples
 from embedlab import training
 from embedlab.nli import read_triplets
 from embedlab.sts import DATA_DIR, load_task
-from embedlab.userdata import (MAX_ROWS, MAX_TEXT_CHARS, MIN_ROWS, SPELLINGS, DataFileError, UserData,
+from embedlab.userdata import (EXAMPLE_FILE, MAX_ROWS, MAX_TEXT_CHARS, MIN_ROWS, SPELLINGS, DataFileError, UserData,
                                load_triplets_file, parse_triplets)
 from test_properties import is_clear_message
 from test_train import cfg, tiny_load, triplets  # noqa: F401  (fixture)
 
-EXAMPLE = DATA_DIR / "examples" / "paraphrases.csv"
+EXAMPLE = EXAMPLE_FILE
 
 
 def texts(n: int, start: int = 0) -> list[tuple[str, str, str]]:
