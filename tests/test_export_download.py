@@ -134,5 +134,5 @@ def test_the_section_and_its_endpoint_are_in_the_app(lab):
     fn = next(f for f in demo.fns.values() if f.api_name == "export")
     assert fn.concurrency_id == "heavy" and fn.concurrency_limit == 1 and fn.validator is not None
     props = {c["props"].get("label"): c["props"] for c in demo.config["components"]}
-    assert props["Use this side outside the lab (sentence-transformers)"]["open"] is False
+    assert props["Use this side outside the lab"]["open"] is False
     assert props["Exported model (zip)"]["visible"] is False

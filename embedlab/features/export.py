@@ -39,8 +39,7 @@ from .common import Choice, Ctx, UserError, gradio_errors, md, user_facing
 
 log = logging.getLogger(__name__)
 
-DTYPES = {"bf16": "bfloat16 (half the size; cosine to the lab's vectors ≥ 0.99)",
-          "float32": "float32 (the lab's vectors to cosine ≥ 0.9999)"}
+DTYPES = {"bf16": "bf16 (half the size)", "float32": "float32 (full precision)"}
 BYTES_PER_PARAM = {"bf16": 2, "float32": 4}
 DEFAULT_MAX_MB = 1200.0
 DEFAULT_DISK_MB = 2400.0
@@ -119,12 +118,13 @@ def describe(side_a: Any, side_b: Any, which: Any, dtype: Any) -> str:
     """The section's text for the chosen side: the command, the Python lines, and whether and how big a download is."""
     side, dtype = pick(side_a, side_b, which), dtype_of(dtype)
     size = estimate_mb(side, dtype)
-    lines = [f"On your machine, with this repository (`pip install -r requirements.txt`), write side {which} "
+    lines = [f"On your machine, in a clone of this repository (`pip install -r requirements.txt`), write side {which} "
              f"`{md(side.spec)}` as a sentence-transformers folder:", "", "```bash", cli_command(side, dtype), "```", "",
              "then use it anywhere sentence-transformers runs (no embedlab needed):", "", "```python", usage(side),
              "```", "",
              "The adapter is merged into the weights; the tokenizer appends the EOS itself; last-token pooling, "
-             "normalised. Details: `docs/export.md`."]
+             "normalised; its vectors are the lab's to a cosine of ≥ 0.9999 in float32, ≥ 0.99 in bf16. "
+             "Details: `docs/export.md`."]
     if not download_enabled():
         lines += ["", f"**Download: off on this host.** The exported weights are about {size:,.0f} MB ({dtype}): too "
                   "much to build and send from a shared public app, so run the command above instead. A host that "
@@ -235,7 +235,7 @@ def export_download(side_a: Any, side_b: Any, which: Any, dtype: Any, progress: 
 def build(ctx: Ctx) -> None:
     """A folded section below the tabs: "Use this side outside the lab"."""
     on = download_enabled()
-    with gr.Accordion("Use this side outside the lab (sentence-transformers)", open=False, elem_id="export"):
+    with gr.Accordion("Use this side outside the lab", open=False, elem_id="export"):
         with gr.Row():
             which = Choice(choices=[("Side A", "A"), ("Side B", "B")], value="B", label="Side", what="side",
                            min_width=120)
@@ -243,15 +243,16 @@ def build(ctx: Ctx) -> None:
                            min_width=200)
         text = gr.Markdown(describe_or_problem(ctx.side_a.value, ctx.side_b.value, "B", "bf16"))
         go = gr.Button("Build the download (zip)", visible=on)
-        out = gr.File(label="Exported model (zip)", visible=on)
+        out = gr.File(label="Exported model (zip)", visible=False)  # shown with its file (an empty one is a big box)
         note = gr.Markdown()
 
     inputs = [*ctx.sides, which, dtype]
     for comp in inputs:
         comp.change(describe_or_problem, inputs, [text], api_visibility="private", show_progress="hidden")
 
-    def download(a: Any, b: Any, w: Any, d: Any, progress=gr.Progress()) -> tuple[str, str]:
-        return export_download(a, b, w, d, progress=progress)
+    def download(a: Any, b: Any, w: Any, d: Any, progress=gr.Progress()) -> tuple[gr.File, str]:
+        path, msg = export_download(a, b, w, d, progress=progress)
+        return gr.File(value=path, visible=True), msg
 
     # named like the other downloads; where the download is off it answers with the reason and the command
     go.click(gradio_errors(download), inputs, [out, note], api_name="export", **ctx.heavy)
