@@ -16,7 +16,7 @@ import gradio as gr
 from embedlab import gradio_internals, warmup
 from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
-from embedlab.features import common, evaluate, howitworks, maps, pairs, replay, search, sides
+from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides
 from embedlab.lab import Lab
 from embedlab.sweep import gradio_folder, sweep_forever
 
@@ -76,6 +76,7 @@ def build(lab: Lab) -> gr.Blocks:
         with gr.Tabs():
             for tab in TABS:
                 tab.build(ctx)
+        export.build(ctx)  # below the tabs, folded: the command and, where the host allows it, a download
         sides.unavailable()
         pairs.api(ctx)
         pairs.on_first_visit(ctx)

@@ -1,4 +1,5 @@
 """Every endpoint of the running app through gradio_client, plus bad input over the API."""
+import re
 import time
 
 import pytest
@@ -29,7 +30,12 @@ def retry_busy(fn, timeout=600):
 def test_endpoints_are_all_named(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/pairs", "/compare", "/example", "/batch_pairs", "/anisotropy", "/upload_corpus", "/map", "/search",
-            "/evaluate", "/embed", "/sides", "/model_card"} <= names
+            "/evaluate", "/embed", "/sides", "/model_card", "/export"} <= names
+
+
+def test_export_download_is_off_by_default_and_says_what_to_run(client):
+    with pytest.raises(Exception, match=f"off on this host.*python -m embedlab export {re.escape(T)} "):
+        client.predict(M, T, "B", "bf16", api_name="/export")
 
 
 def test_pairs_example_embed(client):

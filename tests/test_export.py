@@ -17,7 +17,7 @@ import embedlab.export as X
 from embedlab.encode import tokenize
 from embedlab.registry import MODELS
 from embedlab.side import Side
-from tiny import BERT_SPEC, LLAMA_SPEC, make_adapter, tiny_encoder
+from tiny import BERT_SPEC, LLAMA_SPEC, make_adapter, tiny_encoder, tiny_load_side
 
 TEXTS = ["a man is playing a guitar", "the dog", "a woman is eating food in the park . " * 6, "cat",
          "a cat is running with the dog on the guitar", "5 dogs ? !"]
@@ -30,25 +30,11 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 @pytest.fixture
 def tiny_sides(tmp_path, monkeypatch):
     """The tiny models registered, an adapter for the tiny Llama, and the lab's loader serving tiny encoders."""
-    from embedlab.loading import attach_adapter
-
     monkeypatch.setitem(MODELS, LLAMA_SPEC.key, LLAMA_SPEC)
     monkeypatch.setitem(MODELS, BERT_SPEC.key, BERT_SPEC)
     folder = tmp_path / "adapters" / "cft"
     make_adapter(folder, "llama")
-
-    def load_side(side, device="cpu"):
-        enc = tiny_encoder("llama" if side.model == LLAMA_SPEC.key else "bert")
-        if side.weights is None:
-            return enc, None
-        info = attach_adapter(enc, side.weights)
-        if info.prompt != side.prompt:
-            import dataclasses
-
-            enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
-        return enc, info.name
-
-    monkeypatch.setattr(X, "load_side", load_side)
+    monkeypatch.setattr(X, "load_side", tiny_load_side)
     return {"llama+cft": Side(LLAMA_SPEC.key, "cft", None, folder, folder, "0" * 64, None),
             "llama": Side(LLAMA_SPEC.key), "bert": Side(BERT_SPEC.key)}
 

@@ -94,3 +94,19 @@ def tiny_models(monkeypatch) -> dict[str, Encoder]:
     real = side_mod.available_models
     monkeypatch.setattr(side_mod, "available_models", lambda: {**real(), A: (True, ""), B: (True, "")})
     return {A: tiny_encoder("llama"), B: tiny_encoder("bert", hidden=48)}  # two widths: 32 and 48
+
+
+def tiny_load_side(side, device="cpu"):
+    """Stands in for :func:`embedlab.export.load_side` (the real one loads the registry's weights): a fresh tiny
+    encoder of ``side``'s model with its adapter attached, as the lab attaches it (the side's prompt)."""
+    import dataclasses
+
+    from embedlab.loading import attach_adapter
+
+    enc = tiny_encoder("llama" if side.model == LLAMA_SPEC.key else "bert")
+    if side.weights is None:
+        return enc, None
+    info = attach_adapter(enc, side.weights)
+    if info.prompt != side.prompt:
+        enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
+    return enc, info.name

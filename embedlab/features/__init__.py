@@ -8,5 +8,6 @@ functions, UI values in and out) and its computation over the shared :class:`~em
     replay      Training replay (the replays themselves: embedlab/replay.py)
     evaluate    Benchmarks: results, training records, an evaluation now
     howitworks  How it works
+    export      below the tabs: use a side outside the lab (the export command; a zip where the host allows it)
     common      what their handlers share: errors, input checks, downloads, the build context
 """

@@ -217,9 +217,7 @@ def files(stem: str, rows: list[dict], record: dict) -> list[str]:
     One folder per result under :data:`DOWNLOADS`; folders older than :data:`DOWNLOAD_TTL_S` are removed
     here (Gradio serves its own copy), so the folder count stays bounded by the request rate.
     """
-    prune_downloads()
-    DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    folder = Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=DOWNLOADS))
+    folder = download_folder(stem)
     csv_path, json_path = folder / f"{stem}.csv", folder / f"{stem}.json"
     if rows:
         with open(csv_path, "w", newline="", encoding="utf-8") as f:
@@ -230,6 +228,14 @@ def files(stem: str, rows: list[dict], record: dict) -> list[str]:
         csv_path.write_text("")
     json_path.write_text(json.dumps({**record, "environment": environment("cpu")}, indent=2, default=str))
     return [str(csv_path), str(json_path)]
+
+
+def download_folder(stem: str) -> Path:
+    """A new folder under :data:`DOWNLOADS` for one result's files (``<stem>-XXXX``), after removing the
+    folders older than :data:`DOWNLOAD_TTL_S`."""
+    prune_downloads()
+    DOWNLOADS.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f"{stem}-", dir=DOWNLOADS))
 
 
 def prune_downloads(now: float | None = None) -> int:
