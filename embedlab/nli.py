@@ -2,10 +2,13 @@
 
 Training data is any CSV with columns ``sent0,sent1,hard_neg`` (SimCSE's format), plain or
 compressed (``.gz``, ``.xz``); extra columns (such as the multi-genre file's ``source``) are ignored.
+Without ``hard_neg`` (pairs only) training uses in-batch negatives only. A user's own file in other
+spellings and formats is checked and converted by :mod:`embedlab.userdata`.
 """
 from __future__ import annotations
 
 import csv
+import functools
 import hashlib
 import io
 import itertools
@@ -13,6 +16,7 @@ import lzma
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Collection, Iterable
 
 from .files import DataError, decompress, read_data, write_bytes
 from .sts import DATA_DIR, EXTRA_TASKS, TASKS, load_task
@@ -24,16 +28,20 @@ MAX_CHARS = 2000  # one sentence; NLI sentences are short, longer rows are almos
 class Triplets:
     anchor: list[str]
     positive: list[str]
-    negative: list[str]
+    negative: list[str]  # [] for a file without hard_neg: in-batch negatives only
     sha256: str  # of the file's bytes
     path: str
 
     def __len__(self) -> int:
         return len(self.anchor)
 
+    @property
+    def has_negatives(self) -> bool:
+        return bool(self.negative)
+
 
 def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
-    """Read and validate a ``sent0,sent1,hard_neg`` CSV (UTF-8; extra columns ignored)."""
+    """Read and validate a ``sent0,sent1[,hard_neg]`` CSV (UTF-8; extra columns ignored)."""
     p = Path(path)
     if not p.is_file():
         raise DataError(f"training file {path} does not exist")
@@ -49,20 +57,22 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
         header = reader.fieldnames or []
     except csv.Error as e:  # e.g. a 'header' longer than the csv module's field limit
         raise DataError(f"{path}: malformed CSV header ({e})") from None
-    missing = [c for c in COLUMNS if c not in header]
+    missing = [c for c in COLUMNS[:2] if c not in header]
     if missing:
         found = ",".join(str(h) for h in header)
         found = repr(found[:80] + ("…" if len(found) > 80 else ""))  # a 'header' can be a whole garbage line
-        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; need {','.join(COLUMNS)} (found {found})")
+        raise DataError(f"{path} lacks column(s) {', '.join(missing)}; need {','.join(COLUMNS[:2])}[,{COLUMNS[2]}] "
+                        f"(found {found})")
+    cols = COLUMNS if COLUMNS[2] in header else COLUMNS[:2]  # no hard_neg: in-batch negatives only
     a, pos, neg = [], [], []
     try:
         for i, row in enumerate(reader, start=2):
-            vals = [(row.get(c) or "").strip() for c in COLUMNS]
+            vals = [(row.get(c) or "").strip() for c in cols]
             if not all(vals):
-                raise DataError(f"{path} line {i}: empty {COLUMNS[[bool(v) for v in vals].index(False)]}")
+                raise DataError(f"{path} line {i}: empty {cols[[bool(v) for v in vals].index(False)]}")
             if max(map(len, vals)) > MAX_CHARS:
                 raise DataError(f"{path} line {i}: a sentence longer than {MAX_CHARS} characters")
-            a.append(vals[0]); pos.append(vals[1]); neg.append(vals[2])  # noqa: E702
+            a.append(vals[0]); pos.append(vals[1]); neg.extend(vals[2:])  # noqa: E702
             if max_rows and len(a) >= max_rows:
                 break
     except csv.Error as e:
@@ -77,13 +87,22 @@ def normalise(s: str) -> str:
     return re.sub(r"[^a-z0-9]+", "", s.lower())
 
 
-def evaluation_sentences() -> set[str]:
-    """Normalised sentences of every evaluation set (all splits), for leakage filtering."""
+@functools.lru_cache(maxsize=1)
+def evaluation_sentences() -> frozenset[str]:
+    """Normalised sentences of every evaluation set (all splits), for leakage filtering (read once: ~1 s)."""
     out: set[str] = set()
     for name in TASKS + EXTRA_TASKS:
         t = load_task(name)  # SICK-R in MTEB's form already holds every SICK split
         out.update(map(normalise, t.s1 + t.s2))
-    return out
+    return frozenset(out)
+
+
+def holds_evaluation_sentence(texts: Iterable[str], banned: Collection[str] | None = None) -> bool:
+    """Whether any of ``texts`` is, once normalised, a sentence of an evaluation set: the contamination filter of
+    the shipped training sets and the check of a user's file. ``banned``: normalised sentences (default: all of
+    :func:`evaluation_sentences`). A text with no letter or digit (nothing left once normalised) matches nothing."""
+    banned = evaluation_sentences() if banned is None else banned
+    return any(k and k in banned for k in map(normalise, texts))
 
 
 def build_snli_triplets(folder: Path | None = None) -> tuple[list[tuple[str, str, str]], dict[str, int]]:
@@ -106,7 +125,7 @@ def build_snli_triplets(folder: Path | None = None) -> tuple[list[tuple[str, str
     out, dropped = [], 0
     for p, g in groups.items():
         for e, c in itertools.product(g["entailment"], g["contradiction"]):
-            if {normalise(p), normalise(e), normalise(c)} & banned:
+            if holds_evaluation_sentence((p, e, c), banned):
                 dropped += 1
                 continue
             out.append((p, e, c))
@@ -176,7 +195,7 @@ def group_triplets(groups: dict[str, Group]) -> list[tuple[str, str, str]]:
     return [(g["premise"], e, c) for g in groups.values() for e, c in itertools.product(g["entailment"], g["contradiction"])]
 
 
-def select_triplets(sources: dict[str, list[tuple[str, str, str]]], banned: set[str]) -> tuple[list[tuple[str, str, str, str]], dict[str, dict[str, int]]]:
+def select_triplets(sources: dict[str, list[tuple[str, str, str]]], banned: Collection[str]) -> tuple[list[tuple[str, str, str, str]], dict[str, dict[str, int]]]:
     """Sources in order -> rows ``(sent0, sent1, hard_neg, source)`` and per-source counts.
 
     Drops, in this order: triplets holding a sentence of an evaluation set (``banned``: normalised
@@ -190,7 +209,7 @@ def select_triplets(sources: dict[str, list[tuple[str, str, str]]], banned: set[
                             "dropped_duplicate": 0, "kept": 0}
         for t in triplets:
             key = tuple(normalise(x) for x in t)
-            if set(key) & banned:
+            if holds_evaluation_sentence(t, banned):
                 c["dropped_overlap"] += 1
             elif not all(key) or key[1] == key[2]:
                 c["dropped_degenerate"] += 1
@@ -203,7 +222,7 @@ def select_triplets(sources: dict[str, list[tuple[str, str, str]]], banned: set[
     return rows, counts
 
 
-def build_multigenre_triplets(folder: Path | None = None, banned: set[str] | None = None
+def build_multigenre_triplets(folder: Path | None = None, banned: Collection[str] | None = None
                               ) -> tuple[list[tuple[str, str, str, str]], dict[str, dict[str, int]]]:
     """One multi-genre set: our SNLI triplets (:func:`build_snli_triplets`, already filtered), then MultiNLI 1.0
     dev matched and mismatched, then counterfactually-augmented SNLI train; every source filtered for evaluation

@@ -80,7 +80,7 @@ class Config:
     """Every training setting; train.py's flags are generated from these fields (--batch-size etc.)."""
 
     model: str = DEFAULT_MODEL  # registry key
-    data: str = "assets/data/NLI/snli_all_triplets.csv"  # CSV with sent0,sent1,hard_neg
+    data: str = "assets/data/NLI/snli_all_triplets.csv"  # CSV with sent0,sent1[,hard_neg] (no hard_neg: in-batch negatives only)
     out: str = f"runs/{DEFAULT_MODEL}-nli"  # adapter + training.json + checkpoint/ go here
     prompt: str = ""  # template overriding the registry's, e.g. "{s} is: " ("" = registry's)
     lora_r: int = 8
@@ -236,7 +236,8 @@ def _call(fn: Callable[[], T]) -> T:
 def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positives: list[str], negatives: list[str],
                      cfg: Config, device: torch.device, backward=lambda loss: loss.backward(),
                      no_sync=None, executor: Executor = _call) -> torch.Tensor:
-    """Forward + backward of one InfoNCE step on this process's B triplets (no optimiser step).
+    """Forward + backward of one InfoNCE step on this process's B triplets (no optimiser step). ``negatives``
+    empty (pairs only): each anchor's negatives are the other positives of the batch (in-batch negatives only).
 
     ``embed(batch) -> (n, d)`` normalised embeddings with graph. ``executor(fn) -> fn()`` runs each unit
     of work (a forward pass; the loss and its backward; with the gradient cache a pass and its backward),
@@ -259,7 +260,7 @@ def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positive
     def loss_fn(reps: torch.Tensor) -> torch.Tensor:
         e = reps[inverse.to(reps.device)]  # back to (anchors, positives, negatives) order
         # x W: DDP averages gradients over W processes (see embedlab.loss.distributed_info_nce)
-        return distributed_info_nce(e[:B], e[B : 2 * B], e[2 * B :], cfg.temperature) * W
+        return distributed_info_nce(e[:B], e[B : 2 * B], e[2 * B :] if negatives else None, cfg.temperature) * W
 
     if len(ids) > chunk:  # within one chunk's memory the cache's extra no-grad forward buys nothing (0.59x on CPU)
         loss = grad_cache_step(embed, chunks, loss_fn, device, no_sync=no_sync, run=executor)
@@ -427,10 +428,11 @@ class Trainer:
                           f"{', '.join(str(s) for s in self.wanted if s > self.total)}")
             if self.precision_note:
                 acc.print(f"note: {self.precision_note}")
-            uses_cache = 0 < cfg.chunk_size < 3 * cfg.batch_size
+            uses_cache = 0 < cfg.chunk_size < (3 if self.data.has_negatives else 2) * cfg.batch_size
             cache_note = f"gradient cache, chunks of {cfg.chunk_size} sentences" if uses_cache else "no gradient cache"
             acc.print(f"{self.spec.key}: {len(self.data)} triplets, {self.total} steps x {self.global_batch} triplets "
-                      f"(effective contrastive batch {self.global_batch}: {2 * self.global_batch - 1} negatives per "
+                      f"(effective contrastive batch {self.global_batch}: "
+                      f"{(2 if self.data.has_negatives else 1) * self.global_batch - 1} negatives per "
                       f"anchor, {self.world} process(es)), {cache_note}, forward passes of <= "
                       f"{tokens_per_pass(cfg, device)} padded tokens, device {device_name(device)}, "
                       f"precision {self.precision}")
@@ -470,10 +472,11 @@ class Trainer:
                 idx = idx[acc.process_index * cfg.batch_size : (acc.process_index + 1) * cfg.batch_size]
                 pending.append(contrastive_step(
                     self.embed, self.enc.tokenizer, self.spec, self.enc.pad_id, [data.anchor[i] for i in idx],
-                    [data.positive[i] for i in idx], [data.negative[i] for i in idx], cfg, self.device,
+                    [data.positive[i] for i in idx], [data.negative[i] for i in idx] if data.has_negatives else [],
+                    cfg, self.device,
                     backward=acc.backward, no_sync=lambda: acc.no_sync(self.model), executor=self.executor))
                 self.executor(self._optimiser_step)
-                self.seen += 3 * self.global_batch
+                self.seen += (3 if data.has_negatives else 2) * self.global_batch
                 self.done = done = self.done + 1
                 bar.update(1)
                 if done in self.snap_steps:
