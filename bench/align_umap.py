@@ -55,8 +55,8 @@ def seed_vectors(corpus_name: str, model: str = "smollm2-135m") -> tuple[np.ndar
         sys.exit(f"seed cache has no single base/tuned pair for {corpus_name} ({[p.name for p in folders]})")
 
     def load(folder: Path) -> np.ndarray:
-        manifest = cache._read_manifest(folder / "manifest.json")
-        parts = [cache._load_checked(folder / name, manifest[name]) for name in sorted(manifest)]
+        manifest = cache.read_manifest(folder / "manifest.json")
+        parts = [cache.load_checked(folder / name, manifest[name]) for name in sorted(manifest)]
         if any(p is None for p in parts):
             sys.exit(f"corrupt seed chunk in {folder}")
         return np.concatenate(parts).astype(np.float32)[idx]

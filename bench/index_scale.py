@@ -28,7 +28,8 @@ import faiss
 import numpy as np
 import psutil
 
-from embedlab.provenance import environment, write_json_atomic
+from embedlab.files import write_json
+from embedlab.provenance import environment
 
 DIM = 576  # SmolLM2-135M's width
 
@@ -159,7 +160,7 @@ def main() -> None:
     rows = []
     for n in args.sizes:
         rows += run_size(n, args.queries, args.hnsw_m)
-        write_json_atomic(args.out, {"rows": rows, "environment": environment("cpu")})
+        write_json(args.out, {"rows": rows, "environment": environment("cpu")})
     print("\nFastest setting with recall@10 >= 0.95:")
     print("\n".join(summary(rows)))
     print(f"wrote {args.out}")

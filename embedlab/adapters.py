@@ -13,17 +13,17 @@ as nothing (PEFT only warns). :func:`backbone_state` reads either.
 """
 from __future__ import annotations
 
-import hashlib
+import functools
 import json
 import os
 import re
 import stat
-import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from . import ROOT
+from .files import replace_files, sha256_file, write_json
 from .registry import ModelSpec
 
 ASSETS = ROOT / "assets"
@@ -52,15 +52,7 @@ class AdapterInfo:
     prompt: str | None = None  # the template it was trained with (training.json), None = the registry's
 
 
-def sha256_file(path: Path, chunk: int = 2**22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _read_json(path: Path, what: str) -> dict:
+def read_json(path: Path, what: str) -> dict:
     """A size-capped JSON object from a regular file (a FIFO or device is refused before it can block)."""
     try:
         # O_NONBLOCK: opening a FIFO must not wait for a writer; fstat then tells what was opened.
@@ -85,16 +77,25 @@ def _read_json(path: Path, what: str) -> dict:
     return data
 
 
-def read_training_record(folder: str | Path) -> dict[str, Any]:
-    """The ``training.json`` train.py wrote in an adapter folder, or {} if there is none.
+RECORD_FILE = "training.json"  # the training record beside an adapter's weights (written by embedlab.training)
 
-    The one reader of that record (the app, ``python -m embedlab report`` and the model
-    cards use it): a regular file only, at most 1 MiB, a JSON object; else :class:`AdapterError`.
-    """
-    p = Path(folder) / "training.json"
+
+def read_training_record(folder: str | Path) -> dict[str, Any]:
+    """The ``training.json`` in an adapter folder as the JSON object it is, or {} if there is none: a regular
+    file only, at most 1 MiB, a JSON object; else :class:`AdapterError`. Read through :class:`TrainingRecord`
+    (typed, validated); the object as is only serves to write a record back with fields added."""
+    p = Path(folder) / RECORD_FILE
     if not os.path.lexists(p):
         return {}
-    return _read_json(p, "training.json")
+    return read_json(p, RECORD_FILE)
+
+
+def write_training_record(folder: str | Path, record: Mapping[str, Any]) -> Path:
+    """Write ``record`` (what :meth:`embedlab.training.Trainer.record` builds) as ``<folder>/training.json``,
+    whole or not at all; returns the file."""
+    path = Path(folder) / RECORD_FILE
+    write_json(path, record)
+    return path
 
 
 SNAPSHOTS_DIR = "snapshots"  # <adapter>/snapshots/step-<N>/: PEFT folders like the adapter itself
@@ -108,7 +109,7 @@ class Snapshot:
     adapter folder itself for the final step; None only where no weights are needed (step 0: LoRA's B
     starts at zero, so the adapter at step 0 encodes exactly as the base model). A step whose weights are
     not shipped is not a snapshot: training.json's ``learning_curve`` keeps its metrics (every evaluated
-    step, shipped or not; see :func:`embedlab.replay.adopt_snapshots`).
+    step, shipped or not; see :func:`embedlab.replay.adopt_snapshots`), as entries with no path.
     """
 
     step: int
@@ -116,6 +117,144 @@ class Snapshot:
     loss: float | None  # training loss at that step (None at step 0)
     dev: float | None  # STSBenchmark dev Spearman x100
     random_pair_cosine: float | None  # mean cosine of random text pairs (anisotropy; lower = more spread)
+    rel: str | None = field(default=None, compare=False)  # the path as recorded, relative to the adapter folder
+
+
+def _steps(entries: Any, key: str, what: str, folder: Path | None) -> tuple[Snapshot, ...]:
+    """training.json's ``snapshots`` or ``learning_curve`` entries, validated, one per step, by step.
+
+    Paths are relative to the adapter ``folder`` and may not leave it (resolved only when ``folder`` is
+    given); a bad step, path or number raises :class:`AdapterError`."""
+    if entries is None:
+        return ()
+    if not isinstance(entries, list):
+        raise AdapterError(f"training.json's {key} must be a list")
+    out: dict[int, Snapshot] = {}
+    for e in entries:
+        if not isinstance(e, dict) or type(e.get("step")) is not int or e["step"] < 0:
+            raise AdapterError(f"training.json: each {what} needs a whole step >= 0")
+        rel = e.get("path")
+        path = None
+        if rel is not None:
+            if not isinstance(rel, str) or Path(rel).is_absolute():
+                raise AdapterError(f"training.json: {what} {e['step']}'s path must be relative to the adapter")
+            if folder is not None:
+                path = (folder / rel).resolve()
+                if not inside(path, [folder]):
+                    raise AdapterError(f"training.json: {what} {e['step']}'s path leaves the adapter folder")
+
+        def num(name: str) -> float | None:
+            v = e.get(name)
+            if v is None:
+                return None
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise AdapterError(f"training.json: {what} {e['step']}'s {name} must be a number")
+            return float(v)
+
+        out[e["step"]] = Snapshot(e["step"], path, num("loss"), num("dev"), num("random_pair_cosine"), rel)
+    return tuple(out[k] for k in sorted(out))
+
+
+def _number(v: Any) -> int | float | None:
+    """A JSON number as recorded (bool and anything else: None)."""
+    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+
+
+def _object(v: Any) -> dict[str, Any]:
+    return v if isinstance(v, dict) else {}
+
+
+def _text(v: Any) -> str | None:
+    return v if isinstance(v, str) else None
+
+
+@dataclass(frozen=True)
+class TrainingRecord:
+    """training.json, typed: what :meth:`embedlab.training.Trainer.record` and ``finish`` write beside an
+    adapter (the settings, the command, the device, the loss curve, scores and snapshots). The one reader
+    behind the app's cards and tables, ``python -m embedlab report``, the model cards, the replay and the
+    export. Every field is optional (a record may be partial or absent: ``bool(record)`` is False then);
+    fields of the wrong type read as missing, except those that decide what is loaded or shown as steps:
+    a bad ``prompt`` raises :class:`AdapterError` on reading, bad ``snapshots`` or ``learning_curve`` when
+    they are read (an adapter with a broken snapshot list still loads). ``raw``: the JSON object as read, to
+    write back unchanged with fields added (:func:`write_training_record`)."""
+
+    raw: dict[str, Any] = field(default_factory=dict, repr=False)
+    folder: Path | None = None  # the adapter folder (resolved) snapshot paths are relative to
+    model: str | None = None  # registry key
+    prompt: str | None = None  # the template it was trained with (None: the registry's)
+    device: str | None = None  # the device's name, e.g. "NVIDIA H100 80GB HBM3"
+    trained_on: str | None = None  # "cuda" or "cpu"
+    command: str | None = None  # the train.py command line
+    note: str = ""
+    config: dict[str, Any] = field(default_factory=dict)  # embedlab.training.Config as recorded
+    data: dict[str, Any] = field(default_factory=dict)  # {"path", "sha256", "rows"} of the training file
+    training: dict[str, Any] = field(default_factory=dict)  # steps, wall_seconds, loss_curve, ... (Trainer.record)
+    dev: float | None = None  # STSBenchmark dev Spearman x100 of the final adapter
+    test: dict[str, Any] = field(default_factory=dict)  # the evaluation record of the test tasks
+
+    @classmethod
+    def read(cls, folder: str | Path) -> TrainingRecord:
+        """The record in adapter ``folder`` (an empty one when it has none); :class:`AdapterError` when unusable."""
+        folder = Path(folder).resolve()
+        return cls.from_dict(read_training_record(folder), folder)
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], folder: Path | None = None) -> TrainingRecord:
+        """A record from its JSON object; snapshot paths are resolved against ``folder`` when given."""
+        raw = dict(raw)
+        prompt = raw.get("prompt")
+        return cls(
+            raw=raw, folder=folder, model=_text(raw.get("model")),
+            prompt=None if prompt is None else validate_prompt(prompt, "training.json's prompt"),
+            device=_text(raw.get("device")), trained_on=_text(raw.get("trained_on")), command=_text(raw.get("command")),
+            note=_text(raw.get("note")) or "", config=_object(raw.get("config")), data=_object(raw.get("data")),
+            training=_object(raw.get("training")), dev=_number(_object(raw.get("dev")).get("STSBenchmark-dev")),
+            test=_object(raw.get("test")))
+
+    def __bool__(self) -> bool:
+        return bool(self.raw)
+
+    @functools.cached_property
+    def snapshots(self) -> tuple[Snapshot, ...]:
+        """The steps whose weights ship, by step (paths resolved when the record was read from a folder)."""
+        return _steps(self.raw.get("snapshots"), "snapshots", "snapshot", self.folder)
+
+    @functools.cached_property
+    def learning_curve(self) -> tuple[Snapshot, ...]:
+        """Every evaluated step, shipped or not (no paths), by step."""
+        return _steps(self.raw.get("learning_curve"), "learning_curve", "learning_curve entry", None)
+
+    def setting(self, name: str) -> Any:
+        """A training setting (a :class:`embedlab.training.Config` field) as recorded, None when absent."""
+        return self.config.get(name)
+
+    def stat(self, name: str) -> Any:
+        """A figure of the run as recorded (``steps``, ``effective_contrastive_batch``, ``wall_seconds``,
+        ``sentences_per_second``, ``world_size``...: numbers where train.py wrote it), None when absent."""
+        return self.training.get(name)
+
+    @property
+    def loss_curve(self) -> tuple[tuple[int, float], ...]:
+        """(step, training loss) of every logged step."""
+        curve = self.training.get("loss_curve")
+        return tuple((int(p[0]), float(p[1])) for p in curve if isinstance(p, (list, tuple)) and len(p) == 2
+                     and isinstance(p[0], int) and _number(p[1]) is not None) if isinstance(curve, list) else ()
+
+    @property
+    def dev_curve(self) -> tuple[tuple[int, float], ...]:
+        """(step, STSBenchmark dev) of every evaluated step: ``learning_curve`` (which may list steps whose
+        weights do not ship), else ``snapshots``."""
+        return tuple((s.step, s.dev) for s in (self.learning_curve or self.snapshots) if s.dev is not None)
+
+    @property
+    def test_scores(self) -> dict[str, float]:
+        """STS test task -> Spearman x100 of the final adapter ({} when not evaluated)."""
+        return {k: v for k, v in _object(self.test.get("tasks")).items() if _number(v) is not None}
+
+    @property
+    def test_average(self) -> float | None:
+        return _number(self.test.get("average"))
 
 
 def snapshots(folder: str | Path) -> list[Snapshot]:
@@ -126,33 +265,7 @@ def snapshots(folder: str | Path) -> list[Snapshot]:
     "path": ".", ...}]`` with paths relative to the adapter folder. A path that leaves the folder,
     a bad step or a malformed entry raises :class:`AdapterError`.
     """
-    folder = Path(folder).resolve()
-    entries = read_training_record(folder).get("snapshots", [])
-    if not isinstance(entries, list):
-        raise AdapterError("training.json's snapshots must be a list")
-    out: dict[int, Snapshot] = {}
-    for e in entries:
-        if not isinstance(e, dict) or type(e.get("step")) is not int or e["step"] < 0:
-            raise AdapterError("training.json: each snapshot needs a whole step >= 0")
-        rel = e.get("path")
-        path = None
-        if rel is not None:
-            if not isinstance(rel, str) or Path(rel).is_absolute():
-                raise AdapterError(f"training.json: snapshot {e['step']}'s path must be relative to the adapter")
-            path = (folder / rel).resolve()
-            if not _inside(path, [folder]):
-                raise AdapterError(f"training.json: snapshot {e['step']}'s path leaves the adapter folder")
-
-        def num(name: str) -> float | None:
-            v = e.get(name)
-            if v is None:
-                return None
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
-                raise AdapterError(f"training.json: snapshot {e['step']}'s {name} must be a number")
-            return float(v)
-
-        out[e["step"]] = Snapshot(e["step"], path, num("loss"), num("dev"), num("random_pair_cosine"))
-    return [out[k] for k in sorted(out)]
+    return list(TrainingRecord.read(folder).snapshots)
 
 
 def validate_prompt(prompt: Any, what: str = "prompt") -> str:
@@ -167,19 +280,13 @@ def validate_prompt(prompt: Any, what: str = "prompt") -> str:
     return prompt
 
 
-def record_prompt(record: Mapping[str, Any]) -> str | None:
-    """The prompt an adapter was trained with, from its training record (None when it names none)."""
-    if "prompt" not in record or record["prompt"] is None:
-        return None
-    return validate_prompt(record["prompt"], "training.json's prompt")
-
-
 def hub_id(spec: ModelSpec) -> str | None:
     """The spec's Hugging Face Hub id (the ``owner/name`` among its base ids), or None."""
     return next((b for b in spec.base_ids if "/" in b), None)
 
 
-def _inside(path: Path, roots: Sequence[Path]) -> bool:
+def inside(path: Path, roots: Sequence[Path]) -> bool:
+    """``path`` is one of ``roots`` or lies under one (both resolved: a link out of a root is outside)."""
     return any(path == r or r in path.parents for r in (Path(x).resolve() for x in roots))
 
 
@@ -193,7 +300,7 @@ def inspect_adapter(path: str | Path, spec: ModelSpec, allowed_roots: Sequence[P
     if not isinstance(path, (str, Path)) or not str(path).strip():
         raise AdapterError("no adapter path given")
     p = Path(path).expanduser().resolve()
-    if allowed_roots is not None and not _inside(p, allowed_roots):
+    if allowed_roots is not None and not inside(p, allowed_roots):
         raise AdapterError(f"{path} is outside the allowed adapter folders")
     if not p.is_dir():
         raise AdapterError(f"{path} is not a folder (an adapter is a folder with adapter_config.json)")
@@ -211,7 +318,7 @@ def inspect_adapter(path: str | Path, spec: ModelSpec, allowed_roots: Sequence[P
     size = w_path.stat().st_size
     if size > MAX_ADAPTER_BYTES:
         raise AdapterError(f"adapter weights are {size / 2**20:.0f} MiB; the limit is {MAX_ADAPTER_BYTES // 2**20} MiB")
-    cfg = _read_json(cfg_path, "adapter_config.json")
+    cfg = read_json(cfg_path, "adapter_config.json")
     if cfg.get("peft_type") != "LORA":
         raise AdapterError(f"adapter type is {cfg.get('peft_type')!r}; only LoRA adapters are supported")
     base = str(cfg.get("base_model_name_or_path") or "")
@@ -221,7 +328,7 @@ def inspect_adapter(path: str | Path, spec: ModelSpec, allowed_roots: Sequence[P
             f"(expected one of: {', '.join(spec.base_ids)})"
         )
     _check_weights(w_path)
-    prompt = record_prompt(read_training_record(p))  # also refuses an unreadable record (FIFO, oversized, not JSON)
+    prompt = TrainingRecord.read(p).prompt  # also refuses an unreadable record (FIFO, oversized, not JSON)
     targets = cfg.get("target_modules") or ()
     targets = (targets,) if isinstance(targets, str) else tuple(sorted(targets))
     digest = sha256_file(w_path)
@@ -316,21 +423,6 @@ def backbone_state(state: Mapping[str, Any], expected: set[str], prefixes: Seque
     return out
 
 
-def _write_folder_atomic(dst: Path, write) -> None:
-    """Call ``write(tmp_folder)``, then swap the files it wrote into ``dst`` one rename each."""
-    dst.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=dst))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            os.replace(f, dst / f.name)
-    finally:
-        for f in tmp.iterdir() if tmp.exists() else ():
-            f.unlink()
-        if tmp.exists():
-            tmp.rmdir()
-
-
 def save_adapter(model, out: str | Path, spec: ModelSpec, adapter_name: str = "default", dtype=None) -> Path:
     """Save a PeftModel over the spec's backbone in the standard causal-LM form.
 
@@ -363,7 +455,7 @@ def save_adapter(model, out: str | Path, spec: ModelSpec, adapter_name: str = "d
         cfg["inference_mode"] = True
         (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-    _write_folder_atomic(out, write)
+    replace_files(out, write)
     return out
 
 
@@ -378,7 +470,7 @@ def convert_adapter(path: str | Path, spec: ModelSpec, backbone) -> bool:
 
     info = inspect_adapter(path, spec)
     state = load_file(str(info.path / "adapter_model.safetensors"))
-    cfg = _read_json(info.path / "adapter_config.json", "adapter_config.json")
+    cfg = read_json(info.path / "adapter_config.json", "adapter_config.json")
     prefix = causal_lm_prefix(backbone, spec.trust_remote_code)
     lm_form = all(k.startswith(PEFT_PREFIX + prefix + ".") for k in state)
     base_id = hub_id(spec) or spec.key
@@ -392,5 +484,5 @@ def convert_adapter(path: str | Path, spec: ModelSpec, backbone) -> bool:
         save_file(state, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
-    _write_folder_atomic(info.path, write)
+    replace_files(info.path, write)
     return True

@@ -26,7 +26,7 @@ import numpy as np
 
 from .compute import BACKGROUND, INTERACTIVE, Cancelled, stop_when
 from .encode import Encoder, validate_texts
-from . import atomic
+from . import files
 from .lru import LRU
 
 log = logging.getLogger(__name__)
@@ -64,11 +64,12 @@ def _save_npy_atomic(path: Path, arr: np.ndarray) -> str:
     buf = io.BytesIO()
     np.save(buf, arr, allow_pickle=False)
     data = buf.getvalue()
-    atomic.write_bytes(path, data)
+    files.write_bytes(path, data)
     return hashlib.sha256(data).hexdigest()
 
 
-def _load_checked(path: Path, sha: str) -> np.ndarray | None:
+def load_checked(path: Path, sha: str) -> np.ndarray | None:
+    """A cached chunk, None when it is missing, unreadable or not the bytes its manifest's sha256 names."""
     try:
         data = path.read_bytes()
         if hashlib.sha256(data).hexdigest() != sha:
@@ -331,7 +332,7 @@ class EmbeddingCache:
         """How many of ``texts`` the user cache already holds (rows of the chunks its manifest lists;
         checksums are verified when they are read, not here)."""
         key = embedding_key(enc, adapter, sha or corpus_sha256(list(texts)))
-        return min(len(texts), len(_read_manifest(self.root / key / "manifest.json")) * CHUNK)
+        return min(len(texts), len(read_manifest(self.root / key / "manifest.json")) * CHUNK)
 
     def in_memory(self, key: str) -> bool:
         """Whether the vectors of embedding key ``key`` are in memory (get_or_compute answers at once)."""
@@ -356,11 +357,11 @@ class EmbeddingCache:
         if compute:
             folder.mkdir(parents=True, exist_ok=True)
         manifest_path = folder / "manifest.json"
-        manifest = _read_manifest(manifest_path)
+        manifest = read_manifest(manifest_path)
         if uploaded and manifest:
             with contextlib.suppress(OSError):  # the upload cache's recency for trim_uploads
                 os.utime(manifest_path)
-        seeds = [(d / key, _read_manifest(d / key / "manifest.json")) for d in self.seeds]
+        seeds = [(d / key, read_manifest(d / key / "manifest.json")) for d in self.seeds]
         parts = []
         n_chunks = (len(texts) + CHUNK - 1) // CHUNK
         for c in range(n_chunks):
@@ -369,10 +370,10 @@ class EmbeddingCache:
                 progress(c * CHUNK, len(texts))
             name = f"part-{c:05d}.npy"
             lo, hi = c * CHUNK, min(len(texts), (c + 1) * CHUNK)
-            arr = _load_checked(folder / name, manifest[name]) if name in manifest else None
+            arr = load_checked(folder / name, manifest[name]) if name in manifest else None
             for seed_dir, seed_manifest in seeds:
                 if arr is None and name in seed_manifest:
-                    arr = _load_checked(seed_dir / name, seed_manifest[name])
+                    arr = load_checked(seed_dir / name, seed_manifest[name])
                     if arr is None:
                         log.warning("seed chunk %s/%s is corrupt; ignoring it", seed_dir.name, name)
             if arr is None or arr.shape != (hi - lo, enc.dim):
@@ -387,7 +388,7 @@ class EmbeddingCache:
                         progress(min(hi, j + SLICE), len(texts))
                 arr = np.concatenate(pieces)
                 manifest[name] = _save_npy_atomic(folder / name, arr)
-                _write_manifest(manifest_path, manifest)
+                files.write_json(manifest_path, manifest, indent=None)
             parts.append(arr)
         if progress:
             progress(len(texts), len(texts))
@@ -410,16 +411,14 @@ class EmbeddingCache:
         for c, lo in enumerate(range(0, len(texts), CHUNK)):
             name = f"part-{c:05d}.npy"
             manifest[name] = _save_npy_atomic(folder / name, vecs[lo : lo + CHUNK].astype(np.float16))
-        _write_manifest(folder / "manifest.json", manifest)
+        files.write_json(folder / "manifest.json", manifest, indent=None)
         return key
 
 
-def _read_manifest(path: Path) -> dict:
+def read_manifest(path: Path) -> dict:
+    """A cache folder's manifest ({chunk file: sha256}); {} when it is missing or unreadable."""
     try:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
 
-
-def _write_manifest(path: Path, manifest: dict) -> None:
-    atomic.write_text(path, json.dumps(manifest))

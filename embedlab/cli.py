@@ -8,8 +8,9 @@ import sys
 from pathlib import Path
 
 from . import ROOT
-from .adapters import AdapterError, read_training_record
-from .registry import MODELS, PAPER_RESULTS, UnknownModelError, available_models
+from .adapters import AdapterError, TrainingRecord
+from .registry import DEFAULT_MODEL, MODELS, PAPER_RESULTS, UnknownModelError
+from .sources import available_models
 from .sts import EXTRA_TASKS, SICK_SPLITS, TASKS
 
 
@@ -32,14 +33,14 @@ def _eval(args: argparse.Namespace) -> int:
     adapter = next(iter(enc.adapters)) if args.adapter and not args.base else None  # the loaded adapter's name
     record = run_eval(enc, args.tasks, adapter=adapter, limit=args.limit, sick=args.sick, progress=True)
     if adapter is not None:  # where the adapter was trained, from its training record
-        trained = read_training_record(enc.adapters[adapter].path)
-        if trained.get("trained_on"):
-            record.update(trained_on=trained["trained_on"], trained_device=trained.get("device"))
+        trained = TrainingRecord.read(enc.adapters[adapter].path)
+        if trained.trained_on:
+            record.update(trained_on=trained.trained_on, trained_device=trained.device)
     print(format_table(record))
     if args.json:
-        from .provenance import write_json_atomic
+        from .files import write_json
 
-        write_json_atomic(args.json, record)
+        write_json(args.json, record)
         print(f"wrote {args.json}")
     return 0
 
@@ -79,7 +80,7 @@ def _report(args: argparse.Namespace) -> int:
 
 def _build_data(args: argparse.Namespace) -> int:
     from .nli import build_multigenre_triplets, build_snli_triplets, write_multigenre, write_triplets
-    from .provenance import write_json_atomic
+    from .files import write_json
 
     rows, counts = build_snli_triplets()
     sha = write_triplets(rows, args.out)
@@ -87,7 +88,7 @@ def _build_data(args: argparse.Namespace) -> int:
             "built_from": "SNLI 1.0 dev+test (SentEval format): every entailment x contradiction pair per premise, "
                           "minus triplets containing a sentence of any evaluation set (letters+digits comparison)",
             "licence": "SNLI 1.0: CC BY-SA 4.0"}
-    write_json_atomic(args.out.with_suffix(".json"), meta)
+    write_json(args.out.with_suffix(".json"), meta)
     print(f"wrote {args.out}: {len(rows):,} triplets ({counts['dropped_overlap']} dropped for evaluation overlap), sha256 {sha}")
     if args.multigenre_out is None:
         return 0
@@ -104,7 +105,7 @@ def _build_data(args: argparse.Namespace) -> int:
                           "(letters+digits comparison; the first source keeps a triplet)",
             "licence": "SNLI 1.0 CC BY-SA 4.0; MultiNLI 1.0 OANC (free) and CC BY-SA 3.0 / CC BY 3.0 (fiction); "
                        "counterfactually-augmented SNLI Apache-2.0 (text from SNLI train, CC BY-SA 4.0)"}
-    write_json_atomic(out.with_name(out.name.removesuffix(".xz").removesuffix(".csv") + ".json"), meta)
+    write_json(out.with_name(out.name.removesuffix(".xz").removesuffix(".csv") + ".json"), meta)
     print(f"wrote {out}: {len(rows):,} triplets, sha256 (uncompressed CSV) {sha}")
     print(f"{'source':<22}{'premises':>9}{'candidates':>11}{'overlap':>9}{'degenerate':>11}{'duplicate':>10}{'kept':>7}")
     for name, c in per_source.items():
@@ -306,7 +307,7 @@ def main(argv: list[str] | None = None) -> int:
                                        "auto = bf16 on a GPU or a CPU with native bf16, else fp32)")
     sub = p.add_subparsers(dest="cmd", required=True)
     e = sub.add_parser("eval", help="STS evaluation (Spearman x100 of cosine vs gold)")
-    e.add_argument("--model", default="smollm2-135m", help=f"one of: {', '.join(MODELS)}")
+    e.add_argument("--model", default=DEFAULT_MODEL, help=f"one of: {', '.join(MODELS)}")
     e.add_argument("--adapter", help="LoRA adapter folder (PEFT format, safetensors)")
     e.add_argument("--base", action="store_true", help="evaluate with the adapter switched off")
     e.add_argument("--tasks", nargs="+", default=list(TASKS), metavar="TASK", help=f"default: all 9 ({', '.join(TASKS)}); also {', '.join(EXTRA_TASKS)}")
@@ -331,7 +332,7 @@ def main(argv: list[str] | None = None) -> int:
     em = sub.add_parser("embed", help="embed a .txt (one text per line) or .csv ('text' column) corpus into a .npy; "
                                       "resumable: rerun the same command after an interruption")
     em.add_argument("corpus", type=Path)
-    em.add_argument("--model", default="smollm2-135m")
+    em.add_argument("--model", default=DEFAULT_MODEL)
     em.add_argument("--adapter", help="LoRA adapter folder; its embeddings unless --base")
     em.add_argument("--base", action="store_true")
     em.add_argument("--out", type=Path, required=True, help="vectors .npy (the distinct texts go beside it as .txt)")
@@ -340,7 +341,7 @@ def main(argv: list[str] | None = None) -> int:
     em.set_defaults(fn=_embed)
     c = sub.add_parser("build-cache", help="precompute the built-in corpora's vectors and maps the app ships "
                                            "(run after a shipped adapter changes)")
-    c.add_argument("--model", default="smollm2-135m")
+    c.add_argument("--model", default=DEFAULT_MODEL)
     c.add_argument("--out", type=Path, default=ROOT / "assets" / "cache")
     c.add_argument("--device", help="cpu, cuda ... (default: cpu)", default="cpu")
     c.set_defaults(fn=_build_cache)
@@ -349,11 +350,11 @@ def main(argv: list[str] | None = None) -> int:
                            ("model-card", _model_card, "write each adapter's README.md model card from its training.json")):
         a = sub.add_parser(name, help=what)
         a.add_argument("adapters", nargs="*", help="adapter folders (default: every shipped adapter of --model)")
-        a.add_argument("--model", default="smollm2-135m")
+        a.add_argument("--model", default=DEFAULT_MODEL)
         a.set_defaults(fn=fn)
     rc = sub.add_parser("replay-cache", help="precompute an adapter's training replay (map per snapshot step, aligned "
                                              "step to step, and random-pair cosines) for the app's step slider")
-    rc.add_argument("--model", default="smollm2-135m")
+    rc.add_argument("--model", default=DEFAULT_MODEL)
     rc.add_argument("--adapter", help="adapter folder with snapshots (default: every shipped adapter of --model)")
     rc.add_argument("--corpora", nargs="+", default=["topics", "snli"], choices=["topics", "snli"])
     rc.add_argument("--device", default="cpu", help="cpu, cuda ... (default: cpu)")
@@ -365,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     ad.add_argument("--keep", required=True, help="intermediate steps whose weights ship, e.g. 25,50,100 "
                                                   "(every evaluated step stays in its learning_curve)")
     ad.add_argument("--tolerance", type=float, default=0.0, help="largest max abs difference accepted (default 0)")
-    ad.add_argument("--model", default="smollm2-135m")
+    ad.add_argument("--model", default=DEFAULT_MODEL)
     ad.set_defaults(fn=_adopt_snapshots)
     x = sub.add_parser("export", help="write a side (model[+adapter][@step]) as a sentence-transformers model folder: "
                                       "LoRA merged, a tokenizer that adds BOS/EOS itself, last-token pooling, normalised")

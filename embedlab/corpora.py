@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cache import corpus_sha256
-from .sts import DATA_DIR, open_data
+from .files import open_data
+from .sts import DATA_DIR
 
 MAX_UPLOAD_BYTES = 2 * 2**20
 MAX_TEXTS = 20_000  # an uploaded corpus (lines)

@@ -25,7 +25,6 @@ lab's for a few probe texts at batch sizes 1 and all), and only then renamed to 
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import os
@@ -39,6 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
+from .files import swap_folder
 from .registry import MODELS, ModelSpec
 from .side import Side, parse_side, training_record
 
@@ -79,20 +79,14 @@ class ExportReport:
 # --- the lab's side of things: the one place that calls the lab's encoder --------------------------------
 
 def load_side(side: Side, device: str | torch.device = "cpu"):
-    """(encoder, adapter name or None): ``side``'s backbone with its weights attached, as the lab attaches
-    them (:meth:`embedlab.lab.Lab._ready`: a snapshot embeds with its adapter's training prompt)."""
-    from .loading import attach_adapter, load_encoder
-    from .side import adapter_roots
+    """(encoder, adapter name or None): ``side``'s backbone with its weights attached as the lab attaches them
+    (:func:`embedlab.loading.attach_side`)."""
+    from .loading import attach_side, load_encoder
 
     # fp32 whatever EMBEDLAB_PRECISION says: the merged weights must be the fp32 ones, and the reference vectors
     # the export is checked against (cosine >= 0.9999) must not carry bf16's rounding
     enc = load_encoder(side.model, device=device, precision="fp32")
-    if side.weights is None:
-        return enc, None
-    info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else adapter_roots())
-    if info.prompt != side.prompt:
-        enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
-    return enc, info.name
+    return enc, attach_side(enc, side)
 
 
 def encode_side(enc, adapter: str | None, texts: Sequence[str], batch_size: int = 64) -> np.ndarray:
@@ -177,8 +171,7 @@ def _scores(side: Side) -> tuple[dict[str, float], str]:
     from . import ROOT
 
     if side.adapter is not None and side.step is None:
-        test = (training_record(side).get("test") or {})
-        return dict(test.get("tasks") or {}), "the adapter's training record (project evaluator)"
+        return training_record(side).test_scores, "the adapter's training record (project evaluator)"
     if side.adapter is None:
         path = ROOT / "assets" / "results" / f"{side.model}-base.json"
         if path.is_file():
@@ -359,9 +352,7 @@ def export_side(side: Side | str, out: str | Path, dtype: str = "float32", force
                                           encoding="utf-8")
         _publish_modes(st_dir)
         size = _size(st_dir)
-        if out.exists():  # empty, or an earlier export under --force: set it aside, then swap
-            os.replace(out, stage / "old")
-        os.replace(st_dir, out)
+        swap_folder(st_dir, out, old=stage / "old")  # out: empty, or an earlier export under --force
     finally:
         shutil.rmtree(stage, ignore_errors=True)
     return ExportReport(out, side.spec, dtype_name, size, time.perf_counter() - t0, worst, note)

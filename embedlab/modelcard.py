@@ -1,7 +1,7 @@
 """Hugging Face Hub model cards (``README.md``) for adapter folders, generated from training.json.
 
-The card is a pure function of the adapter's training record (read by
-:func:`embedlab.adapters.read_training_record`) and the model's registry entry, so it
+The card is a pure function of the adapter's training record (:class:`embedlab.adapters.TrainingRecord`)
+and the model's registry entry, so it
 is regenerated, never edited: ``train.py`` writes it at the end of a run and
 ``python -m embedlab model-card`` rewrites the shipped ones.
 """
@@ -11,8 +11,8 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from . import atomic
-from .adapters import hub_id, read_training_record
+from . import files
+from .adapters import TrainingRecord, hub_id
 from .registry import ModelSpec
 from .sts import TASKS
 
@@ -84,17 +84,22 @@ def _weights_note(spec: ModelSpec) -> str:
     return text
 
 
-def _training_dataset(record: Mapping[str, Any]) -> str | None:
-    name = Path(str(record.get("data", {}).get("path", ""))).name
+def _record(record: TrainingRecord | Mapping[str, Any]) -> TrainingRecord:
+    return record if isinstance(record, TrainingRecord) else TrainingRecord.from_dict(record)
+
+
+def _training_dataset(record: TrainingRecord) -> str | None:
+    name = Path(str(record.data.get("path", ""))).name
     return next((ds for prefix, ds in TRAINING_DATASETS.items() if name.startswith(prefix)), None)
 
 
-def command_of(record: Mapping[str, Any]) -> str:
+def command_of(record: TrainingRecord | Mapping[str, Any]) -> str:
     """The training command: as recorded by train.py, else rebuilt from every recorded setting."""
-    if isinstance(record.get("command"), str):
-        return record["command"]
+    record = _record(record)
+    if record.command is not None:
+        return record.command
     flags = []
-    for k, v in (record.get("config") or {}).items():
+    for k, v in record.config.items():
         if k in ("resume", "config") or v in ("", None, []):
             continue
         flag = "--" + k.replace("_", "-")
@@ -124,15 +129,21 @@ def model_index(name: str, scores: Mapping[str, float]) -> list[str]:
     return lines
 
 
+def _or(v: Any) -> Any:
+    """A recorded value, or "?" where the record has none."""
+    return "?" if v is None else v
+
+
 def _num(v: Any, fmt: str) -> str:
     return format(v, fmt) if isinstance(v, (int, float)) and not isinstance(v, bool) else "—"
 
 
-def snapshot_lines(record: Mapping[str, Any]) -> list[str]:
+def snapshot_lines(record: TrainingRecord | Mapping[str, Any]) -> list[str]:
     """The card's "Training snapshots" section: every evaluated step (``learning_curve``, else the
     ``snapshots`` list) with where its weights are; [] when the record has none."""
-    snaps = {e["step"]: e for e in record.get("snapshots") or [] if isinstance(e, dict) and type(e.get("step")) is int}
-    curve = {e["step"]: e for e in record.get("learning_curve") or [] if isinstance(e, dict) and type(e.get("step")) is int}
+    record = _record(record)
+    snaps = {s.step: s for s in record.snapshots}
+    curve = {s.step: s for s in record.learning_curve}
     steps = sorted(set(snaps) | set(curve))
     if not steps:
         return []
@@ -140,14 +151,14 @@ def snapshot_lines(record: Mapping[str, Any]) -> list[str]:
     def where(step: int) -> str:
         if step not in snaps:
             return "not shipped"
-        path = snaps[step].get("path")
+        path = snaps[step].rel
         return "the base model" if path is None else ("this adapter" if path == "." else f"`{path}`")
 
     rows = []
     for step in steps:
-        e = {**curve.get(step, {}), **snaps.get(step, {})}
-        rows.append(f"| {step} | {where(step)} | {_num(e.get('loss'), '.4f')} | {_num(e.get('dev'), '.2f')} | "
-                    f"{_num(e.get('random_pair_cosine'), '.3f')} |")
+        e = snaps.get(step) or curve[step]
+        rows.append(f"| {step} | {where(step)} | {_num(e.loss, '.4f')} | {_num(e.dev, '.2f')} | "
+                    f"{_num(e.random_pair_cosine, '.3f')} |")
     return ["", "## Training snapshots", "",
             "The adapter as it was during training, saved by `train.py --snapshot-steps` as PEFT folders of the same "
             "form (float16 weights): load one exactly like the adapter above. Step 0 is the base model (LoRA's B "
@@ -156,13 +167,13 @@ def snapshot_lines(record: Mapping[str, Any]) -> list[str]:
             "| step | weights | training loss | STSBenchmark dev | random-pair cosine |", "|---|---|---|---|---|", *rows]
 
 
-def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
+def render_card(spec: ModelSpec, record: TrainingRecord | Mapping[str, Any], name: str) -> str:
     """The README.md text for adapter ``name`` of ``spec`` from its training record."""
+    record = _record(record)
     base = hub_id(spec) or spec.key
-    cfg = record.get("config") or {}
-    test = record.get("test") or {}
-    scores = test.get("tasks") or {}
-    prompt = record.get("prompt") or spec.prompt
+    test = record.test
+    scores = record.test_scores
+    prompt = record.prompt or spec.prompt
     dataset = _training_dataset(record)
     tags = ["sentence-embeddings", "sentence-similarity", "feature-extraction", "lora", "peft",
             "contrastive-learning", "embedlab", f"base_model:adapter:{base}"]
@@ -174,18 +185,17 @@ def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
         head += model_index(f"{spec.key}-{name}", scores)
     head.append("---")
 
-    train = record.get("training") or {}
-    device = record.get("device") or "unknown device"
+    device = record.device or "unknown device"
     rows = [f"| {t} | {scores[t]:.2f} |" for t in TASKS if t in scores]
-    dev = (record.get("dev") or {}).get("STSBenchmark-dev")
+    dev = record.dev
     body = [
         f"# {spec.key} {name}: a sentence encoder by contrastive LoRA fine-tuning",
         "",
-        f"A LoRA adapter (r={cfg.get('lora_r', '?')}, alpha={cfg.get('lora_alpha', '?')}, on "
-        f"{', '.join(cfg.get('lora_targets') or spec.lora_targets)}) that turns [{base}](https://huggingface.co/{base}) "
+        f"A LoRA adapter (r={_or(record.setting('lora_r'))}, alpha={_or(record.setting('lora_alpha'))}, on "
+        f"{', '.join(record.setting('lora_targets') or spec.lora_targets)}) that turns [{base}](https://huggingface.co/{base}) "
         "into a sentence encoder, following *Improving Text Embeddings for Smaller Language Models Using Contrastive "
         "Fine-tuning* (arXiv 2408.00690): InfoNCE over (premise, entailment, contradiction) triplets with in-batch and "
-        f"hard negatives, temperature {cfg.get('temperature', '?')}. The embedding is the last layer's hidden state at "
+        f"hard negatives, temperature {_or(record.setting('temperature'))}. The embedding is the last layer's hidden state at "
         f"an EOS token (`{spec.eos_token}`) appended to the text" + (f", which goes in as `{prompt}`" if prompt != "{s}"
                                                                       else "") + ".",
         "",
@@ -200,12 +210,12 @@ def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
         "",
         "## Training",
         "",
-        f"- device: {device}" + (f", {train['world_size']} process(es)" if train.get("world_size") else ""),
-        f"- data: `{record.get('data', {}).get('path', '?')}`, {record.get('data', {}).get('rows', '?')} triplets"
+        f"- device: {device}" + (f", {record.stat('world_size')} process(es)" if record.stat("world_size") else ""),
+        f"- data: `{record.data.get('path', '?')}`, {record.data.get('rows', '?')} triplets"
         + (f" (from {dataset})" if dataset else ""),
-        f"- {train.get('steps', '?')} steps x {train.get('effective_contrastive_batch', '?')} triplets, "
-        f"lr {cfg.get('lr', '?')}, {train.get('wall_seconds', '?')} s"
-        + (f", {train['sentences_per_second']} sentences/s" if train.get("sentences_per_second") else ""),
+        f"- {_or(record.stat('steps'))} steps x {_or(record.stat('effective_contrastive_batch'))} triplets, "
+        f"lr {_or(record.setting('lr'))}, {_or(record.stat('wall_seconds'))} s"
+        + (f", {record.stat('sentences_per_second')} sentences/s" if record.stat("sentences_per_second") else ""),
         "- command:",
         "",
         "```bash",
@@ -222,8 +232,8 @@ def render_card(spec: ModelSpec, record: Mapping[str, Any], name: str) -> str:
         "|---|---|",
         *rows,
     ]
-    if "average" in test:
-        body.append(f"| average | {test['average']:.2f} |")
+    if record.test_average is not None:
+        body.append(f"| average | {record.test_average:.2f} |")
     body += snapshot_lines(record)
     return "\n".join(head + [""] + body) + "\n"
 
@@ -232,5 +242,5 @@ def write_card(folder: str | Path, spec: ModelSpec) -> Path:
     """Write ``README.md`` into an adapter folder from its training.json; returns its path."""
     folder = Path(folder)
     path = folder / CARD_FILE
-    atomic.write_text(path, render_card(spec, read_training_record(folder), folder.name))
+    files.write_text(path, render_card(spec, TrainingRecord.read(folder), folder.name))
     return path

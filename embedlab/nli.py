@@ -9,27 +9,20 @@ from __future__ import annotations
 
 import csv
 import functools
-import gzip
 import hashlib
 import io
 import itertools
 import lzma
 import re
-import zlib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Collection, Iterable
 
+from .files import DataError, decompress, read_data, write_bytes
 from .sts import DATA_DIR, EXTRA_TASKS, TASKS, load_task
 
 COLUMNS = ("sent0", "sent1", "hard_neg")
 MAX_CHARS = 2000  # one sentence; NLI sentences are short, longer rows are almost certainly broken input
-MAX_DECOMPRESSED = 1 << 30  # a compressed training file may expand to at most 1 GiB
-
-
-class DataError(ValueError):
-    """A training file that cannot be used, with the row or column at fault."""
-
 
 @dataclass
 class Triplets:
@@ -89,25 +82,6 @@ def read_triplets(path: str | Path, max_rows: int | None = None) -> Triplets:
     return Triplets(a, pos, neg, hashlib.sha256(raw).hexdigest(), str(p))
 
 
-def decompress(raw: bytes, what: str = "file") -> bytes:
-    """``raw`` itself, or its content when it is gzip or xz (recognised by magic bytes, not by name);
-    :class:`DataError` when it expands beyond :data:`MAX_DECOMPRESSED` or is corrupt."""
-    if raw[:2] == b"\x1f\x8b":
-        opener = gzip.GzipFile(fileobj=io.BytesIO(raw))
-    elif raw[:6] == b"\xfd7zXZ\x00":
-        opener = lzma.LZMAFile(io.BytesIO(raw))
-    else:
-        return raw
-    try:
-        with opener as f:
-            out = f.read(MAX_DECOMPRESSED + 1)
-    except (OSError, EOFError, lzma.LZMAError, zlib.error) as e:
-        raise DataError(f"{what}: corrupt compressed file ({e})") from None
-    if len(out) > MAX_DECOMPRESSED:
-        raise DataError(f"{what} expands to more than {MAX_DECOMPRESSED >> 20} MiB")
-    return out
-
-
 def normalise(s: str) -> str:
     """Compare sentences across tokenised (SNLI) and raw (STS) text: letters and digits only."""
     return re.sub(r"[^a-z0-9]+", "", s.lower())
@@ -139,7 +113,7 @@ def build_snli_triplets(folder: Path | None = None) -> tuple[list[tuple[str, str
     """
     folder = folder or DATA_DIR / "NLI" / "snli_senteval"
     # Stored gzipped (2.5 MB -> 0.44 MB of the tree); SOURCES.md's sha256 are of the uncompressed files.
-    lines = lambda name: gzip.decompress((folder / f"{name}.gz").read_bytes()).decode("utf-8").splitlines()  # noqa: E731
+    lines = lambda name: read_data(folder / name).decode("utf-8").splitlines()  # noqa: E731
     groups: dict[str, dict[str, list[str]]] = {}
     for split in ("dev", "test"):
         s1, s2, lab = lines(f"s1.{split}"), lines(f"s2.{split}"), lines(f"labels.{split}")
@@ -181,7 +155,7 @@ CAD_SOURCE = "cad_snli_train"
 
 
 def _text(path: Path) -> str:
-    return decompress(path.read_bytes(), str(path)).decode("utf-8")
+    return read_data(path).decode("utf-8")
 
 
 Group = dict  # {"premise": str, "entailment": [str], "contradiction": [str]}
@@ -278,8 +252,5 @@ def write_multigenre(rows: list[tuple[str, str, str, str]], path: Path) -> str:
     w.writerow(MULTIGENRE_COLUMNS)
     w.writerows(rows)
     data = buf.getvalue().encode("utf-8")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(lzma.compress(data, preset=9 | lzma.PRESET_EXTREME) if path.suffix == ".xz" else data)
-    tmp.replace(path)
+    write_bytes(path, lzma.compress(data, preset=9 | lzma.PRESET_EXTREME) if path.suffix == ".xz" else data)
     return hashlib.sha256(data).hexdigest()

@@ -94,7 +94,7 @@ class TwinMaps:
             au = umap.AlignedUMAP(alignment_regularisation=self.alignment_regularisation, transform_seed=self.seed,
                                   **kw)
             au.fit([base, tuned], relations=[{i: i for i in range(n)}])
-        self.xy_a, self.xy_b = (_fill_disconnected(v, xy) for v, xy in zip((base, tuned), au.embeddings_))
+        self.xy_a, self.xy_b = (fill_disconnected(v, xy) for v, xy in zip((base, tuned), au.embeddings_))
         return self
 
     @property
@@ -120,7 +120,7 @@ class TwinMaps:
 MAP_VERSION = {"aligned-umap": "aligned-umap-v1", "init-procrustes": "init-procrustes-v2"}
 
 
-def _fill_disconnected(vectors: np.ndarray, xy: np.ndarray) -> np.ndarray:
+def fill_disconnected(vectors: np.ndarray, xy: np.ndarray) -> np.ndarray:
     """AlignedUMAP leaves texts that its k-NN graph disconnected at NaN: place them by their neighbours."""
     xy = np.asarray(xy, dtype=np.float32)
     bad = ~np.isfinite(xy).all(1)

@@ -3,10 +3,8 @@ from __future__ import annotations
 
 import functools
 import importlib.metadata
-import json
 import os
 import platform
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -50,9 +48,3 @@ def _versions() -> dict[str, str | None]:
             versions[lib] = None
     return versions
 
-
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temp file in the same folder, then rename: never a half-written file."""
-    from .atomic import write_text
-
-    write_text(path, json.dumps(data, indent=2, allow_nan=True) + "\n")

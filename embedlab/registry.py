@@ -5,12 +5,7 @@ This is the only module that knows model names. Everything else asks it for a
 """
 from __future__ import annotations
 
-import functools
-import importlib.metadata
-import os
-import socket
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 Pooling = Literal["eos", "mean"]
@@ -39,7 +34,7 @@ class Source:
     A GGUF model names its file (``gguf_name``) and that file's ``sha256``. The file
     is taken from ``$EMBEDLAB_GGUF_DIR/<gguf_name>``, else the package, else
     ``hub_twin``; whichever source gives it, only those exact bytes are accepted
-    (see :func:`embedlab.loading.locate_gguf`).
+    (see :func:`embedlab.sources.locate_gguf`).
     """
 
     kind: SourceKind
@@ -243,63 +238,3 @@ def get_spec(key: str) -> ModelSpec:
     if not isinstance(key, str) or key not in MODELS:
         raise UnknownModelError(f"unknown model {key!r}; known models: {', '.join(MODELS)}")
     return MODELS[key]
-
-
-def _dist_root(dist: str) -> Path | None:
-    try:
-        return Path(str(importlib.metadata.distribution(dist).locate_file("")))
-    except importlib.metadata.PackageNotFoundError:
-        return None
-
-
-@functools.lru_cache(maxsize=1)
-def hub_reachable(timeout_s: float = 1.5) -> bool:
-    """Whether huggingface.co answers on port 443 (checked once per process).
-
-    HF_HUB_OFFLINE=1 forces False without touching the network.
-    """
-    if os.environ.get("HF_HUB_OFFLINE", "").strip() in {"1", "true", "True", "YES", "yes"}:
-        return False
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
-
-
-def _hub_cached(repo: str) -> bool:
-    try:
-        from huggingface_hub import try_to_load_from_cache
-    except ImportError:  # pragma: no cover - transformers always brings it
-        return False
-    hit = try_to_load_from_cache(repo, "config.json")
-    return isinstance(hit, str)
-
-
-def availability(spec: ModelSpec) -> tuple[bool, str]:
-    """(loadable here, one-line reason a user understands when not). Downloads nothing."""
-    src = spec.source
-    if src.kind == "hub":
-        if _hub_cached(src.repo) or hub_reachable():
-            return True, ""
-        return False, (
-            f"needs {src.repo} from the Hugging Face Hub, which is not reachable from this "
-            "machine (and the model is not in the local Hugging Face cache)"
-        )
-    if src.kind == "package_dir":
-        if _dist_root(src.dist) is None:
-            return False, f"its package is not installed here: {src.install}"
-        return True, ""
-    try:
-        import gguf  # noqa: F401
-    except ImportError:
-        return False, "reading GGUF files needs the package 'gguf' (pip install gguf)"
-    from .loading import locate_gguf  # lazy: loading imports this module
-
-    found = locate_gguf(spec, download=False)
-    return found.ok, found.reason
-
-
-def available_models() -> dict[str, tuple[bool, str]]:
-    """{key: (loadable, reason)} for every registered model, in registry order."""
-    return {key: availability(spec) for key, spec in MODELS.items()}

@@ -31,8 +31,9 @@ import numpy as np
 import plotly.graph_objects as go
 
 from . import plots
-from .adapters import (SNAPSHOTS_DIR, AdapterError, Snapshot, read_training_record, record_prompt, snapshots)
-from .atomic import atomic_path
+from .adapters import (RECORD_FILE, SNAPSHOTS_DIR, AdapterError, Snapshot, TrainingRecord, snapshots,
+                       write_training_record)
+from .files import atomic_path, memo_by_signature, sha256_file, signature
 from .cache import corpus_sha256
 from .corpora import Corpus, InputError, builtin
 from .registry import ModelSpec
@@ -88,24 +89,17 @@ def _sample_sha(seed: int = 0) -> str:
     return corpus_sha256(anisotropy_texts(seed))
 
 
-@functools.lru_cache(maxsize=64)
-def _weights_sha(path: str, size: int, mtime_ns: int) -> str:
-    from .adapters import sha256_file
-
-    return sha256_file(Path(path))
-
-
 def _step_identity(snap: Snapshot, spec: ModelSpec) -> str:
     """What decides a step's vectors: its weights' sha256 (hashed once per file version) and its prompt."""
     if snap.path is None:
         return f"{snap.step}:base:{spec.prompt}"
     w = snap.path / "adapter_model.safetensors"
     try:
-        st = w.stat()
+        sha = sha256_file(w)
     except OSError:
         raise AdapterError(f"snapshot {snap.step}'s weights are missing ({snap.path.name}/adapter_model.safetensors)") from None
-    prompt = record_prompt(read_training_record(snap.path)) or spec.prompt
-    return f"{snap.step}:{_weights_sha(str(w), st.st_size, st.st_mtime_ns)}:{prompt}"
+    prompt = TrainingRecord.read(snap.path).prompt or spec.prompt
+    return f"{snap.step}:{sha}:{prompt}"
 
 
 def replay_key(spec: ModelSpec, snaps: Sequence[Snapshot], corpus: Corpus, layout: LayoutSettings = LAYOUT) -> str:
@@ -125,7 +119,7 @@ def aligned_layouts(vectors: Sequence[np.ndarray], layout: LayoutSettings = LAYO
     laid out together by umap's AlignedUMAP with text i related to text i at the next step."""
     import umap
 
-    from .projection import _fill_disconnected
+    from .projection import fill_disconnected
 
     n = len(vectors[0])
     if len(vectors) < 2 or n < 4 or any(len(v) != n for v in vectors):
@@ -136,7 +130,7 @@ def aligned_layouts(vectors: Sequence[np.ndarray], layout: LayoutSettings = LAYO
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # n_jobs/random_state notice, spectral init fallbacks
         au.fit(list(vectors), relations=[{i: i for i in range(n)} for _ in range(len(vectors) - 1)])
-    return np.stack([_fill_disconnected(v, xy) for v, xy in zip(vectors, au.embeddings_)]).astype(np.float32)
+    return np.stack([fill_disconnected(v, xy) for v, xy in zip(vectors, au.embeddings_)]).astype(np.float32)
 
 
 def build_replay(lab, model: str, adapter: str | Path, corpus_name: str, out_dir: Path | None = None) -> Path:
@@ -203,23 +197,11 @@ class Replay:
     views: dict = field(default_factory=dict, compare=False, repr=False)
 
 
-@functools.lru_cache(maxsize=8)
-def _read(path: str, size: int, mtime_ns: int) -> dict:
+@memo_by_signature(maxsize=8)
+def _read(path: Path) -> dict:
     with np.load(path, allow_pickle=False) as z:
         return {"steps": z["steps"], "xy": z["xy"].astype(np.float32), "cosines": z["cosines"].astype(np.float32),
                 "params": json.loads(str(z["params"]))}
-
-
-def _curves(record: dict) -> tuple[tuple, tuple]:
-    """(loss curve, dev curve) from a training record: every logged loss; the dev of every evaluated step
-    (``learning_curve``, which may list steps whose weights are not shipped, else ``snapshots``)."""
-    loss = tuple((int(s), float(v)) for s, v in (record.get("training") or {}).get("loss_curve") or []
-                 if isinstance(s, int) and isinstance(v, (int, float)))
-    entries = record.get("learning_curve") or record.get("snapshots") or []
-    dev = tuple(sorted((int(e["step"]), float(e["dev"])) for e in entries
-                       if isinstance(e, dict) and isinstance(e.get("step"), int)
-                       and isinstance(e.get("dev"), (int, float)) and not isinstance(e.get("dev"), bool)))
-    return loss, dev
 
 
 def load_replay(spec: ModelSpec, adapter: Path, corpus_name: str, root: Path | None = None) -> Replay:
@@ -229,19 +211,14 @@ def load_replay(spec: ModelSpec, adapter: Path, corpus_name: str, root: Path | N
     The same object while its files are unchanged (training.json and the replay file by size and mtime;
     the weights by sha256 through the file name), so its drawn steps are kept.
     """
-    try:
-        rec = (Path(adapter) / "training.json").stat()
-    except OSError:
+    rec_sig = signature(Path(adapter) / RECORD_FILE)
+    if rec_sig is None:
         raise ReplayUnavailable(f"adapter {Path(adapter).name} has no training snapshots to replay (it has no "
                                 "training record; snapshots come from train.py --snapshot-steps)") from None
     snaps = snapshots(adapter)
     path = replay_path(spec, snaps, corpus_name, root) if len(snaps) >= 2 else None
-    try:
-        st = path.stat() if path is not None else None
-    except OSError:
-        st = None
-    sig = (st.st_size, st.st_mtime_ns) if st is not None else None
-    return _load(spec.key, str(adapter), corpus_name, str(path), sig, (rec.st_size, rec.st_mtime_ns))
+    sig = signature(path) if path is not None else None
+    return _load(spec.key, str(adapter), corpus_name, str(path), sig, rec_sig)
 
 
 @functools.lru_cache(maxsize=8)
@@ -255,8 +232,7 @@ def _load(model: str, adapter_s: str, corpus_name: str, path_s: str, sig: tuple 
                                 "train.py --snapshot-steps)")
     path = Path(path_s)
     try:
-        st = path.stat()
-        data = _read(str(path), st.st_size, st.st_mtime_ns)
+        data = _read(path)
     except (OSError, ValueError, KeyError, EOFError) as e:
         if isinstance(e, FileNotFoundError):
             raise ReplayUnavailable(f"no replay of {adapter.name} on {corpus_name} is precomputed here (the host "
@@ -269,10 +245,10 @@ def _load(model: str, adapter_s: str, corpus_name: str, path_s: str, sig: tuple 
     if steps != tuple(s.step for s in snaps) or xy.shape != (len(steps), len(corpus), 2):
         raise ReplayUnavailable(f"the replay file of {adapter.name} on {corpus_name} does not match its snapshots; "
                                 "precompute it again (python -m embedlab replay-cache)")
-    loss, dev = _curves(read_training_record(adapter))
+    record = TrainingRecord.read(adapter)
     lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
     pad = (hi - lo) * 0.04
-    return Replay(steps, xy, data["cosines"], corpus, loss, dev, data["params"],
+    return Replay(steps, xy, data["cosines"], corpus, record.loss_curve, record.dev_curve, data["params"],
                   (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])))
 
 
@@ -361,16 +337,14 @@ def adopt_snapshots(run: Path, shipped: Path, keep: Sequence[int], tolerance: fl
     ship), and writes into the shipped training.json ``snapshots`` (step 0 = base, the kept steps, the
     final = ".") and ``learning_curve`` (every step the run evaluated, shipped or not). Returns what it wrote.
     """
-    from .provenance import write_json_atomic
-
     run, shipped = Path(run), Path(shipped)
     diff = max_abs_difference(run, shipped)
     if diff > tolerance:
         raise AdapterError(f"the run's final adapter differs from the shipped one (max abs difference {diff:.3g} > "
                            f"{tolerance:g}): not the same training")
-    rec_run, rec = read_training_record(run), read_training_record(shipped)
-    entries = rec_run.get("snapshots") or []
-    by_step = {e["step"]: e for e in entries}
+    rec_run, rec = TrainingRecord.read(run), dict(TrainingRecord.read(shipped).raw)  # written back with fields added
+    by_step = {s.step: s for s in rec_run.snapshots}  # validated; the entries themselves are copied as recorded
+    entries = rec_run.raw.get("snapshots") or []
     final = max(by_step)
     missing = [s for s in keep if s not in by_step or s in (0, final)]
     if missing:
@@ -387,12 +361,12 @@ def adopt_snapshots(run: Path, shipped: Path, keep: Sequence[int], tolerance: fl
         out.append({**e, "path": "." if e["step"] == final else e["path"]})
     rec["snapshots"] = out
     rec["learning_curve"] = [{k: e[k] for k in ("step", "loss", "dev", "random_pair_cosine")} for e in entries]
-    rec["snapshot_run"] = {"command": rec_run.get("command"), "device": rec_run.get("device"),
-                           "wall_seconds": (rec_run.get("training") or {}).get("wall_seconds"),
+    rec["snapshot_run"] = {"command": rec_run.command, "device": rec_run.device,
+                           "wall_seconds": rec_run.stat("wall_seconds"),
                            "final_adapter_max_abs_difference": diff,
                            "note": "snapshots come from this retraining with the same settings; its final adapter "
                                    "equals the shipped one (max abs difference above). learning_curve lists every "
                                    "evaluated step; snapshots only those whose weights ship (step 0 = the base model)."}
-    write_json_atomic(shipped / "training.json", rec)
+    write_training_record(shipped, rec)
     return {"max_abs_difference": diff, "snapshots": [e["step"] for e in out],
             "learning_curve": [e["step"] for e in entries]}

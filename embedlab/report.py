@@ -6,11 +6,12 @@ import json
 import logging
 import re
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
 from . import ROOT
-from .adapters import ADAPTERS_DIR, AdapterError, read_training_record
+from .adapters import ADAPTERS_DIR, AdapterError, TrainingRecord
 from .registry import PAPER_RESULTS
 from .sts import TASKS
 
@@ -71,25 +72,38 @@ def update_readme(readme: Path) -> bool:
     return new != text
 
 
-def training_summary(record: dict) -> dict:
-    """The lines of a training record a reader wants first (device, batch, steps, scores); missing ones None."""
-    cfg, train = record.get("config") or {}, record.get("training") or {}
-    return {"device": record.get("device"), "steps": train.get("steps"),
-            "contrastive batch": train.get("effective_contrastive_batch"),
-            "lr": f"{cfg['lr']:g}" if isinstance(cfg.get("lr"), (int, float)) else None,
-            "wall s": train.get("wall_seconds"), "sentences/s": train.get("sentences_per_second"),
-            "STSBenchmark dev": (record.get("dev") or {}).get("STSBenchmark-dev"),
-            "9-set average": (record.get("test") or {}).get("average")}
+def training_row(name: str, rec: TrainingRecord) -> dict[str, Any]:
+    """One adapter's row of the training-records table: its settings and scores (None where the record has none)."""
+    lr, wall = rec.setting("lr"), rec.stat("wall_seconds")
+    return {"adapter": name, "device": rec.device, "steps": rec.stat("steps"),
+            "batch": rec.stat("effective_contrastive_batch"),
+            "lr": f"{lr:g}" if isinstance(lr, (int, float)) and not isinstance(lr, bool) else None,
+            "temperature": rec.setting("temperature"),
+            "LoRA r/alpha": f"{rec.setting('lora_r')}/{rec.setting('lora_alpha')}",
+            "minutes": round((wall or 0) / 60, 1), "sentences/s": rec.stat("sentences_per_second"),
+            "STS-B dev": rec.dev, "9-set avg": rec.test_average, "note": rec.note}
+
+
+def training_records(root: Path = ADAPTERS_DIR) -> tuple[dict[str, tuple[tuple[int, float], ...]], pd.DataFrame]:
+    """The shipped adapters' training records (``<root>/<model>/<name>/training.json``): their loss curves by
+    ``<model>/<name>``, and the table of :func:`training_row` (the ``note`` column only when some record has
+    one). An unreadable record is skipped with a warning. Shown by the app's Benchmarks tab and ``report``."""
+    curves, rows = {}, []
+    for p in sorted(root.glob("*/*/training.json")):
+        name = f"{p.parent.parent.name}/{p.parent.name}"
+        try:
+            rec = TrainingRecord.read(p.parent)
+        except AdapterError as e:
+            log.warning("%s: %s", name, e)
+            continue
+        curves[name] = rec.loss_curve
+        rows.append(training_row(name, rec))
+    df = pd.DataFrame(rows)
+    if "note" in df and not df["note"].any():
+        df = df.drop(columns="note")
+    return curves, df
 
 
 def adapters_frame(root: Path = ADAPTERS_DIR) -> pd.DataFrame:
-    """One row per shipped adapter (assets/adapters/<model>/<name>) with :func:`training_summary`."""
-    rows = []
-    for folder in sorted(p for p in root.glob("*/*") if p.is_dir()):
-        try:
-            record = read_training_record(folder)
-        except AdapterError as e:
-            log.warning("%s: %s", folder, e)
-            continue
-        rows.append({"model": folder.parent.name, "adapter": folder.name, **training_summary(record)})
-    return pd.DataFrame(rows)
+    """The table of :func:`training_records` alone (``python -m embedlab report``)."""
+    return training_records(root)[1]

@@ -13,7 +13,6 @@ cannot point outside the allowed folders.
 """
 from __future__ import annotations
 
-import functools
 import os
 import re
 from dataclasses import dataclass, field
@@ -21,9 +20,11 @@ from pathlib import Path
 from typing import Any
 
 from . import ROOT
-from .adapters import (ADAPTERS_DIR, AdapterError, AdapterInfo, _inside, _read_json, inspect_adapter,
-                       read_training_record, snapshots)
-from .registry import DEFAULT_MODEL, MODELS, available_models, get_spec, hub_reachable
+from .adapters import (ADAPTERS_DIR, AdapterError, AdapterInfo, TrainingRecord, inside, inspect_adapter, read_json,
+                       snapshots)
+from .files import memo_by_signature
+from .registry import DEFAULT_MODEL, MODELS, get_spec
+from .sources import available_models, hub_reachable
 
 RUNS_DIR = ROOT / "runs"  # train.py's default output: local runs may be compared too
 MAX_SPEC_CHARS = 200
@@ -83,7 +84,7 @@ def adapter_roots() -> list[Path]:
 
 def _base_of(folder: Path) -> str | None:
     try:
-        return str(_read_json(folder / "adapter_config.json", "adapter_config.json").get("base_model_name_or_path") or "")
+        return str(read_json(folder / "adapter_config.json", "adapter_config.json").get("base_model_name_or_path") or "")
     except AdapterError:
         return None
 
@@ -103,7 +104,7 @@ def adapter_folders(key: str) -> dict[str, Path]:
                 continue
             for d in folders:
                 # a link out of the allowed folders is no adapter: nothing behind it is read
-                if d.name not in out and re.fullmatch(_NAME, d.name) and _inside(d.resolve(), roots) \
+                if d.name not in out and re.fullmatch(_NAME, d.name) and inside(d.resolve(), roots) \
                         and _base_of(d) in spec.base_ids:
                     out[d.name] = d
     return out
@@ -162,12 +163,12 @@ def side_choices() -> list[tuple[str, str]]:
 def _trained_on(folder: Path | None) -> str:
     """' · GPU-trained' / ' · CPU-trained' from an adapter's training record ('' when it says nothing)."""
     try:
-        rec = read_training_record(folder) if folder is not None else {}
+        rec = TrainingRecord.read(folder) if folder is not None else TrainingRecord()
     except AdapterError:  # unreadable record (a FIFO, too large): no tag; parsing the spec says more
         return ""
-    if not rec.get("trained_on"):
+    if not rec.trained_on:
         return ""
-    return " · GPU-trained" if rec.get("trained_on") == "cuda" else " · CPU-trained"
+    return " · GPU-trained" if rec.trained_on == "cuda" else " · CPU-trained"
 
 
 def model_sides(key: str) -> tuple[Side, Side]:
@@ -186,7 +187,8 @@ def default_sides() -> tuple[Side, Side]:
     return model_sides(models[0])
 
 
-def _kind(value: Any) -> str:
+def kind(value: Any) -> str:
+    """What a wrong-typed value is, in words ("a number", "a list"…), for input errors."""
     return "nothing" if value is None else {bool: "true/false", int: "a number", float: "a number", list: "a list",
                                              dict: "an object"}.get(type(value), type(value).__name__)
 
@@ -214,7 +216,7 @@ def parse_side(value: Any, what: str = "side") -> Side:
     Raises :class:`SideError` saying what is wrong and listing the valid specs.
     """
     if not isinstance(value, str):
-        raise _refuse(what, f"must be a side spec (text) such as '{DEFAULT_MODEL}+nli-cft', not {_kind(value)}")
+        raise _refuse(what, f"must be a side spec (text) such as '{DEFAULT_MODEL}+nli-cft', not {kind(value)}")
     text = value.strip()
     if not text:
         raise _refuse(what, "is empty")
@@ -263,22 +265,18 @@ def parse_side(value: Any, what: str = "side") -> Side:
 
 
 def _inspect(folder: Path, key: str, roots: list[Path] | None) -> AdapterInfo:
-    """:func:`inspect_adapter`, remembered while the folder's files are unchanged (it hashes the weights)."""
-    try:
-        sig = tuple((f.name, f.stat().st_mtime_ns, f.stat().st_size) for f in sorted(Path(folder).iterdir()) if f.is_file())
-    except OSError:
-        sig = None
-    return _inspect_memo(str(folder), key, tuple(map(str, roots)) if roots is not None else None, sig)
+    """:func:`inspect_adapter`, remembered while the folder's files are unchanged (it reads every tensor)."""
+    return _inspect_memo(folder, key, tuple(map(str, roots)) if roots is not None else None)
 
 
-@functools.lru_cache(maxsize=64)
-def _inspect_memo(folder: str, key: str, roots: tuple[str, ...] | None, sig: tuple | None) -> AdapterInfo:
+@memo_by_signature(maxsize=64)
+def _inspect_memo(folder: Path, key: str, roots: tuple[str, ...] | None) -> AdapterInfo:
     return inspect_adapter(folder, MODELS[key], [Path(r) for r in roots] if roots is not None else None)
 
 
-def training_record(side: Side) -> dict:
-    """The training record of ``side``'s adapter ({} for a base model)."""
-    return read_training_record(side.folder) if side.folder is not None else {}
+def training_record(side: Side) -> TrainingRecord:
+    """The training record of ``side``'s adapter (an empty one for a base model)."""
+    return TrainingRecord.read(side.folder) if side.folder is not None else TrainingRecord()
 
 
 __all__ = ["Side", "SideError", "parse_side", "valid_specs", "side_choices", "default_sides", "model_sides", "adapter_roots",

@@ -7,17 +7,17 @@ train+trial+test like MTEB (``sick="test"`` gives SentEval's test-only variant).
 from __future__ import annotations
 
 import csv
-import lzma
 import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Callable, Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from scipy.stats import spearmanr
 
 from . import ROOT
+from .files import open_data
 
 DATA_DIR = Path(os.environ.get("EMBEDLAB_DATA") or ROOT / "assets" / "data")
 
@@ -51,14 +51,6 @@ class STSTask:
         idx = np.sort(np.random.default_rng(seed).choice(len(self), size=n, replace=False))
         return STSTask(self.name, [self.s1[i] for i in idx], [self.s2[i] for i in idx], self.gold[idx],
                        [self.subset[i] for i in idx] if self.subset else [])
-
-
-def open_data(path: Path) -> IO[str]:
-    """A data file for reading as text; ``<path>.xz`` when only the compressed copy ships (the larger
-    files do, to keep the repository small; SOURCES.md records the uncompressed bytes)."""
-    if not path.exists() and (packed := path.with_name(path.name + ".xz")).exists():
-        return lzma.open(packed, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
 
 
 def _tsv(path: Path) -> list[list[str]]:

@@ -31,12 +31,14 @@ import numpy as np
 import torch
 
 from . import precision
-from .adapters import SNAPSHOTS_DIR, AdapterError, save_adapter
+from .adapters import SNAPSHOTS_DIR, AdapterError, save_adapter, write_training_record
 from .encode import collate, embed_batch, length_batches, tokenize
 from .loading import load_encoder
 from .loss import distributed_info_nce, grad_cache_step, world_size
 from .nli import DataError, read_triplets
-from .provenance import device_name, environment, write_json_atomic
+from .files import swap_folder
+from .provenance import device_name, environment
+from .registry import DEFAULT_MODEL
 from .sts import EXTRA_TASKS, TASKS
 
 T = TypeVar("T")
@@ -77,9 +79,9 @@ def autocast(precision: str, device: torch.device):
 class Config:
     """Every training setting; train.py's flags are generated from these fields (--batch-size etc.)."""
 
-    model: str = "smollm2-135m"  # registry key
+    model: str = DEFAULT_MODEL  # registry key
     data: str = "assets/data/NLI/snli_all_triplets.csv"  # CSV with sent0,sent1[,hard_neg] (no hard_neg: in-batch negatives only)
-    out: str = "runs/smollm2-135m-nli"  # adapter + training.json + checkpoint/ go here
+    out: str = f"runs/{DEFAULT_MODEL}-nli"  # adapter + training.json + checkpoint/ go here
     prompt: str = ""  # template overriding the registry's, e.g. "{s} is: " ("" = registry's)
     lora_r: int = 8
     lora_alpha: int = 32
@@ -309,12 +311,7 @@ def save_checkpoint(acc, path: Path) -> None:
     acc.save_state(str(tmp))
     acc.wait_for_everyone()
     if acc.is_main_process:
-        old = path.with_name(path.name + ".old")
-        shutil.rmtree(old, ignore_errors=True)
-        if path.exists():
-            os.replace(path, old)
-        os.replace(tmp, path)
-        shutil.rmtree(old, ignore_errors=True)
+        swap_folder(tmp, path)  # by way of <path>.old: a kill in between leaves that one, which resume also reads
     acc.wait_for_everyone()
 
 
@@ -553,8 +550,8 @@ class Trainer:
                 self.executor(lambda: save_adapter(self.acc.unwrap_model(self.model), self.out / rel, spec,
                                                    dtype=torch.float16))
                 # the prompt travels with the weights: attach_adapter embeds with the one in training.json
-                write_json_atomic(self.out / rel / "training.json", {"model": spec.key, "prompt": spec.prompt,
-                                                                     "step": step, "snapshot_of": "../.."})
+                write_training_record(self.out / rel, {"model": spec.key, "prompt": spec.prompt, "step": step,
+                                                       "snapshot_of": "../.."})
                 use = attach_adapter(ev, self.out / rel).name
             r = run_eval(ev, ["STSBenchmark-dev"], adapter=use, limit=self.cfg.eval_limit or None)
         self.state.snapshots.append({"step": step, "path": rel, "dev": r["tasks"]["STSBenchmark-dev"],
@@ -593,7 +590,7 @@ class Trainer:
         out, cfg = self.out, self.cfg
         self.executor(lambda: save_adapter(self.acc.unwrap_model(self.model), out, self.spec))
         record = self.record()
-        write_json_atomic(out / "training.json", record)  # written now so a failing evaluation loses nothing
+        write_training_record(out, record)  # written now so a failing evaluation loses nothing
         if evaluate:
             # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
             # prompt it was trained with: attach_adapter reads it back from training.json).
@@ -614,7 +611,7 @@ class Trainer:
                 # the same record format as `python -m embedlab eval`, so it can go under assets/results as is
                 record["test"] = {**run_eval(tuned, tasks, adapter=name, limit=cfg.eval_limit or None, progress=self.progress),
                                   "trained_on": self.device.type, "trained_device": record["device"]}
-            write_json_atomic(out / "training.json", record)
+            write_training_record(out, record)
         write_card(out, self.spec)
         shutil.rmtree(self.ckpt, ignore_errors=True)
         msg = f"saved {out}"

@@ -20,7 +20,7 @@ import string
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import atomic
+from . import files
 from .corpora import MAX_UPLOAD_BYTES, InputError, clean_text, decode_upload, read_upload
 from .features.common import kind, short
 from .nli import COLUMNS, DataError, holds_evaluation_sentence
@@ -89,7 +89,7 @@ class UserData:
 
     def write_csv(self, dst: Path) -> Path:
         """Write :meth:`csv_bytes` to ``dst`` whole or not at all; sets and returns :attr:`csv_path`."""
-        atomic.write_bytes(dst, self.csv_bytes())
+        files.write_bytes(dst, self.csv_bytes())
         self.csv_path = Path(dst)
         return self.csv_path
 

@@ -3,12 +3,12 @@ maps and indexes), and the same work exported as the shipped seed cache (``pytho
 from __future__ import annotations
 
 import logging
-import os
 import shutil
 from pathlib import Path
 from typing import Sequence
 
 from .corpora import builtin
+from .files import swap_folder
 from .features.maps import map_key, save_map, twin_map
 from .features.pairs import anisotropy_cosines
 from .lab import MAP_MAX, SEED_DIR, Lab
@@ -37,7 +37,7 @@ def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[
 
         with lab.hold(a, b) as readies:
             for r in readies:
-                lab._corpus(r, c, progress=prog, wait=True)
+                lab.corpus(r, c, progress=prog, wait=True)
             lab.status[name] = "building map…"
             twin_map(lab, a, b, c)
             for r in readies:
@@ -76,9 +76,8 @@ def export_seeds(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequ
         for name in corpora:
             c = builtin(name).sample(MAP_MAX)
             save_map(tmp / "maps" / f"{map_key(ra, rb, c)}.npz", twin_map(lab, a, b, builtin(name)))
+    out.mkdir(parents=True, exist_ok=True)
     for sub in ("embeddings", "maps"):
-        shutil.rmtree(out / sub, ignore_errors=True)
-        (out / sub).parent.mkdir(parents=True, exist_ok=True)
-        os.replace(tmp / sub, out / sub)
+        swap_folder(tmp / sub, out / sub)
     shutil.rmtree(tmp, ignore_errors=True)
     return sorted(p for p in out.rglob("*") if p.is_file())

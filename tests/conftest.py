@@ -33,3 +33,27 @@ def app_server(tmp_path_factory):
     server = AppServer(tmp_path_factory.mktemp("app") / "app.log")
     yield server
     server.stop()
+
+
+# The features' tests (tests/test_feature_*.py, test_availability.py) run on two tiny random models.
+@pytest.fixture
+def lab(tmp_path, monkeypatch):
+    """A lab serving two tiny random models, registered as "tiny-llama" (A) and "tiny-bert" (B)."""
+    from embedlab.lab import Lab
+    from tiny import tiny_models
+
+    encs = tiny_models(monkeypatch)
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
+    return lab
+
+
+@pytest.fixture
+def adapter(tmp_path, monkeypatch):
+    """The side spec of a tiny adapter for A, in a folder the app may load adapters from."""
+    from tiny import A, make_adapter
+
+    root = tmp_path / "adapters"
+    make_adapter(root / "tiny-nli")
+    monkeypatch.setenv("EMBEDLAB_ADAPTER_DIRS", str(root))
+    return f"{A}+tiny-nli"

@@ -422,9 +422,40 @@ def test_report_reads_each_adapters_training_record(tmp_path):
     (good / "training.json").write_text(json.dumps(_record()))
     (bad / "training.json").write_text("{not json")
     df = adapters_frame(tmp_path)
-    assert list(df["adapter"]) == ["good"]  # the unreadable record is skipped (with a warning)
+    assert list(df["adapter"]) == ["tiny-llama/good"]  # the unreadable record is skipped (with a warning)
     row = df.iloc[0]
-    assert row["device"] == "NVIDIA H100 80GB HBM3" and row["lr"] == "0.0003" and row["STSBenchmark dev"] == 70.5
+    assert row["device"] == "NVIDIA H100 80GB HBM3" and row["lr"] == "0.0003" and row["STS-B dev"] == 70.5
+def test_shipped_training_records_read_typed_and_write_back_unchanged(tmp_path):
+    """Every shipped training.json: the typed record holds what the file says, and writing it back gives the same JSON."""
+    shipped = sorted(ad.ADAPTERS_DIR.glob("*/*/training.json"))
+    assert shipped
+    for path in shipped:
+        data = json.loads(path.read_text())
+        rec = ad.TrainingRecord.read(path.parent)
+        assert rec.raw == data and rec.model == data["model"] and rec.prompt == data["prompt"]
+        assert rec.device == data["device"] and rec.trained_on == data["trained_on"]
+        assert rec.dev == data["dev"]["STSBenchmark-dev"] and rec.test_average == data["test"]["average"]
+        assert rec.stat("steps") == data["training"]["steps"] and rec.setting("lr") == data["config"]["lr"]
+        assert rec.loss_curve == tuple((s, v) for s, v in data["training"]["loss_curve"])
+        assert [s.step for s in rec.snapshots] == sorted(e["step"] for e in data["snapshots"])
+        assert [s.rel for s in rec.snapshots] == [e["path"] for e in sorted(data["snapshots"], key=lambda e: e["step"])]
+        out = tmp_path / path.parent.name
+        ad.write_training_record(out, rec.raw)
+        assert json.loads((out / "training.json").read_text()) == data
+
+
+def test_a_training_record_with_a_bad_prompt_or_snapshot_list_is_refused_where_it_matters(tmp_path):
+    (tmp_path / "training.json").write_text(json.dumps({"prompt": "no slot", "device": "CPU"}))
+    with pytest.raises(AdapterError, match="prompt must be a text"):
+        ad.TrainingRecord.read(tmp_path)
+    (tmp_path / "training.json").write_text(json.dumps({"device": "CPU", "snapshots": "x", "training": {"steps": 3}}))
+    rec = ad.TrainingRecord.read(tmp_path)  # the adapter itself still loads: only its snapshots are unusable
+    assert rec.device == "CPU" and rec.stat("steps") == 3 and rec.dev is None and rec.loss_curve == ()
+    with pytest.raises(AdapterError, match="snapshots must be a list"):
+        rec.snapshots
+    assert not ad.TrainingRecord.read(tmp_path / "none") and not ad.TrainingRecord()
+
+
 def test_snapshots_reads_and_validates(tmp_path):
     (tmp_path / "snapshots" / "step-50").mkdir(parents=True)
     rec = {"snapshots": [{"step": 50, "path": "snapshots/step-50", "loss": 2.5, "dev": 60.0, "random_pair_cosine": 0.5},

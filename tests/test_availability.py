@@ -14,7 +14,6 @@ from embedlab.corpora import Corpus
 from embedlab.lab import Lab, ModelsBusy, model_bytes
 from embedlab.registry import MODELS
 from embedlab.side import parse_side
-from test_features import lab  # noqa: F401  (fixture: a lab serving the two tiny models)
 from tiny import A, B, tiny_encoder, tiny_models
 
 C = "tiny-3"

@@ -132,7 +132,8 @@ def test_many_runs_are_packed_and_a_damaged_piece_is_refused(tmp_path):
 def test_real_gguf_to_a_two_step_adapter_that_loads(tmp_path):
     """The default model's real GGUF in pieces -> train.py (2 steps, CPU) converting it from EMBEDLAB_GGUF_DIR
     (an empty EMBEDLAB_CACHE, so the reassembled file is what loads) -> an adapter that loads."""
-    from embedlab.loading import attach_adapter, load_encoder, locate_gguf
+    from embedlab.loading import attach_adapter, load_encoder
+    from embedlab.sources import locate_gguf
     from embedlab.registry import get_spec
 
     spec = get_spec("smollm2-135m")

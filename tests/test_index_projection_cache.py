@@ -3,7 +3,7 @@ import pytest
 
 from embedlab import index
 from embedlab.cache import EmbeddingCache, corpus_sha256
-from embedlab.projection import (MAP_VERSION, TwinMaps, _fill_disconnected, alignment_report, knn,
+from embedlab.projection import (MAP_VERSION, TwinMaps, fill_disconnected, alignment_report, knn,
                                  neighbour_overlap, place_by_neighbours, procrustes)
 from tiny import tiny_encoder
 
@@ -144,11 +144,11 @@ def test_disconnected_texts_are_placed_by_neighbours():
     xy = np.random.default_rng(0).standard_normal((10, 2)).astype(np.float32)
     holed = xy.copy()
     holed[3] = np.nan
-    out = _fill_disconnected(v, holed)
+    out = fill_disconnected(v, holed)
     assert np.isfinite(out).all() and np.allclose(out[[0, 1, 2, 4]], xy[[0, 1, 2, 4]])
     assert np.allclose(out[3], place_by_neighbours(v[3:4], np.delete(v, 3, 0), np.delete(xy, 3, 0))[0])
     with pytest.raises(ValueError):
-        _fill_disconnected(v, np.full((10, 2), np.nan))
+        fill_disconnected(v, np.full((10, 2), np.nan))
 
 
 def test_neighbour_overlap_and_placement():

@@ -22,10 +22,9 @@ from embedlab.features import common, maps, pairs
 from embedlab.features import search as search_tab
 from embedlab.corpora import MAX_TEXTS, InputError, parse_corpus, parse_pairs
 from embedlab.encode import TextError, validate_texts
-from embedlab.lab import Lab
 from embedlab.nli import DataError, read_triplets
 from conftest import examples
-from tiny import A, B, make_adapter, tiny_encoder, tiny_models
+from tiny import A, B, make_adapter, tiny_encoder
 
 M = "smollm2-135m"
 FIXTURES = [HealthCheck.function_scoped_fixture, HealthCheck.too_slow, HealthCheck.data_too_large]
@@ -47,14 +46,9 @@ def is_clear_message(e: Exception) -> bool:
 
 
 @pytest.fixture
-def lab(tmp_path, monkeypatch):
-    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
-    encs = tiny_models(monkeypatch)  # two tiny models, "tiny-llama" (A) and "tiny-bert" (B), as loadable sides
-    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
-    root = tmp_path / "adapters"
-    make_adapter(root / "tiny-nli")
-    monkeypatch.setenv("EMBEDLAB_ADAPTER_DIRS", str(root))
-    lab.adapter_path = f"{A}+tiny-nli"  # a side spec
+def lab(lab, adapter):
+    """conftest's lab (two tiny models, "tiny-llama" (A) and "tiny-bert" (B), as loadable sides) and its adapter."""
+    lab.adapter_path = adapter  # a side spec
     return lab
 
 

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 import embedlab.registry as reg
+import embedlab.sources as sources
 from embedlab import sts
 from embedlab.loading import ModelUnavailableError, cache_is_valid, load_encoder
 
@@ -23,8 +24,8 @@ def test_registry_records_are_complete():
 
 def test_hub_models_say_why_offline(monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    reg.hub_reachable.cache_clear()
-    ok, why = reg.availability(reg.get_spec("phi-2"))
+    sources.hub_reachable.cache_clear()
+    ok, why = sources.availability(reg.get_spec("phi-2"))
     assert not ok and "Hugging Face Hub" in why and "not reachable" in why
     with pytest.raises(ModelUnavailableError, match="Hugging Face Hub"):
         load_encoder("phi-2")
@@ -33,12 +34,12 @@ def test_hub_models_say_why_offline(monkeypatch):
 def test_missing_package_says_how_to_install():
     spec = reg.ModelSpec(key="x", title="x", source=reg.Source(kind="gguf_package", dist="no-such-dist-xyz", path="a.gguf", install="pip install no-such-dist-xyz"),
                          pooling="eos", causal=True, params_m=1, licence="x", eos_token="</s>", base_ids=("x",))
-    ok, why = reg.availability(spec)
+    ok, why = sources.availability(spec)
     assert not ok and "pip install no-such-dist-xyz" in why
 
 
 def test_packaged_models_available():
-    avail = reg.available_models()
+    avail = sources.available_models()
     for key in ("smollm2-135m", "gemma3-270m", "minilm-l6"):
         assert avail[key] == (True, ""), avail[key]
 
@@ -96,10 +97,10 @@ def test_subsample_is_seeded_and_sized():
 
 
 def test_cache_validity_detects_corruption(tmp_path):
-    from embedlab.loading import CACHE_FORMAT, _write_manifest
+    from embedlab.loading import CACHE_FORMAT, write_manifest
 
     (tmp_path / "model.safetensors").write_bytes(b"0123456789" * 100)
-    _write_manifest(tmp_path, "src")
+    write_manifest(tmp_path, "src")
     assert cache_is_valid(tmp_path, "src")
     assert not cache_is_valid(tmp_path, "other-src")
     data = bytearray((tmp_path / "model.safetensors").read_bytes())

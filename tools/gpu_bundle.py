@@ -101,7 +101,7 @@ def device_calls(bundle: dict, commands: str = "tools/gpu_commands.txt") -> list
 
 
 def main(argv: list[str] | None = None) -> int:
-    from embedlab.loading import locate_gguf
+    from embedlab.sources import locate_gguf
     from embedlab.registry import get_spec
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -33,7 +33,7 @@ import urllib.request
 from pathlib import Path
 
 from embedlab import ROOT
-from embedlab.adapters import sha256_file  # stdlib + registry only: no torch here
+from embedlab.files import sha256_file  # stdlib + registry only: no torch here
 from embedlab.registry import DEFAULT_MODEL, get_spec
 
 VENV = Path(tempfile.gettempdir()) / "embedlab-space-venv"

@@ -37,7 +37,7 @@ from ..nli import DataError
 from ..provenance import environment
 from ..registry import UnknownModelError
 from .. import ROOT
-from ..side import Side, SideError, parse_side
+from ..side import Side, SideError, kind, parse_side
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 1000
@@ -117,12 +117,6 @@ def md(text: Any) -> str:
 
 
 # --- input checks: one per kind of input, used by every endpoint --------------------------------------
-def kind(value: Any) -> str:
-    """What a wrong-typed value is, in words ("a number", "a list"…)."""
-    return "nothing" if value is None else {bool: "true/false", int: "a number", float: "a number", list: "a list",
-                                             dict: "an object"}.get(type(value), type(value).__name__)
-
-
 def short(value: Any) -> str:
     """A value quoted in a message (its repr), cut to ~:data:`ECHO_CHARS` characters."""
     r = repr(value)

@@ -10,9 +10,9 @@ import gradio as gr
 import pandas as pd
 
 from .. import plots
-from ..adapters import ADAPTERS_DIR, AdapterError, read_training_record
+from .. import report
+from ..adapters import ADAPTERS_DIR
 from ..lab import Lab
-from ..report import results_frame
 from ..side import Side
 from ..sts import TASKS
 from .common import Choices, Ctx, UserError, files, flag, kind, names, record, short, sides, user_facing
@@ -27,7 +27,7 @@ def full_eval_allowed() -> bool:
 
 def results_table() -> pd.DataFrame:
     """Our committed results beside the paper's (Spearman ×100)."""
-    return results_frame()
+    return report.results_frame()
 
 
 def results_chart(df: pd.DataFrame):
@@ -37,25 +37,9 @@ def results_chart(df: pd.DataFrame):
 
 
 def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
-    """Loss curves (plotly figure) and one row of settings and scores per shipped adapter's training.json."""
-    curves, rows = {}, []
-    for p in sorted(root.glob("*/*/training.json")):
-        try:
-            rec = read_training_record(p.parent)
-        except AdapterError:
-            continue
-        name = f"{p.parent.parent.name}/{p.parent.name}"
-        t, c = rec.get("training", {}), rec.get("config", {})
-        curves[name] = t.get("loss_curve") or [[0, 0]]
-        rows.append({"adapter": name, "device": rec.get("device"), "steps": t.get("steps"),
-                     "batch": t.get("effective_contrastive_batch"), "lr": c.get("lr"), "temperature": c.get("temperature"),
-                     "LoRA r/alpha": f"{c.get('lora_r')}/{c.get('lora_alpha')}", "minutes": round((t.get("wall_seconds") or 0) / 60, 1),
-                     "sentences/s": t.get("sentences_per_second"), "STS-B dev": (rec.get("dev") or {}).get("STSBenchmark-dev"),
-                     "9-set avg": (rec.get("test") or {}).get("average"), "note": rec.get("note", "")})
-    df = pd.DataFrame(rows)
-    if "note" in df and not df["note"].any():  # the column only when some record carries a note
-        df = df.drop(columns="note")
-    return (plots.loss_curve(curves) if curves else None), df
+    """Loss curves (plotly figure) and the table of the shipped adapters' training records (:func:`report.training_records`)."""
+    curves, df = report.training_records(root)
+    return (plots.loss_curve({k: list(c) or [[0, 0]] for k, c in curves.items()}) if curves else None), df
 
 
 def evaluate_side(lab: Lab, side: Side, tasks: list[str], limit: int | None, progress=None) -> dict:

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 
 from .. import plots
-from ..atomic import atomic_path
+from ..files import atomic_path
 from ..corpora import BUILTINS, Corpus, builtin, parse_corpus
 from ..lab import MAP_MAX, Lab, Ready
 from ..projection import TwinMaps, neighbour_overlap, place_by_neighbours
@@ -41,7 +41,7 @@ def sample_vectors(lab: Lab, r: Ready, full: Corpus, sample: Corpus) -> np.ndarr
         fv = lab.embeddings.peek(r.enc, full.texts, r.adapter, sha=full.sha256, uploaded=full.uploaded)
         if fv is not None:
             return fv[full.sample_indices(len(sample))]
-    return lab._corpus(r, sample)
+    return lab.corpus(r, sample)
 
 
 def twin_map(lab: Lab, a: Side, b: Side, full: Corpus, k: int = 10, seed: int = 42) -> dict:

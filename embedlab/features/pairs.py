@@ -40,7 +40,7 @@ def batch_cosines(lab: Lab, a: Side, b: Side, s1: list[str], s2: list[str], gold
     uniq = list(dict.fromkeys(s1 + s2))
     pos = {t: i for i, t in enumerate(uniq)}
     with lab.hold(a, b) as (ra, rb):
-        va, vb = lab._texts(ra, rb, uniq, priority=BACKGROUND)
+        va, vb = lab.texts(ra, rb, uniq, priority=BACKGROUND)
     i1, i2 = [pos[t] for t in s1], [pos[t] for t in s2]
     ca, cb = np.einsum("ij,ij->i", va[i1], va[i2]), np.einsum("ij,ij->i", vb[i1], vb[i2])
     out = {"s1": s1, "s2": s2, "gold": gold, "a": ca.tolist(), "b": cb.tolist()}

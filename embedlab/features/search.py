@@ -23,7 +23,7 @@ def top_k(lab: Lab, a: Side, b: Side, corpus: Corpus, query: str, k: int = 10) -
         ia, ib = lab.index(ra, corpus)[0], lab.index(rb, corpus)[0]
 
         def query_both() -> tuple:  # one task on the compute thread: one wait behind background work
-            qa, qb = lab._texts(ra, rb, [query])
+            qa, qb = lab.texts(ra, rb, [query])
             return ia.search(qa, k), ib.search(qb, k)
 
         (sa, na), (sb, nb) = on_compute_thread(query_both)

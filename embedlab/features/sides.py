@@ -7,8 +7,8 @@ from typing import Any
 
 import gradio as gr
 
-from ..adapters import snapshots
-from ..registry import MODELS, available_models
+from ..registry import MODELS
+from ..sources import available_models
 from ..side import SideError, default_sides, parse_side, side_choices, training_record, valid_specs
 from .common import UserError, gradio_errors, md, user_facing
 
@@ -34,16 +34,14 @@ def model_card(side: Any, what: str = "side") -> str:
         lines.append(f"Adapter **{md(s.adapter)}** (no training record)")
         head = f"With adapter **{md(s.adapter)}**"
     else:
-        t = rec.get("training") if isinstance(rec.get("training"), dict) else {}
-        cfg = rec.get("config") if isinstance(rec.get("config"), dict) else {}
-        dev = (rec.get("dev") if isinstance(rec.get("dev"), dict) else {}).get("STSBenchmark-dev")
-        dev = dev if isinstance(dev, (int, float)) and math.isfinite(dev) else None
-        lines.append(f"Adapter **{md(s.adapter)}**: trained on {md(rec.get('device', '?'))}, "
-                     f"{md(t.get('steps', '?'))} steps × {md(t.get('effective_contrastive_batch', '?'))} triplets, "
-                     f"lr {md(cfg.get('lr', '?'))}" + (f", STS-B dev {dev:.1f}" if dev is not None else ""))
+        dev = rec.dev if rec.dev is not None and math.isfinite(rec.dev) else None
+        shown = lambda v: md("?" if v is None else v)  # noqa: E731
+        lines.append(f"Adapter **{md(s.adapter)}**: trained on {shown(rec.device)}, "
+                     f"{shown(rec.stat('steps'))} steps × {shown(rec.stat('effective_contrastive_batch'))} triplets, "
+                     f"lr {shown(rec.setting('lr'))}" + (f", STS-B dev {dev:.1f}" if dev is not None else ""))
         head = f"With adapter **{md(s.adapter)}**"
     if s.step is not None:
-        snap = next(x for x in snapshots(s.folder) if x.step == s.step)
+        snap = next(x for x in rec.snapshots if x.step == s.step)
         figures = [f"{name} {v:.3f}" if name != "STS-B dev" else f"{name} {v:.1f}"
                    for name, v in (("loss", snap.loss), ("STS-B dev", snap.dev), ("random-pair cosine", snap.random_pair_cosine))
                    if v is not None]
