@@ -82,14 +82,14 @@ def load_side(side: Side, device: str | torch.device = "cpu"):
     """(encoder, adapter name or None): ``side``'s backbone with its weights attached, as the lab attaches
     them (:meth:`embedlab.lab.Lab._ready`: a snapshot embeds with its adapter's training prompt)."""
     from .loading import attach_adapter, load_encoder
-    from .side import adapter_roots
+    from .side import resolution_roots
 
     # fp32 whatever EMBEDLAB_PRECISION says: the merged weights must be the fp32 ones, and the reference vectors
     # the export is checked against (cosine >= 0.9999) must not carry bf16's rounding
     enc = load_encoder(side.model, device=device, precision="fp32")
     if side.weights is None:
         return enc, None
-    info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else adapter_roots())
+    info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else resolution_roots())
     if info.prompt != side.prompt:
         enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
     return enc, info.name

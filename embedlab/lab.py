@@ -36,7 +36,7 @@ from .precision import resolve as resolve_precision
 from .lru import LRU
 from .registry import get_spec
 from . import ROOT
-from .side import Side, SideError, adapter_roots, parse_side
+from .side import Side, SideError, parse_side, resolution_roots
 
 log = logging.getLogger(__name__)
 SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
@@ -238,7 +238,7 @@ class Lab:
         memo = (side.model, str(path), sig)
         name = self._attached.get(memo) if sig is not None else None
         if name not in enc.adapters:
-            info = attach_adapter(enc, path, allowed_roots=None if side.hub else adapter_roots())
+            info = attach_adapter(enc, path, allowed_roots=None if side.hub else resolution_roots())
             if info.prompt != side.prompt:  # a snapshot embeds with its adapter's training prompt
                 enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
             name = self._attached[memo] = info.name
