@@ -31,6 +31,7 @@ import threading
 import time
 import zipfile
 from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -425,6 +426,8 @@ class Manager:
         except LossNotFinite:
             raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
                             "rate.") from None
+        finally:
+            probe.layouts.shutdown(wait=True)  # the last frame's map (seconds) before the run is done
         stopped = trainer.done < trainer.total
         run.state, run.message = "saving", "Saving the adapter…"
         run.frame.version += 1
@@ -456,9 +459,12 @@ class Manager:
             f.pair.append((step, pair))
         f.version += 1
         self._write_record(run, trainer.record())
-        if self.maps:
-            f.maps[step] = probe.layout(topics, f.maps[max(f.maps)] if f.maps else None)
-            f.version += 1
+        if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
+            def lay_out() -> None:
+                f.maps[step] = probe.layout(topics, f.maps[max(f.maps)] if f.maps else None)
+                f.version += 1
+
+            probe.layouts.submit(lay_out)
 
     def _write_record(self, run: Run, record: dict) -> None:
         """training.json: the Trainer's record plus the snapshots taken (so ``@step`` parses) and the frames."""
@@ -519,6 +525,7 @@ class Probe:
         self.corpus = replay_corpus("topics")
         self.pair = pair if all(p.strip() for p in pair) else None
         self.prev_vecs: np.ndarray | None = None
+        self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
 
     def vectors(self, texts: list[str]) -> np.ndarray:
         """(N, d) float32 L2-normalised embeddings by the model as it is now, in eval mode (no dropout)."""
