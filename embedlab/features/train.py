@@ -156,18 +156,18 @@ def build(ctx: Ctx) -> None:
                         file_types=[".csv", ".tsv", ".jsonl"], visible=False, what="the triplets file",
                         elem_id="train-upload")
         caps, dflt = live.CAPS, live.PRESETS[live.DEFAULT_PRESET]
-        with gr.Accordion("Advanced settings (preset Advanced)", open=False):
+        with gr.Accordion("Advanced settings (preset Advanced)", open=False, elem_id="train-advanced"):
             with gr.Row():
                 steps = Number(minimum=caps["steps"][0], maximum=caps["steps"][1], step=1, value=dflt["steps"],
-                               label="Steps", what="steps")
+                               label="Steps", what="steps", elem_id="train-steps")
                 batch = Number(minimum=caps["batch_size"][0], maximum=caps["batch_size"][1], step=1,
-                               value=dflt["batch_size"], label="Batch size (triplets)", what="batch size")
+                               value=dflt["batch_size"], label="Batch size (triplets)", what="batch size", elem_id="train-batch")
                 lr = Number(minimum=caps["lr"][0], maximum=caps["lr"][1], step=1e-5, value=dflt["lr"],
-                            label="Learning rate", what="learning rate")
+                            label="Learning rate", what="learning rate", elem_id="train-lr")
                 rank = Number(minimum=caps["lora_r"][0], maximum=caps["lora_r"][1], step=1, value=dflt["lora_r"],
-                              label="LoRA rank", what="LoRA rank")
+                              label="LoRA rank", what="LoRA rank", elem_id="train-rank")
                 temp = Number(minimum=caps["temperature"][0], maximum=caps["temperature"][1], step=0.01,
-                              value=dflt["temperature"], label="Temperature", what="temperature")
+                              value=dflt["temperature"], label="Temperature", what="temperature", elem_id="train-temp")
         with gr.Row():
             train_btn = gr.Button("Train", variant="primary", elem_id="train-go", interactive=on and bool(models))
             stop_btn = gr.Button("Stop", elem_id="train-stop", interactive=on)
@@ -181,11 +181,12 @@ def build(ctx: Ctx) -> None:
     data.change(lambda d: gr.update(visible=d == "file"), [data], [upload], api_visibility="private")
     inputs = [model, data, upload, preset, steps, batch, lr, rank, temp, ctx.parts["s1"], ctx.parts["s2"]]
 
-    def train_ui(*args: Any, request: gr.Request):
+    def train_ui(model_: Any, data_: Any, upload_: Any, preset_: Any, steps_: Any, batch_: Any, lr_: Any, rank_: Any,
+                 temp_: Any, x: Any, y: Any, request: gr.Request):
         """The page's Train: redraws at every change; at the end the run joins this session's pickers."""
         session = _session(request)
         try:
-            run = start(mgr, session, *args)
+            run = start(mgr, session, model_, data_, upload_, preset_, steps_, batch_, lr_, rank_, temp_, x, y)
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         drawn = None
