@@ -199,3 +199,16 @@ def test_other_users_embeddings_stay_bit_identical_while_a_run_trains(env, tmp_p
     assert m.wait(run, 300)
     assert all(np.array_equal(before, d) for d in during)
     assert not env[A].model.training and not env[A].adapters  # nothing of the run leaked into the lab's model
+
+
+def test_the_tabs_start_refuses_bad_choices_with_a_message(env):
+    m = manager()
+    for args, msg in [(("nli-x", None), "data must be nli or file"), (("file", None), "choose a file of triplets"),
+                      (("file", {"path": "x"}), "choose a file of triplets")]:
+        with pytest.raises(train_tab.UserError, match=msg):
+            train_tab.start(m, "me", A, args[0], args[1], "Advanced", 3, 8, 1e-3, 4, 0.05)
+    with pytest.raises(train_tab.UserError, match="preset must be one of"):
+        train_tab.start(m, "me", A, "nli", None, 7, 3, 8, 1e-3, 4, 0.05)
+    with pytest.raises(train_tab.UserError, match="steps must be a whole number"):
+        train_tab.start(m, "me", A, "nli", None, "Advanced", 0, 8, 1e-3, 4, 0.05)
+    assert m.runs("me") == []
