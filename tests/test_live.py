@@ -212,3 +212,16 @@ def test_the_tabs_start_refuses_bad_choices_with_a_message(env):
     with pytest.raises(train_tab.UserError, match="steps must be a whole number"):
         train_tab.start(m, "me", A, "nli", None, "Advanced", 0, 8, 1e-3, 4, 0.05)
     assert m.runs("me") == []
+
+
+def test_a_watcher_whose_client_has_gone_stops_the_run(env):
+    m = manager(frame_every_s=3600.0)
+    run = m.submit("me", small(steps=200))
+    gone = threading.Event()
+    seen = []
+    for p in train_tab.watch(m, "me", run, gone.is_set):
+        seen.append(p)
+        if p["step"] >= 1:
+            gone.set()  # the tab closed: the next poll stops the run
+    assert m.wait(run, 300) and run.state == "stopped" and 1 <= run.frame.step < 200
+    assert seen[0]["state"] in ("queued", "loading") and parse_side(run.spec).weights is not None

@@ -10,11 +10,12 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import gradio as gr
 
 from .. import live
+from ..gradio_internals import client_gone_check
 from ..replay import step_view
 from ..side import side_choices
 from .common import (DOWNLOADS, Choice, Ctx, Number, Upload, UserError, gradio_errors, md, prune_downloads, user_facing)
@@ -87,12 +88,15 @@ def status_line(p: dict) -> str:
     return line
 
 
-def watch(mgr: live.Manager, session: str, run: live.Run) -> Iterator[dict]:
+def watch(mgr: live.Manager, session: str, run: live.Run, gone: Callable[[], bool] | None = None) -> Iterator[dict]:
     """Progress dicts while ``run`` waits and trains: one at once, then one at every change; the last when it has
-    finished. Each poll tells the manager the watcher is there; a watcher that stops iterating (a closed tab, a
-    client gone) stops the run within HEARTBEAT_S."""
+    finished. Each poll tells the manager the watcher is there; a watcher that stops iterating stops the run within
+    HEARTBEAT_S, and one whose client has gone (``gone()``: Gradio's client_gone_check, a closed tab) stops it now."""
     seen = -1
     while True:
+        if gone is not None and gone() and not run.finished:
+            mgr.stop(session, run.id)
+            return
         mgr.heartbeat(session, run.id)
         if run.frame.version != seen or run.finished:
             seen = run.frame.version
@@ -190,7 +194,7 @@ def build(ctx: Ctx) -> None:
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         drawn = None
-        for p in watch(mgr, session, run):
+        for p in watch(mgr, session, run, client_gone_check()):
             measured = (len(run.frame.measured), len(run.frame.maps))
             if measured != drawn or p["state"] in ("done", "stopped", "failed"):
                 c, h, t = figures(run)
@@ -231,7 +235,7 @@ def build(ctx: Ctx) -> None:
         run = gradio_errors(start)(mgr, session, model, "nli", None, preset, steps, batch_size, lr, lora_r,
                                    temperature, text_a, text_b)
         last = None
-        for last in watch(mgr, session, run):
+        for last in watch(mgr, session, run, client_gone_check()):
             yield last
         if last is not None and last["state"] == "failed":
             raise gr.Error(md(last["message"]), print_exception=False)
