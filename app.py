@@ -16,7 +16,7 @@ import gradio as gr
 from embedlab import gradio_internals, warmup
 from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
-from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides
+from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, train
 from embedlab.lab import Lab
 from embedlab.sweep import gradio_folder, sweep_forever
 
@@ -56,7 +56,7 @@ MAX_FILE_SIZE = "4mb"  # uploads over this are refused before Gradio stores them
 # Every 5 min, Gradio deletes the files it stored (uploads, downloads) older than 15 min; our own copies of the
 # downloads (features.common.DOWNLOADS) go after the same age. EMBEDLAB_DELETE_CACHE="freq,age" (seconds) changes both.
 DELETE_CACHE = tuple(int(x) for x in os.environ.get("EMBEDLAB_DELETE_CACHE", "300,900").split(",")[:2])
-TABS = (pairs, maps, search, replay, evaluate, howitworks)  # each builds its tab: layout, handlers, wiring
+TABS = (pairs, maps, search, replay, train, evaluate, howitworks)  # each builds its tab: layout, handlers, wiring
 
 
 def build(lab: Lab) -> gr.Blocks:

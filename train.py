@@ -6,6 +6,7 @@ and hard negatives, on the EOS-pooled embedding embedlab's encoder uses. The loo
 
     python train.py --model smollm2-135m --steps 400 --batch-size 128 --lr 3e-4 --out runs/smol
     python train.py --config my.json --resume                     # continue a killed run
+    python train.py --config run/training.json --out again        # a run again, from its training record
     python train.py ... --snapshot-steps 0,10,25,50,100,200       # + the adapter after those steps (replay)
     python train.py ... --precision fp32                          # auto (default): bf16 where the device has it
     accelerate launch --num_processes 4 train.py ...              # 4x the in-batch negatives
@@ -65,6 +66,14 @@ def _read_config_file(path: str, ap: argparse.ArgumentParser) -> dict:
         ap.error(f"{path} is not a JSON file ({str(e)[:120]})")
     if not isinstance(base, dict):
         ap.error(f"{path} must hold a JSON object of settings, not {type(base).__name__}")
+    if isinstance(base.get("config"), dict) and "command" in base:
+        # a training record (training.json, e.g. a live run's download): train again with its settings; its
+        # data path, when relative, is the file next to the record (the download holds data.csv)
+        base = {k: v for k, v in base["config"].items() if k != "resume"}
+        data = base.get("data")
+        if isinstance(data, str) and not Path(data).is_absolute() and not Path(data).exists() \
+                and (Path(path).parent / data).is_file():
+            base["data"] = str(Path(path).parent / data)
     types = {**field_types(), "bf16": bool}
     if unknown := set(base) - set(types):
         ap.error(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")

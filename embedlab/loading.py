@@ -28,7 +28,7 @@ from .encode import Encoder
 from .files import sha256_file, staged_folder, write_json
 from .precision import resolve as resolve_precision
 from .registry import ModelSpec, get_spec
-from .side import Side, adapter_roots
+from .side import Side, resolution_roots
 from .sources import availability, locate_gguf
 
 log = logging.getLogger(__name__)
@@ -210,7 +210,7 @@ def attach_side(enc: Encoder, side: Side) -> str | None:
     embed with the side's prompt: a snapshot's folder may carry no record, and embeds with its adapter's."""
     if side.weights is None:
         return None
-    info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else adapter_roots())
+    info = attach_adapter(enc, side.weights, allowed_roots=None if side.hub else resolution_roots())
     if info.prompt != side.prompt:
         enc.adapters[info.name] = dataclasses.replace(info, prompt=side.prompt)
     return info.name

@@ -27,6 +27,7 @@ from .registry import DEFAULT_MODEL, MODELS, get_spec
 from .sources import available_models, hub_reachable
 
 RUNS_DIR = ROOT / "runs"  # train.py's default output: local runs may be compared too
+LIVE_PREFIX = "live-"  # adapter names of the app's live training runs (embedlab.live): resolved, never listed
 MAX_SPEC_CHARS = 200
 _NAME = r"[A-Za-z0-9_][A-Za-z0-9._-]*"  # no leading dot: "..", ".hidden" are not adapter names
 _SPEC = re.compile(rf"(?P<model>{_NAME})(?:\+(?P<adapter>{_NAME}(?:/{_NAME})?))?(?:@(?P<step>[0-9]{{1,9}}))?")  # ASCII digits only
@@ -80,6 +81,30 @@ def adapter_roots() -> list[Path]:
     """Folders adapters may be loaded from (plus $EMBEDLAB_ADAPTER_DIRS, ':'-separated)."""
     extra = [Path(p) for p in os.environ.get("EMBEDLAB_ADAPTER_DIRS", "").split(":") if p]
     return [ADAPTERS_DIR, RUNS_DIR, *extra]
+
+
+def live_root() -> Path:
+    """Where the app's live training runs live ($EMBEDLAB_LIVE_DIR, else the gitignored ``live-runs/``): a run
+    ``<model>+live-<id>`` is ``<root>/<model>/live-<id>``. Not one of :func:`adapter_roots`: nothing under it
+    is listed to anyone; a spec naming a run's unguessable id resolves (:func:`parse_side`)."""
+    return Path(os.environ.get("EMBEDLAB_LIVE_DIR") or ROOT / "live-runs")
+
+
+def resolution_roots() -> list[Path]:
+    """Folders an adapter named in a spec may be loaded from: :func:`adapter_roots` plus :func:`live_root`."""
+    return [*adapter_roots(), live_root()]
+
+
+def _live_folder(key: str, name: str) -> Path | None:
+    """The live run ``name`` of model ``key`` (a folder holding an adapter), or None."""
+    folder = live_root() / key / name
+    if not ((folder / "adapter_config.json").is_file() and _base_of(folder) in MODELS[key].base_ids):
+        return None
+    try:
+        os.utime(folder)  # in use: embedlab.live deletes a run's folder an hour after its last use
+    except OSError:
+        pass
+    return folder
 
 
 def _base_of(folder: Path) -> str | None:
@@ -244,10 +269,10 @@ def parse_side(value: Any, what: str = "side") -> Side:
         except SideError as e:
             raise _refuse(what, str(e)) from None
     else:
-        folder = adapter_folders(key).get(name)
+        folder = _live_folder(key, name) if name.startswith(LIVE_PREFIX) else adapter_folders(key).get(name)
         if folder is None:
             raise _refuse(what, f"no adapter {name!r} for {key} in the allowed adapter folders")
-    roots = None if hub else adapter_roots()
+    roots = None if hub else resolution_roots()
     info = _inspect(folder, spec.key, roots)
     if step is None:
         return Side(key, name, None, info.path, info.path, info.sha256, info.prompt, hub)
@@ -280,4 +305,5 @@ def training_record(side: Side) -> TrainingRecord:
 
 
 __all__ = ["Side", "SideError", "parse_side", "valid_specs", "side_choices", "default_sides", "model_sides", "adapter_roots",
+           "resolution_roots", "live_root", "LIVE_PREFIX",
            "adapter_folders", "ROOT", "RUNS_DIR"]

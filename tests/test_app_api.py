@@ -30,7 +30,7 @@ def retry_busy(fn, timeout=600):
 def test_endpoints_are_all_named(client):
     names = set(client.view_api(print_info=False, return_format="dict")["named_endpoints"])
     assert {"/pairs", "/compare", "/example", "/batch_pairs", "/anisotropy", "/upload_corpus", "/map", "/search",
-            "/evaluate", "/embed", "/sides", "/model_card", "/export"} <= names
+            "/evaluate", "/embed", "/sides", "/model_card", "/export", "/train", "/stop_training"} <= names
 
 
 def test_export_download_is_off_by_default_and_says_what_to_run(client):

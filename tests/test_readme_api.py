@@ -28,4 +28,5 @@ def test_readme_api_examples_run_as_written(app_server):
     assert "'side_a': 'smollm2-135m', 'side_b': 'smollm2-135m+nli-cft'" in printed
     assert re.search(r"minilm-l6: -?[01]\.\d{3}   smollm2-135m\+nli-cft: -?[01]\.\d{3}", printed)
     assert "Overlap@5" in printed and "384 576 2 2" in printed
+    assert "done 2 True No run of this session is going." in printed  # /train, /compare with its side, /stop_training
     assert app_server.alive()

@@ -32,6 +32,7 @@ from ..corpora import BUILTINS, Corpus, InputError, builtin, clean_text, read_up
 from ..encode import TextError
 from ..gradio_internals import LongRequests, client_gone_check
 from ..lab import Lab, ModelsBusy
+from ..live import LiveError
 from ..loading import ModelUnavailableError
 from ..nli import DataError
 from ..provenance import environment
@@ -43,7 +44,7 @@ log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 1000
 ECHO_CHARS = 80  # user input quoted back in a message is cut to this
 USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, UnknownModelError, DataError, CacheBusy,
-               SideError, ModelsBusy)
+               SideError, ModelsBusy, LiveError)
 # Downloads (CSV + JSON per result) are written here; Gradio copies each into its own cache (cleaned by the
 # app's delete_cache), so a folder older than DOWNLOAD_TTL_S is no longer needed and is removed.
 DOWNLOADS = Path(tempfile.gettempdir()) / "embedlab-downloads"

@@ -1,0 +1,635 @@
+"""Live training runs: contrastive LoRA fine-tuning started from the app, watched frame by frame (no Gradio here).
+
+    manager = Manager()                                   # one per app: one run trains at a time, the rest wait (FIFO)
+    run = manager.submit(session, settings("A few minutes"), data=None, pair=("a", "b"))
+    while not run.finished:                               # what the tab's stream does
+        manager.heartbeat(session, run.id)                # a watcher that stops calling this stops the run
+        show(run.frame, manager.position(run))            # loss every step; dev, histogram, map, pair every ~25 s
+    spec = run.spec                                       # e.g. "gemma3-270m+live-3f9c...": a side like any other
+
+A run is :class:`embedlab.training.Trainer` (the loop train.py runs) on its own copy of the backbone (the Trainer
+loads one), so what other visitors embed with the lab's models never sees a train-mode flag, dropout or an
+active adapter. Every unit of its work (a gradient-cache chunk's pass, a backward, the optimiser step, a frame's
+forward batch) runs on the compute thread at background priority, so a compare waits at most one such unit.
+
+Its folder ``<live_root>/<model>/live-<id>`` (:func:`embedlab.side.live_root`) is an adapter folder with
+``snapshots/step-N`` for each frame, so ``<model>+live-<id>`` and ``<model>+live-<id>@<step>`` parse as sides for
+whoever holds the id (secrets.token_hex: unguessable); no listing shows it. ``data.csv`` is the run's data, so
+``python train.py --config <folder>/training.json`` reproduces it. A folder is deleted TTL_S after it was last
+used (its mtime: training, the tab and every parse of its spec touch it).
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import secrets
+import shutil
+import threading
+import time
+import zipfile
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+from . import ROOT
+from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when
+from .registry import MODELS
+from .side import LIVE_PREFIX, live_root, loadable_models
+
+log = logging.getLogger(__name__)
+
+NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets (6,317 rows)
+MAX_WALL_S = 600.0  # a run stops (and saves) after 10 minutes of training
+TTL_S = 3600.0  # a run's files go an hour after their last use
+FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
+HEARTBEAT_S = 4.0  # a run nobody watches for this long stops (a closed tab): within 5 s with one slice
+DEV_PAIRS = 200  # STSBenchmark dev pairs of a frame (a seeded fixed subset)
+HIST_TEXTS = 300  # anisotropy sample texts of a frame's random-pair histogram
+HIST_PAIRS = 2000
+DEFAULT_MODEL = "gemma3-270m"  # its shipped adapter: dev 20.7 -> 66 at step 10 -> 80 at step 25 (the strongest effect)
+
+# (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
+CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
+                                        "lora_r": (1, 64), "temperature": (0.01, 1.0)}
+# "A few minutes": the shipped gemma3-270m adapter's settings (lr 3e-4, warmup 6, batch 64, chunks of 96, 64 tokens),
+# for the 25 steps that took it to dev 80
+PRESETS: dict[str, dict[str, Any]] = {
+    "A few minutes": dict(steps=25, batch_size=64, lr=3e-4, lora_r=8, temperature=0.05),
+    "Advanced": {},
+}
+DEFAULT_PRESET = "A few minutes"
+FIXED = dict(warmup_steps=6, chunk_size=96, max_length=64, lora_dropout=0.1, weight_decay=1e-4, seed=0)
+
+
+class LiveError(ValueError):
+    """A setting, a data file or a request the live training refuses; the message is for the user."""
+
+
+def enabled() -> bool:
+    """EMBEDLAB_LIVE_TRAINING: ``on`` (default) or ``off`` (the tab says training is disabled on this host)."""
+    value = os.environ.get("EMBEDLAB_LIVE_TRAINING", "on").strip().lower()
+    if value not in ("on", "off"):
+        raise LiveError(f"EMBEDLAB_LIVE_TRAINING must be on or off, not {value[:20]!r}")
+    return value == "on"
+
+
+def trainable_models() -> list[str]:
+    """Registry models that load here and are causal LMs (the method's EOS-pooled LoRA), the default first."""
+    keys = [k for k in loadable_models() if MODELS[k].causal]
+    return sorted(keys, key=lambda k: k != DEFAULT_MODEL)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a visitor chose: the model and the five bounded settings (the rest: FIXED)."""
+
+    model: str
+    steps: int
+    batch_size: int
+    lr: float
+    lora_r: int
+    temperature: float
+
+
+def settings(preset: str = DEFAULT_PRESET, model: str | None = None, **advanced: Any) -> Settings:
+    """A preset's settings, or "Advanced" with ``advanced`` (steps, batch_size, lr, lora_r, temperature) checked
+    against CAPS; LiveError naming the first bad one. The preset's own values ignore ``advanced``."""
+    if preset not in PRESETS:
+        raise LiveError(f"preset must be one of {', '.join(PRESETS)}, not {str(preset)[:40]!r}")
+    models = trainable_models()
+    model = model or (models[0] if models else DEFAULT_MODEL)
+    if model not in models:
+        raise LiveError(f"model {str(model)[:40]!r} cannot be trained here; choose one of {', '.join(models) or 'none'}")
+    values = {**PRESETS[DEFAULT_PRESET], **({k: v for k, v in advanced.items() if v is not None}
+                                            if preset == "Advanced" else {})}
+    if unknown := set(values) - set(CAPS):
+        raise LiveError(f"unknown setting(s) {', '.join(sorted(unknown))}; the settings are {', '.join(CAPS)}")
+    out = {}
+    for name, (lo, hi) in CAPS.items():
+        v = values[name]
+        whole = name in ("steps", "batch_size", "lora_r")
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
+                or (whole and v != int(v)) or not lo <= v <= hi:
+            kind = "a whole number" if whole else "a number"
+            raise LiveError(f"{name.replace('_', ' ')} must be {kind} from {lo:g} to {hi:g}, not {str(v)[:20]}")
+        out[name] = int(v) if whole else float(v)
+    return Settings(model=model, **out)
+
+
+def config(s: Settings, folder: Path, device: str = "") -> "Config":  # noqa: F821 (training imports torch: lazily)
+    """The :class:`embedlab.training.Config` of a run in ``folder`` (its data: ``folder/data.csv``)."""
+    from .training import Config
+
+    return Config(model=s.model, data=str(folder / "data.csv"), out=str(folder), lora_r=s.lora_r,
+                  lora_alpha=4 * s.lora_r, temperature=s.temperature, lr=s.lr, steps=s.steps,
+                  batch_size=s.batch_size, chunk_size=min(FIXED["chunk_size"], 3 * s.batch_size),
+                  warmup_steps=min(FIXED["warmup_steps"], s.steps // 2), max_length=FIXED["max_length"],
+                  lora_dropout=FIXED["lora_dropout"], weight_decay=FIXED["weight_decay"], seed=FIXED["seed"],
+                  log_every=10**6, ckpt_every=0, eval_tasks=["STSBenchmark-dev"], device=device, precision="auto")
+
+
+# --- frames ------------------------------------------------------------------------------------------
+@dataclass
+class Frame:
+    """What the tab shows of a run now. Lists grow as the run goes; arrays are float32."""
+
+    step: int = 0
+    steps: int = 0
+    loss_curve: list[tuple[int, float]] = field(default_factory=list)  # (step, InfoNCE loss) of every step
+    dev: list[tuple[int, float]] = field(default_factory=list)  # (step, STSBenchmark dev Spearman x100, DEV_PAIRS pairs)
+    pair: list[tuple[int, float]] = field(default_factory=list)  # (step, cosine of the Pairs tab's pair)
+    measured: list[int] = field(default_factory=list)  # steps of the frames below (0 = the base model)
+    cosines: list[np.ndarray] = field(default_factory=list)  # (HIST_PAIRS',) random-pair cosines per measured step
+    maps: dict[int, np.ndarray] = field(default_factory=dict)  # step -> (N, 2) topics map, aligned to the one before
+    seconds: float = 0.0  # since the run started training
+    eta_s: float | None = None  # seconds left, from the steps so far
+    version: int = 0  # bumped at every change (a watcher redraws when it moves)
+
+
+@dataclass
+class Run:
+    """One live run. ``state``: queued, loading, training, saving, done, stopped, failed."""
+
+    id: str
+    session: str
+    settings: Settings
+    folder: Path
+    pair: tuple[str, str]
+    data_note: str = ""
+    state: str = "queued"
+    message: str = ""
+    frame: Frame = field(default_factory=Frame)
+    stop_requested: threading.Event = field(default_factory=threading.Event)
+    finished_event: threading.Event = field(default_factory=threading.Event)
+    last_seen: float = field(default_factory=time.monotonic)
+    watched: bool = False  # a watcher (the tab's stream, /train) has called heartbeat: stop when it goes quiet
+    queued_at: float = field(default_factory=time.monotonic)
+    started_at: float | None = None
+
+    @property
+    def name(self) -> str:
+        return LIVE_PREFIX + self.id
+
+    @property
+    def spec(self) -> str:
+        """The run's side spec, ``<model>+live-<id>`` (usable once a first frame is saved)."""
+        return f"{self.settings.model}+{self.name}"
+
+    @property
+    def finished(self) -> bool:
+        return self.finished_event.is_set()
+
+    def zip_path(self) -> Path:
+        return self.folder / "download" / f"{self.settings.model}-{self.name}.zip"
+
+
+def _background(fn: Callable[[], Any]) -> Any:
+    return on_compute_thread(fn, priority=BACKGROUND)
+
+
+class Manager:
+    """The app's live runs: one trains at a time (a worker thread), the others wait in FIFO order; one
+    unfinished run per session. ``load``: the Trainer's model loader (tests pass a tiny model's);
+    ``executor``: where every unit of work runs (the compute thread at background priority)."""
+
+    def __init__(self, root: Path | None = None, *, load: Callable | None = None,
+                 executor: Callable[[Callable[[], Any]], Any] = _background, max_wall_s: float = MAX_WALL_S,
+                 ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
+                 max_waiting: int = 8, device: str = "", maps: bool = True) -> None:
+        self._root = root
+        self.load, self.executor = load, executor
+        self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
+        self.max_waiting, self.device, self.maps = max_waiting, device, maps
+        self._lock = threading.Lock()
+        self._wake = threading.Condition(self._lock)
+        self._queue: deque[Run] = deque()
+        self._runs: dict[str, Run] = {}  # id -> run (finished ones too, until swept)
+        self._current: Run | None = None
+        self._worker: threading.Thread | None = None
+
+    @property
+    def root(self) -> Path:
+        return Path(self._root) if self._root is not None else live_root()
+
+    # --- the visitor's side ------------------------------------------------------------------------
+    def submit(self, session: str, s: Settings, data: Path | None = None,
+               pair: tuple[str, str] = ("", "")) -> Run:
+        """Queue a run for ``session`` on ``data`` (None: the built-in NLI triplets; else an uploaded CSV/TSV/JSONL
+        checked by embedlab.userdata). LiveError when training is off, the session has a run going, or the
+        queue is full."""
+        if not enabled():
+            raise LiveError("Live training is disabled on this host (EMBEDLAB_LIVE_TRAINING=off).")
+        if not session:
+            raise LiveError("a run needs a session (open the page, or call /train through gradio_client)")
+        with self._lock:
+            mine = [r for r in self._runs.values() if r.session == session and not r.finished]
+            if mine:
+                raise LiveError("This session already has a run going; stop it or wait for it to end.")
+            if len(self._queue) >= self.max_waiting:
+                raise LiveError(f"{len(self._queue)} runs are waiting already; try again in a few minutes.")
+        run_id = secrets.token_hex(16)
+        folder = self.root / s.model / (LIVE_PREFIX + run_id)
+        folder.mkdir(parents=True)
+        try:
+            note = self._write_data(data, folder / "data.csv")
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
+        run = Run(run_id, session, s, folder, (str(pair[0] or ""), str(pair[1] or "")), data_note=note)
+        run.frame.steps = s.steps
+        with self._lock:
+            self._runs[run_id] = run
+            self._queue.append(run)
+            if self._worker is None or not self._worker.is_alive():
+                self._worker = threading.Thread(target=self._work, daemon=True, name="live-training")
+                self._worker.start()
+            self._wake.notify_all()
+        return run
+
+    @staticmethod
+    def _write_data(data: Path | None, dst: Path) -> str:
+        """The run's data.csv (sent0,sent1[,hard_neg]); returns a note on it for the user."""
+        if data is None:
+            shutil.copyfile(NLI_DATA, dst)
+            return "built-in NLI triplets (SNLI, 6,317 rows)"
+        from . import userdata
+
+        try:
+            ud = userdata.load_triplets_file(Path(data))
+        except userdata.DataFileError as e:
+            raise LiveError(str(e)) from None
+        ud.write_csv(dst)
+        note = f"your file: {ud.rows:,} rows" + ("" if ud.has_negatives else ", no negatives (in-batch only)")
+        if ud.dropped_duplicates:
+            note += f", {ud.dropped_duplicates:,} duplicates dropped"
+        return "; ".join([note, *ud.warnings])
+
+    def get(self, session: str, run_id: str) -> Run:
+        """The run ``run_id`` of ``session`` (another session's id is no run: LiveError, the same message)."""
+        with self._lock:
+            run = self._runs.get(run_id) if isinstance(run_id, str) else None
+        if run is None or run.session != session:
+            raise LiveError("no such run in this session")
+        return run
+
+    def latest(self, session: str) -> Run | None:
+        """This session's newest run (None if it has none)."""
+        with self._lock:
+            mine = [r for r in self._runs.values() if r.session == session]
+        return max(mine, key=lambda r: r.queued_at) if mine else None
+
+    def runs(self, session: str) -> list[Run]:
+        """This session's runs, oldest first (no other session's)."""
+        with self._lock:
+            return sorted((r for r in self._runs.values() if r.session == session), key=lambda r: r.queued_at)
+
+    def position(self, run: Run) -> int:
+        """0 while it trains or has finished; k > 0: k-th in line (1 = next)."""
+        with self._lock:
+            try:
+                return self._queue.index(run) + 1
+            except ValueError:
+                return 0
+
+    def heartbeat(self, session: str, run_id: str) -> Run:
+        """A watcher is still there (the tab's stream, /train). Once called, a run left unwatched for
+        ``heartbeat_s`` stops as Stop would."""
+        run = self.get(session, run_id)
+        run.last_seen, run.watched = time.monotonic(), True
+        return run
+
+    def stop(self, session: str, run_id: str | None = None) -> Run | None:
+        """Stop the session's run (``run_id``, else its unfinished one): a queued one is dropped, a training one
+        ends within one unit of work and saves its steps. Returns the run (None when there is none)."""
+        run = self.get(session, run_id) if run_id else next(
+            (r for r in self.runs(session) if not r.finished), None)
+        if run is None:
+            return None
+        run.stop_requested.set()
+        with self._lock:
+            if run in self._queue:
+                self._queue.remove(run)
+                run.state, run.message = "stopped", "Stopped before it started."
+                run.finished_event.set()
+                shutil.rmtree(run.folder, ignore_errors=True)
+        return run
+
+    def wait(self, run: Run, timeout: float | None = None) -> bool:
+        return run.finished_event.wait(timeout)
+
+    # --- housekeeping -------------------------------------------------------------------------------
+    def sweep(self, now: float | None = None) -> int:
+        """Delete the folders of finished runs whose mtime is over ``ttl_s`` old (also those a previous
+        process left); returns how many. A spec's parse touches its folder (embedlab.side), so use keeps it."""
+        now = time.time() if now is None else now
+        active = {r.folder for r in self._runs.values() if not r.finished}
+        n = 0
+        for folder in self.root.glob(f"*/{LIVE_PREFIX}*"):
+            try:
+                if folder in active or now - folder.stat().st_mtime <= self.ttl_s:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(folder, ignore_errors=True)
+            n += 1
+            with self._lock:
+                gone = [k for k, r in self._runs.items() if r.folder == folder]
+                for k in gone:
+                    del self._runs[k]
+        return n
+
+    def sweep_forever(self, every_s: float = 300.0) -> threading.Thread:
+        """A daemon thread running :meth:`sweep` every ``every_s`` seconds."""
+
+        def loop() -> None:
+            while True:
+                time.sleep(every_s)
+                try:
+                    if n := self.sweep():
+                        log.info("deleted %d live runs unused for %g s", n, self.ttl_s)
+                except Exception:  # housekeeping never takes the server down
+                    log.exception("sweeping live runs failed")
+
+        t = threading.Thread(target=loop, daemon=True, name="live-sweep")
+        t.start()
+        return t
+
+    # --- the worker -------------------------------------------------------------------------------------
+    def _work(self) -> None:
+        while True:
+            with self._lock:
+                while not self._queue:
+                    self._wake.wait(timeout=60)
+                run = self._queue.popleft()
+                self._current = run
+            try:
+                self._train(run)
+            except LiveError as e:
+                run.state, run.message = "failed", str(e)
+            except Exception as e:  # the server log has the trace; the user a line
+                log.exception("live run %s failed", run.id[:6])
+                run.state, run.message = "failed", f"Training failed on the server ({type(e).__name__})."
+            finally:
+                with self._lock:
+                    self._current = None
+                run.frame.version += 1
+                run.finished_event.set()
+
+    def _should_stop(self, run: Run) -> bool:
+        t = time.monotonic()
+        return (run.stop_requested.is_set() or (run.started_at is not None and t - run.started_at > self.max_wall_s)
+                or (run.watched and t - run.last_seen > self.heartbeat_s))
+
+    def _train(self, run: Run) -> None:
+        from .loading import load_encoder
+        from .training import LossNotFinite, Trainer
+
+        if run.stop_requested.is_set():
+            return
+        run.state, run.message = "loading", "Loading the model…"
+        run.frame.version += 1
+        run.started_at = time.monotonic()
+        cfg = config(run.settings, run.folder, self.device)
+        try:
+            trainer = Trainer(cfg, load=self.load or load_encoder, executor=self.executor)
+        except (ValueError, OSError) as e:  # DataError, ConfigError, SetupError: the user's settings or file
+            raise LiveError(str(e)) from None
+        probe = Probe(trainer, run.pair)
+        run.state, run.message = "training", ""
+        done_frame = -1
+        last_frame_t = 0.0
+        t0 = time.monotonic()
+        try:
+            with stop_when(lambda: self._should_stop(run)):  # mid-step work is dropped once a stop is asked
+                if not self._should_stop(run):
+                    self._frame(run, trainer, probe, 0)
+                    done_frame, last_frame_t = 0, time.monotonic()
+                for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
+                    f = run.frame
+                    f.loss_curve.append((info.step, float(info.loss)))
+                    f.step, f.seconds = info.step, time.monotonic() - t0
+                    per_step = info.seconds / max(1, info.step)
+                    f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
+                    f.version += 1
+                    if info.step == info.steps or time.monotonic() - last_frame_t >= self.frame_every_s:
+                        self._frame(run, trainer, probe, info.step)
+                        done_frame, last_frame_t = info.step, time.monotonic()
+        except Cancelled:
+            pass  # a stop during a step: the steps before it are kept
+        except LossNotFinite:
+            raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
+                            "rate.") from None
+        finally:
+            probe.layouts.shutdown(wait=True)  # the last frame's map (seconds) before the run is done
+        stopped = trainer.done < trainer.total
+        run.state, run.message = "saving", "Saving the adapter…"
+        run.frame.version += 1
+        if trainer.done == 0:  # nothing to save: no side
+            run.state, run.message = "stopped", "Stopped before the first step: nothing was saved."
+            shutil.rmtree(run.folder, ignore_errors=True)
+            return
+        if done_frame != trainer.done:  # the final weights are a snapshot too (the adapter itself)
+            probe.save_snapshot(run, trainer.done)
+        record = trainer.finish(evaluate=False)
+        self._write_record(run, record)
+        self._write_zip(run, record)
+        run.state = "stopped" if stopped else "done"
+        why = "" if not stopped else (" (stopped: " + ("10-minute cap" if time.monotonic() - run.started_at > self.max_wall_s
+                                                       else "Stop or the page closed") + ")")
+        run.message = f"Saved after {trainer.done} of {trainer.total} steps{why}."
+        os.utime(run.folder)
+
+    def _frame(self, run: Run, trainer, probe: "Probe", step: int) -> None:
+        """Measure the model as it is after ``step`` steps, save it as snapshot ``step``, publish the frame; then
+        lay out its map (seconds of UMAP, off the compute thread) and publish that."""
+        probe.save_snapshot(run, step)
+        dev, cos, topics, pair = probe.measure()
+        f = run.frame
+        f.dev.append((step, dev))
+        f.cosines.append(cos)
+        f.measured.append(step)
+        if pair is not None:
+            f.pair.append((step, pair))
+        f.version += 1
+        self._write_record(run, trainer.record())
+        if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
+            def lay_out() -> None:
+                f.maps[step] = probe.layout(topics, f.maps[max(f.maps)] if f.maps else None)
+                f.version += 1
+
+            probe.layouts.submit(lay_out)
+
+    def _write_record(self, run: Run, record: dict) -> None:
+        """training.json: the Trainer's record plus the snapshots taken (so ``@step`` parses) and the frames."""
+        from .provenance import write_json_atomic
+
+        f = run.frame
+        losses = dict(f.loss_curve)
+        dev = dict(f.dev)
+        saved = set(run.frame.measured) | {f.step}
+        snaps = []
+        for step in sorted(saved):
+            path = None if step == 0 else f"snapshots/step-{step}"
+            if step and not (run.folder / path / "adapter_model.safetensors").is_file():
+                continue
+            snaps.append({"step": step, "path": path, "loss": losses.get(step), "dev": dev.get(step),
+                          "random_pair_cosine": (float(f.cosines[f.measured.index(step)].mean())
+                                                 if step in f.measured else None)})
+        record = {**record, "snapshots": snaps,
+                  "live": {"dev_pairs": DEV_PAIRS, "note": "dev: STSBenchmark dev on a fixed subset of "
+                           f"{DEV_PAIRS} pairs (Spearman x100)", "data": run.data_note}}
+        write_json_atomic(run.folder / "training.json", record)
+
+    @staticmethod
+    def _write_zip(run: Run, record: dict) -> None:
+        """The download: the adapter (standard PEFT), README.md (model card), training.json and data.csv,
+        with the record's data path and command made relative to the unzipped folder."""
+        from .training import Config, command_line
+
+        cfg = {**record["config"], "data": "data.csv", "out": "reproduced"}
+        rec = {**record, "config": cfg, "command": command_line(Config(**cfg)),
+               "data": {**record["data"], "path": "data.csv"},
+               "reproduce": "python train.py --config training.json  (from the unzipped folder; --out to choose "
+                            "where the adapter goes)"}
+        rec.pop("snapshots", None)  # the zip holds the final adapter only
+        dst = run.zip_path()
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        tmp = dst.with_suffix(".tmp")
+        with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
+            for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "data.csv"):
+                z.write(run.folder / name, name)
+            z.writestr("training.json", json.dumps(rec, indent=2) + "\n")
+        os.replace(tmp, dst)
+
+
+class Probe:
+    """A frame's measurements on the training model itself (no second backbone): STSBenchmark dev on DEV_PAIRS
+    fixed pairs, random-pair cosines of HIST_TEXTS anisotropy texts, the topics map aligned to the frame before
+    (embedlab.replay's AlignedUMAP), the Pairs tab's pair. Every batch runs through the trainer's executor."""
+
+    def __init__(self, trainer, pair: tuple[str, str]) -> None:
+        from .evaluation import anisotropy_texts
+        from .replay import replay_corpus
+        from .sts import load_task
+
+        self.trainer = trainer
+        self.task = load_task("STSBenchmark-dev").subsample(DEV_PAIRS)
+        self.hist = list(anisotropy_texts(0)[:HIST_TEXTS])
+        self.corpus = replay_corpus("topics")
+        self.pair = pair if all(p.strip() for p in pair) else None
+        self.prev_vecs: np.ndarray | None = None
+        self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        """(N, d) float32 L2-normalised embeddings by the model as it is now, in eval mode (no dropout)."""
+        import torch
+
+        from .encode import collate, embed_batch, length_batches, tokenize
+        from .training import autocast, tokens_per_pass
+
+        t = self.trainer
+        ids, _ = tokenize(t.enc.tokenizer, t.spec, texts, t.cfg.max_length)
+        out: np.ndarray | None = None
+        t.executor(t.model.eval)
+        try:
+            for idx in length_batches([len(x) for x in ids], 64, tokens_per_pass(t.cfg, t.device)):
+                def run(idx=idx) -> np.ndarray:
+                    batch = collate([ids[i] for i in idx], t.enc.pad_id, t.spec.causal, t.device)
+                    with torch.inference_mode(), autocast(t.precision, t.device):
+                        return embed_batch(t.model, batch, t.spec).float().cpu().numpy()
+
+                v = t.executor(run)
+                if out is None:
+                    out = np.empty((len(texts), v.shape[1]), dtype=np.float32)
+                out[idx] = v
+        finally:
+            t.executor(t.model.train)
+        return out
+
+    def measure(self) -> tuple[float, np.ndarray, np.ndarray, float | None]:
+        """(dev Spearman x100, random-pair cosines, (N, d) topics vectors, pair cosine or None)."""
+        from .evaluation import random_pair_cosines
+        from .sts import spearman100
+
+        texts = list(dict.fromkeys([*self.task.s1, *self.task.s2, *self.hist, *self.corpus.texts,
+                                    *(self.pair or ())]))
+        pos = {x: i for i, x in enumerate(texts)}
+        v = self.vectors(texts)
+
+        def rows(xs) -> np.ndarray:
+            return v[[pos[x] for x in xs]]
+
+        a, b = rows(self.task.s1), rows(self.task.s2)
+        dev = spearman100(np.einsum("ij,ij->i", a, b), np.asarray(self.task.gold))
+        cos = random_pair_cosines(rows(self.hist), HIST_PAIRS, 0)
+        pair = float(rows(self.pair[:1])[0] @ rows(self.pair[1:])[0]) if self.pair else None
+        return round(float(dev), 2), cos, rows(self.corpus.texts), pair
+
+    def layout(self, topics: np.ndarray, prev_xy: np.ndarray | None) -> np.ndarray:
+        """(N, 2) map of the topics vectors, aligned to the frame before (:func:`align_next`). UMAP runs numba's
+        own threads, not torch's, so not on the compute thread: a compare never waits for a layout."""
+        xy = align_next(self.prev_vecs, prev_xy, topics)
+        self.prev_vecs = topics
+        return xy
+
+    def save_snapshot(self, run: Run, step: int) -> None:
+        """The adapter as it is now into ``snapshots/step-<step>`` (float16) and the run folder (the latest), as
+        Trainer.take_snapshot saves them; step 0 needs no weights (LoRA's B is zero)."""
+        import torch
+
+        from .adapters import save_adapter
+
+        t = self.trainer
+        model = t.acc.unwrap_model(t.model)
+        if step > 0:
+            t.executor(lambda: save_adapter(model, run.folder / "snapshots" / f"step-{step}", t.spec, dtype=torch.float16))
+        t.executor(lambda: save_adapter(model, run.folder, t.spec))
+        os.utime(run.folder)
+
+
+def align_next(prev_vecs: np.ndarray | None, prev_xy: np.ndarray | None, vecs: np.ndarray) -> np.ndarray:
+    """(N, 2) map of ``vecs`` laid out together with the frame before (embedlab.replay.aligned_layouts over the
+    two, as the replay lays out its steps), then moved by least-squares Procrustes (embedlab.projection) so the
+    frame before lands on ``prev_xy``, what the tab drew: texts that kept their neighbours stay put."""
+    from .projection import procrustes
+    from .replay import aligned_layouts
+
+    if prev_vecs is None or prev_xy is None:
+        return aligned_layouts([vecs, vecs])[1]
+    both = aligned_layouts([prev_vecs, vecs])
+    return procrustes(both[0], prev_xy)(both[1])
+
+
+def replay_of(run: Run):
+    """The run's measured frames as an :class:`embedlab.replay.Replay`, so the replay's figures draw them
+    (step_view), or None before the first. A frame whose map is not laid out yet shows the one before
+    (``has_map`` False before any)."""
+    from .replay import Replay, replay_corpus
+
+    f = run.frame
+    steps = list(f.measured)
+    if not steps:
+        return None
+    corpus = replay_corpus("topics")
+    last = np.zeros((len(corpus), 2), dtype=np.float32)
+    xy = []
+    for s in steps:
+        last = f.maps.get(s, last)
+        xy.append(last)
+    xy = np.stack(xy).astype(np.float32)
+    lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
+    pad = (hi - lo) * 0.04 + 1e-3
+    return Replay(tuple(steps), xy, np.stack(f.cosines).astype(np.float32), corpus, tuple(f.loss_curve),
+                  tuple(f.dev), {"live": run.id[:6], "has_map": bool(f.maps)},
+                  (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])))
+
+
+__all__ = ["Manager", "Run", "Frame", "Settings", "LiveError", "settings", "config", "enabled", "trainable_models",
+           "PRESETS", "CAPS", "DEFAULT_PRESET", "replay_of", "align_next"]

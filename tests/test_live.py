@@ -1,0 +1,227 @@
+"""Live training (embedlab/live.py and the Train tab's handlers) on a tiny random Llama: settings and their caps,
+a run end to end (frames, snapshots as sides, zip, train.py --config reproducing it), stop, the queue, one run per
+session, id scoping, the watcher's heartbeat, files deleted after their time, and other users' embeddings
+bit-identical while a run trains."""
+import json
+import os
+import threading
+import time
+import zipfile
+
+import numpy as np
+import pytest
+
+import train as train_cli
+from embedlab import live
+from embedlab.features import train as train_tab
+from embedlab.lab import Lab
+from embedlab.side import SideError, parse_side, side_choices, valid_specs
+from test_train import tiny_load
+from tiny import A, tiny_models
+
+SMALL = dict(steps=3, batch_size=8, lr=1e-3, lora_r=4, temperature=0.05)
+
+
+def small(**kw) -> live.Settings:
+    return live.settings("Advanced", A, **{**SMALL, **kw})
+
+
+@pytest.fixture
+def env(tmp_path, monkeypatch):
+    encs = tiny_models(monkeypatch)
+    monkeypatch.setenv("EMBEDLAB_LIVE_DIR", str(tmp_path / "live"))
+    monkeypatch.setenv("EMBEDLAB_LIVE_TRAINING", "on")
+    return encs
+
+
+def manager(**kw) -> live.Manager:
+    return live.Manager(load=tiny_load, **{"frame_every_s": 0.0, "maps": False, **kw})
+
+
+def wait_until(cond, what: str, timeout: float = 300.0) -> None:
+    """Poll ``cond`` (a safety net against a hang, not a timing assertion)."""
+    end = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < end, f"never happened: {what}"
+        time.sleep(0.05)
+
+
+def test_settings_caps_and_bad_settings(env):
+    s = live.settings()  # the default preset: the shipped gemma3-270m adapter's settings (model as loadable here)
+    assert (s.steps, s.batch_size, s.lr, s.lora_r, s.temperature) == (25, 64, 3e-4, 8, 0.05)
+    assert live.settings("A few minutes", A, steps=999).steps == 25  # a preset ignores the advanced values
+    assert small().steps == 3 and A in live.trainable_models() and "tiny-bert" not in live.trainable_models()
+    for bad, msg in [(dict(steps=0), "steps must be a whole number from 1 to 200"), (dict(steps=201), "steps"),
+                     (dict(steps=2.5), "whole number"), (dict(batch_size=2), "batch size"),
+                     (dict(batch_size=129), "batch size"), (dict(lr=0.01), "lr must be a number"),
+                     (dict(lr=float("nan")), "lr"), (dict(lora_r=65), "lora r"), (dict(temperature=0), "temperature"),
+                     (dict(steps=True), "steps"), (dict(steps="3"), "steps")]:
+        with pytest.raises(live.LiveError, match=msg):
+            small(**bad)
+    with pytest.raises(live.LiveError, match="preset must be one of"):
+        live.settings("Fast", A)
+    with pytest.raises(live.LiveError, match="cannot be trained here"):
+        live.settings("Advanced", "tiny-bert", **SMALL)  # not a causal LM
+    with pytest.raises(live.LiveError, match="unknown setting"):
+        live.settings("Advanced", A, **SMALL, dropout=0.2)
+
+
+def test_disabled_host_refuses(env, monkeypatch):
+    monkeypatch.setenv("EMBEDLAB_LIVE_TRAINING", "off")
+    with pytest.raises(live.LiveError, match="disabled on this host"):
+        manager().submit("s", small())
+    monkeypatch.setenv("EMBEDLAB_LIVE_TRAINING", "maybe")
+    with pytest.raises(live.LiveError, match="on or off"):
+        live.enabled()
+
+
+def test_a_run_becomes_a_private_side_with_frames_a_zip_and_a_reproducible_record(env, tmp_path, monkeypatch):
+    m = live.Manager(load=tiny_load, frame_every_s=0.0, maps=True)
+    run = m.submit("me", small(), None, ("a man is playing a guitar", "a dog is running"))
+    assert m.wait(run, 900) and run.state == "done", run.message
+    f = run.frame
+    assert [s for s, _ in f.loss_curve] == [1, 2, 3] and f.measured == [0, 1, 2, 3]
+    assert len(f.dev) == len(f.pair) == len(f.cosines) == 4 and sorted(f.maps) == [0, 1, 2, 3]
+    assert all(xy.shape == (96, 2) and np.isfinite(xy).all() for xy in f.maps.values())
+    p = train_tab.progress(m, run)
+    assert p["spec"] == run.spec and p["step"] == 3 and p["state"] == "done" and p["queue_position"] == 0
+    assert "is a side now" in train_tab.status_line(p)
+    curves, hist, topics = train_tab.figures(run)  # drawn by the Training replay's figures
+    assert curves is not None and hist is not None and topics is not None
+
+    # a side in every view for whoever holds the id; listed nowhere (nor to this session's picker lists)
+    side = parse_side(run.spec)
+    assert side.adapter == run.name and parse_side(run.spec + "@2").step == 2 and parse_side(run.spec + "@0").weights is None
+    assert not any("live-" in s for s in valid_specs()) and not any("live-" in v for _, v in side_choices())
+    with pytest.raises(SideError) as e:
+        parse_side(f"{A}+live-{'0' * 32}")
+    assert "live-" not in str(e.value).split("Valid sides here")[1]
+    mine = [v for _, v in train_tab.session_choices(m, "me")]
+    assert run.spec in mine and f"{run.spec}@3" in mine
+    assert not any("live-" in v for _, v in train_tab.session_choices(m, "someone else"))
+    with pytest.raises(live.LiveError, match="no such run"):
+        m.get("someone else", run.id)
+    assert m.runs("someone else") == [] and m.latest("someone else") is None and m.stop("someone else") is None
+
+    # the download: standard PEFT adapter, model card, training.json (device, precision, data, command), data
+    z = zipfile.ZipFile(run.zip_path())
+    assert sorted(z.namelist()) == ["README.md", "adapter_config.json", "adapter_model.safetensors", "data.csv",
+                                    "training.json"]
+    rec = json.loads(z.read("training.json"))
+    assert rec["device"] and rec["precision"] in ("fp32", "bf16") and rec["data"]["rows"] == 6317
+    assert len(rec["data"]["sha256"]) == 64 and rec["command"].startswith("python train.py --model tiny-llama --data data.csv")
+    assert json.loads(z.read("adapter_config.json"))["peft_type"] == "LORA" and str(tmp_path) not in json.dumps(rec)
+
+    # train.py --config <the downloaded training.json> trains the same run again: the same losses
+    unzipped = tmp_path / "unzipped"
+    z.extractall(unzipped)
+    cwd = os.getcwd()
+    monkeypatch.chdir(tmp_path)  # the record's data path is relative to the record, not to where train.py runs
+    cfg = train_cli.parse_config(["--config", str(unzipped / "training.json"), "--out", str(tmp_path / "again")])
+    monkeypatch.chdir(cwd)
+    assert cfg.data == str(unzipped / "data.csv") and cfg.steps == 3
+    from embedlab import training
+
+    again = training.train(cfg, load=tiny_load, evaluate=False)
+    assert np.allclose([v for _, v in again["training"]["loss_curve"]], [v for _, v in f.loss_curve], atol=1e-4)
+
+
+def test_stop_saves_the_steps_done_as_a_usable_side(env):
+    m = manager(frame_every_s=3600.0)
+    run = m.submit("me", small(steps=200))
+    wait_until(lambda: run.frame.step >= 2, "two steps")
+    assert m.stop("me") is run
+    assert m.wait(run, 300) and run.state == "stopped" and "Stop or the page closed" in run.message
+    done = run.frame.step
+    assert 2 <= done < 200
+    rec = json.loads((run.folder / "training.json").read_text())
+    assert rec["training"]["stopped_early"]["planned_steps"] == 200 and rec["training"]["steps"] == done
+    assert parse_side(run.spec).weights is not None and parse_side(f"{run.spec}@{done}").step == done
+    assert run.zip_path().is_file()
+
+
+def test_a_run_nobody_watches_stops(env):
+    m = manager(frame_every_s=3600.0, heartbeat_s=0.3)
+    run = m.submit("me", small(steps=200))
+    # a watcher came, then went (a closed tab stops iterating the stream)
+    wait_until(lambda: m.heartbeat("me", run.id).frame.step >= 1 or run.finished, "a step while watched")
+    assert m.wait(run, 300) and run.state == "stopped" and run.frame.step < 200
+
+
+def test_one_run_at_a_time_fifo_queue_and_one_run_per_session(env):
+    m = manager(frame_every_s=3600.0)
+    first = m.submit("s1", small(steps=200))
+    wait_until(lambda: first.state == "training", "the first run trains")
+    second = m.submit("s2", small(steps=2))
+    third = m.submit("s3", small(steps=2))
+    assert (m.position(first), m.position(second), m.position(third)) == (0, 1, 2)
+    p = train_tab.progress(m, third)
+    assert p["state"] == "queued" and "**2** in line" in train_tab.status_line(p)
+    with pytest.raises(live.LiveError, match="already has a run going"):
+        m.submit("s1", small())
+    m.stop("s3")  # a queued run leaves the line, its folder goes
+    assert third.finished and third.state == "stopped" and not third.folder.exists() and m.position(second) == 1
+    m.stop("s1")
+    assert m.wait(first, 300) and m.wait(second, 300) and second.state == "done"
+    later = m.submit("s1", small(steps=1))  # the first run ended: the session may start another
+    assert m.wait(later, 300) and later.state == "done"
+
+
+def test_files_are_deleted_an_hour_after_their_last_use(env, tmp_path):
+    m = manager(ttl_s=3600.0)
+    run = m.submit("me", small(steps=1))
+    assert m.wait(run, 300) and run.state == "done"
+    left = m.root / A / "live-leftover"  # a run a previous process left
+    left.mkdir(parents=True)
+    now = time.time()
+    assert m.sweep(now) == 0 and run.folder.exists()
+    os.utime(left, (now - 4000, now - 4000))
+    assert m.sweep(now) == 1 and not left.exists() and run.folder.exists()
+    parse_side(run.spec)  # using the side counts as use
+    assert m.sweep(now + 3000) == 0
+    assert m.sweep(now + 3700) == 1 and not run.folder.exists() and m.runs("me") == []
+    with pytest.raises(SideError):
+        parse_side(run.spec)
+
+
+def test_other_users_embeddings_stay_bit_identical_while_a_run_trains(env, tmp_path, monkeypatch):
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    monkeypatch.setattr(lab, "encoder", lambda key: env[key])
+    base = parse_side(A)
+    texts = ["a man is playing a guitar", "the dog is eating food", "a woman is running in the park"]
+    before = lab.embed(base, base, texts)[0]
+    m = manager(frame_every_s=0.0)
+    run = m.submit("me", small(steps=200))
+    wait_until(lambda: run.frame.step >= 2, "two steps")
+    lab.embeddings._memory.clear() if hasattr(lab.embeddings, "_memory") else None
+    during = [env[A].embed(texts) for _ in range(3)]  # straight through the lab's encoder: no cache in between
+    m.stop("me")
+    assert m.wait(run, 300)
+    assert all(np.array_equal(before, d) for d in during)
+    assert not env[A].model.training and not env[A].adapters  # nothing of the run leaked into the lab's model
+
+
+def test_the_tabs_start_refuses_bad_choices_with_a_message(env):
+    m = manager()
+    for args, msg in [(("nli-x", None), "data must be nli or file"), (("file", None), "choose a file of triplets"),
+                      (("file", {"path": "x"}), "choose a file of triplets")]:
+        with pytest.raises(train_tab.UserError, match=msg):
+            train_tab.start(m, "me", A, args[0], args[1], "Advanced", 3, 8, 1e-3, 4, 0.05)
+    with pytest.raises(train_tab.UserError, match="preset must be one of"):
+        train_tab.start(m, "me", A, "nli", None, 7, 3, 8, 1e-3, 4, 0.05)
+    with pytest.raises(train_tab.UserError, match="steps must be a whole number"):
+        train_tab.start(m, "me", A, "nli", None, "Advanced", 0, 8, 1e-3, 4, 0.05)
+    assert m.runs("me") == []
+
+
+def test_a_watcher_whose_client_has_gone_stops_the_run(env):
+    m = manager(frame_every_s=3600.0)
+    run = m.submit("me", small(steps=200))
+    gone = threading.Event()
+    seen = []
+    for p in train_tab.watch(m, "me", run, gone.is_set):
+        seen.append(p)
+        if p["step"] >= 1:
+            gone.set()  # the tab closed: the next poll stops the run
+    assert m.wait(run, 300) and run.state == "stopped" and 1 <= run.frame.step < 200
+    assert seen[0]["state"] in ("queued", "loading") and parse_side(run.spec).weights is not None
