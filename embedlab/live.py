@@ -468,7 +468,7 @@ class Manager:
 
     def _write_record(self, run: Run, record: dict) -> None:
         """training.json: the Trainer's record plus the snapshots taken (so ``@step`` parses) and the frames."""
-        from .provenance import write_json_atomic
+        from .adapters import write_training_record
 
         f = run.frame
         losses = dict(f.loss_curve)
@@ -485,7 +485,7 @@ class Manager:
         record = {**record, "snapshots": snaps,
                   "live": {"dev_pairs": DEV_PAIRS, "note": "dev: STSBenchmark dev on a fixed subset of "
                            f"{DEV_PAIRS} pairs (Spearman x100)", "data": run.data_note}}
-        write_json_atomic(run.folder / "training.json", record)
+        write_training_record(run.folder, record)
 
     @staticmethod
     def _write_zip(run: Run, record: dict) -> None:
