@@ -109,8 +109,9 @@ def compare_api(lab: Lab, side_a: Any, side_b: Any, text_a: Any, text_b: Any) ->
 
 # One sentence under every compare: what the numbers mean (the first thing a visitor sees).
 PAIR_MEANING = ("A cosine (1 = same direction) means something only next to what unrelated sentences get under the "
-                "same side: a raw LM gives almost any two sentences a high cosine, a contrastively tuned one keeps "
-                "high scores for pairs that mean the same thing, so the effect is the **gap**, not the number.")
+                "same side: a raw LM's cosines barely follow meaning (unrelated pairs often score as high as related "
+                "ones), a contrastively tuned one keeps high scores for pairs that mean the same thing, so the effect "
+                "is the **gap**, not the number.")
 NOT_MEASURED = ("— : not measured for this side yet; *Anisotropy* below measures it.")
 
 
@@ -246,7 +247,7 @@ def build(ctx: Ctx) -> None:
         if len(choices) > 1:
             with gr.Row(elem_id="pair-switch"):
                 for a, b in choices:
-                    label = f"{MODELS[a.model].title.split(' (')[0]}: base vs +{b.adapter}"
+                    label = f"{MODELS[a.model].title.split(' (')[0]}: base vs tuned"
                     switches.append((gr.Button(label, size="sm", min_width=120, elem_id=f"pair-{a.model}"), a.spec, b.spec))
         with gr.Accordion("Batch: many pairs, optionally with your scores", open=False):
             batch_text = Text(label="One pair per line: sentence A <TAB> sentence B [<TAB> score]", lines=5,
