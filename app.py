@@ -18,6 +18,8 @@ from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
 from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, train
 from embedlab.lab import Lab
+from embedlab.registry import DEFAULT_PAIR
+from embedlab.side import valid_specs
 from embedlab.sweep import gradio_folder, sweep_forever
 
 CSS = """
@@ -65,9 +67,12 @@ def build(lab: Lab) -> gr.Blocks:
         gr.Markdown("# embedlab\nWhat a small language model's sentence embeddings look like **before** and **after** "
                     "contrastive fine-tuning with a LoRA adapter<span class='wide-only'> (arXiv 2408.00690)</span>.")
         # a phone leaves this out (the pickers list the sides): its first screen shows the first result
-        gr.Markdown("Every view compares two sides: a model (`smollm2-135m`), a model with an adapter "
-                    "(`smollm2-135m+nli-cft`), a training snapshot (`smollm2-135m+nli-cft@50`) or another model "
-                    "entirely (`minilm-l6`).", elem_classes="intro-more")
+        base, tuned = DEFAULT_PAIR
+        snap = next((s for s in valid_specs() if s.startswith(f"{tuned}@") and not s.endswith("@0")), f"{tuned}@50")
+        gr.Markdown(f"Every view compares two sides: a model (`{base}`), a model with an adapter (`{tuned}`), a "
+                    f"training snapshot (`{snap}`) or another model entirely (`minilm-l6`). "
+                    "The buttons under the pair's result switch both sides to another model's pair.",
+                    elem_classes="intro-more")
         side_a, side_b = sides.build()
         status = gr.Markdown(elem_id="status")
         # long requests: one of each kind at a time, a bounded and fair wait; maps: several at once (one in

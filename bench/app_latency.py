@@ -15,7 +15,10 @@ as the round trip of the trivial /status endpoint. The app remembers recent sent
 every timed text is new unless the case says otherwise. The client is made with download_files=False:
 by default it would also fetch each view's CSV + JSON downloads after every search.
 
-    python -m bench.app_latency [--n 30] [--only replay]
+    python -m bench.app_latency [--n 30] [--only replay] [--warm topics]
+
+Besides the default pair, /compare is timed on every other model's base vs its adapter (side.model_pairs: the
+page's pair buttons) in the same run, on the same app.
 (run it from the repository root: `-m` puts the root on the import path, for tests/app_server.py)
 """
 from __future__ import annotations
@@ -80,9 +83,11 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=30)
     ap.add_argument("--only", default="", help="time only the cases whose name contains this text (the floor always)")
+    ap.add_argument("--warm", default="topics,snli,stsb",
+                    help="built-in corpora the app warms before timing starts (the search and stsb map cases need stsb)")
     args = ap.parse_args()
     log = Path(tempfile.mkdtemp()) / "app.log"
-    server = AppServer(log, warm="topics,snli,stsb")
+    server = AppServer(log, warm=args.warm)
     try:
         print(f"start-up to a served page: {server.ready_s:.1f} s (goal <= 20 s)")
         c = Client(server.url, verbose=False, download_files=False)
@@ -92,9 +97,10 @@ def main() -> None:
                 raise SystemExit(f"warm-up did not finish: {status}")
             time.sleep(5)
         print(f"warm-up (model + built-in corpora) finished {time.perf_counter() - t0 + server.ready_s:.0f} s after start")
-        from embedlab.side import default_sides
+        from embedlab.side import default_sides, model_pairs
 
         m, adapter = (s.spec for s in default_sides())  # side A: the base model, side B: its shipped adapter
+        others = [(a.spec, b.spec) for a, b in model_pairs()[1:]]  # every other model's pair
         other = "minilm-l6"  # the cross-model case's side A
         print(f"sides: {m} vs {adapter}; cross-model: {other} vs {adapter}")
         c.predict(m, adapter, "warm", "up", api_name="/pairs")
@@ -122,6 +128,9 @@ def main() -> None:
             ("/compare, cross-model (minilm vs tuned)", "compare",
              lambda i, t: [other, adapter, QUERIES[i % 6] + f" {t}{i}", QUERIES[(i + 1) % 6] + f" {t}{i}"], None, args.n),
         ]
+        cases += [(f"/compare, {oa} vs +{ob.partition('+')[2]}"[:38], "compare",
+                   lambda i, t, oa=oa, ob=ob: [oa, ob, QUERIES[i % 6] + f" {t}{i}", QUERIES[(i + 1) % 6] + f" {t}{i}"],
+                   200, args.n) for oa, ob in others]
         cases += step_change_cases(m, adapter, args.n)
         cases = [c_ for j, c_ in enumerate(cases) if j == 0 or args.only in c_[0]]
         p50 = {}

@@ -174,13 +174,12 @@ def _embed(args: argparse.Namespace) -> int:
 def _build_cache(args: argparse.Namespace) -> int:
     from .lab import Lab
     from .precision import ENV
-    from .side import model_sides
     from .warmup import export_seeds
 
     if os.environ[ENV] != "fp32":  # the keys hold no precision: what ships is fp32, as precision.CACHED_VECTORS_NOTE says
         print(f"build-cache writes the shipped fp32 vectors (precision {os.environ[ENV]} -> fp32)", file=sys.stderr)
         os.environ[ENV] = "fp32"
-    files = export_seeds(Lab(device=args.device), model_sides(args.model), out=args.out)
+    files = export_seeds(Lab(device=args.device), out=args.out)  # the registry's seeded pairs (side.seeded_sides)
     size = sum(f.stat().st_size for f in files)
     print(f"wrote {len(files)} files, {size / 2**20:.1f} MiB, under {args.out}")
     return 0
@@ -339,9 +338,9 @@ def main(argv: list[str] | None = None) -> int:
     em.add_argument("--device", help="cpu, cuda ... (default: cuda if available)")
     em.add_argument("--max-mib", type=int, default=512, help="refuse larger corpus files (default 512)")
     em.set_defaults(fn=_embed)
-    c = sub.add_parser("build-cache", help="precompute the built-in corpora's vectors and maps the app ships "
-                                           "(run after a shipped adapter changes)")
-    c.add_argument("--model", default=DEFAULT_MODEL)
+    c = sub.add_parser("build-cache", help="precompute the built-in corpora's vectors and maps the app ships for the "
+                                           "default pair and each model's registry seed_corpora (run after a shipped "
+                                           "adapter changes)")
     c.add_argument("--out", type=Path, default=ROOT / "assets" / "cache")
     c.add_argument("--device", help="cpu, cuda ... (default: cpu)", default="cpu")
     c.set_defaults(fn=_build_cache)

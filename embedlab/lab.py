@@ -39,7 +39,7 @@ from . import ROOT
 from .side import Side, SideError, parse_side
 
 log = logging.getLogger(__name__)
-SEED_DIR = ROOT / "assets" / "cache"  # shipped float16 vectors + maps of the built-in corpora (`python -m embedlab build-cache`)
+SEED_DIR = ROOT / "assets" / "cache"  # shipped 8-bit vectors (cache.quantize) + maps of the built-in corpora (`python -m embedlab build-cache`)
 MAP_MAX = 2000  # texts on one map: UMAP on 2 cores stays within seconds
 MODEL_WAIT_S = 300  # a request waits this long for model memory held by other requests, then is told to retry
 # Bytes of model weights the pool keeps loaded. Measured with model_bytes (fp32 parameters + buffers, as

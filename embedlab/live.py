@@ -20,7 +20,6 @@ used (its mtime: training, the tab and every parse of its spec touch it).
 """
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math

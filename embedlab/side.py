@@ -23,7 +23,7 @@ from . import ROOT
 from .adapters import (ADAPTERS_DIR, AdapterError, AdapterInfo, TrainingRecord, inside, inspect_adapter, read_json,
                        snapshots)
 from .files import memo_by_signature
-from .registry import DEFAULT_MODEL, MODELS, get_spec
+from .registry import DEFAULT_MODEL, DEFAULT_PAIR, MODELS, get_spec
 from .sources import available_models, hub_reachable
 
 RUNS_DIR = ROOT / "runs"  # train.py's default output: local runs may be compared too
@@ -204,12 +204,31 @@ def model_sides(key: str) -> tuple[Side, Side]:
 
 
 def default_sides() -> tuple[Side, Side]:
-    """What the lab shows first: :func:`model_sides` of the default model, or of the first loadable one
-    when the default cannot load here."""
+    """What the lab shows first: the registry's DEFAULT_PAIR, or :func:`model_sides` of the first loadable
+    model when that pair cannot load here (its model not installed, its adapter missing)."""
     models = loadable_models()
     if not models:
         raise SideError("no model can be loaded here")
+    if models[0] == DEFAULT_MODEL:
+        try:
+            return parse_side(DEFAULT_PAIR[0]), parse_side(DEFAULT_PAIR[1])
+        except SideError:
+            pass
     return model_sides(models[0])
+
+
+def model_pairs() -> list[tuple[Side, Side]]:
+    """Each loadable model's base vs its first adapter (:func:`model_sides`), the default pair first; models
+    without an adapter are left out. The page offers each as one click."""
+    first = default_sides()
+    rest = [p for p in map(model_sides, loadable_models()) if p[1].adapter is not None and p[0].model != first[0].model]
+    return [first, *rest]
+
+
+def seeded_sides() -> list[tuple[tuple[Side, Side], tuple[str, ...]]]:
+    """What ``build-cache`` ships (assets/cache): each of :func:`model_pairs` whose model names
+    ``seed_corpora`` in the registry, with those corpora."""
+    return [(p, MODELS[p[0].model].seed_corpora) for p in model_pairs() if MODELS[p[0].model].seed_corpora]
 
 
 def kind(value: Any) -> str:
@@ -304,6 +323,6 @@ def training_record(side: Side) -> TrainingRecord:
     return TrainingRecord.read(side.folder) if side.folder is not None else TrainingRecord()
 
 
-__all__ = ["Side", "SideError", "parse_side", "valid_specs", "side_choices", "default_sides", "model_sides", "adapter_roots",
+__all__ = ["Side", "SideError", "parse_side", "valid_specs", "side_choices", "default_sides", "model_pairs", "seeded_sides", "model_sides", "adapter_roots",
            "resolution_roots", "live_root", "LIVE_PREFIX",
            "adapter_folders", "ROOT", "RUNS_DIR"]

@@ -10,9 +10,9 @@ from typing import Sequence
 from .corpora import builtin
 from .files import swap_folder
 from .features.maps import map_key, save_map, twin_map
-from .features.pairs import anisotropy_cosines
+from .features.pairs import anisotropy_corpus, anisotropy_cosines
 from .lab import MAP_MAX, SEED_DIR, Lab
-from .side import Side, default_sides
+from .side import Side, default_sides, seeded_sides
 
 log = logging.getLogger(__name__)
 WARM_CORPORA = ("topics", "snli", "stsb")
@@ -27,6 +27,9 @@ def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[
         pass
     lab.status["model"] = "ready"
     lab.status["anisotropy"] = "embedding"
+    with lab.hold(a, b) as readies:  # computed here, waiting: a request's path gives up after JOB_WAIT_S
+        for r in readies:
+            lab.corpus(r, anisotropy_corpus(), wait=True)
     anisotropy_cosines(lab, a, b)
     lab.status["anisotropy"] = "ready"
     for name in corpora:
@@ -55,9 +58,11 @@ def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str
         lab.status["error"] = f"warm-up failed: {e}"
 
 
-def export_seeds(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA,
+def export_seeds(lab: Lab, pairs: Sequence[tuple[tuple[Side, Side], Sequence[str]]] | None = None,
                  out: Path = SEED_DIR) -> list[Path]:
-    """Write what :func:`prepare` builds (vectors as float16, maps) to ``out``, replacing what was there.
+    """Write what :func:`prepare` builds for each pair of sides and its corpora (default: :func:`seeded_sides`,
+    from the registry) to ``out``: vectors (the anisotropy sample's and the corpora's, in cache.quantize's
+    8-bit form) and maps, replacing what was there.
 
     Run by ``python -m embedlab build-cache`` after an adapter changes; returns the files written.
     Everything is written to a sibling folder first and swapped in at the end: ``out`` may be
@@ -65,19 +70,21 @@ def export_seeds(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequ
     """
     from .evaluation import anisotropy_texts
 
-    a, b = prepare(lab, sides, corpora)
     out = Path(out)
     tmp = out.with_name(out.name + ".new")
     shutil.rmtree(tmp, ignore_errors=True)
-    with lab.hold(a, b) as (ra, rb):
-        for t in [anisotropy_texts(0)] + [builtin(n).texts for n in corpora]:
-            for r in ([ra, rb] if ra.key("") != rb.key("") else [ra]):
-                lab.embeddings.export(r.enc, t, r.adapter, tmp / "embeddings")
-        for name in corpora:
-            c = builtin(name).sample(MAP_MAX)
-            save_map(tmp / "maps" / f"{map_key(ra, rb, c)}.npz", twin_map(lab, a, b, builtin(name)))
+    for sides, corpora in pairs if pairs is not None else seeded_sides():
+        a, b = prepare(lab, sides, corpora)
+        with lab.hold(a, b) as (ra, rb):
+            for t in [anisotropy_texts(0)] + [builtin(n).texts for n in corpora]:
+                for r in ([ra, rb] if ra.key("") != rb.key("") else [ra]):
+                    lab.embeddings.export(r.enc, t, r.adapter, tmp / "embeddings")
+            for name in corpora:
+                c = builtin(name).sample(MAP_MAX)
+                save_map(tmp / "maps" / f"{map_key(ra, rb, c)}.npz", twin_map(lab, a, b, builtin(name)))
     out.mkdir(parents=True, exist_ok=True)
     for sub in ("embeddings", "maps"):
+        (tmp / sub).mkdir(parents=True, exist_ok=True)  # a pair list without corpora still replaces the old maps
         swap_folder(tmp / sub, out / sub)
     shutil.rmtree(tmp, ignore_errors=True)
     return sorted(p for p in out.rglob("*") if p.is_file())

@@ -5,8 +5,10 @@ import time
 import pytest
 from gradio_client import Client, handle_file
 
+from embedlab.registry import DEFAULT_PAIR
+
 pytestmark = pytest.mark.integration
-M = "smollm2-135m"
+M = "smollm2-135m"  # a real model with a shipped adapter (the default pair is Gemma's: registry DEFAULT_PAIR)
 T = "smollm2-135m+nli-cft"
 
 
@@ -96,7 +98,7 @@ def test_upload_map_search_evaluate(client, tmp_path):
     ((M, M, "x" * 5000, "y"), "/pairs", "limit"),
     (("gpt-17", M, "a", "b"), "/pairs", "unknown model 'gpt-17'"),
     ((M, "/etc", "a", "b"), "/pairs", "is not spelled model[+adapter][@step]"),
-    ((M, f"{M}+nope", "a", "b"), "/compare", f"Valid sides here: {M}, {T}"),
+    ((M, f"{M}+nope", "a", "b"), "/compare", f"Valid sides here: {DEFAULT_PAIR[0]}, "),  # the default model first
     ((M, f"{T}@999", "a", "b"), "/compare", "no snapshot at step 999"),
     ((M, M, "no tab here", None), "/batch_pairs", "two sentences"),
     ((M, M, "topics", "", 5), "/search", "query is empty"),

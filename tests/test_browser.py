@@ -5,8 +5,20 @@ from pathlib import Path
 
 import pytest
 
+from embedlab.registry import DEFAULT_PAIR, MODELS
+
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 SHOTS = Path(__file__).resolve().parent / "screenshots"
+BASE, TUNED = DEFAULT_PAIR  # what the page opens on
+
+
+def row(side: str, spec: str) -> str:
+    """A selector for the pair table's row of ``side`` ("A"/"B") showing ``spec``."""
+    pattern = re.sub(r"([+.@])", r"\\\1", spec)  # the few regex characters a spec holds
+    return f"#pair-out >> text=/{side} · {pattern}/"
+
+
+B_ROW = row("B", TUNED)
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
         "--no-first-run", "--disable-sync"]
 
@@ -31,7 +43,7 @@ def test_first_visit_shows_the_effect_without_a_click(page):
     """Before any click: the page's pair compared, each side's cosine beside what unrelated pairs get under that
     side (from the shipped cache) and the gap; the anisotropy histogram drawn from the cache; the topics map
     drawn from the cache; the models that cannot load here folded away in a closed accordion."""
-    table = page.locator("text=/B · smollm2-135m\\+nli-cft/").locator("xpath=ancestor::table")
+    table = page.locator(B_ROW).locator("xpath=ancestor::table")
     table.wait_for(timeout=300_000)
     assert len(re.findall(r"\b-?[01]\.\d{3}\b", table.inner_text())) == 2  # this pair's cosines
     rows = [r.split("\t") for r in table.inner_text().splitlines()[1:]]
@@ -43,6 +55,8 @@ def test_first_visit_shows_the_effect_without_a_click(page):
     # side cards: one short line each, the details folded
     assert page.locator(".side-card details").count() == 2 and not page.locator(".side-card details[open]").count()
     assert not any("Default." in t for t in page.locator(".side-card").all_inner_texts())
+    if MODELS[BASE].licence_url:  # its terms linked on each side's card (Gemma's weights)
+        assert page.locator(f'.side-card a[href="{MODELS[BASE].licence_url}"]').count() == 2
     folded = page.locator("#unavailable")
     assert "cannot load here" in folded.inner_text() and not page.locator("text=minicpm-2b").first.is_visible()
     page.screenshot(path=str(SHOTS / "first_visit.png"), full_page=True)
@@ -52,15 +66,32 @@ def test_first_visit_shows_the_effect_without_a_click(page):
     page.get_by_role("tab", name="Pairs").click()
 
 
+def test_another_models_pair_is_one_click_away(page):
+    """The buttons under the result: another model's base vs its adapter in one click (the pair's table and the
+    anisotropy note follow, from that model's shipped cache), then back to the default pair."""
+    from embedlab.side import model_pairs
+
+    other = next(p for p in model_pairs() if p[0].model != BASE)
+    page.locator(f"#pair-{other[0].model}").click()
+    page.wait_for_selector(row("B", other[1].spec), timeout=300_000)
+    assert page.locator(row("A", other[0].spec)).count() == 1
+    page.wait_for_function("(m) => document.querySelector('#aniso-note').innerText.includes(m)", arg=other[1].spec,
+                           timeout=60_000)
+    page.locator(f"#pair-{BASE}").click()
+    page.wait_for_selector(B_ROW, timeout=300_000)
+    page.wait_for_function("(m) => document.querySelector('#aniso-note').innerText.includes(m)", arg=TUNED,
+                           timeout=60_000)
+
+
 def test_pairs_tab(page):
     page.get_by_role("button", name="Compare").click()
-    page.wait_for_selector("text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
+    page.wait_for_selector(B_ROW, timeout=120_000)
     before = page.locator("#pair-out").inner_text()
     page.get_by_role("button", name="STSBenchmark example").click()
     page.wait_for_selector("text=Human similarity score", timeout=60_000)
     # the previous pair's numbers are gone at once; the example is then compared without a click
     page.wait_for_function("(b) => document.querySelector('#pair-out').innerText !== b", arg=before, timeout=60_000)
-    page.wait_for_selector("#pair-out >> text=/B · smollm2-135m\\+nli-cft/", timeout=120_000)
+    page.wait_for_selector(B_ROW, timeout=120_000)
     s1 = page.get_by_label("Sentence A").input_value()
     assert s1 != "A man is playing a guitar."
     # While the start-up warm-up is embedding the anisotropy sample, the app answers "being computed right
@@ -100,7 +131,7 @@ def pick_side(page, which: str, spec: str) -> None:
 
 
 def test_cross_model_compare(page):
-    """Side A on MiniLM, side B on tuned SmolLM2: both cosines on the page, each side's card, no console errors."""
+    """Side A on MiniLM, side B on the tuned default model: both cosines on the page, each side's card, no console errors."""
     pick_side(page, "A", "minilm-l6")
     # the card: one short line, the model's facts folded in its details
     page.locator(".side-card details", has_text="all-MiniLM-L6-v2 (reference sentence encoder)").wait_for(
@@ -113,8 +144,8 @@ def test_cross_model_compare(page):
     assert len(cosines) == 2, cosines
     page.wait_for_timeout(500)
     page.screenshot(path=str(SHOTS / "pairs_cross_model.png"), full_page=True)
-    pick_side(page, "A", "smollm2-135m")  # back to the default for the other tabs
-    page.locator(".side-card details", has_text="smollm2-135m").first.wait_for(state="attached", timeout=60_000)
+    pick_side(page, "A", BASE)  # back to the default for the other tabs
+    page.locator(".side-card details", has_text=BASE).first.wait_for(state="attached", timeout=60_000)
     page.wait_for_function("() => document.querySelector('.side-card').innerText.startsWith('Base model.')",
                            timeout=60_000)
 
@@ -173,7 +204,7 @@ def test_phone_width_screenshots(page, app_server):
     errors = []
     pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
     pg.goto(app_server.url)
-    pg.locator("text=/B · smollm2-135m\\+nli-cft/").wait_for(timeout=300_000)
+    pg.locator(B_ROW).wait_for(timeout=300_000)
     pg.wait_for_timeout(1000)
     # the first result is on the first screen (it was 1,388 px down, below a long side card)
     bottom = pg.evaluate("() => document.querySelector('#pair-out table').getBoundingClientRect().bottom + window.scrollY")

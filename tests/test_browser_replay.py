@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from test_browser import SHOTS, page  # noqa: F401  (page: the module-scoped browser page fixture)
+from test_browser import BASE, SHOTS, TUNED, page  # noqa: F401  (page: the module-scoped browser page fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -44,12 +44,28 @@ SIZES_JS = """() => ['replay-curves', 'replay-hist', 'replay-map'].map(id => {
 })"""
 
 
+def steps_of(spec: str) -> list[str]:
+    """The training steps of the snapshots a side's adapter lists (its training.json), as the picker shows them."""
+    from embedlab.adapters import snapshots
+    from embedlab.side import parse_side
+
+    return [str(s.step) for s in snapshots(parse_side(spec).folder)]
+
+
+def other_tuned() -> str:
+    """Another model's tuned side (its pair button's side B): SmolLM2's beside the default Gemma pair."""
+    from embedlab.side import model_pairs
+
+    return next(b.spec for a, b in model_pairs() if a.model != BASE)
+
+
 def test_slider_moves_the_map_the_histogram_and_the_curves(page):
     page.get_by_role("tab", name="Training replay").click()
     page.wait_for_selector("#replay-note >> text=/Step \\d+/", timeout=120_000)
     page.wait_for_selector("#replay-map .js-plotly-plot", timeout=60_000)
-    # the picker shows training steps, the last one checked
-    assert shown_steps(page) == (["0", "50", "100", "200", "300"], "300")
+    # the picker shows the default adapter's training steps, the last one checked
+    steps = steps_of(TUNED)
+    assert shown_steps(page) == (steps, steps[-1])
     page.wait_for_timeout(1000)
     for size in page.evaluate(SIZES_JS):  # drawn while shown: each figure as wide as its box
         assert size and abs(size[0] - size[1]) <= 2, size
@@ -61,12 +77,12 @@ def test_slider_moves_the_map_the_histogram_and_the_curves(page):
                            timeout=30_000)
     first = state(page)
     assert first["map"] != last["map"] and "base model" in first["note"]
-    pick_step(page, 50)  # the first trained snapshot
+    pick_step(page, int(steps[1]))  # the first trained snapshot
     page.wait_for_function("() => document.querySelector('#replay-hist .js-plotly-plot').data.length === 2",
                            timeout=30_000)
     second = state(page)
     assert second["map"] not in (first["map"], None) and second["note"] != first["note"]
-    assert shown_steps(page)[1] == "50"
+    assert shown_steps(page)[1] == steps[1]
     page.wait_for_timeout(1000)  # let plotly draw before the screenshot
     page.screenshot(path=str(SHOTS / "replay.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
@@ -87,34 +103,37 @@ def test_corpus_change_redraws_at_the_last_step(page):
     assert "Step" in state(page)["note"]
 
 
-def test_replay_follows_side_b_to_gemma(page):
-    """Side B on tuned Gemma 3 while another tab is shown, then the tab opened: Gemma's own snapshots (0, 10, 25
-    and 60 of 60 steps) drawn at full size, the curves reaching step 60."""
+def test_replay_follows_side_b_to_another_model(page):
+    """Side B on another model's adapter (SmolLM2's, beside the default Gemma pair) while another tab is shown,
+    then the tab opened: that adapter's own snapshots drawn at full size, the curves reaching its last step."""
     from test_browser import pick_side
 
+    other = other_tuned()
+    steps = steps_of(other)
     page.reload()
     page.wait_for_selector("text=embedlab", timeout=60_000)
-    pick_side(page, "B", "gemma3-270m+nli-cft")  # on the Pairs tab: the replay tab is hidden
-    page.locator(".side-card details", has_text="gemma3-270m+nli-cft").first.wait_for(state="attached", timeout=60_000)
+    pick_side(page, "B", other)  # on the Pairs tab: the replay tab is hidden
+    page.locator(".side-card details", has_text=other).first.wait_for(state="attached", timeout=60_000)
     page.get_by_role("tab", name="Training replay").click()
-    page.wait_for_selector("#replay-note >> text=/Step 60/", timeout=300_000)
+    page.wait_for_selector(f"#replay-note >> text=/Step {steps[-1]}/", timeout=300_000)
     page.wait_for_timeout(2000)
-    assert shown_steps(page) == (["0", "10", "25", "60"], "60")
+    assert shown_steps(page) == (steps, steps[-1])
     curves = page.evaluate("""() => { const p = document.querySelector('#replay-curves .js-plotly-plot');
         return p._fullLayout.xaxis.range[1]; }""")
-    assert curves >= 60, curves  # the curves reach the last step (they stopped at ~58 when drawn hidden)
+    assert curves >= int(steps[-1]), curves  # the curves reach the last step (they stopped short when drawn hidden)
     for size in page.evaluate(SIZES_JS):
         assert size and abs(size[0] - size[1]) <= 2, size
     pick_step(page, 0)
     page.wait_for_selector("#replay-note >> text=Step 0", timeout=120_000)
     page.wait_for_function("() => document.querySelector('#replay-hist .js-plotly-plot').data.length === 1",
                            timeout=30_000)
-    pick_step(page, 10)
-    page.wait_for_selector("#replay-note >> text=/Step 10: after 10 of 60 training steps/", timeout=120_000)
+    pick_step(page, int(steps[1]))
+    page.wait_for_selector(f"#replay-note >> text=/Step {steps[1]}: after {steps[1]} of {steps[-1]} training steps/",
+                           timeout=120_000)
     page.wait_for_timeout(1000)  # let plotly draw before the screenshot
-    page.screenshot(path=str(SHOTS / "replay_gemma.png"), full_page=True)
+    page.screenshot(path=str(SHOTS / "replay_other_model.png"), full_page=True)
     page.get_by_role("tab", name="Pairs").click()
-    pick_side(page, "B", "smollm2-135m+nli-cft")  # back to the default for the tests after this one
+    pick_side(page, "B", TUNED)  # back to the default for the tests after this one
 
 
 def test_no_console_errors(page):

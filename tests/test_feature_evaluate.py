@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from embedlab.features import common, evaluate, pairs
+from embedlab.features import common, evaluate
 from tiny import A
 
 

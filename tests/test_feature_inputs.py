@@ -92,6 +92,23 @@ def test_every_component_is_one_the_browser_can_draw(tmp_path):
     assert {"Sentence A", "Query", "Corpus", "k", "Tasks"} <= labels, labels
 
 
+def test_each_model_pair_is_one_click_and_the_page_opens_on_the_registry_default(tmp_path):
+    """The Pairs tab has a button per model pair (side.model_pairs: the default pair first, SmolLM2's beside it),
+    and the pickers open on the registry's DEFAULT_PAIR where its model loads."""
+    import app
+    from embedlab.registry import DEFAULT_PAIR
+    from embedlab.side import loadable_models, model_pairs
+
+    demo = app.build(Lab(cache_dir=tmp_path / "cache"))
+    comps = demo.config["components"]
+    pairs_here = model_pairs()
+    buttons = [c for c in comps if str(c["props"].get("elem_id", "")).startswith("pair-") and c["type"] == "button"]
+    assert [b["props"]["elem_id"] for b in buttons] == ([f"pair-{a.model}" for a, _ in pairs_here] if len(pairs_here) > 1 else [])
+    if DEFAULT_PAIR[0] in loadable_models():
+        values = [c["props"]["value"] for c in comps if c["props"].get("elem_id") in ("side-a", "side-b")]
+        assert tuple(values) == DEFAULT_PAIR
+
+
 def test_long_requests_run_one_at_a_time_with_a_bounded_wait(tmp_path):
     import app
 

@@ -84,7 +84,7 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     from embedlab.corpora import builtin
 
     sides = common.sides(A, adapter)
-    files = warmup.export_seeds(lab, sides, corpora=("topics",), out=tmp_path / "seed")
+    files = warmup.export_seeds(lab, [(sides, ("topics",))], out=tmp_path / "seed")
     assert any(f.suffix == ".npz" for f in files) and sum(f.name == "manifest.json" for f in files) == 4
 
     fresh = Lab(cache_dir=tmp_path / "empty", seed_dir=tmp_path / "seed")
@@ -99,6 +99,6 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     assert search_tab.top_k(fresh, *sides, builtin("topics"), "a football match", k=3)["b"]
 
     # build-cache again on a machine whose only copy is the seed folder itself (maps and vectors read from it)
-    again = warmup.export_seeds(fresh, sides, corpora=("topics",), out=tmp_path / "seed")
+    again = warmup.export_seeds(fresh, [(sides, ("topics",))], out=tmp_path / "seed")
     assert [f.name for f in again] == [f.name for f in files]
     assert np.allclose(np.load(next((tmp_path / "seed" / "maps").glob("*.npz")))["base_xy"], m["xy_a"])

@@ -84,7 +84,7 @@ def test_a_fifo_or_a_huge_training_record_neither_blocks_nor_loads(lab, adapter,
     t.join(30)
     assert not t.is_alive(), "model_card blocked on a FIFO"
     assert result["error"] == "training.json is not a regular file" and (f"{A}+fifo") in dict(result["choices"]).values()
-    from embedlab.adapters import AdapterError, read_training_record
+    from embedlab.adapters import read_training_record
 
     with pytest.raises(AdapterError, match="not a regular file"):  # refused without blocking
         read_training_record(fifo)

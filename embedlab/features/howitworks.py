@@ -29,6 +29,7 @@ def how_it_works(template: str, model: str = DEFAULT_MODEL) -> str:
     return template.format(dim=spec.dim if spec.dim else "(the model's width)",
                            aniso_base=f"{aniso:.2f}" if aniso is not None else "0.9",
                            base_stsb=fmt(base, "STSBenchmark"), model=spec.title.split(" (")[0], tuned_line=tuned_line,
+                           eos=spec.eos_token or "(its end-of-sequence token)",
                            lora_note=spec.lora_note or "a small fraction of the model's parameters")
 
 

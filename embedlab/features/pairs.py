@@ -14,7 +14,8 @@ from ..cache import corpus_sha256
 from ..compute import BACKGROUND, urgent
 from ..corpora import BUILTINS, Corpus, parse_pairs
 from ..lab import Lab
-from ..side import Side
+from ..registry import MODELS
+from ..side import Side, SideError, model_pairs
 from ..sts import load_task, spearman100
 from . import maps
 from .common import (INTERACTIVE_AT_ONCE, USER_ERRORS, Ctx, Text, Upload, UserError, files, flag, gradio_errors, kind, md, names,
@@ -50,16 +51,23 @@ def batch_cosines(lab: Lab, a: Side, b: Side, s1: list[str], s2: list[str], gold
     return out
 
 
+def anisotropy_corpus(seed: int = 0) -> Corpus:
+    """The STSBenchmark sentences whose random pairs the anisotropy view scores, as a corpus (cache key)."""
+    from ..evaluation import anisotropy_texts
+
+    texts = anisotropy_texts(seed)
+    return Corpus("anisotropy sample", texts, ("stsb",) * len(texts), "")
+
+
 def anisotropy_cosines(lab: Lab, a: Side, b: Side, n_pairs: int = 2000, seed: int = 0) -> dict:
     """Cosines of random sentence pairs from the STSBenchmark corpus under both sides.
 
     A useful embedding spreads unrelated sentences apart; a raw LM puts almost
     every pair near the same high cosine (its vectors share one dominant direction).
     """
-    from ..evaluation import anisotropy_texts, random_pair_cosines
+    from ..evaluation import random_pair_cosines
 
-    texts = anisotropy_texts(seed)
-    va, vb = lab.corpus_vectors(a, b, Corpus("anisotropy sample", texts, ("stsb",) * len(texts), ""))
+    va, vb = lab.corpus_vectors(a, b, anisotropy_corpus(seed))
     ca = random_pair_cosines(va, n_pairs, seed)
     return {"a": ca, "b": random_pair_cosines(vb, n_pairs, seed), "n_pairs": len(ca)}
 
@@ -68,10 +76,9 @@ def cached_random_pairs(lab: Lab, a: Side, b: Side) -> dict | None:
     """:func:`anisotropy_cosines` from the embedding cache only: None when either side's vectors of the
     anisotropy sample are not cached yet (the default sides' are shipped in assets/cache). Never embeds, so a
     first visit and every compare cost no model time for it."""
-    from ..evaluation import anisotropy_texts, random_pair_cosines
+    from ..evaluation import random_pair_cosines
 
-    texts = anisotropy_texts(0)
-    c = Corpus("anisotropy sample", texts, ("stsb",) * len(texts), "")
+    c = anisotropy_corpus(0)
     with lab.hold(a, b) as (ra, rb):
         va = lab.embeddings.peek(ra.enc, c.texts, ra.adapter, sha=c.sha256)
         vb = None if va is None else lab.embeddings.peek(rb.enc, c.texts, rb.adapter, sha=c.sha256)
@@ -102,8 +109,9 @@ def compare_api(lab: Lab, side_a: Any, side_b: Any, text_a: Any, text_b: Any) ->
 
 # One sentence under every compare: what the numbers mean (the first thing a visitor sees).
 PAIR_MEANING = ("A cosine (1 = same direction) means something only next to what unrelated sentences get under the "
-                "same side: a raw LM gives almost any two sentences a high cosine, a contrastively tuned one keeps "
-                "high scores for pairs that mean the same thing, so the effect is the **gap**, not the number.")
+                "same side: a raw LM's cosines barely follow meaning (unrelated pairs often score as high as related "
+                "ones), a contrastively tuned one keeps high scores for pairs that mean the same thing, so the effect "
+                "is the **gap**, not the number.")
 NOT_MEASURED = ("— : not measured for this side yet; *Anisotropy* below measures it.")
 
 
@@ -229,6 +237,18 @@ def build(ctx: Ctx) -> None:
             ex = gr.Button("STSBenchmark example", min_width=160)
         gold_note = gr.Markdown()
         pair_out = gr.Markdown(elem_id="pair-out")
+        # every model's base vs its adapter, one click each (the default pair first): below the result, so a
+        # phone's first screen still ends with it
+        try:
+            choices = model_pairs()
+        except SideError:
+            choices = []
+        switches = []
+        if len(choices) > 1:
+            with gr.Row(elem_id="pair-switch"):
+                for a, b in choices:
+                    label = f"{MODELS[a.model].title.split(' (')[0]}: base vs tuned"
+                    switches.append((gr.Button(label, size="sm", min_width=120, elem_id=f"pair-{a.model}"), a.spec, b.spec))
         with gr.Accordion("Batch: many pairs, optionally with your scores", open=False):
             batch_text = Text(label="One pair per line: sentence A <TAB> sentence B [<TAB> score]", lines=5,
                               what="the pairs")
@@ -244,7 +264,7 @@ def build(ctx: Ctx) -> None:
             aniso_note = gr.Markdown(elem_id="aniso-note")
             # hidden until drawn (the first visit draws it from the cache): no large empty frame
             aniso_plot = gr.Plot(visible=False, elem_id="aniso-plot")
-    ctx.parts.update(s1=s1, s2=s2, pair_out=pair_out, aniso_outputs=[aniso_note, aniso_plot])
+    ctx.parts.update(s1=s1, s2=s2, pair_out=pair_out, aniso_outputs=[aniso_note, aniso_plot], pair_switches=switches)
     h = ctx.h
     go_pair.click(h(compare), [*ctx.sides, s1, s2], [pair_out], api_name="pairs", concurrency_limit=INTERACTIVE_AT_ONCE)
     # An example replaces the pair: the previous pair's numbers go at once (in the browser), the example's human
@@ -283,8 +303,14 @@ def api(ctx: Ctx) -> None:
 
 
 def on_first_visit(ctx: Ctx) -> None:
-    """A first visitor sees the effect before clicking: the page's pair compared, the topics map drawn from the cache."""
+    """A first visitor sees the effect before clicking: the page's pair compared, the topics map drawn from the cache;
+    each model's pair button shows the same for that model."""
     p = ctx.parts
-    ctx.demo.load(ctx.h(first_visit), [*ctx.sides, p["s1"], p["s2"], p["map_corpus"]],
-                  [p["pair_out"], *p["aniso_outputs"], *p["map_outputs"]], api_visibility="private",
+    inputs, outputs = [*ctx.sides, p["s1"], p["s2"], p["map_corpus"]], [p["pair_out"], *p["aniso_outputs"], *p["map_outputs"]]
+    ctx.demo.load(ctx.h(first_visit), inputs, outputs, api_visibility="private",
                   concurrency_limit=INTERACTIVE_AT_ONCE, concurrency_id="first_visit")
+    # a model's pair in one click: both pickers set (their cards follow), then the same view as a first visit
+    for button, a, b in p["pair_switches"]:
+        button.click(lambda a=a, b=b: (a, b), None, ctx.sides, api_visibility="private", queue=False).then(
+            ctx.h(first_visit), inputs, outputs, api_visibility="private", concurrency_limit=INTERACTIVE_AT_ONCE,
+            concurrency_id="first_visit")

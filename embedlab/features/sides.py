@@ -23,7 +23,9 @@ def model_card(side: Any, what: str = "side") -> str:
     s = parse_side(side, what)
     spec = MODELS[s.model]
     pooling = f"EOS token {md(repr(spec.eos_token))}" if spec.pooling == "eos" else "mean of tokens"
-    lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {md(spec.licence)} · pooling: {pooling}"
+    # the licence's terms linked where they ask for a notice (Gemma's weights: the Gemma Terms of Use)
+    licence = f"[{md(spec.licence)}]({spec.licence_url})" if spec.licence_url else md(spec.licence)
+    lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {licence} · pooling: {pooling}"
              + (f". {md(spec.notes)}" if spec.notes else "")]
     rec = training_record(s)
     dev = None
