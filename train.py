@@ -30,7 +30,7 @@ from transformers import HfArgumentParser
 
 from embedlab.adapters import AdapterError
 from embedlab.loading import ModelUnavailableError, load_encoder
-from embedlab.nli import DataError
+from embedlab.nli import DataError, read_triplets
 from embedlab.registry import UnknownModelError
 from embedlab.training import (Config, ConfigError, LossNotFinite, SetupError, check_config,
                                command_line, field_types, train)
@@ -67,13 +67,7 @@ def _read_config_file(path: str, ap: argparse.ArgumentParser) -> dict:
     if not isinstance(base, dict):
         ap.error(f"{path} must hold a JSON object of settings, not {type(base).__name__}")
     if isinstance(base.get("config"), dict) and "command" in base:
-        # a training record (training.json, e.g. a live run's download): train again with its settings; its
-        # data path, when relative, is the file next to the record (the download holds data.csv)
-        base = {k: v for k, v in base["config"].items() if k != "resume"}
-        data = base.get("data")
-        if isinstance(data, str) and not Path(data).is_absolute() and not Path(data).exists() \
-                and (Path(path).parent / data).is_file():
-            base["data"] = str(Path(path).parent / data)
+        base = _settings_of_record(base, Path(path), ap)
     types = {**field_types(), "bf16": bool}
     if unknown := set(base) - set(types):
         ap.error(f"{path}: unknown setting(s) {', '.join(sorted(unknown))}")
@@ -83,6 +77,31 @@ def _read_config_file(path: str, ap: argparse.ArgumentParser) -> dict:
     if "bf16" in base:
         bf16 = base.pop("bf16")
         base.setdefault("precision", "auto" if bf16 else "fp32")
+    return base
+
+
+def _settings_of_record(record: dict, path: Path, ap: argparse.ArgumentParser) -> dict:
+    """The settings of a training record (training.json, e.g. a live run's download) to train it again.
+
+    A record may come from anyone, so it decides neither where to write (its ``out`` is dropped: --out, else
+    the default) nor which file is read beyond what it names: a relative data path is the file next to the
+    record if there is one (the download holds data.csv), else the one the command line named, relative to
+    here. The file's sha256 and row count must be the record's: training on other data is not the run again."""
+    base = {k: v for k, v in record["config"].items() if k not in ("resume", "out")}
+    data = base.get("data")
+    if isinstance(data, str) and not Path(data).is_absolute() and ".." not in Path(data).parts \
+            and (path.parent / data).is_file():
+        base["data"] = str(path.parent / data)
+    want = record.get("data") if isinstance(record.get("data"), dict) else {}
+    if isinstance(base.get("data"), str) and want.get("sha256"):
+        try:
+            mr = base.get("max_rows")
+            got = read_triplets(base["data"], mr if isinstance(mr, int) and mr > 0 else None)
+        except (DataError, OSError) as e:
+            ap.error(f"{path}: its training data: {str(e)[:200]}")
+        if got.sha256 != want["sha256"] or ("rows" in want and len(got) != want["rows"]):
+            ap.error(f"{path}: {base['data']} is not the data this run trained on (sha256 {got.sha256[:12]}…, "
+                     f"{len(got)} rows; the record names {str(want['sha256'])[:12]}…, {want.get('rows')} rows)")
     return base
 
 

@@ -23,6 +23,7 @@ from . import ROOT
 from .adapters import (ADAPTERS_DIR, AdapterError, AdapterInfo, TrainingRecord, inside, inspect_adapter, read_json,
                        snapshots)
 from .files import memo_by_signature
+from .messages import kind
 from .registry import DEFAULT_MODEL, DEFAULT_PAIR, MODELS, get_spec
 from .sources import available_models, hub_reachable
 
@@ -229,12 +230,6 @@ def seeded_sides() -> list[tuple[tuple[Side, Side], tuple[str, ...]]]:
     """What ``build-cache`` ships (assets/cache): each of :func:`model_pairs` whose model names
     ``seed_corpora`` in the registry, with those corpora."""
     return [(p, MODELS[p[0].model].seed_corpora) for p in model_pairs() if MODELS[p[0].model].seed_corpora]
-
-
-def kind(value: Any) -> str:
-    """What a wrong-typed value is, in words ("a number", "a list"…), for input errors."""
-    return "nothing" if value is None else {bool: "true/false", int: "a number", float: "a number", list: "a list",
-                                             dict: "an object"}.get(type(value), type(value).__name__)
 
 
 def _short_list(specs: list[str]) -> str:

@@ -359,13 +359,17 @@ class Trainer:
     compute thread at background priority); each unit sets its own autocast and grad mode.
     """
 
-    def __init__(self, cfg: Config, *, load=load_encoder, executor: Executor = _call, progress: bool = False) -> None:
+    def __init__(self, cfg: Config, *, load=load_encoder, executor: Executor = _call, progress: bool = False,
+                 name: str | None = None) -> None:
         from accelerate import Accelerator
         from peft import LoraConfig, get_peft_model
         from transformers import get_cosine_schedule_with_warmup
 
         check_config(cfg)
         self.cfg, self.load, self.executor, self.progress = cfg, load, executor, progress
+        # how log lines and errors name the run: its folder, unless the caller must not show that (the app's
+        # live runs: the folder holds the run's secret id, and a Space's log may be public)
+        self.name = name or cfg.out
         requested = choose_device(cfg.device, torch.cuda.device_count(), int(os.environ.get("WORLD_SIZE", "1")))
         if requested.type == "cuda" and requested.index is not None:
             torch.cuda.set_device(requested)  # accelerate's single-process "cuda" is the current device
@@ -413,7 +417,7 @@ class Trainer:
                  if (c / "adapter_model.safetensors").is_file() and (c / "random_states_0.pkl").is_file()]
         if cfg.resume and found:
             acc.load_state(str(found[0]))  # LoRA weights, optimiser, scheduler, step/history, each rank's own RNG
-            acc.print(f"resumed from {found[0]} at step {self.state.step}")
+            acc.print(f"resumed from {found[0].name} at step {self.state.step} ({self.name})")
         self.start = self.done = self.state.step
         self.ckpt_step = self.start if found and cfg.resume else None  # step of the last checkpoint on disk
         # Snapshots before the final step (which is the adapter itself); steps past the end are dropped.
@@ -521,7 +525,7 @@ class Trainer:
         first = self.done - len(values) + 1
         bad = next((i for i, v in enumerate(values) if not math.isfinite(v)), None)
         if bad is not None:
-            where = f"{self.ckpt} (step {self.ckpt_step})" if self.ckpt_step is not None else "none written yet"
+            where = f"{self.name}: {self.ckpt.name} (step {self.ckpt_step})" if self.ckpt_step is not None else "none written yet"
             raise LossNotFinite(f"loss is {values[bad]} at step {first + bad}; stopped, nothing after the last "
                                 f"checkpoint was saved. Last good checkpoint: {where}. Try a lower --lr or check the data.")
         self.state.history.extend([first + i, round(v, 5)] for i, v in enumerate(values))
@@ -614,7 +618,7 @@ class Trainer:
             write_training_record(out, record)
         write_card(out, self.spec)
         shutil.rmtree(self.ckpt, ignore_errors=True)
-        msg = f"saved {out}"
+        msg = f"saved {self.name}"
         if "dev" in record:
             msg += f": STSBenchmark dev {record['dev']['STSBenchmark-dev']:.2f}"
         if "test" in record:

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from . import files
 from .corpora import MAX_UPLOAD_BYTES, InputError, clean_text, decode_upload, read_upload
-from .features.common import kind, short
+from .messages import kind, short
 from .nli import COLUMNS, DataError, holds_evaluation_sentence
 from .sts import DATA_DIR
 

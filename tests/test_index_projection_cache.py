@@ -228,7 +228,8 @@ def test_seed_format_keeps_cosines_and_is_the_only_one_read(tmp_path):
     """quantize: int8 of standardised columns, a scale per row; vectors with a shared direction and a few huge
     dimensions (a causal LM's) keep cosine >= 0.9999. A seed folder of float16 .npy chunks (the old format) is
     not read: its vectors are computed."""
-    from embedlab.cache import _write_manifest, dequantize, embedding_key, quantize
+    from embedlab import files
+    from embedlab.cache import dequantize, embedding_key, quantize
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((500, 640)).astype(np.float32) + 3 * rng.standard_normal(640).astype(np.float32)
@@ -246,6 +247,6 @@ def test_seed_format_keeps_cosines_and_is_the_only_one_read(tmp_path):
     old.mkdir(parents=True)
     np.save(old / "part-00000.npy", np.zeros((3, enc.dim), np.float16))
     import hashlib
-    _write_manifest(old / "manifest.json", {"part-00000.npy": hashlib.sha256((old / "part-00000.npy").read_bytes()).hexdigest()})
+    files.write_json(old / "manifest.json", {"part-00000.npy": hashlib.sha256((old / "part-00000.npy").read_bytes()).hexdigest()})
     user = EmbeddingCache(tmp_path / "user", seeds=[tmp_path / "seed"])
     assert user.peek(enc, texts) is None and np.abs(user.get_or_compute(enc, texts)).sum() > 0

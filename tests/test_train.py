@@ -179,6 +179,33 @@ def test_config_flags_and_file(tmp_path):
         train.parse_config(["--batch-size", "1"])
 
 
+def test_a_training_record_decides_neither_where_to_write_nor_other_data(tmp_path, monkeypatch):
+    """--config <training.json>: the record's out is dropped (a downloaded record must not write into "."),
+    its relative data is the file next to it before one of that name here, and data whose sha256 or row count
+    is not the record's is refused (that would not be the run again)."""
+    from embedlab.nli import read_triplets
+
+    run = tmp_path / "run"
+    run.mkdir()
+    rows = "sent0,sent1,hard_neg\n" + "".join(f"a{i},b{i},c{i}\n" for i in range(20))
+    (run / "data.csv").write_text(rows)
+    t = read_triplets(run / "data.csv")
+    record = {"config": {"data": "data.csv", "out": ".", "steps": 3, "resume": True}, "command": "python train.py",
+              "data": {"path": "data.csv", "sha256": t.sha256, "rows": len(t)}}
+    (run / "training.json").write_text(json.dumps(record))
+    here = tmp_path / "here"
+    here.mkdir()
+    (here / "data.csv").write_text(rows.replace("a1,", "x1,"))  # a decoy of the same name where train.py runs
+    monkeypatch.chdir(here)
+    c = train.parse_config(["--config", str(run / "training.json")])
+    assert c.out == training.Config().out and not c.resume and c.steps == 3
+    assert c.data == str(run / "data.csv")
+    assert train.parse_config(["--config", str(run / "training.json"), "--out", "again"]).out == "again"
+    (run / "data.csv").write_text(rows + "extra,row,here\n")  # the data changed since the run
+    with pytest.raises(SystemExit):
+        train.parse_config(["--config", str(run / "training.json")])
+
+
 def test_batches_are_a_function_of_step():
     a = training.batch_indices(7, 100, 16, seed=0)
     assert (a == training.batch_indices(7, 100, 16, seed=0)).all() and len(set(a)) == 16

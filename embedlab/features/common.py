@@ -38,11 +38,11 @@ from ..nli import DataError
 from ..provenance import environment
 from ..registry import UnknownModelError
 from .. import ROOT
-from ..side import Side, SideError, kind, parse_side
+from ..messages import ECHO_CHARS, kind, short
+from ..side import Side, SideError, parse_side
 
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 1000
-ECHO_CHARS = 80  # user input quoted back in a message is cut to this
 USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, UnknownModelError, DataError, CacheBusy,
                SideError, ModelsBusy, LiveError)
 # Downloads (CSV + JSON per result) are written here; Gradio copies each into its own cache (cleaned by the
@@ -118,12 +118,6 @@ def md(text: Any) -> str:
 
 
 # --- input checks: one per kind of input, used by every endpoint --------------------------------------
-def short(value: Any) -> str:
-    """A value quoted in a message (its repr), cut to ~:data:`ECHO_CHARS` characters."""
-    r = repr(value)
-    return r if len(r) <= ECHO_CHARS else r[:ECHO_CHARS - 3] + "…"
-
-
 def text(value: Any, what: str, max_chars: int = MAX_QUERY_CHARS) -> str:
     """A text input: a string (numbers, lists and objects are refused), cleaned, non-empty, at most ``max_chars``."""
     if not isinstance(value, str):
