@@ -16,7 +16,7 @@ import gradio as gr
 from embedlab import gradio_internals, warmup
 from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
-from embedlab.features import common, evaluate, howitworks, maps, pairs, replay, search, sides
+from embedlab.features import common, evaluate, howitworks, maps, pairs, replay, search, sides, status
 from embedlab.lab import Lab
 from embedlab.sweep import gradio_folder, sweep_forever
 
@@ -69,7 +69,7 @@ def build(lab: Lab) -> gr.Blocks:
                     "(`smollm2-135m+nli-cft`), a training snapshot (`smollm2-135m+nli-cft@50`) or another model "
                     "entirely (`minilm-l6`).", elem_classes="intro-more")
         side_a, side_b = sides.build()
-        status = gr.Markdown(elem_id="status")
+        status.build(lab, demo)  # the status line, with Cancel beside it while a corpus job runs
         # long requests: one of each kind at a time, a bounded and fair wait; maps: several at once (one in
         # memory returns at once; features.maps builds one uncached map at a time)
         ctx = common.Ctx(lab, demo, side_a, side_b, heavy=common.slot(demo, "heavy"), maps=common.slot(demo, "map", limit=4))
@@ -79,14 +79,6 @@ def build(lab: Lab) -> gr.Blocks:
         sides.unavailable()
         pairs.api(ctx)
         pairs.on_first_visit(ctx)
-
-        def status_api() -> str:
-            """Background warm-up progress ('Ready: …' when done)."""
-            return lab.status_line() or "starting"
-
-        gr.api(status_api, api_name="status")
-        gr.Timer(2.0).tick(lab.status_line, None, [status], api_visibility="private", show_progress="hidden")
-        demo.load(lab.status_line, None, [status], api_visibility="private", show_progress="hidden")
     return demo
 
 
