@@ -9,6 +9,7 @@ import torch
 
 import embedlab.precision as precision
 from embedlab.precision import Precision, PrecisionError, requested, resolve
+from test_train import triplets  # noqa: F401  (fixture)
 from tiny import make_adapter, tiny_encoder
 
 SENTS = ["a man is playing a guitar .", "the dog", "a woman is eating food in the park with a cat .", "cat"]
@@ -153,3 +154,28 @@ def test_the_shipped_adapter_in_bf16_stays_within_0999_of_fp32_in_one_mixed_pass
     got = enc.embed(texts + texts, [None] * 4 + [name] * 4)
     want = np.concatenate([ref.embed(texts, None), ref.embed(texts, name)])
     assert np.einsum("ij,ij->i", got, want).min() >= 0.999
+
+
+@pytest.mark.parametrize("setting, env", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_training_run_loads_and_records_its_configs_precision_not_the_environments(native, monkeypatch, tmp_path,
+                                                                                      triplets, setting, env):  # noqa: F811
+    """Issue 21: training.json's environment() said $EMBEDLAB_PRECISION, and the run's encoders (the one trained,
+    the evaluator, the saved adapter's) loaded in it too, whatever the run's --precision said."""
+    from embedlab import training
+    from test_train import cfg, tiny_load
+
+    native(True)
+    monkeypatch.setenv(precision.ENV, env)
+    asked = []
+
+    def load(key, **kw):
+        asked.append(kw.get("precision"))
+        return tiny_load(key, **kw)
+
+    trainer = training.Trainer(cfg(tmp_path, triplets, steps=2, precision=setting, eval_tasks=[], eval_limit=8), load=load)
+    assert trainer.precision == setting and trainer.enc.precision.name == setting
+    list(trainer.steps())
+    rec = trainer.finish(evaluate=True)
+    assert (rec["precision"], rec["environment"]["precision"], rec["environment"]["precision_setting"]) == (setting,) * 3
+    assert "cached_vectors" not in rec["environment"]  # every vector of the record is the run's own
+    assert asked and set(asked) == {setting}
