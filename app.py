@@ -68,7 +68,7 @@ def build(lab: Lab) -> gr.Blocks:
         gr.Markdown("Every view compares two sides: a model (`smollm2-135m`), a model with an adapter "
                     "(`smollm2-135m+nli-cft`), a training snapshot (`smollm2-135m+nli-cft@50`) or another model "
                     "entirely (`minilm-l6`).", elem_classes="intro-more")
-        side_a, side_b = sides.build()
+        side_a, side_b = sides.build(lab.device)
         status.build(lab, demo)  # the status line, with Cancel beside it while a corpus job runs
         # long requests: one of each kind at a time, a bounded and fair wait; maps: several at once (one in
         # memory returns at once; features.maps builds one uncached map at a time)

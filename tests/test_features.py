@@ -455,6 +455,30 @@ def test_gemma_card_shows_its_eos_token_and_data_is_escaped(lab, adapter, tmp_pa
     assert common.md("a|b`c") == r"a\|b\`c"
 
 
+def test_the_side_card_says_the_precision_its_model_runs_in(lab, monkeypatch):
+    """Issue 21: the status line said the precision, the side's card did not. The card's details say it, and how
+    the model runs in bf16 (registry data: ModelSpec.bf16 and bf16_fp32_modules)."""
+    import dataclasses
+
+    import embedlab.precision as precision
+    from embedlab.registry import MODELS
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(precision.ENV, "fp32")
+    assert "Precision: **fp32**" in sides_tab.model_card(A)
+    monkeypatch.setenv(precision.ENV, "auto")
+    card = sides_tab.model_card(A)
+    assert "Precision: **bf16 (auto)**: float32 weights under bf16 autocast" in card and "stay float32" not in card
+    assert card.index("Precision") > card.index("<details>")  # in the folded details: the visible line stays short
+    monkeypatch.setitem(MODELS, A, dataclasses.replace(MODELS[A], bf16_fp32_modules=(r"layers\.0",)))
+    assert "under bf16 autocast; some layers stay float32" in sides_tab.model_card(A)
+    monkeypatch.setitem(MODELS, A, dataclasses.replace(MODELS[A], bf16="weights"))
+    assert "weights cast to bf16, LoRA weights float32" in sides_tab.model_card(A)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert "Precision: **fp32 (auto)**" in sides_tab.model_card(A)
+    assert "Precision: **bf16 (auto)**" in sides_tab.model_card(A, device="cuda")  # a GPU: bf16 whatever the CPU
+
+
 BAD_TYPES = [None, ["x"], {"a": 1}, 3, 2.5, True]
 
 
