@@ -15,7 +15,7 @@ from ..lab import Lab
 from ..report import results_frame
 from ..side import Side
 from ..sts import TASKS
-from .common import Choices, Ctx, UserError, files, flag, kind, names, record, short, sides, user_facing
+from .common import Choices, Ctx, UserError, files, flag, kind, md, names, record, short, sides, user_facing
 
 QUICK_PAIRS = 200  # per task in a quick evaluation
 
@@ -36,9 +36,11 @@ def results_chart(df: pd.DataFrame):
                                       if "paper before" not in c})
 
 
-def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
-    """Loss curves (plotly figure) and one row of settings and scores per shipped adapter's training.json."""
-    curves, rows = {}, []
+def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame, str]:
+    """Loss curves (plotly figure), one row of settings and scores per shipped adapter's training.json, and the
+    records' notes as folded Markdown ("" when none has one). A note is a paragraph: as a column it made the
+    table wider than the page (1400 px) and each row as tall as its note."""
+    curves, rows, notes = {}, [], []
     for p in sorted(root.glob("*/*/training.json")):
         try:
             rec = read_training_record(p.parent)
@@ -47,15 +49,18 @@ def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
         name = f"{p.parent.parent.name}/{p.parent.name}"
         t, c = rec.get("training", {}), rec.get("config", {})
         curves[name] = t.get("loss_curve") or [[0, 0]]
+        dev, avg = (rec.get("dev") or {}).get("STSBenchmark-dev"), (rec.get("test") or {}).get("average")
         rows.append({"adapter": name, "device": rec.get("device"), "steps": t.get("steps"),
                      "batch": t.get("effective_contrastive_batch"), "lr": c.get("lr"), "temperature": c.get("temperature"),
                      "LoRA r/alpha": f"{c.get('lora_r')}/{c.get('lora_alpha')}", "minutes": round((t.get("wall_seconds") or 0) / 60, 1),
-                     "sentences/s": t.get("sentences_per_second"), "STS-B dev": (rec.get("dev") or {}).get("STSBenchmark-dev"),
-                     "9-set avg": (rec.get("test") or {}).get("average"), "note": rec.get("note", "")})
-    df = pd.DataFrame(rows)
-    if "note" in df and not df["note"].any():  # the column only when some record carries a note
-        df = df.drop(columns="note")
-    return (plots.loss_curve(curves) if curves else None), df
+                     "sentences/s": t.get("sentences_per_second"),
+                     "STS-B dev": round(dev, 2) if isinstance(dev, (int, float)) else dev,
+                     "9-set avg": round(avg, 2) if isinstance(avg, (int, float)) else avg})
+        if note := str(rec.get("note") or "").strip():
+            notes.append(f"**{md(name)}**: {md(note)}")
+    folded = (f"<details><summary>Notes on {len(notes)} of these runs</summary>\n\n" + "\n\n".join(notes)
+              + "\n\n</details>") if notes else ""
+    return (plots.loss_curve(curves) if curves else None), pd.DataFrame(rows), folded
 
 
 def evaluate_side(lab: Lab, side: Side, tasks: list[str], limit: int | None, progress=None) -> dict:
@@ -105,10 +110,12 @@ def build(ctx: Ctx) -> None:
         gr.Markdown("Spearman ×100 between cosine and human scores (MTEB conventions). Paper columns: arXiv 2408.00690, Table 1.")
         gr.Dataframe(table, interactive=False, wrap=True, elem_classes="wide-table")
         gr.Plot(results_chart(table))
-        loss_fig, records = training_records()
+        loss_fig, records, notes = training_records()
         gr.Markdown("### Shipped adapters: training records")
         if len(records):
-            gr.Dataframe(records, interactive=False, wrap=True, elem_classes="wide-table")
+            gr.Dataframe(records, interactive=False, wrap=True, elem_classes=["wide-table", "records"])
+            if notes:
+                gr.Markdown(notes, elem_id="record-notes")
         else:
             gr.Markdown("No adapter is shipped yet (assets/adapters/). Train one with `python train.py`.")
         if loss_fig is not None:

@@ -27,7 +27,7 @@ def cancel(lab: Lab) -> tuple[str, Any]:
 
 def build(lab: Lab, demo: gr.Blocks) -> None:
     """The status line and its Cancel button, refreshed every 2 s and when the page loads; the ``status`` API."""
-    with gr.Row(elem_id="status-row", equal_height=True):
+    with gr.Row(elem_id="status-row", equal_height=False):
         line = gr.Markdown(elem_id="status")
         stop = gr.Button("Cancel", size="sm", variant="stop", visible=False, scale=0, min_width=80,
                          elem_id="cancel-jobs")
