@@ -16,7 +16,7 @@ import gradio as gr
 from embedlab import gradio_internals, warmup
 from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
-from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, train
+from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, status, train
 from embedlab.lab import Lab
 from embedlab.registry import DEFAULT_PAIR
 from embedlab.side import valid_specs
@@ -37,7 +37,10 @@ CSS = """
 #pair-out td:not(:first-child) {white-space: nowrap}
 @media (max-width: 640px) {
   .intro-more, .wide-only {display: none !important}
-  .gradio-container h1 {font-size: 1.5em !important; margin-bottom: 0.2em !important}
+  /* (Gradio scopes these rules to the page's content: ".gradio-container h1" matched nothing, "h1" does) */
+  h1 {font-size: 1.5em !important; margin-top: 0 !important; margin-bottom: 0.2em !important}
+  /* tighter gaps and padding: the first result ends ~740 px down an 844 px phone screen (822 px before) */
+  .column, .row, .tabs, .tabitem, .form {--layout-gap: 8px !important; --block-padding: 6px 8px !important}
   #status {font-size: 0.8em}
   #pair-out :is(td, th) {padding: 4px 6px !important}
   #pair-out td code {font-size: 0.85em; padding: 0 2px; word-break: break-all}
@@ -51,6 +54,16 @@ CSS = """
   .hits :is([data-col="1"], [data-heading="1"]) {flex: 0 0 19% !important; width: 19% !important; min-width: 0 !important; max-width: none !important}
   .hits :is([data-col="2"], [data-heading="2"]) {flex: 0 0 46% !important; width: 46% !important; min-width: 0 !important; max-width: none !important}
   .hits :is([data-col="4"], [data-heading="4"]) {flex: 0 0 22% !important; width: 22% !important; min-width: 0 !important; max-width: none !important}
+  /* training records: adapter, steps, batch and the two scores (device, lr, temperature, LoRA, minutes, rate: wide only) */
+  .records :is([data-col="1"], [data-heading="1"], [data-col="4"], [data-heading="4"], [data-col="5"], [data-heading="5"],
+    [data-col="6"], [data-heading="6"], [data-col="7"], [data-heading="7"], [data-col="8"], [data-heading="8"]) {display: none !important}
+  .records :is([data-col="0"], [data-heading="0"]) {flex: 0 0 34% !important; width: 34% !important; min-width: 0 !important; max-width: none !important}
+  .records :is([data-col="2"], [data-heading="2"], [data-col="3"], [data-heading="3"], [data-col="9"], [data-heading="9"],
+    [data-col="10"], [data-heading="10"]) {flex: 0 0 16.5% !important; width: 16.5% !important; min-width: 0 !important; max-width: none !important}
+  /* Gradio sizes the rows from the columns' widths before the hidden ones go: the table as wide as the screen */
+  .records .virtual-body, .records table.header-table {width: 100% !important}
+  .records table.header-table {table-layout: fixed}
+  .records :is([role=gridcell], [role=columnheader]), .records :is([role=gridcell], [role=columnheader]) * {font-size: 12px !important}
 }
 """
 
@@ -73,8 +86,8 @@ def build(lab: Lab) -> gr.Blocks:
                     f"training snapshot (`{snap}`) or another model entirely (`minilm-l6`). "
                     "The buttons under the pair's result switch both sides to another model's pair.",
                     elem_classes="intro-more")
-        side_a, side_b = sides.build()
-        status = gr.Markdown(elem_id="status")
+        side_a, side_b = sides.build(lab.device)
+        status.build(lab, demo)  # the status line, with Cancel beside it while a corpus job runs
         # long requests: one of each kind at a time, a bounded and fair wait; maps: several at once (one in
         # memory returns at once; features.maps builds one uncached map at a time)
         ctx = common.Ctx(lab, demo, side_a, side_b, heavy=common.slot(demo, "heavy"), maps=common.slot(demo, "map", limit=4))
@@ -85,14 +98,6 @@ def build(lab: Lab) -> gr.Blocks:
         sides.unavailable()
         pairs.api(ctx)
         pairs.on_first_visit(ctx)
-
-        def status_api() -> str:
-            """Background warm-up progress ('Ready: …' when done)."""
-            return lab.status_line() or "starting"
-
-        gr.api(status_api, api_name="status")
-        gr.Timer(2.0).tick(lab.status_line, None, [status], api_visibility="private", show_progress="hidden")
-        demo.load(lab.status_line, None, [status], api_visibility="private", show_progress="hidden")
     return demo
 
 

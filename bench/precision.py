@@ -1,15 +1,17 @@
 """bf16 against fp32: cosine of every STSBenchmark test sentence, and speed, per model and adapter.
 
 For each model (all three by default), its shipped adapter (assets/adapters/<model>/*) and its base,
-the same sentences are embedded three ways through ``Encoder.embed``: fp32, bf16 weights (the weights
-cast to bf16, LoRA weights fp32) and bf16 autocast (fp32 weights under ``torch.autocast``). Base and
+the same sentences are embedded through ``Encoder.embed`` in fp32, bf16 weights (the weights cast to bf16,
+LoRA weights fp32) and bf16 autocast (fp32 weights under ``torch.autocast``, the registry's
+``bf16_fp32_modules`` in fp32; "autocast-all": without them, for a model that has some). Base and
 adapter rows go through one PEFT mixed-adapter pass (``adapters=[None]*n + [name]*n``), so that pass
 is what runs in bf16. Prints min / mean cosine to the fp32 vector of the same text (goal >= 0.999)
 and sentences/s, each ratio within one run (the machine is shared: compare ratios, not absolutes).
 
     nice -n 5 python bench/precision.py [--models smollm2-135m gemma3-270m minilm-l6] [--n 0] [--threads 2]
+                                        [--variants 'bf16 autocast' ...]
 
-The three variants run one after another per model (each loaded fresh, warmed up on 64 sentences), so
+The variants run one after another per model (each loaded fresh, warmed up on 64 sentences), so
 on a shared machine the speed column follows the neighbours' load: bench/encode.py interleaves, use it
 for speed; this bench is for the cosines.
 """
@@ -33,7 +35,10 @@ from embedlab.registry import get_spec  # noqa: E402
 from embedlab.sts import load_task  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
-VARIANTS = {"fp32": ("fp32", None), "bf16 weights": ("bf16", "weights"), "bf16 autocast": ("bf16", "autocast")}
+# variant -> (precision, changes to the registry's spec); "bf16 autocast" keeps the registry's bf16_fp32_modules
+VARIANTS = {"fp32": ("fp32", {}), "bf16 weights": ("bf16", {"bf16": "weights"}),
+            "bf16 autocast": ("bf16", {"bf16": "autocast"}),
+            "bf16 autocast-all": ("bf16", {"bf16": "autocast", "bf16_fp32_modules": ()})}
 
 
 def stsb_sentences() -> list[str]:
@@ -46,12 +51,15 @@ def shipped(key: str) -> Path | None:
     return found[0] if found else None
 
 
-def run_model(key: str, texts: list[str], device: str) -> list[dict]:
+def run_model(key: str, texts: list[str], device: str, variants: list[str]) -> list[dict]:
     adapter = shipped(key)
     spec = get_spec(key)
     vecs, secs = {}, {}
-    for variant, (precision, mode) in VARIANTS.items():
-        s = dataclasses.replace(spec, bf16=mode) if mode else spec
+    for variant in ["fp32"] + [v for v in variants if v != "fp32"]:
+        precision, changes = VARIANTS[variant]
+        if variant == "bf16 autocast-all" and not spec.bf16_fp32_modules:
+            continue  # the same as "bf16 autocast" for this model
+        s = dataclasses.replace(spec, **changes)
         enc = load_encoder(s, adapter=adapter, device=device, precision=precision)
         names = [None] + ([next(iter(enc.adapters))] if enc.adapters else [])
         rows = [n for n in names for _ in texts]
@@ -68,7 +76,7 @@ def run_model(key: str, texts: list[str], device: str) -> list[dict]:
         gc.collect()
     out = []
     for i, name in enumerate(["base"] + (["adapter " + adapter.name] if adapter else [])):
-        for variant in VARIANTS:
+        for variant in vecs:
             if variant == "fp32":
                 continue
             cos = np.einsum("ij,ij->i", vecs[variant][i], vecs["fp32"][i])
@@ -112,7 +120,7 @@ def table(rows: list[dict]) -> None:
     print("\n| model | side | bf16 as | min cos | mean cos | speed vs fp32 (mixed base+adapter pass) |")
     print("|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r['model']} | {r['side']} | {r['variant'].split()[1]} | {r['min']:.5f} | {r['mean']:.6f} "
+        print(f"| {r['model']} | {r['side']} | {r['variant'].split(maxsplit=1)[1]} | {r['min']:.5f} | {r['mean']:.6f} "
               f"| {r['speedup']:.2f}x |", flush=True)
 
 
@@ -122,6 +130,9 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=0, help="first n sentences only (0 = all of STSBenchmark test)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS),
+                    help="what to run besides fp32 (autocast: with the registry's bf16_fp32_modules; autocast-all: "
+                         "without them, only for a model that has some)")
     ap.add_argument("--caches", type=int, default=0, metavar="N",
                     help="instead: check the shipped caches against N fresh fp32 and bf16 vectors per corpus and side")
     args = ap.parse_args()
@@ -137,7 +148,7 @@ def main() -> None:
           f"{len(texts)} STSBenchmark test sentences; torch {torch.__version__}", flush=True)
     rows = []
     for key in args.models:
-        rows += run_model(key, texts, args.device)
+        rows += run_model(key, texts, args.device, args.variants)
         table(rows)  # so far: a long run shows each model's figures as soon as they exist
     worst = min(r["min"] for r in rows)
     print(f"\nworst min cosine {worst:.5f} (goal >= 0.999)")

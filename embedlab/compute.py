@@ -6,7 +6,8 @@ calls handlers from rotating threads, and on 2 cores the spinning teams stole th
 (a forward pass took ~250 ms instead of ~110 ms, a 10K FAISS search ~45 ms more).
 (2) Work is queued by priority, one batch at a time, so a long background job (embedding
 a corpus, an evaluation) lets an interactive request in after its current batch instead
-of after the whole job, and pauses while interactive requests keep coming; and the
+of after the whole job, and pauses while interactive requests keep coming, except for one batch every
+BACKGROUND_SHARE_S, so that unbroken traffic cannot stall it for good; and the
 model's adapter state is only touched from here. (3) Small interactive encodes that queue up
 at the same time (16 users' compares, searches, embeds) are *coalesced* into one forward pass
 (:func:`run_rows`): bench/share_passes.py, 16 users on 2 cores: 1.13x the requests/s when idle
@@ -93,14 +94,14 @@ class _Rows:
 SHARE_PASSES = True  # False: every run_rows entry runs alone (bench/share_passes.py compares both in one run)
 
 
-def _take_companions(first: _Rows, priority: int) -> list[tuple]:
-    """Remove from the queue, and return, the waiting entries that can share ``first``'s call:
+def _take_companions(q: queue.PriorityQueue, first: _Rows, priority: int) -> list[tuple]:
+    """Remove from ``q``, and return, the waiting entries that can share ``first``'s call:
     the same key and priority, oldest first, up to ``first.max_rows`` rows in all."""
     if not SHARE_PASSES:
         return []
     taken, n = [], len(first.rows)
-    with _queue.mutex:  # PriorityQueue's own lock: the heap is a plain list under it
-        heap = _queue.queue
+    with q.mutex:  # PriorityQueue's own lock: the heap is a plain list under it
+        heap = q.queue
         for entry in sorted(e for e in heap if e[0] == priority and isinstance(e[2], _Rows) and e[2].key == first.key):
             if n + len(entry[2].rows) > first.max_rows:
                 break
@@ -141,34 +142,80 @@ def _run_coalesced(entries: list[tuple]) -> None:
 
 
 SWITCH_INTERVAL_S = float(os.environ.get("EMBEDLAB_SWITCH_INTERVAL", "0.0002"))  # seconds
-GRACE_S = 0.25  # background work starts only after this long without interactive work
+GRACE_S = 0.25  # background work starts only after this long without interactive work...
+# ...or, under interactive traffic that never pauses that long, once it has waited this long since its last slice:
+# a corpus job otherwise stalled for as long as the traffic lasted. An interactive task then waits for one
+# background slice at most (a batch of configure_for_serving's capped size, ~0.5 s on 2 cores).
+BACKGROUND_SHARE_S = 2.0
 
 
-def _loop() -> None:
-    last_interactive = 0.0
+def _oldest_background(q: queue.PriorityQueue) -> tuple | None:
+    """Remove from ``q`` and return its first background entry (lowest priority value, then oldest), or None."""
+    with q.mutex:  # PriorityQueue's own lock: the heap is a plain list under it
+        heap = q.queue
+        waiting = [e for e in heap if e[0] >= BACKGROUND]
+        if not waiting:
+            return None
+        first = min(waiting, key=lambda e: e[:2])
+        heap.remove(first)
+        heapq.heapify(heap)
+        return first
+
+
+def _has_background(q: queue.PriorityQueue) -> bool:
+    with q.mutex:
+        return any(e[0] >= BACKGROUND for e in q.queue)
+
+
+def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = time.monotonic,
+          sleep: Callable[[float], None] = time.sleep) -> None:
+    """The compute thread's loop over ``q`` (default: the module's queue); ``clock`` and ``sleep`` are
+    parameters so that a test can drive the schedule with a fake clock."""
+    q = _queue if q is None else q
+    last_interactive = -float("inf")
+    starved_since: float | None = None  # when waiting background work last ran or began to wait; None: none waits
     while True:
-        priority, order, fn, fut, check = _queue.get()
-        if priority >= BACKGROUND and (wait := last_interactive + GRACE_S - time.monotonic()) > 0:
-            # Users send requests in bursts (a click, then the next while they read). A background
-            # batch started in a gap makes the next click wait for it, so hold background work
-            # back until interactive traffic pauses; an interactive task arriving meanwhile goes first.
-            _queue.put((priority, order, fn, fut, check))
-            time.sleep(min(wait, 0.02))
-            continue
-        if isinstance(fn, _Rows):
-            _run_coalesced([(priority, order, fn, fut, check)] + _take_companions(fn, priority))
-        else:
-            if not fut.set_running_or_notify_cancel():
+        entry = q.get()
+        now = clock()
+        if entry[0] < BACKGROUND:
+            if not _has_background(q):
+                starved_since = None
+            elif starved_since is None:
+                starved_since = now
+            elif now - starved_since >= BACKGROUND_SHARE_S and (bg := _oldest_background(q)) is not None:
+                q.put(entry)  # its background share is due: one slice first, then this task
+                entry = bg
+        elif (wait := last_interactive + GRACE_S - now) > 0:
+            starved_since = now if starved_since is None else starved_since
+            if now - starved_since < BACKGROUND_SHARE_S:
+                # Users send requests in bursts (a click, then the next while they read). A background
+                # batch started in a gap makes the next click wait for it, so hold background work
+                # back until interactive traffic pauses; an interactive task arriving meanwhile goes first.
+                q.put(entry)
+                sleep(min(wait, 0.02))
                 continue
-            if _gone(check):  # nobody waits for this result any more: skip the work
-                fut.set_exception(Cancelled("stopped: the request's client has gone"))
-                continue
-            try:
-                fut.set_result(fn())
-            except BaseException as e:  # handed to the caller, which re-raises it
-                fut.set_exception(e)
-        if priority < BACKGROUND:
-            last_interactive = time.monotonic()
+        _run(q, entry)
+        if entry[0] < BACKGROUND:
+            last_interactive = clock()
+        else:  # the next slice of a job is usually queued just after this one returns: it starts a new wait then
+            starved_since = clock() if _has_background(q) else None
+
+
+def _run(q: queue.PriorityQueue, entry: tuple) -> None:
+    """Run one queued entry (with the rows that can share its call) and settle its future."""
+    priority, order, fn, fut, check = entry
+    if isinstance(fn, _Rows):
+        _run_coalesced([entry] + _take_companions(q, fn, priority))
+        return
+    if not fut.set_running_or_notify_cancel():
+        return
+    if _gone(check):  # nobody waits for this result any more: skip the work
+        fut.set_exception(Cancelled("stopped: the request's client has gone"))
+        return
+    try:
+        fut.set_result(fn())
+    except BaseException as e:  # handed to the caller, which re-raises it
+        fut.set_exception(e)
 
 
 def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import re
 import time
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
@@ -160,6 +161,39 @@ def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> 
         yield cur
 
 
+def _to_float32(x):
+    """Floating tensors (also inside a tuple, e.g. rotary cos/sin) as float32; anything else as is."""
+    if isinstance(x, torch.Tensor) and x.is_floating_point():
+        return x.float()
+    if isinstance(x, tuple):
+        return tuple(_to_float32(v) for v in x)
+    return x
+
+
+@contextlib.contextmanager
+def _float32_inside(module: torch.nn.Module, device_type: str) -> Iterator[None]:
+    """While this block runs, ``module``'s forward runs with autocast off and its floating inputs in float32
+    (its weights are float32: bf16 autocast keeps them so). Hooks, removed at the end of the block."""
+    inner: list[torch.autocast] = []
+
+    def enter(_m, args, kwargs):
+        inner.append(ctx := torch.autocast(device_type, enabled=False))
+        ctx.__enter__()
+        return tuple(_to_float32(a) for a in args), {k: _to_float32(v) for k, v in kwargs.items()}
+
+    def leave(_m, _args, _out):
+        inner.pop().__exit__(None, None, None)
+
+    handles = [module.register_forward_pre_hook(enter, with_kwargs=True), module.register_forward_hook(leave)]
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+        while inner:  # a forward that raised never reached its post-hook
+            inner.pop().__exit__(None, None, None)
+
+
 # PEFT's name for "no adapter" in a per-row ``adapter_names`` list (peft.tuners.lora). Only
 # :meth:`Encoder._route` spells it: everywhere else the base model is ``None``.
 _PEFT_BASE = "__base__"
@@ -184,6 +218,8 @@ class Encoder:
     adapters: dict = field(default_factory=dict)  # name -> AdapterInfo
     # what the forward passes run in; bf16 as the weights' dtype or under autocast: spec.bf16
     precision: Precision = field(default_factory=lambda: Precision("fp32", "fp32"))
+    # (model, its modules named by spec.bf16_fp32_modules): found at the first bf16 pass, again if the model changes
+    _fp32_found: tuple | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -273,11 +309,27 @@ class Encoder:
         report = EncodeReport(len(texts), n_trunc, self.max_length, time.perf_counter() - t0, sum(lengths))
         return (out, report) if return_report else out
 
-    def _numerics(self):
-        """The context the forward pass runs in: bf16 autocast where this model's bf16 is autocast."""
-        if self.precision.bf16 and self.spec.bf16 == "autocast":
-            return torch.autocast(self.device.type, dtype=torch.bfloat16)
-        return contextlib.nullcontext()
+    def _numerics(self) -> contextlib.AbstractContextManager:
+        """The context the forward pass runs in: bf16 autocast where this model's bf16 is autocast, with the
+        modules of ``spec.bf16_fp32_modules`` run in float32 (autocast off inside them)."""
+        if not (self.precision.bf16 and self.spec.bf16 == "autocast"):
+            return contextlib.nullcontext()
+        stack = contextlib.ExitStack()
+        stack.enter_context(torch.autocast(self.device.type, dtype=torch.bfloat16))
+        for module in self._fp32_modules():
+            stack.enter_context(_float32_inside(module, self.device.type))
+        return stack
+
+    def _fp32_modules(self) -> list[torch.nn.Module]:
+        """The modules ``spec.bf16_fp32_modules`` names (found once per model; LoRA adapters attach inside them)."""
+        if not self.spec.bf16_fp32_modules:
+            return []
+        found = self._fp32_found
+        if found is None or found[0] is not self.model:
+            pats = [re.compile(rf"(?:.*\.)?(?:{p})") for p in self.spec.bf16_fp32_modules]
+            found = (self.model, [m for n, m in self.model.named_modules() if any(p.fullmatch(n) for p in pats)])
+            self._fp32_found = found
+        return found[1]
 
     def _route(self, names: list[str | None]) -> dict:
         """The forward pass's keyword naming each row's adapter (None = base): PEFT's per-row

@@ -51,6 +51,7 @@ MODEL_MEMORY_MB = float(os.environ.get("EMBEDLAB_MODEL_MEMORY_MB", "3072"))
 MAX_EMBED_CHARS = 200_000  # all texts of one call
 MAX_EMBED_TOKENS = 32_768  # per side, after each text is cut to the model's max_length tokens (as the encoder does)
 EMBED_INTERACTIVE_TOKENS = 2_048  # more than this runs at background priority: compares overtake it batch by batch
+CANCELLED_NOTE_S = 60.0  # the status line says which jobs were cancelled, and how far they got, for this long
 JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
 
 
@@ -115,6 +116,7 @@ class Lab:
         self._maps: LRU[str, dict] = LRU(max_items=6)
         self._attached: dict[tuple, str] = {}  # (model, weights folder, file stats) -> loaded adapter name
         self.status: dict[str, str] = {}  # background work, shown in the UI
+        self._cancelled: tuple[float, str] | None = None  # (when, what) of the last cancel, for the status line
 
     # --- models -----------------------------------------------------------------------------------
     # The pool is sized by memory, not by a count: every model that fits ``model_budget`` stays loaded, so a
@@ -277,8 +279,15 @@ class Lab:
                                               keep=lambda: self._keep(r.enc.spec.key))
 
     def cancel_jobs(self) -> int:
-        """Cancel every background corpus job (each stops after its current batch); returns how many ran."""
-        return self.embeddings.cancel()
+        """Cancel every background corpus job (each stops after its current batch; what is embedded so far stays
+        cached); returns how many ran. The status line says which, and how far each got, for CANCELLED_NOTE_S."""
+        jobs = [j for j in self.embeddings.jobs() if not j.cancelled.is_set()]
+        n = self.embeddings.cancel()
+        if jobs:
+            what = "; ".join(f"{j.label or 'a side'} at {j.done:,} of {j.total:,} texts" for j in jobs)
+            with self._lock:
+                self._cancelled = (time.monotonic(), what)
+        return n
 
     def corpus_vectors(self, a: Side, b: Side, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
         """A corpus's vectors under both sides, (N, d_a) and (N, d_b) float32 (cached)."""
@@ -338,18 +347,27 @@ class Lab:
         """One line about background work: models loading, corpus jobs with their progress, the warm-up.
         "Ready" only when nothing runs."""
         jobs = self.embeddings.jobs()
-        if not self.status and not jobs:
+        with self._lock:
+            cancelled = self._cancelled
+        cancelled_note = (f"**Cancelled** building the index for {cancelled[1]}: what was embedded so far stays "
+                          "cached; search or map again to resume" if cancelled
+                          and time.monotonic() - cancelled[0] < CANCELLED_NOTE_S
+                          and not any(j.cancelled.is_set() for j in jobs) else "")  # said once they have stopped
+        if not self.status and not jobs and not cancelled_note:
             return ""
         status = dict(self.status)
         loading = [k for k, v in status.items() if v.startswith("loading the model")]
         busy = {k: v for k, v in status.items() if v != "ready" and k not in loading}
         parts = [f"**Loading {k}** (first use; up to a minute on 2 cores): requests for it wait" for k in loading]
-        parts += [f"**Building the index for {j.label or 'a side'}**: {j.describe()}, in the background "
+        parts += [f"**Stopping the index for {j.label or 'a side'}** at {j.done:,} of {j.total:,} texts (cancelled; "
+                  "it stops after its current batch)" if j.cancelled.is_set() else
+                  f"**Building the index for {j.label or 'a side'}**: {j.describe()}, in the background "
                   "(other views work meanwhile)" for j in jobs]
         if busy:
             parts.append("Preparing in the background (other views work meanwhile): "
                          + "; ".join(f"{k}: {v}" for k, v in busy.items()))
-        ready = " · ".join(parts) or "Ready: models, adapters and built-in corpora are cached."
+        ready = " · ".join(([cancelled_note] if cancelled_note else [])
+                           + (parts or ["Ready: models, adapters and built-in corpora are cached."]))
         return f"{ready} · Precision: {resolve_precision(self.device).describe()}"
 
 

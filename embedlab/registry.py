@@ -85,6 +85,9 @@ class ModelSpec:
     # built-in corpora whose vectors (8-bit, cache.quantize) and maps ship in assets/cache for this model's base vs
     # its shipped adapter (python -m embedlab build-cache); the anisotropy sample always goes with them
     seed_corpora: tuple[str, ...] = ()
+    # modules that stay float32 under bf16 autocast (regular expressions, each matched against the end of a module's
+    # name, so "layers\.[0-5]" is the first six decoder layers with or without PEFT's "base_model.model." prefix).
+    bf16_fp32_modules: tuple[str, ...] = ()
 
 
 MODELS: dict[str, ModelSpec] = {
@@ -149,6 +152,13 @@ MODELS: dict[str, ModelSpec] = {
             # transformers' GGUF converter gives a character-level tokenizer for this file
             gguf_tokenizer="spm_bpe",
             notes="170M of its 268M parameters are the token embeddings.",
+            # Its untrained base lost the most in bf16 (min cosine to fp32 0.98793 on 400 STS-B sentences): the error
+            # is made in the first layers and amplified downstream (the final norm scales some dimensions by up to
+            # 300). The last layers in fp32 did not help, the first six did; the first four were not enough (0.9990
+            # on the 40 worst). bench/precision.py --n 400: base 0.99943, adapter 0.99995, at 2.47x fp32 (plain
+            # autocast: 4.15x, same run). On all 2,552 STS-B test sentences the base still misses 0.999 (0.99882;
+            # adapter 0.99956): more fp32 layers would close it at more speed lost. Details: docs/precision.md.
+            bf16_fp32_modules=(r"layers\.[0-5]",),
         ),
         ModelSpec(
             key="minilm-l6",

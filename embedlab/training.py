@@ -387,7 +387,7 @@ class Trainer:
 
         self.data = read_triplets(cfg.data, cfg.max_rows or None)
         with acc.local_main_process_first():  # one process converts a GGUF on first use, the others then read it
-            self.enc = enc = load(cfg.model, device=device, max_length=cfg.max_length)
+            self.enc = enc = load(cfg.model, device=device, max_length=cfg.max_length, precision=cfg.precision)
         self.spec = dataclasses.replace(enc.spec, prompt=cfg.prompt) if cfg.prompt else enc.spec
         # The frozen base in bf16: autocast would otherwise cast its fp32 weights on every pass.
         # PEFT keeps the LoRA weights (the only trained ones) in fp32 (autocast_adapter_dtype).
@@ -546,7 +546,7 @@ class Trainer:
         device, spec = self.device, self.spec
         with torch.random.fork_rng(devices=[device.index] if device.type == "cuda" else []):
             if self._evaluator is None:
-                self._evaluator = self.load(self.cfg.model, device=device)
+                self._evaluator = self.load(self.cfg.model, device=device, precision=self.cfg.precision)
             ev = self._evaluator
             rel, use = None, None  # None: the base model (step 0 with the registry prompt)
             if step > 0 or spec.prompt != self.enc.spec.prompt:
@@ -580,7 +580,7 @@ class Trainer:
         return {"config": dataclasses.asdict(cfg), "command": command_line(cfg), "model": self.spec.key,
                 "prompt": self.spec.prompt, "data": {"path": data.path, "sha256": data.sha256, "rows": len(data)},
                 "device": device_name(device), "trained_on": device.type, "precision": self.precision,
-                "training": stats, "environment": environment(device)}
+                "training": stats, "environment": environment(device, precision.resolve(device, cfg.precision))}
 
     def finish(self, evaluate: bool = True) -> dict | None:
         """Save the adapter of the steps done (standard PEFT form), training.json and the model card; with
@@ -598,7 +598,7 @@ class Trainer:
         if evaluate:
             # Evaluate what was saved, through the same loader the app uses (proves the adapter loads, with the
             # prompt it was trained with: attach_adapter reads it back from training.json).
-            tuned = self.load(cfg.model, adapter=out, device=self.device)
+            tuned = self.load(cfg.model, adapter=out, device=self.device, precision=cfg.precision)
             name = next(iter(tuned.adapters))  # the one adapter just attached (None would be the base model)
             dev = run_eval(tuned, ["STSBenchmark-dev"], adapter=name, limit=cfg.eval_limit or None,
                            progress=self.progress)

@@ -2,6 +2,7 @@
 pair wait for another request's models; the first embedding of a large corpus is a visible, cancellable
 background job, not a long request. On tiny random models."""
 import dataclasses
+import re
 import threading
 import time
 
@@ -147,6 +148,50 @@ def test_the_first_embedding_of_a_large_corpus_is_a_visible_cancellable_backgrou
     r = search.top_k(lab, parse_side(A), parse_side(A), corpus, "a dog", 5)
     assert len(r["a"]) == 5
     assert len(slices) == 6  # resumed: the chunk finished before the cancel (2 slices of 8) was kept
+
+
+def test_a_running_corpus_job_has_a_cancel_button_beside_the_status_line(lab, monkeypatch):
+    """Issue 20: a corpus job could be cancelled from the API only. Now the status line has a Cancel button while
+    a job runs; after a click the line says the job is stopping, then that it was cancelled and how far it got
+    (the button gone, no "Building" left)."""
+    import embedlab.cache as cache_mod
+    from embedlab.features import status
+
+    monkeypatch.setattr(lab_mod, "JOB_WAIT_S", 0.3)
+    monkeypatch.setattr(cache_mod, "CHUNK", 256)
+    enc = lab.encoder(A)
+    gate, slices = threading.Event(), []
+    real = enc.embed
+
+    def slow(texts, adapters=None, **kw):  # the job's third slice waits for the gate
+        if len(texts) > 2:
+            slices.append(1)
+            if len(slices) > 2:
+                gate.wait(30)
+        return real(texts, adapters, **kw)
+
+    monkeypatch.setattr(enc, "embed", slow)
+    line, button = status.view(lab)
+    assert button["visible"] is False and "Building" not in line
+    assert isinstance(_try(lambda: search.search(lab, A, A, "upload", _corpus(1000), "a dog", 5)), common.UserError)
+    for _ in range(400):
+        if len(slices) > 2:
+            break
+        time.sleep(0.05)
+    line, button = status.view(lab)
+    assert button["visible"] is True and "Building the index for tiny-llama on big upload" in line
+    line, button = status.cancel(lab)
+    assert button["visible"] is False and "Building" not in line
+    assert re.search(r"Stopping the index for tiny-llama on big upload\*\* at \d+ of 1,000 texts", line), line
+    assert "Cancelled" not in line  # said once it has stopped
+    gate.set()
+    _until_no_jobs(lab, timeout_s=10)
+    line, button = status.view(lab)
+    assert button["visible"] is False and "Stopping" not in line and "Building" not in line
+    assert re.search(r"Cancelled\*\* building the index for tiny-llama on big upload at \d+ of 1,000 texts", line), line
+    assert "search or map again to resume" in line
+    monkeypatch.setattr(lab_mod, "CANCELLED_NOTE_S", 0.0)  # the note goes after a minute
+    assert "Cancelled" not in lab.status_line()
 
 
 def _try(fn):

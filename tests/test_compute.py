@@ -1,4 +1,5 @@
 """The compute thread: one thread runs every forward pass, interactive work overtakes background batches."""
+import queue
 import threading
 import time
 
@@ -242,3 +243,72 @@ def test_urgent_work_runs_before_other_interactive_work_but_not_before_its_own_k
     for t in [blocker, *threads]:
         t.join(10)
     assert order == ["compare1", "compare2", "search1", "search2"]
+
+
+class _Drained(Exception):
+    """The scripted queue below is empty: the loop under test stops here."""
+
+
+class _ScriptedQueue(queue.PriorityQueue):
+    """A compute queue for driving ``compute._loop`` in the test's own thread: ``get`` never blocks, and raises
+    :class:`_Drained` once the queue is empty."""
+
+    def get(self, block: bool = True, timeout: float | None = None):
+        try:
+            return super().get(block=False)
+        except queue.Empty:
+            raise _Drained from None
+
+
+def _drive(tasks: list[tuple[int, str, float]]) -> list[tuple[str, float]]:
+    """Run ``compute._loop`` over ``tasks`` (priority, name, seconds each takes on a fake clock), all queued at
+    time 0 in this order; returns (name, start time) in the order the loop ran them."""
+    from concurrent.futures import Future
+
+    from embedlab import compute
+
+    now = [0.0]
+    ran: list[tuple[str, float]] = []
+    q = _ScriptedQueue()
+    for priority, name, secs in tasks:
+        def work(name=name, secs=secs):
+            ran.append((name, now[0]))
+            now[0] += secs
+        q.put((priority, next(compute._order), work, Future(), None))
+
+    def sleep(s: float) -> None:
+        now[0] += s
+
+    with pytest.raises(_Drained):
+        compute._loop(q, clock=lambda: now[0], sleep=sleep)
+    return ran
+
+
+def test_background_work_gets_a_share_under_unbroken_interactive_traffic():
+    """Issue 20: background batches ran only after GRACE_S without interactive work, so traffic that never paused
+    stalled a corpus job for as long as it lasted. Now waiting background work gets one slice every
+    BACKGROUND_SHARE_S, and an interactive task waits for at most one background slice. On a fake clock."""
+    from embedlab.compute import BACKGROUND_SHARE_S, GRACE_S
+
+    interactive = [(INTERACTIVE, f"i{k}", 0.3) for k in range(40)]  # 12 s of work, queued all the time
+    ran = _drive([(BACKGROUND, f"bg{k}", 0.5) for k in range(3)] + interactive)
+    names = [n for n, _ in ran]
+    bg_at = [t for n, t in ran if n.startswith("bg")]
+    assert len(names) == 43 and [n for n in names if n.startswith("bg")] == ["bg0", "bg1", "bg2"]
+    assert not names[-1].startswith("bg"), "the background work waited for the interactive traffic to end"
+    # one slice per share at least, measured from when it began to wait (t=0) or last ran
+    gaps = [b - a for a, b in zip([0.0] + [t + 0.5 for t in bg_at], bg_at)]
+    assert all(g <= BACKGROUND_SHARE_S + 0.3 for g in gaps), gaps
+    # and never two background slices in a row while interactive work waits
+    assert all(not (a.startswith("bg") and b.startswith("bg")) for a, b in zip(names, names[1:])), names
+    assert GRACE_S < BACKGROUND_SHARE_S
+
+
+def test_interactive_work_still_goes_first_when_background_work_has_had_its_share():
+    """Without the share due, the old order holds: every interactive task before the background work, which then
+    starts GRACE_S after the last interactive one."""
+    from embedlab.compute import GRACE_S
+
+    ran = _drive([(BACKGROUND, "bg", 0.5)] + [(INTERACTIVE, f"i{k}", 0.3) for k in range(3)])
+    assert [n for n, _ in ran] == ["i0", "i1", "i2", "bg"]
+    assert ran[-1][1] >= 0.9 + GRACE_S - 1e-9

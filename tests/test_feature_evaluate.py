@@ -15,20 +15,24 @@ def test_results_table_has_paper_columns_and_ours():
 
 
 def test_training_records_show_every_shipped_adapter_and_notes(tmp_path):
-    _, df = evaluate.training_records()
-    assert "smollm2-135m/nli-cft" in set(df["adapter"]) and df["device"].notna().all()
+    """One row per shipped adapter; the records' notes (a paragraph each) folded below the table, not a column
+    (it made the table wider than a 1400 px page)."""
+    _, df, notes = evaluate.training_records()
+    assert "smollm2-135m/nli-cft" in set(df["adapter"]) and df["device"].notna().all() and "note" not in df
+    assert notes.startswith("<details>") and "**gemma3-270m/nli-cft**: Re-trained on 2026-11-28" in notes
     rec = {"device": "CPU", "training": {"steps": 3, "loss_curve": [[1, 2.0], [2, 1.5]], "wall_seconds": 120},
-           "config": {"lr": 1e-3}, "note": "paused mid-run"}
+           "config": {"lr": 1e-3}, "note": "paused *mid-run*", "dev": {"STSBenchmark-dev": 72.25712}}
     for name, r in [("a", rec), ("b", {k: v for k, v in rec.items() if k != "note"})]:
         (tmp_path / "m" / name).mkdir(parents=True)
         (tmp_path / "m" / name / "training.json").write_text(json.dumps(r))
     (tmp_path / "m" / "c").mkdir()
     (tmp_path / "m" / "c" / "training.json").write_text("{not json")  # skipped, not fatal
-    fig, df = evaluate.training_records(tmp_path)
-    assert list(df["adapter"]) == ["m/a", "m/b"] and list(df["note"]) == ["paused mid-run", ""]
-    assert list(df["minutes"]) == [2.0, 2.0] and fig is not None
-    _, df = evaluate.training_records(tmp_path / "nothing")
-    assert df.empty
+    fig, df, notes = evaluate.training_records(tmp_path)
+    assert list(df["adapter"]) == ["m/a", "m/b"] and "note" not in df
+    assert "Notes on 1 of these runs" in notes and r"**m/a**: paused \*mid-run\*" in notes and "m/b" not in notes
+    assert list(df["minutes"]) == [2.0, 2.0] and list(df["STS-B dev"])[0] == 72.26 and fig is not None
+    _, df, notes = evaluate.training_records(tmp_path / "nothing")
+    assert df.empty and notes == ""
 
 
 def test_full_evaluation_only_where_the_host_opts_in(lab, monkeypatch):

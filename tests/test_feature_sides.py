@@ -138,3 +138,27 @@ def test_side_specs_take_ascii_digits_and_are_quoted_as_typed(lab, adapter):
     with pytest.raises(common.UserError) as e:
         pairs.compare(lab, A, f"{A}+/proc/self", "a", "b")
     assert f"'{A}+/proc/self' is not spelled" in str(e.value), str(e.value)
+
+
+def test_the_side_card_says_the_precision_its_model_runs_in(lab, monkeypatch):
+    """Issue 21: the status line said the precision, the side's card did not. The card's details say it, and how
+    the model runs in bf16 (registry data: ModelSpec.bf16 and bf16_fp32_modules)."""
+    import dataclasses
+
+    import embedlab.precision as precision
+    from embedlab.registry import MODELS
+
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: True)
+    monkeypatch.setenv(precision.ENV, "fp32")
+    assert "Precision: **fp32**" in sides_tab.model_card(A)
+    monkeypatch.setenv(precision.ENV, "auto")
+    card = sides_tab.model_card(A)
+    assert "Precision: **bf16 (auto)**: float32 weights under bf16 autocast" in card and "stay float32" not in card
+    assert card.index("Precision") > card.index("<details>")  # in the folded details: the visible line stays short
+    monkeypatch.setitem(MODELS, A, dataclasses.replace(MODELS[A], bf16_fp32_modules=(r"layers\.0",)))
+    assert "under bf16 autocast; some layers stay float32" in sides_tab.model_card(A)
+    monkeypatch.setitem(MODELS, A, dataclasses.replace(MODELS[A], bf16="weights"))
+    assert "weights cast to bf16, LoRA weights float32" in sides_tab.model_card(A)
+    monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
+    assert "Precision: **fp32 (auto)**" in sides_tab.model_card(A)
+    assert "Precision: **bf16 (auto)**" in sides_tab.model_card(A, device="cuda")  # a GPU: bf16 whatever the CPU

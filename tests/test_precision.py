@@ -9,6 +9,7 @@ import torch
 
 import embedlab.precision as precision
 from embedlab.precision import Precision, PrecisionError, requested, resolve
+from test_train import triplets  # noqa: F401  (fixture)
 from tiny import make_adapter, tiny_encoder
 
 SENTS = ["a man is playing a guitar .", "the dog", "a woman is eating food in the park with a cat .", "cat"]
@@ -136,6 +137,36 @@ def test_a_mixed_adapter_pass_runs_in_bf16_with_fp32_lora_weights(tmp_path, mode
     assert not np.allclose(got[:4], got[4:8], atol=1e-2)  # the rows did get their own adapters
 
 
+def test_the_registrys_fp32_modules_run_in_float32_under_bf16_autocast_also_through_peft(tmp_path):
+    """ModelSpec.bf16_fp32_modules (Gemma 3's first layers lost the most in bf16): inside the named modules the
+    pass runs in float32, elsewhere in bf16, in a mixed-adapter pass too; the hooks are gone after the pass."""
+    from embedlab.loading import attach_adapter
+
+    make_adapter(tmp_path / "a", seed=1)
+    enc = _bf16(tiny_encoder("llama"), "autocast")
+    enc.spec = dataclasses.replace(enc.spec, bf16_fp32_modules=(r"layers\.0",))
+    name = attach_adapter(enc, tmp_path / "a").name
+    seen: dict[str, set] = {"layers.0": set(), "layers.1": set()}
+    for n, m in enc.model.named_modules():
+        if n.endswith(("layers.0.mlp.down_proj", "layers.1.mlp.down_proj")):
+            key = "layers.0" if "layers.0." in n else "layers.1"
+            m.register_forward_hook(lambda _m, _a, out, key=key: seen[key].add(out.dtype))
+    plain = _bf16(tiny_encoder("llama"), "autocast")
+    attach_adapter(plain, tmp_path / "a")
+    ref = tiny_encoder("llama")
+    attach_adapter(ref, tmp_path / "a")
+    rows = [None] * 4 + [name] * 4
+    got = enc.embed(SENTS * 2, rows)
+    assert seen == {"layers.0": {torch.float32}, "layers.1": {torch.bfloat16}}
+    layer0 = next(m for n, m in enc.model.named_modules() if n.endswith("layers.0"))
+    assert not layer0._forward_pre_hooks and not layer0._forward_hooks  # only while a pass runs
+    want = np.concatenate([ref.embed(SENTS, None), ref.embed(SENTS, name)])
+    assert np.einsum("ij,ij->i", got, want).min() > 0.99
+    assert not np.allclose(got, plain.embed(SENTS * 2, rows), atol=1e-6)  # not the plain autocast pass
+    assert enc._fp32_modules() == [layer0]
+    assert not torch.is_autocast_enabled("cpu")  # nothing left switched on or off
+
+
 @pytest.mark.integration
 def test_the_shipped_adapter_in_bf16_stays_within_0999_of_fp32_in_one_mixed_pass():
     """The default model and its shipped adapter, loaded as auto gives a bf16 CPU: base and adapter rows
@@ -153,3 +184,28 @@ def test_the_shipped_adapter_in_bf16_stays_within_0999_of_fp32_in_one_mixed_pass
     got = enc.embed(texts + texts, [None] * 4 + [name] * 4)
     want = np.concatenate([ref.embed(texts, None), ref.embed(texts, name)])
     assert np.einsum("ij,ij->i", got, want).min() >= 0.999
+
+
+@pytest.mark.parametrize("setting, env", [("bf16", "fp32"), ("fp32", "bf16")])
+def test_a_training_run_loads_and_records_its_configs_precision_not_the_environments(native, monkeypatch, tmp_path,
+                                                                                      triplets, setting, env):  # noqa: F811
+    """Issue 21: training.json's environment() said $EMBEDLAB_PRECISION, and the run's encoders (the one trained,
+    the evaluator, the saved adapter's) loaded in it too, whatever the run's --precision said."""
+    from embedlab import training
+    from test_train import cfg, tiny_load
+
+    native(True)
+    monkeypatch.setenv(precision.ENV, env)
+    asked = []
+
+    def load(key, **kw):
+        asked.append(kw.get("precision"))
+        return tiny_load(key, **kw)
+
+    trainer = training.Trainer(cfg(tmp_path, triplets, steps=2, precision=setting, eval_tasks=[], eval_limit=8), load=load)
+    assert trainer.precision == setting and trainer.enc.precision.name == setting
+    list(trainer.steps())
+    rec = trainer.finish(evaluate=True)
+    assert (rec["precision"], rec["environment"]["precision"], rec["environment"]["precision_setting"]) == (setting,) * 3
+    assert "cached_vectors" not in rec["environment"]  # every vector of the record is the run's own
+    assert asked and set(asked) == {setting}

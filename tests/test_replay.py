@@ -153,3 +153,40 @@ def test_cli_refuses_an_adapter_without_snapshots_and_a_bad_keep_list(tmp_path, 
     assert cli.main(["adopt-snapshots", str(tmp_path / "plain"), str(tmp_path / "plain"), "--keep", "x"]) == 2
     assert "error:" in capsys.readouterr().err
     assert cli.main(["adopt-snapshots", str(tmp_path / "plain"), str(tmp_path / "nowhere"), "--keep", "1"]) == 2
+
+
+def test_side_b_changed_while_the_tab_is_hidden_then_the_tab_opened_makes_exactly_one_update(tmp_path, monkeypatch):
+    """Issue 20: the replay tab queued two updates when side B changed and then the tab opened (both events drew
+    it). Its one handler (side changes, tab select, corpus) draws only while the tab is shown, and only for inputs
+    not drawn yet: the side change while hidden is skipped, the tab's select draws, a late duplicate is skipped."""
+    import gradio as gr
+
+    import app
+    from embedlab.lab import Lab
+    from tiny import A, tiny_models
+
+    encs = tiny_models(monkeypatch)
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
+    demo = app.build(lab)
+
+    def name(f) -> str:
+        fn = getattr(f.fn, "__wrapped__", None)
+        return getattr(getattr(fn, "func", None), "__name__", "")
+
+    (dep,) = [f for f in demo.fns.values() if name(f) == "on_open"]
+    events = {(demo.blocks[t[0]].__class__.__name__ if t[0] is not None else "", t[1]) for t in dep.targets}
+    assert {("Tab", "select"), ("Dropdown", "change")} <= events  # one handler for the tab and both sides
+
+    def skipped(out) -> bool:
+        return all(isinstance(o, dict) and o == gr.skip() for o in out)
+
+    inputs = [A, f"{A}", "topics", "a man is playing a guitar", "a woman is eating food"]
+    drawn = None
+    updates = 0
+    for shown in (False, True, True):  # side B changed (tab hidden); the tab opened; the change's late duplicate
+        out = dep.fn(shown, *inputs, drawn)
+        if not skipped(out):
+            updates += 1
+            drawn = out[-1]
+    assert updates == 1 and drawn == inputs

@@ -8,6 +8,7 @@ import torch
 import train
 from embedlab import training
 from embedlab.loading import attach_adapter
+from embedlab.precision import resolve as resolve_precision
 from tiny import tiny_encoder
 
 WORDS = "a the man woman dog cat is are playing eating guitar food running park".split()
@@ -25,8 +26,10 @@ def triplets(tmp_path):
     return path
 
 
-def tiny_load(key, adapter=None, device=None, max_length=None):
+def tiny_load(key, adapter=None, device=None, max_length=None, precision=None):
+    """load_encoder's stand-in: a tiny random Llama in ``precision`` (auto|bf16|fp32; None: $EMBEDLAB_PRECISION)."""
     enc = tiny_encoder("llama", max_length=max_length)
+    enc.precision = resolve_precision(device or "cpu", precision)
     if adapter is not None:
         attach_adapter(enc, adapter)
     return enc
@@ -229,7 +232,7 @@ from embedlab import training
 from embedlab.loading import attach_adapter
 from tiny import tiny_encoder
 
-def load(key, adapter=None, device=None, max_length=None):
+def load(key, adapter=None, device=None, max_length=None, precision=None):
     enc = tiny_encoder("llama", max_length=max_length)
     if adapter is not None:
         attach_adapter(enc, adapter)

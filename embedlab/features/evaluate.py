@@ -15,7 +15,7 @@ from ..adapters import ADAPTERS_DIR
 from ..lab import Lab
 from ..side import Side
 from ..sts import TASKS
-from .common import Choices, Ctx, UserError, files, flag, kind, names, record, short, sides, user_facing
+from .common import Choices, Ctx, UserError, files, flag, kind, md, names, record, short, sides, user_facing
 
 QUICK_PAIRS = 200  # per task in a quick evaluation
 
@@ -36,10 +36,21 @@ def results_chart(df: pd.DataFrame):
                                       if "paper before" not in c})
 
 
-def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame]:
-    """Loss curves (plotly figure) and the table of the shipped adapters' training records (:func:`report.training_records`)."""
+def training_records(root: Path = ADAPTERS_DIR) -> tuple[Any, pd.DataFrame, str]:
+    """Loss curves (plotly figure), the table of the shipped adapters' training records
+    (:func:`report.training_records`) with scores to 2 decimals, and the records' notes as folded Markdown ("" when
+    none has one). A note is a paragraph: as a column it made the table wider than the page (1400 px) and each
+    row as tall as its note."""
     curves, df = report.training_records(root)
-    return (plots.loss_curve({k: list(c) or [[0, 0]] for k, c in curves.items()}) if curves else None), df
+    notes = [f"**{md(a)}**: {md(str(n).strip())}" for a, n in zip(df["adapter"], df.pop("note")) if str(n or "").strip()] \
+        if "note" in df else []
+    for col in ("STS-B dev", "9-set avg"):
+        if col in df:
+            df[col] = [round(v, 2) if isinstance(v, (int, float)) and not isinstance(v, bool) else v for v in df[col]]
+    folded = (f"<details><summary>Notes on {len(notes)} of these runs</summary>\n\n" + "\n\n".join(notes)
+              + "\n\n</details>") if notes else ""
+    fig = plots.loss_curve({k: list(c) or [[0, 0]] for k, c in curves.items()}) if curves else None
+    return fig, df, folded
 
 
 def evaluate_side(lab: Lab, side: Side, tasks: list[str], limit: int | None, progress=None) -> dict:
@@ -89,10 +100,12 @@ def build(ctx: Ctx) -> None:
         gr.Markdown("Spearman ×100 between cosine and human scores (MTEB conventions). Paper columns: arXiv 2408.00690, Table 1.")
         gr.Dataframe(table, interactive=False, wrap=True, elem_classes="wide-table")
         gr.Plot(results_chart(table))
-        loss_fig, records = training_records()
+        loss_fig, records, notes = training_records()
         gr.Markdown("### Shipped adapters: training records")
         if len(records):
-            gr.Dataframe(records, interactive=False, wrap=True, elem_classes="wide-table")
+            gr.Dataframe(records, interactive=False, wrap=True, elem_classes=["wide-table", "records"])
+            if notes:
+                gr.Markdown(notes, elem_id="record-notes")
         else:
             gr.Markdown("No adapter is shipped yet (assets/adapters/). Train one with `python train.py`.")
         if loss_fig is not None:

@@ -7,26 +7,39 @@ from typing import Any
 
 import gradio as gr
 
-from ..registry import MODELS
+from ..precision import resolve as resolve_precision
+from ..registry import MODELS, ModelSpec
 from ..sources import available_models
 from ..side import SideError, default_sides, parse_side, side_choices, training_record, valid_specs
 from .common import UserError, gradio_errors, md, user_facing
 
 
+# how a model runs in bf16 (registry: ModelSpec.bf16), for the card
+BF16_AS = {"autocast": "float32 weights under bf16 autocast", "weights": "weights cast to bf16, LoRA weights float32"}
+
+
+def precision_line(spec: ModelSpec, device: str | None) -> str:
+    """The card's line saying which precision this side's forward passes run in here, and how."""
+    p = resolve_precision(device)
+    how = (f": {BF16_AS[spec.bf16]}" + ("; some layers stay float32" if spec.bf16 == "autocast"
+                                         and spec.bf16_fp32_modules else "")) if p.bf16 else ""
+    return f"Precision: **{md(p.describe())}**{how}"
+
+
 @user_facing
-def model_card(side: Any, what: str = "side") -> str:
+def model_card(side: Any, what: str = "side", device: str | None = "cpu") -> str:
     """One side's card: one short line (what the side is), then its details folded in a ``<details>``: the
     model's facts, its adapter's training record and, for a snapshot, that step's figures. (The model's name
     is in the picker above it; the two cards of a page differ in their first line only where the sides do.)
     The adapter was validated when the spec was parsed (allowed folders, regular files, size caps);
-    data is escaped for Markdown."""
+    data is escaped for Markdown. ``device``: where the Lab runs the model (the card says the precision there)."""
     s = parse_side(side, what)
     spec = MODELS[s.model]
     pooling = f"EOS token {md(repr(spec.eos_token))}" if spec.pooling == "eos" else "mean of tokens"
     # the licence's terms linked where they ask for a notice (Gemma's weights: the Gemma Terms of Use)
     licence = f"[{md(spec.licence)}]({spec.licence_url})" if spec.licence_url else md(spec.licence)
     lines = [f"`{s.spec}`: **{md(spec.title)}** · {spec.params_m:g}M parameters · {licence} · pooling: {pooling}"
-             + (f". {md(spec.notes)}" if spec.notes else "")]
+             + (f". {md(spec.notes)}" if spec.notes else ""), precision_line(spec, device)]
     rec = training_record(s)
     dev = None
     if s.adapter is None:
@@ -54,12 +67,12 @@ def model_card(side: Any, what: str = "side") -> str:
     return f"{head}\n\n<details><summary>details</summary>\n\n" + "\n\n".join(lines) + "\n\n</details>"
 
 
-def first_card(spec: str | None, what: str) -> str:
+def first_card(spec: str | None, what: str, device: str | None = "cpu") -> str:
     """A side's card shown when the page loads (a broken adapter there is a line on the page, not a failed start)."""
     if spec is None:
         return "no model can load here"
     try:
-        return model_card(spec, what)
+        return model_card(spec, what, device)
     except UserError as e:
         return f"Side problem: {md(e)}"
 
@@ -80,8 +93,9 @@ def unavailable() -> None:
             gr.Markdown(why_out)
 
 
-def build() -> tuple[gr.Dropdown, gr.Dropdown]:
-    """Side A's and side B's pickers with their cards (default: the default model's base vs its shipped adapter)."""
+def build(device: str | None = "cpu") -> tuple[gr.Dropdown, gr.Dropdown]:
+    """Side A's and side B's pickers with their cards (default: the default model's base vs its shipped adapter);
+    ``device``: the Lab's, for the precision the cards name."""
     choices = side_choices()
     try:
         a0, b0 = (s.spec for s in default_sides())
@@ -92,12 +106,12 @@ def build() -> tuple[gr.Dropdown, gr.Dropdown]:
         # min_width: the two sides stay side by side on a phone (390 px), so the first result is on its first screen
         with gr.Column(min_width=150):
             side_a = gr.Dropdown(choices, value=a0, label="Side A", allow_custom_value=True, elem_id="side-a")
-            card_a = gr.Markdown(first_card(a0, "side A"), elem_classes="side-card")
+            card_a = gr.Markdown(first_card(a0, "side A", device), elem_classes="side-card")
         with gr.Column(min_width=150):
             side_b = gr.Dropdown(choices, value=b0, label="Side B", allow_custom_value=True, elem_id="side-b")
-            card_b = gr.Markdown(first_card(b0, "side B"), elem_classes="side-card")
-    side_a.change(gradio_errors(lambda v: model_card(v, "side A")), [side_a], [card_a], api_name="model_card")
-    side_b.change(gradio_errors(lambda v: model_card(v, "side B")), [side_b], [card_b], api_visibility="private")
+            card_b = gr.Markdown(first_card(b0, "side B", device), elem_classes="side-card")
+    side_a.change(gradio_errors(lambda v: model_card(v, "side A", device)), [side_a], [card_a], api_name="model_card")
+    side_b.change(gradio_errors(lambda v: model_card(v, "side B", device)), [side_b], [card_b], api_visibility="private")
 
     def sides_api() -> list[str]:
         """Every side spec that can be used here (model[+adapter][@step])."""
