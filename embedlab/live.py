@@ -44,7 +44,8 @@ from .side import LIVE_PREFIX, live_root, loadable_models
 
 log = logging.getLogger(__name__)
 
-NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets (6,317 rows)
+NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets
+NLI_ROWS = 6317
 MAX_WALL_S = 600.0  # a run stops (and saves) after 10 minutes of training
 TTL_S = 3600.0  # a run's files go an hour after their last use
 FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
@@ -162,6 +163,7 @@ class Run:
     folder: Path
     pair: tuple[str, str]
     data_note: str = ""
+    client: str | None = None  # the submitter's address (one unfinished run per address too)
     state: str = "queued"
     message: str = ""
     frame: Frame = field(default_factory=Frame)
@@ -219,45 +221,60 @@ class Manager:
 
     # --- the visitor's side ------------------------------------------------------------------------
     def submit(self, session: str, s: Settings, data: Path | None = None,
-               pair: tuple[str, str] = ("", "")) -> Run:
+               pair: tuple[str, str] = ("", ""), client: str | None = None) -> Run:
         """Queue a run for ``session`` on ``data`` (None: the built-in NLI triplets; else an uploaded CSV/TSV/JSONL
-        checked by embedlab.userdata). LiveError when training is off, the session has a run going, or the
-        queue is full."""
+        checked by embedlab.userdata). ``client``: the caller's address (None: unknown or local). LiveError when
+        training is off, the session or the address has a run going, the queue is full, or the file has fewer
+        rows than a batch."""
         if not enabled():
             raise LiveError("Live training is disabled on this host (EMBEDLAB_LIVE_TRAINING=off).")
         if not session:
             raise LiveError("a run needs a session (open the page, or call /train through gradio_client)")
         with self._lock:
-            mine = [r for r in self._runs.values() if r.session == session and not r.finished]
-            if mine:
-                raise LiveError("This session already has a run going; stop it or wait for it to end.")
-            if len(self._queue) >= self.max_waiting:
-                raise LiveError(f"{len(self._queue)} runs are waiting already; try again in a few minutes.")
+            self._admissible(session, client)  # refuse early, before reading the file
         run_id = secrets.token_hex(16)
         folder = self.root / s.model / (LIVE_PREFIX + run_id)
         folder.mkdir(parents=True)
         try:
-            note = self._write_data(data, folder / "data.csv")
+            rows, note = self._write_data(data, folder / "data.csv")
+            if rows < s.batch_size:  # the Trainer would refuse it only after the wait in line
+                raise LiveError(f"the file has {rows:,} usable rows, fewer than one batch ({s.batch_size}); choose "
+                                f"Advanced and a batch size of at most {rows}, or upload more rows")
+            run = Run(run_id, session, s, folder, (str(pair[0] or ""), str(pair[1] or "")), data_note=note,
+                      client=client)
+            run.frame.steps = s.steps
+            # the limits again, in the same locked section that adds the run: submits racing through the file
+            # parse above cannot all pass
+            with self._lock:
+                self._admissible(session, client)
+                self._runs[run_id] = run
+                self._queue.append(run)
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._work, daemon=True, name="live-training")
+                    self._worker.start()
+                self._wake.notify_all()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        run = Run(run_id, session, s, folder, (str(pair[0] or ""), str(pair[1] or "")), data_note=note)
-        run.frame.steps = s.steps
-        with self._lock:
-            self._runs[run_id] = run
-            self._queue.append(run)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, daemon=True, name="live-training")
-                self._worker.start()
-            self._wake.notify_all()
         return run
 
+    def _admissible(self, session: str, client: str | None) -> None:
+        """LiveError unless ``session`` (and ``client``, when known) has no unfinished run and the line has room
+        (under the lock)."""
+        for r in self._runs.values():
+            if not r.finished and r.session == session:
+                raise LiveError("This session already has a run going; stop it or wait for it to end.")
+            if not r.finished and client is not None and r.client == client:
+                raise LiveError("A run from your address is going already; stop it or wait for it to end.")
+        if len(self._queue) >= self.max_waiting:
+            raise LiveError(f"{len(self._queue)} runs are waiting already; try again in a few minutes.")
+
     @staticmethod
-    def _write_data(data: Path | None, dst: Path) -> str:
-        """The run's data.csv (sent0,sent1[,hard_neg]); returns a note on it for the user."""
+    def _write_data(data: Path | None, dst: Path) -> tuple[int, str]:
+        """The run's data.csv (sent0,sent1[,hard_neg]); returns (rows, a note on it for the user)."""
         if data is None:
             shutil.copyfile(NLI_DATA, dst)
-            return "built-in NLI triplets (SNLI, 6,317 rows)"
+            return NLI_ROWS, f"built-in NLI triplets (SNLI, {NLI_ROWS:,} rows)"
         from . import userdata
 
         try:
@@ -268,7 +285,7 @@ class Manager:
         note = f"your file: {ud.rows:,} rows" + ("" if ud.has_negatives else ", no negatives (in-batch only)")
         if ud.dropped_duplicates:
             note += f", {ud.dropped_duplicates:,} duplicates dropped"
-        return "; ".join([note, *ud.warnings])
+        return ud.rows, "; ".join([note, *ud.warnings])
 
     def get(self, session: str, run_id: str) -> Run:
         """The run ``run_id`` of ``session`` (another session's id is no run: LiveError, the same message)."""

@@ -225,3 +225,49 @@ def test_a_watcher_whose_client_has_gone_stops_the_run(env):
             gone.set()  # the tab closed: the next poll stops the run
     assert m.wait(run, 300) and run.state == "stopped" and 1 <= run.frame.step < 200
     assert seen[0]["state"] in ("queued", "loading") and parse_side(run.spec).weights is not None
+
+
+def test_racing_submits_of_one_session_queue_one_run(env, monkeypatch):
+    """Every submit passes the early check (a barrier holds them all inside the file parse): the re-check in the
+    locked section that adds the run lets one through; the refused ones' folders go."""
+    m = manager(frame_every_s=3600.0, max_waiting=2)
+    n = 12
+    barrier = threading.Barrier(n)
+    real = live.Manager._write_data
+
+    def slow_parse(data, dst):
+        barrier.wait(60)  # all n submits are past the early check now
+        return real(data, dst)
+
+    monkeypatch.setattr(live.Manager, "_write_data", staticmethod(slow_parse))
+    ok, refused = [], []
+
+    def go() -> None:
+        try:
+            ok.append(m.submit("me", small(steps=200)))
+        except live.LiveError as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=go) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(ok) == 1 and len(refused) == n - 1 and all("already has a run going" in r for r in refused)
+    assert [p.name for p in (m.root / A).iterdir()] == [ok[0].folder.name]  # the refused ones left no folder
+    m.stop("me")
+    assert m.wait(ok[0], 300)
+
+
+def test_one_unfinished_run_per_address_and_a_file_smaller_than_a_batch(env, tmp_path):
+    m = manager(frame_every_s=3600.0)
+    first = m.submit("s1", small(steps=200), client="203.0.113.7")
+    with pytest.raises(live.LiveError, match="from your address"):
+        m.submit("s2", small(), client="203.0.113.7")  # a new session from the same address
+    other = m.submit("s3", small(steps=1), client="198.51.100.1")
+    small_file = tmp_path / "twenty.csv"
+    small_file.write_text("sent0,sent1\n" + "".join(f"a sentence {i},another one {i}\n" for i in range(20)))
+    with pytest.raises(live.LiveError, match="fewer than one batch"):
+        m.submit("s4", small(batch_size=64), small_file)  # refused now, not after the wait in line
+    m.stop("s1")
+    assert m.wait(first, 300) and m.wait(other, 300)
