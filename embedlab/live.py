@@ -443,7 +443,10 @@ class Manager:
             raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
                             "rate.") from None
         finally:
-            probe.layouts.shutdown(wait=True)  # the last frame's map (seconds) before the run is done
+            # a finished run waits for its last map (seconds); a stopped one does not: a layout in progress (the
+            # first compiles UMAP's numba code, about a minute) must not hold the stop or the next run in line
+            ended = trainer.done >= trainer.total
+            probe.layouts.shutdown(wait=ended, cancel_futures=not ended)
         stopped = trainer.done < trainer.total
         run.state, run.message = "saving", "Saving the adapter…"
         run.frame.version += 1
@@ -477,6 +480,7 @@ class Manager:
         self._write_record(run, trainer.record())
         if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
             def lay_out() -> None:
+                one_numba_thread()  # UMAP's numba work must not take every core from the compares
                 f.maps[step] = probe.layout(topics, f.maps[max(f.maps)] if f.maps else None)
                 f.version += 1
 
@@ -608,6 +612,15 @@ class Probe:
             t.executor(lambda: save_adapter(model, run.folder / "snapshots" / f"step-{step}", t.spec, dtype=torch.float16))
         t.executor(lambda: save_adapter(model, run.folder, t.spec))
         os.utime(run.folder)
+
+
+def one_numba_thread() -> None:
+    """Parallel numba code started from this thread (UMAP's) runs on one thread (numba's setting is per thread)."""
+    try:
+        import numba
+    except ImportError:  # no numba: no UMAP threads to limit
+        return
+    numba.set_num_threads(1)
 
 
 def align_next(prev_vecs: np.ndarray | None, prev_xy: np.ndarray | None, vecs: np.ndarray) -> np.ndarray:

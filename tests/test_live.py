@@ -271,3 +271,24 @@ def test_one_unfinished_run_per_address_and_a_file_smaller_than_a_batch(env, tmp
         m.submit("s4", small(batch_size=64), small_file)  # refused now, not after the wait in line
     m.stop("s1")
     assert m.wait(first, 300) and m.wait(other, 300)
+
+
+def test_stop_does_not_wait_for_a_map_being_laid_out(env, monkeypatch):
+    """A layout blocked on an event (as the first one is for a minute of numba compile): the stop completes while
+    it is still blocked."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocked_layout(self, topics, prev_xy):
+        started.set()
+        release.wait(300)
+        return np.zeros((len(topics), 2), dtype=np.float32)
+
+    monkeypatch.setattr(live.Probe, "layout", blocked_layout)
+    m = live.Manager(load=tiny_load, frame_every_s=0.0, maps=True)
+    run = m.submit("me", small(steps=200))
+    assert started.wait(300), "no layout started"
+    m.stop("me")
+    try:
+        assert m.wait(run, 300) and not release.is_set() and run.state == "stopped"
+    finally:
+        release.set()
