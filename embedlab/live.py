@@ -519,12 +519,17 @@ class Manager:
                "reproduce": "python train.py --config training.json  (from the unzipped folder; --out to choose "
                             "where the adapter goes)"}
         rec.pop("snapshots", None)  # the zip holds the final adapter only
+        from .modelcard import CARD_FILE, render_card
+
+        # the card from the rewritten record (the folder's own card names server paths and the folder's command)
+        card = render_card(MODELS[run.settings.model], rec, run.name)
         dst = run.zip_path()
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_suffix(".tmp")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "data.csv"):
+            for name in ("adapter_model.safetensors", "adapter_config.json", "data.csv"):
                 z.write(run.folder / name, name)
+            z.writestr(CARD_FILE, card)
             z.writestr("training.json", json.dumps(rec, indent=2) + "\n")
         os.replace(tmp, dst)
 

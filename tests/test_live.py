@@ -111,6 +111,9 @@ def test_a_run_becomes_a_private_side_with_frames_a_zip_and_a_reproducible_recor
     assert rec["device"] and rec["precision"] in ("fp32", "bf16") and rec["data"]["rows"] == 6317
     assert len(rec["data"]["sha256"]) == 64 and rec["command"].startswith("python train.py --model tiny-llama --data data.csv")
     assert json.loads(z.read("adapter_config.json"))["peft_type"] == "LORA" and str(tmp_path) not in json.dumps(rec)
+    for name in ("README.md", "training.json", "adapter_config.json"):  # no server path in any text file
+        assert str(tmp_path) not in z.read(name).decode() and "/live/" not in z.read(name).decode(), name
+    assert rec["command"] in z.read("README.md").decode()  # the card's command reproduces the run
 
     # train.py --config <the downloaded training.json> trains the same run again: the same losses
     unzipped = tmp_path / "unzipped"
