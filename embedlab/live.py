@@ -37,9 +37,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import ROOT
+from . import ROOT, precision
 from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when
-from .registry import MODELS
+from .registry import DEFAULT_MODEL, MODELS
 from .side import LIVE_PREFIX, live_root, loadable_models
 
 log = logging.getLogger(__name__)
@@ -49,17 +49,18 @@ NLI_ROWS = 6317
 MAX_WALL_S = 600.0  # a run stops (and saves) after 10 minutes of training
 TTL_S = 3600.0  # a run's files go an hour after their last use
 FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
-HEARTBEAT_S = 4.0  # a run nobody watches for this long stops (a closed tab): within 5 s with one slice
+# a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
+# same worker); a closed tab is caught at once by the watcher's client_gone_check
+HEARTBEAT_S = 30.0
 DEV_PAIRS = 200  # STSBenchmark dev pairs of a frame (a seeded fixed subset)
 HIST_TEXTS = 300  # anisotropy sample texts of a frame's random-pair histogram
 HIST_PAIRS = 2000
-DEFAULT_MODEL = "gemma3-270m"  # its shipped adapter: dev 20.7 -> 66 at step 10 -> 80 at step 25 (the strongest effect)
 
 # (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
 CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
                                         "lora_r": (1, 64), "temperature": (0.01, 1.0)}
-# "A few minutes": the shipped gemma3-270m adapter's settings (lr 3e-4, warmup 6, batch 64, chunks of 96, 64 tokens),
-# for the 25 steps that took it to dev 80
+# "A few minutes": one model-independent preset, the shipped adapters' recipe (lr 3e-4, warmup 6, batch 64, chunks of
+# 96, 64 tokens) for 25 steps (gemma3-270m's adapter: dev 20.7 -> 80 by step 25)
 PRESETS: dict[str, dict[str, Any]] = {
     "A few minutes": dict(steps=25, batch_size=64, lr=3e-4, lora_r=8, temperature=0.05),
     "Advanced": {},
@@ -132,7 +133,8 @@ def config(s: Settings, folder: Path, device: str = "") -> "Config":  # noqa: F8
                   batch_size=s.batch_size, chunk_size=min(FIXED["chunk_size"], 3 * s.batch_size),
                   warmup_steps=min(FIXED["warmup_steps"], s.steps // 2), max_length=FIXED["max_length"],
                   lora_dropout=FIXED["lora_dropout"], weight_decay=FIXED["weight_decay"], seed=FIXED["seed"],
-                  log_every=10**6, ckpt_every=0, eval_tasks=["STSBenchmark-dev"], device=device, precision="auto")
+                  log_every=10**6, ckpt_every=0, eval_tasks=["STSBenchmark-dev"], device=device,
+                  precision=precision.requested())  # the process's setting: frames agree with /compare
 
 
 # --- frames ------------------------------------------------------------------------------------------
@@ -173,6 +175,7 @@ class Run:
     watched: bool = False  # a watcher (the tab's stream, /train) has called heartbeat: stop when it goes quiet
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    saved: bool = False  # an adapter was saved: the run is a usable side (not when stopped before a step)
 
     @property
     def name(self) -> str:
@@ -345,7 +348,8 @@ class Manager:
         """Delete the folders of finished runs whose mtime is over ``ttl_s`` old (also those a previous
         process left); returns how many. A spec's parse touches its folder (embedlab.side), so use keeps it."""
         now = time.time() if now is None else now
-        active = {r.folder for r in self._runs.values() if not r.finished}
+        with self._lock:  # the worker and submits change the runs meanwhile
+            active = {r.folder for r in self._runs.values() if not r.finished}
         n = 0
         for folder in self.root.glob(f"*/{LIVE_PREFIX}*"):
             try:
@@ -355,10 +359,9 @@ class Manager:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             n += 1
-            with self._lock:
-                gone = [k for k, r in self._runs.items() if r.folder == folder]
-                for k in gone:
-                    del self._runs[k]
+        with self._lock:  # forget finished runs whose folder is gone (swept now, or a stop deleted it)
+            for k in [k for k, r in self._runs.items() if r.finished and not r.folder.exists()]:
+                del self._runs[k]
         return n
 
     def sweep_forever(self, every_s: float = 300.0) -> threading.Thread:
@@ -459,6 +462,7 @@ class Manager:
         record = trainer.finish(evaluate=False)
         self._write_record(run, record)
         self._write_zip(run, record)
+        run.saved = True
         run.state = "stopped" if stopped else "done"
         why = "" if not stopped else (" (stopped: " + ("10-minute cap" if time.monotonic() - run.started_at > self.max_wall_s
                                                        else "Stop or the page closed") + ")")
@@ -575,7 +579,10 @@ class Probe:
                     out = np.empty((len(texts), v.shape[1]), dtype=np.float32)
                 out[idx] = v
         finally:
-            t.executor(t.model.train)
+            try:
+                t.executor(t.model.train)
+            except Cancelled:  # a stop asked meanwhile: the original error (or Cancelled) goes on, not this one
+                t.model.train()  # a flag flip, no compute: safe off the compute thread once the work stopped
         return out
 
     def measure(self) -> tuple[float, np.ndarray, np.ndarray, float | None]:

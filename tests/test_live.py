@@ -295,3 +295,37 @@ def test_stop_does_not_wait_for_a_map_being_laid_out(env, monkeypatch):
         assert m.wait(run, 300) and not release.is_set() and run.state == "stopped"
     finally:
         release.set()
+
+
+def test_a_run_that_saved_nothing_is_no_side_and_is_forgotten_by_the_sweep(env):
+    m = manager(frame_every_s=3600.0)
+    first = m.submit("s1", small(steps=200))
+    queued = m.submit("s2", small(steps=2))  # stopped while waiting: nothing saved, its folder goes
+    m.stop("s2")
+    p = train_tab.progress(m, queued)
+    assert queued.finished and not queued.saved and not p["saved"] and "is a side now" not in train_tab.status_line(p)
+    m.stop("s1")
+    assert m.wait(first, 300)
+    assert m.sweep() == 0 and m.runs("s2") == []  # finished, folder gone: dropped from memory
+    assert first.saved == first.folder.exists() and m.runs("s1") == ([first] if first.saved else [])
+
+
+def test_the_status_line_shows_the_files_warnings_and_no_server_path(env):
+    m = manager(frame_every_s=3600.0)
+    run = m.submit("me", small(steps=200))
+    run.data_note = "your file: 20 rows; 3 rows also in the STS-B test set"
+    run.message = f"could not read {m.root}/{A}/live-x/data.csv"
+    p = train_tab.progress(m, run)
+    line = train_tab.status_line(p)
+    assert "also in the STS" in line and str(m.root) not in line and str(m.root) not in p["message"]
+    m.stop("me")
+    assert m.wait(run, 300)
+
+
+def test_the_pair_texts_are_checked(env):
+    m = manager()
+    with pytest.raises(train_tab.UserError, match="text A of the pair must be text"):
+        train_tab.start(m, "me", A, "nli", None, "Advanced", 3, 8, 1e-3, 4, 0.05, 5, "b")
+    with pytest.raises(train_tab.UserError, match="text B of the pair has"):
+        train_tab.start(m, "me", A, "nli", None, "Advanced", 3, 8, 1e-3, 4, 0.05, "a", "x" * 100_000)
+    assert m.runs("me") == []
