@@ -40,7 +40,7 @@ import numpy as np
 from . import ROOT, precision
 from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when
 from .registry import DEFAULT_MODEL, MODELS
-from .side import LIVE_PREFIX, live_root, loadable_models
+from .side import LIVE_PREFIX, kind, live_root, loadable_models
 
 log = logging.getLogger(__name__)
 
@@ -118,8 +118,11 @@ def settings(preset: str = DEFAULT_PRESET, model: str | None = None, **advanced:
         whole = name in ("steps", "batch_size", "lora_r")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                 or (whole and v != int(v)) or not lo <= v <= hi:
-            kind = "a whole number" if whole else "a number"
-            raise LiveError(f"{name.replace('_', ' ')} must be {kind} from {lo:g} to {hi:g}, not {str(v)[:20]}")
+            wanted = "a whole number" if whole else "a number"
+            # a number echoed as a number (1e30, not its integer digits); any other value by its kind ("text")
+            got = (f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   else "text" if isinstance(v, str) else kind(v))
+            raise LiveError(f"{name.replace('_', ' ')} must be {wanted} from {lo:g} to {hi:g}, not {got}")
         out[name] = int(v) if whole else float(v)
     return Settings(model=model, **out)
 

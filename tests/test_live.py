@@ -55,7 +55,8 @@ def test_settings_caps_and_bad_settings(env):
                      (dict(steps=2.5), "whole number"), (dict(batch_size=2), "batch size"),
                      (dict(batch_size=129), "batch size"), (dict(lr=0.01), "lr must be a number"),
                      (dict(lr=float("nan")), "lr"), (dict(lora_r=65), "lora r"), (dict(temperature=0), "temperature"),
-                     (dict(steps=True), "steps"), (dict(steps="3"), "steps")]:
+                     (dict(steps=True), "steps.*not true/false"), (dict(steps="3"), "steps.*not text"),
+                     (dict(batch_size=1e30), r"not 1e\+30$"), (dict(lora_r=[4]), "not a list")]:
         with pytest.raises(live.LiveError, match=msg):
             small(**bad)
     with pytest.raises(live.LiveError, match="preset must be one of"):
