@@ -156,6 +156,8 @@ class Frame:
     seconds: float = 0.0  # since the run started training
     eta_s: float | None = None  # seconds left, from the steps so far
     version: int = 0  # bumped at every change (a watcher redraws when it moves)
+    # held while the worker or the layout thread changes the frame, and while a reader copies it (replay_of)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 @dataclass
@@ -401,7 +403,8 @@ class Manager:
             finally:
                 with self._lock:
                     self._current = None
-                run.frame.version += 1
+                with run.frame.lock:
+                    run.frame.version += 1
                 run.finished_event.set()
 
     def _should_stop(self, run: Run) -> bool:
@@ -416,7 +419,8 @@ class Manager:
         if run.stop_requested.is_set():
             return
         run.state, run.message = "loading", "Loading the model…"
-        run.frame.version += 1
+        with run.frame.lock:
+            run.frame.version += 1
         run.started_at = time.monotonic()
         cfg = config(run.settings, run.folder, self.device)
         try:
@@ -435,11 +439,12 @@ class Manager:
                     done_frame, last_frame_t = 0, time.monotonic()
                 for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
                     f = run.frame
-                    f.loss_curve.append((info.step, float(info.loss)))
-                    f.step, f.seconds = info.step, time.monotonic() - t0
                     per_step = info.seconds / max(1, info.step)
-                    f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
-                    f.version += 1
+                    with f.lock:
+                        f.loss_curve.append((info.step, float(info.loss)))
+                        f.step, f.seconds = info.step, time.monotonic() - t0
+                        f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
+                        f.version += 1
                     if info.step == info.steps or time.monotonic() - last_frame_t >= self.frame_every_s:
                         self._frame(run, trainer, probe, info.step)
                         done_frame, last_frame_t = info.step, time.monotonic()
@@ -455,7 +460,8 @@ class Manager:
             probe.layouts.shutdown(wait=ended, cancel_futures=not ended)
         stopped = trainer.done < trainer.total
         run.state, run.message = "saving", "Saving the adapter…"
-        run.frame.version += 1
+        with run.frame.lock:
+            run.frame.version += 1
         if trainer.done == 0:  # nothing to save: no side
             run.state, run.message = "stopped", "Stopped before the first step: nothing was saved."
             shutil.rmtree(run.folder, ignore_errors=True)
@@ -478,18 +484,23 @@ class Manager:
         probe.save_snapshot(run, step)
         dev, cos, topics, pair = probe.measure()
         f = run.frame
-        f.dev.append((step, dev))
-        f.cosines.append(cos)
-        f.measured.append(step)
-        if pair is not None:
-            f.pair.append((step, pair))
-        f.version += 1
+        with f.lock:
+            f.dev.append((step, dev))
+            f.cosines.append(cos)
+            f.measured.append(step)
+            if pair is not None:
+                f.pair.append((step, pair))
+            f.version += 1
         self._write_record(run, trainer.record())
         if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
             def lay_out() -> None:
                 one_numba_thread()  # UMAP's numba work must not take every core from the compares
-                f.maps[step] = probe.layout(topics, f.maps[max(f.maps)] if f.maps else None)
-                f.version += 1
+                with f.lock:
+                    prev = f.maps[max(f.maps)] if f.maps else None
+                xy = probe.layout(topics, prev)
+                with f.lock:
+                    f.maps[step] = xy
+                    f.version += 1
 
             probe.layouts.submit(lay_out)
 
@@ -658,20 +669,22 @@ def replay_of(run: Run):
     from .replay import Replay, replay_corpus
 
     f = run.frame
-    steps = list(f.measured)
+    with f.lock:  # a consistent copy: the worker and the layout thread append meanwhile
+        steps, maps, cosines = list(f.measured), dict(f.maps), list(f.cosines)
+        loss_curve, dev = tuple(f.loss_curve), tuple(f.dev)
     if not steps:
         return None
     corpus = replay_corpus("topics")
     last = np.zeros((len(corpus), 2), dtype=np.float32)
     xy = []
     for s in steps:
-        last = f.maps.get(s, last)
+        last = maps.get(s, last)
         xy.append(last)
     xy = np.stack(xy).astype(np.float32)
     lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
     pad = (hi - lo) * 0.04 + 1e-3
-    return Replay(tuple(steps), xy, np.stack(f.cosines).astype(np.float32), corpus, tuple(f.loss_curve),
-                  tuple(f.dev), {"live": run.id[:6], "has_map": bool(f.maps)},
+    return Replay(tuple(steps), xy, np.stack(cosines).astype(np.float32), corpus, loss_curve,
+                  dev, {"live": run.id[:6], "has_map": bool(maps)},
                   (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])))
 
 
