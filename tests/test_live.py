@@ -330,3 +330,17 @@ def test_the_pair_texts_are_checked(env):
     with pytest.raises(train_tab.UserError, match="text B of the pair has"):
         train_tab.start(m, "me", A, "nli", None, "Advanced", 3, 8, 1e-3, 4, 0.05, "a", "x" * 100_000)
     assert m.runs("me") == []
+
+
+def test_the_train_group_is_behind_the_fair_share_gate(tmp_path):
+    """The page's Train and /train wait behind the long requests' gate (per session and per address), not
+    only the manager's one-run-per-session rule."""
+    import app
+    from embedlab.gradio_internals import LongRequests
+
+    demo = app.build(Lab(cache_dir=tmp_path / "cache"))  # builds the page only: no model is loaded
+    train_fns = [f for f in demo.fns.values() if f.concurrency_id == "train"]
+    assert len(train_fns) == 2 and all(f.validator is not None for f in train_fns)
+    gates = [g for g in demo.__dict__["_embedlab_gates"] if g.group == "train"]
+    assert len(gates) == 1 and isinstance(gates[0], LongRequests)
+    assert all(f.validator.__self__ is gates[0] for f in train_fns)
