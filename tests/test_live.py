@@ -332,11 +332,16 @@ def test_the_pair_texts_are_checked(env):
     assert m.runs("me") == []
 
 
-def test_the_train_group_is_behind_the_fair_share_gate(tmp_path):
+def test_the_train_group_is_behind_the_fair_share_gate(tmp_path, monkeypatch):
     """The page's Train and /train wait behind the long requests' gate (per session and per address), not
-    only the manager's one-run-per-session rule."""
+    only the manager's one-run-per-session rule; the sweep starts also when training is off (a previous
+    process's runs still go)."""
     import app
     from embedlab.gradio_internals import LongRequests
+
+    swept = []
+    monkeypatch.setattr(live.Manager, "sweep_forever", lambda self, every_s=300.0: swept.append(self))
+    monkeypatch.setenv("EMBEDLAB_LIVE_TRAINING", "off")
 
     demo = app.build(Lab(cache_dir=tmp_path / "cache"))  # builds the page only: no model is loaded
     train_fns = [f for f in demo.fns.values() if f.concurrency_id == "train"]
@@ -344,3 +349,11 @@ def test_the_train_group_is_behind_the_fair_share_gate(tmp_path):
     gates = [g for g in demo.__dict__["_embedlab_gates"] if g.group == "train"]
     assert len(gates) == 1 and isinstance(gates[0], LongRequests)
     assert all(f.validator.__self__ is gates[0] for f in train_fns)
+    assert len(swept) == 1
+
+
+def test_a_run_trains_in_the_processs_precision(env, tmp_path, monkeypatch):
+    """The frames' cosines are the ones /compare gives for the same side: both in EMBEDLAB_PRECISION."""
+    for p in ("fp32", "bf16"):
+        monkeypatch.setenv("EMBEDLAB_PRECISION", p)
+        assert live.config(small(), tmp_path).precision == p
