@@ -37,28 +37,30 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import ROOT
+from . import ROOT, precision
 from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when
-from .registry import MODELS
-from .side import LIVE_PREFIX, live_root, loadable_models
+from .registry import DEFAULT_MODEL, MODELS
+from .side import LIVE_PREFIX, kind, live_root, loadable_models
 
 log = logging.getLogger(__name__)
 
-NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets (6,317 rows)
+NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets
+NLI_ROWS = 6317
 MAX_WALL_S = 600.0  # a run stops (and saves) after 10 minutes of training
 TTL_S = 3600.0  # a run's files go an hour after their last use
 FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
-HEARTBEAT_S = 4.0  # a run nobody watches for this long stops (a closed tab): within 5 s with one slice
+# a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
+# same worker); a closed tab is caught at once by the watcher's client_gone_check
+HEARTBEAT_S = 30.0
 DEV_PAIRS = 200  # STSBenchmark dev pairs of a frame (a seeded fixed subset)
 HIST_TEXTS = 300  # anisotropy sample texts of a frame's random-pair histogram
 HIST_PAIRS = 2000
-DEFAULT_MODEL = "gemma3-270m"  # its shipped adapter: dev 20.7 -> 66 at step 10 -> 80 at step 25 (the strongest effect)
 
 # (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
 CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
                                         "lora_r": (1, 64), "temperature": (0.01, 1.0)}
-# "A few minutes": the shipped gemma3-270m adapter's settings (lr 3e-4, warmup 6, batch 64, chunks of 96, 64 tokens),
-# for the 25 steps that took it to dev 80
+# "A few minutes": one model-independent preset, the shipped adapters' recipe (lr 3e-4, warmup 6, batch 64, chunks of
+# 96, 64 tokens) for 25 steps (gemma3-270m's adapter: dev 20.7 -> 80 by step 25)
 PRESETS: dict[str, dict[str, Any]] = {
     "A few minutes": dict(steps=25, batch_size=64, lr=3e-4, lora_r=8, temperature=0.05),
     "Advanced": {},
@@ -116,8 +118,11 @@ def settings(preset: str = DEFAULT_PRESET, model: str | None = None, **advanced:
         whole = name in ("steps", "batch_size", "lora_r")
         if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) \
                 or (whole and v != int(v)) or not lo <= v <= hi:
-            kind = "a whole number" if whole else "a number"
-            raise LiveError(f"{name.replace('_', ' ')} must be {kind} from {lo:g} to {hi:g}, not {str(v)[:20]}")
+            wanted = "a whole number" if whole else "a number"
+            # a number echoed as a number (1e30, not its integer digits); any other value by its kind ("text")
+            got = (f"{v:g}" if isinstance(v, (int, float)) and not isinstance(v, bool)
+                   else "text" if isinstance(v, str) else kind(v))
+            raise LiveError(f"{name.replace('_', ' ')} must be {wanted} from {lo:g} to {hi:g}, not {got}")
         out[name] = int(v) if whole else float(v)
     return Settings(model=model, **out)
 
@@ -131,7 +136,8 @@ def config(s: Settings, folder: Path, device: str = "") -> "Config":  # noqa: F8
                   batch_size=s.batch_size, chunk_size=min(FIXED["chunk_size"], 3 * s.batch_size),
                   warmup_steps=min(FIXED["warmup_steps"], s.steps // 2), max_length=FIXED["max_length"],
                   lora_dropout=FIXED["lora_dropout"], weight_decay=FIXED["weight_decay"], seed=FIXED["seed"],
-                  log_every=10**6, ckpt_every=0, eval_tasks=["STSBenchmark-dev"], device=device, precision="auto")
+                  log_every=10**6, ckpt_every=0, eval_tasks=["STSBenchmark-dev"], device=device,
+                  precision=precision.requested())  # the process's setting: frames agree with /compare
 
 
 # --- frames ------------------------------------------------------------------------------------------
@@ -150,6 +156,8 @@ class Frame:
     seconds: float = 0.0  # since the run started training
     eta_s: float | None = None  # seconds left, from the steps so far
     version: int = 0  # bumped at every change (a watcher redraws when it moves)
+    # held while the worker or the layout thread changes the frame, and while a reader copies it (replay_of)
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
 
 @dataclass
@@ -162,6 +170,7 @@ class Run:
     folder: Path
     pair: tuple[str, str]
     data_note: str = ""
+    client: str | None = None  # the submitter's address (one unfinished run per address too)
     state: str = "queued"
     message: str = ""
     frame: Frame = field(default_factory=Frame)
@@ -171,6 +180,7 @@ class Run:
     watched: bool = False  # a watcher (the tab's stream, /train) has called heartbeat: stop when it goes quiet
     queued_at: float = field(default_factory=time.monotonic)
     started_at: float | None = None
+    saved: bool = False  # an adapter was saved: the run is a usable side (not when stopped before a step)
 
     @property
     def name(self) -> str:
@@ -219,45 +229,60 @@ class Manager:
 
     # --- the visitor's side ------------------------------------------------------------------------
     def submit(self, session: str, s: Settings, data: Path | None = None,
-               pair: tuple[str, str] = ("", "")) -> Run:
+               pair: tuple[str, str] = ("", ""), client: str | None = None) -> Run:
         """Queue a run for ``session`` on ``data`` (None: the built-in NLI triplets; else an uploaded CSV/TSV/JSONL
-        checked by embedlab.userdata). LiveError when training is off, the session has a run going, or the
-        queue is full."""
+        checked by embedlab.userdata). ``client``: the caller's address (None: unknown or local). LiveError when
+        training is off, the session or the address has a run going, the queue is full, or the file has fewer
+        rows than a batch."""
         if not enabled():
             raise LiveError("Live training is disabled on this host (EMBEDLAB_LIVE_TRAINING=off).")
         if not session:
             raise LiveError("a run needs a session (open the page, or call /train through gradio_client)")
         with self._lock:
-            mine = [r for r in self._runs.values() if r.session == session and not r.finished]
-            if mine:
-                raise LiveError("This session already has a run going; stop it or wait for it to end.")
-            if len(self._queue) >= self.max_waiting:
-                raise LiveError(f"{len(self._queue)} runs are waiting already; try again in a few minutes.")
+            self._admissible(session, client)  # refuse early, before reading the file
         run_id = secrets.token_hex(16)
         folder = self.root / s.model / (LIVE_PREFIX + run_id)
         folder.mkdir(parents=True)
         try:
-            note = self._write_data(data, folder / "data.csv")
+            rows, note = self._write_data(data, folder / "data.csv")
+            if rows < s.batch_size:  # the Trainer would refuse it only after the wait in line
+                raise LiveError(f"the file has {rows:,} usable rows, fewer than one batch ({s.batch_size}); choose "
+                                f"Advanced and a batch size of at most {rows}, or upload more rows")
+            run = Run(run_id, session, s, folder, (str(pair[0] or ""), str(pair[1] or "")), data_note=note,
+                      client=client)
+            run.frame.steps = s.steps
+            # the limits again, in the same locked section that adds the run: submits racing through the file
+            # parse above cannot all pass
+            with self._lock:
+                self._admissible(session, client)
+                self._runs[run_id] = run
+                self._queue.append(run)
+                if self._worker is None or not self._worker.is_alive():
+                    self._worker = threading.Thread(target=self._work, daemon=True, name="live-training")
+                    self._worker.start()
+                self._wake.notify_all()
         except BaseException:
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        run = Run(run_id, session, s, folder, (str(pair[0] or ""), str(pair[1] or "")), data_note=note)
-        run.frame.steps = s.steps
-        with self._lock:
-            self._runs[run_id] = run
-            self._queue.append(run)
-            if self._worker is None or not self._worker.is_alive():
-                self._worker = threading.Thread(target=self._work, daemon=True, name="live-training")
-                self._worker.start()
-            self._wake.notify_all()
         return run
 
+    def _admissible(self, session: str, client: str | None) -> None:
+        """LiveError unless ``session`` (and ``client``, when known) has no unfinished run and the line has room
+        (under the lock)."""
+        for r in self._runs.values():
+            if not r.finished and r.session == session:
+                raise LiveError("This session already has a run going; stop it or wait for it to end.")
+            if not r.finished and client is not None and r.client == client:
+                raise LiveError("A run from your address is going already; stop it or wait for it to end.")
+        if len(self._queue) >= self.max_waiting:
+            raise LiveError(f"{len(self._queue)} runs are waiting already; try again in a few minutes.")
+
     @staticmethod
-    def _write_data(data: Path | None, dst: Path) -> str:
-        """The run's data.csv (sent0,sent1[,hard_neg]); returns a note on it for the user."""
+    def _write_data(data: Path | None, dst: Path) -> tuple[int, str]:
+        """The run's data.csv (sent0,sent1[,hard_neg]); returns (rows, a note on it for the user)."""
         if data is None:
             shutil.copyfile(NLI_DATA, dst)
-            return "built-in NLI triplets (SNLI, 6,317 rows)"
+            return NLI_ROWS, f"built-in NLI triplets (SNLI, {NLI_ROWS:,} rows)"
         from . import userdata
 
         try:
@@ -268,7 +293,7 @@ class Manager:
         note = f"your file: {ud.rows:,} rows" + ("" if ud.has_negatives else ", no negatives (in-batch only)")
         if ud.dropped_duplicates:
             note += f", {ud.dropped_duplicates:,} duplicates dropped"
-        return "; ".join([note, *ud.warnings])
+        return ud.rows, "; ".join([note, *ud.warnings])
 
     def get(self, session: str, run_id: str) -> Run:
         """The run ``run_id`` of ``session`` (another session's id is no run: LiveError, the same message)."""
@@ -328,7 +353,8 @@ class Manager:
         """Delete the folders of finished runs whose mtime is over ``ttl_s`` old (also those a previous
         process left); returns how many. A spec's parse touches its folder (embedlab.side), so use keeps it."""
         now = time.time() if now is None else now
-        active = {r.folder for r in self._runs.values() if not r.finished}
+        with self._lock:  # the worker and submits change the runs meanwhile
+            active = {r.folder for r in self._runs.values() if not r.finished}
         n = 0
         for folder in self.root.glob(f"*/{LIVE_PREFIX}*"):
             try:
@@ -338,10 +364,9 @@ class Manager:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
             n += 1
-            with self._lock:
-                gone = [k for k, r in self._runs.items() if r.folder == folder]
-                for k in gone:
-                    del self._runs[k]
+        with self._lock:  # forget finished runs whose folder is gone (swept now, or a stop deleted it)
+            for k in [k for k, r in self._runs.items() if r.finished and not r.folder.exists()]:
+                del self._runs[k]
         return n
 
     def sweep_forever(self, every_s: float = 300.0) -> threading.Thread:
@@ -378,7 +403,8 @@ class Manager:
             finally:
                 with self._lock:
                     self._current = None
-                run.frame.version += 1
+                with run.frame.lock:
+                    run.frame.version += 1
                 run.finished_event.set()
 
     def _should_stop(self, run: Run) -> bool:
@@ -393,7 +419,8 @@ class Manager:
         if run.stop_requested.is_set():
             return
         run.state, run.message = "loading", "Loading the model…"
-        run.frame.version += 1
+        with run.frame.lock:
+            run.frame.version += 1
         run.started_at = time.monotonic()
         cfg = config(run.settings, run.folder, self.device)
         try:
@@ -412,11 +439,12 @@ class Manager:
                     done_frame, last_frame_t = 0, time.monotonic()
                 for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
                     f = run.frame
-                    f.loss_curve.append((info.step, float(info.loss)))
-                    f.step, f.seconds = info.step, time.monotonic() - t0
                     per_step = info.seconds / max(1, info.step)
-                    f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
-                    f.version += 1
+                    with f.lock:
+                        f.loss_curve.append((info.step, float(info.loss)))
+                        f.step, f.seconds = info.step, time.monotonic() - t0
+                        f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
+                        f.version += 1
                     if info.step == info.steps or time.monotonic() - last_frame_t >= self.frame_every_s:
                         self._frame(run, trainer, probe, info.step)
                         done_frame, last_frame_t = info.step, time.monotonic()
@@ -426,10 +454,14 @@ class Manager:
             raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
                             "rate.") from None
         finally:
-            probe.layouts.shutdown(wait=True)  # the last frame's map (seconds) before the run is done
+            # a finished run waits for its last map (seconds); a stopped one does not: a layout in progress (the
+            # first compiles UMAP's numba code, about a minute) must not hold the stop or the next run in line
+            ended = trainer.done >= trainer.total
+            probe.layouts.shutdown(wait=ended, cancel_futures=not ended)
         stopped = trainer.done < trainer.total
         run.state, run.message = "saving", "Saving the adapter…"
-        run.frame.version += 1
+        with run.frame.lock:
+            run.frame.version += 1
         if trainer.done == 0:  # nothing to save: no side
             run.state, run.message = "stopped", "Stopped before the first step: nothing was saved."
             shutil.rmtree(run.folder, ignore_errors=True)
@@ -439,6 +471,7 @@ class Manager:
         record = trainer.finish(evaluate=False)
         self._write_record(run, record)
         self._write_zip(run, record)
+        run.saved = True
         run.state = "stopped" if stopped else "done"
         why = "" if not stopped else (" (stopped: " + ("10-minute cap" if time.monotonic() - run.started_at > self.max_wall_s
                                                        else "Stop or the page closed") + ")")
@@ -451,17 +484,23 @@ class Manager:
         probe.save_snapshot(run, step)
         dev, cos, topics, pair = probe.measure()
         f = run.frame
-        f.dev.append((step, dev))
-        f.cosines.append(cos)
-        f.measured.append(step)
-        if pair is not None:
-            f.pair.append((step, pair))
-        f.version += 1
+        with f.lock:
+            f.dev.append((step, dev))
+            f.cosines.append(cos)
+            f.measured.append(step)
+            if pair is not None:
+                f.pair.append((step, pair))
+            f.version += 1
         self._write_record(run, trainer.record())
         if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
             def lay_out() -> None:
-                f.maps[step] = probe.layout(topics, f.maps[max(f.maps)] if f.maps else None)
-                f.version += 1
+                one_numba_thread()  # UMAP's numba work must not take every core from the compares
+                with f.lock:
+                    prev = f.maps[max(f.maps)] if f.maps else None
+                xy = probe.layout(topics, prev)
+                with f.lock:
+                    f.maps[step] = xy
+                    f.version += 1
 
             probe.layouts.submit(lay_out)
 
@@ -498,12 +537,17 @@ class Manager:
                "reproduce": "python train.py --config training.json  (from the unzipped folder; --out to choose "
                             "where the adapter goes)"}
         rec.pop("snapshots", None)  # the zip holds the final adapter only
+        from .modelcard import CARD_FILE, render_card
+
+        # the card from the rewritten record (the folder's own card names server paths and the folder's command)
+        card = render_card(MODELS[run.settings.model], rec, run.name)
         dst = run.zip_path()
         dst.parent.mkdir(parents=True, exist_ok=True)
         tmp = dst.with_suffix(".tmp")
         with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as z:
-            for name in ("adapter_model.safetensors", "adapter_config.json", "README.md", "data.csv"):
+            for name in ("adapter_model.safetensors", "adapter_config.json", "data.csv"):
                 z.write(run.folder / name, name)
+            z.writestr(CARD_FILE, card)
             z.writestr("training.json", json.dumps(rec, indent=2) + "\n")
         os.replace(tmp, dst)
 
@@ -549,7 +593,10 @@ class Probe:
                     out = np.empty((len(texts), v.shape[1]), dtype=np.float32)
                 out[idx] = v
         finally:
-            t.executor(t.model.train)
+            try:
+                t.executor(t.model.train)
+            except Cancelled:  # a stop asked meanwhile: the original error (or Cancelled) goes on, not this one
+                t.model.train()  # a flag flip, no compute: safe off the compute thread once the work stopped
         return out
 
     def measure(self) -> tuple[float, np.ndarray, np.ndarray, float | None]:
@@ -593,6 +640,15 @@ class Probe:
         os.utime(run.folder)
 
 
+def one_numba_thread() -> None:
+    """Parallel numba code started from this thread (UMAP's) runs on one thread (numba's setting is per thread)."""
+    try:
+        import numba
+    except ImportError:  # no numba: no UMAP threads to limit
+        return
+    numba.set_num_threads(1)
+
+
 def align_next(prev_vecs: np.ndarray | None, prev_xy: np.ndarray | None, vecs: np.ndarray) -> np.ndarray:
     """(N, 2) map of ``vecs`` laid out together with the frame before (embedlab.replay.aligned_layouts over the
     two, as the replay lays out its steps), then moved by least-squares Procrustes (embedlab.projection) so the
@@ -613,20 +669,22 @@ def replay_of(run: Run):
     from .replay import Replay, replay_corpus
 
     f = run.frame
-    steps = list(f.measured)
+    with f.lock:  # a consistent copy: the worker and the layout thread append meanwhile
+        steps, maps, cosines = list(f.measured), dict(f.maps), list(f.cosines)
+        loss_curve, dev = tuple(f.loss_curve), tuple(f.dev)
     if not steps:
         return None
     corpus = replay_corpus("topics")
     last = np.zeros((len(corpus), 2), dtype=np.float32)
     xy = []
     for s in steps:
-        last = f.maps.get(s, last)
+        last = maps.get(s, last)
         xy.append(last)
     xy = np.stack(xy).astype(np.float32)
     lo, hi = xy.reshape(-1, 2).min(0), xy.reshape(-1, 2).max(0)
     pad = (hi - lo) * 0.04 + 1e-3
-    return Replay(tuple(steps), xy, np.stack(f.cosines).astype(np.float32), corpus, tuple(f.loss_curve),
-                  tuple(f.dev), {"live": run.id[:6], "has_map": bool(f.maps)},
+    return Replay(tuple(steps), xy, np.stack(cosines).astype(np.float32), corpus, loss_curve,
+                  dev, {"live": run.id[:6], "has_map": bool(maps)},
                   (float(lo[0] - pad[0]), float(hi[0] + pad[0]), float(lo[1] - pad[1]), float(hi[1] + pad[1])))
 
 

@@ -55,7 +55,8 @@ def test_settings_caps_and_bad_settings(env):
                      (dict(steps=2.5), "whole number"), (dict(batch_size=2), "batch size"),
                      (dict(batch_size=129), "batch size"), (dict(lr=0.01), "lr must be a number"),
                      (dict(lr=float("nan")), "lr"), (dict(lora_r=65), "lora r"), (dict(temperature=0), "temperature"),
-                     (dict(steps=True), "steps"), (dict(steps="3"), "steps")]:
+                     (dict(steps=True), "steps.*not true/false"), (dict(steps="3"), "steps.*not text"),
+                     (dict(batch_size=1e30), r"not 1e\+30$"), (dict(lora_r=[4]), "not a list")]:
         with pytest.raises(live.LiveError, match=msg):
             small(**bad)
     with pytest.raises(live.LiveError, match="preset must be one of"):
@@ -111,6 +112,9 @@ def test_a_run_becomes_a_private_side_with_frames_a_zip_and_a_reproducible_recor
     assert rec["device"] and rec["precision"] in ("fp32", "bf16") and rec["data"]["rows"] == 6317
     assert len(rec["data"]["sha256"]) == 64 and rec["command"].startswith("python train.py --model tiny-llama --data data.csv")
     assert json.loads(z.read("adapter_config.json"))["peft_type"] == "LORA" and str(tmp_path) not in json.dumps(rec)
+    for name in ("README.md", "training.json", "adapter_config.json"):  # no server path in any text file
+        assert str(tmp_path) not in z.read(name).decode() and "/live/" not in z.read(name).decode(), name
+    assert rec["command"] in z.read("README.md").decode()  # the card's command reproduces the run
 
     # train.py --config <the downloaded training.json> trains the same run again: the same losses
     unzipped = tmp_path / "unzipped"
@@ -225,3 +229,131 @@ def test_a_watcher_whose_client_has_gone_stops_the_run(env):
             gone.set()  # the tab closed: the next poll stops the run
     assert m.wait(run, 300) and run.state == "stopped" and 1 <= run.frame.step < 200
     assert seen[0]["state"] in ("queued", "loading") and parse_side(run.spec).weights is not None
+
+
+def test_racing_submits_of_one_session_queue_one_run(env, monkeypatch):
+    """Every submit passes the early check (a barrier holds them all inside the file parse): the re-check in the
+    locked section that adds the run lets one through; the refused ones' folders go."""
+    m = manager(frame_every_s=3600.0, max_waiting=2)
+    n = 12
+    barrier = threading.Barrier(n)
+    real = live.Manager._write_data
+
+    def slow_parse(data, dst):
+        barrier.wait(60)  # all n submits are past the early check now
+        return real(data, dst)
+
+    monkeypatch.setattr(live.Manager, "_write_data", staticmethod(slow_parse))
+    ok, refused = [], []
+
+    def go() -> None:
+        try:
+            ok.append(m.submit("me", small(steps=200)))
+        except live.LiveError as e:
+            refused.append(str(e))
+
+    threads = [threading.Thread(target=go) for _ in range(n)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(300)
+    assert len(ok) == 1 and len(refused) == n - 1 and all("already has a run going" in r for r in refused)
+    assert [p.name for p in (m.root / A).iterdir()] == [ok[0].folder.name]  # the refused ones left no folder
+    m.stop("me")
+    assert m.wait(ok[0], 300)
+
+
+def test_one_unfinished_run_per_address_and_a_file_smaller_than_a_batch(env, tmp_path):
+    m = manager(frame_every_s=3600.0)
+    first = m.submit("s1", small(steps=200), client="203.0.113.7")
+    with pytest.raises(live.LiveError, match="from your address"):
+        m.submit("s2", small(), client="203.0.113.7")  # a new session from the same address
+    other = m.submit("s3", small(steps=1), client="198.51.100.1")
+    small_file = tmp_path / "twenty.csv"
+    small_file.write_text("sent0,sent1\n" + "".join(f"a sentence {i},another one {i}\n" for i in range(20)))
+    with pytest.raises(live.LiveError, match="fewer than one batch"):
+        m.submit("s4", small(batch_size=64), small_file)  # refused now, not after the wait in line
+    m.stop("s1")
+    assert m.wait(first, 300) and m.wait(other, 300)
+
+
+def test_stop_does_not_wait_for_a_map_being_laid_out(env, monkeypatch):
+    """A layout blocked on an event (as the first one is for a minute of numba compile): the stop completes while
+    it is still blocked."""
+    started, release = threading.Event(), threading.Event()
+
+    def blocked_layout(self, topics, prev_xy):
+        started.set()
+        release.wait(300)
+        return np.zeros((len(topics), 2), dtype=np.float32)
+
+    monkeypatch.setattr(live.Probe, "layout", blocked_layout)
+    m = live.Manager(load=tiny_load, frame_every_s=0.0, maps=True)
+    run = m.submit("me", small(steps=200))
+    assert started.wait(300), "no layout started"
+    m.stop("me")
+    try:
+        assert m.wait(run, 300) and not release.is_set() and run.state == "stopped"
+    finally:
+        release.set()
+
+
+def test_a_run_that_saved_nothing_is_no_side_and_is_forgotten_by_the_sweep(env):
+    m = manager(frame_every_s=3600.0)
+    first = m.submit("s1", small(steps=200))
+    queued = m.submit("s2", small(steps=2))  # stopped while waiting: nothing saved, its folder goes
+    m.stop("s2")
+    p = train_tab.progress(m, queued)
+    assert queued.finished and not queued.saved and not p["saved"] and "is a side now" not in train_tab.status_line(p)
+    m.stop("s1")
+    assert m.wait(first, 300)
+    assert m.sweep() == 0 and m.runs("s2") == []  # finished, folder gone: dropped from memory
+    assert first.saved == first.folder.exists() and m.runs("s1") == ([first] if first.saved else [])
+
+
+def test_the_status_line_shows_the_files_warnings_and_no_server_path(env):
+    m = manager(frame_every_s=3600.0)
+    run = m.submit("me", small(steps=200))
+    run.data_note = "your file: 20 rows; 3 rows also in the STS-B test set"
+    run.message = f"could not read {m.root}/{A}/live-x/data.csv"
+    p = train_tab.progress(m, run)
+    line = train_tab.status_line(p)
+    assert "also in the STS" in line and str(m.root) not in line and str(m.root) not in p["message"]
+    m.stop("me")
+    assert m.wait(run, 300)
+
+
+def test_the_pair_texts_are_checked(env):
+    m = manager()
+    with pytest.raises(train_tab.UserError, match="text A of the pair must be text"):
+        train_tab.start(m, "me", A, "nli", None, "Advanced", 3, 8, 1e-3, 4, 0.05, 5, "b")
+    with pytest.raises(train_tab.UserError, match="text B of the pair has"):
+        train_tab.start(m, "me", A, "nli", None, "Advanced", 3, 8, 1e-3, 4, 0.05, "a", "x" * 100_000)
+    assert m.runs("me") == []
+
+
+def test_the_train_group_is_behind_the_fair_share_gate(tmp_path, monkeypatch):
+    """The page's Train and /train wait behind the long requests' gate (per session and per address), not
+    only the manager's one-run-per-session rule; the sweep starts also when training is off (a previous
+    process's runs still go)."""
+    import app
+    from embedlab.gradio_internals import LongRequests
+
+    swept = []
+    monkeypatch.setattr(live.Manager, "sweep_forever", lambda self, every_s=300.0: swept.append(self))
+    monkeypatch.setenv("EMBEDLAB_LIVE_TRAINING", "off")
+
+    demo = app.build(Lab(cache_dir=tmp_path / "cache"))  # builds the page only: no model is loaded
+    train_fns = [f for f in demo.fns.values() if f.concurrency_id == "train"]
+    assert len(train_fns) == 2 and all(f.validator is not None for f in train_fns)
+    gates = [g for g in demo.__dict__["_embedlab_gates"] if g.group == "train"]
+    assert len(gates) == 1 and isinstance(gates[0], LongRequests)
+    assert all(f.validator.__self__ is gates[0] for f in train_fns)
+    assert len(swept) == 1
+
+
+def test_a_run_trains_in_the_processs_precision(env, tmp_path, monkeypatch):
+    """The frames' cosines are the ones /compare gives for the same side: both in EMBEDLAB_PRECISION."""
+    for p in ("fp32", "bf16"):
+        monkeypatch.setenv("EMBEDLAB_PRECISION", p)
+        assert live.config(small(), tmp_path).precision == p

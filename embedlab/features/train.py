@@ -7,17 +7,17 @@ API: ``/train`` (streams progress dicts, the last one holds the new side's ``spe
 from __future__ import annotations
 
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import gradio as gr
 
 from .. import live
-from ..gradio_internals import client_gone_check
+from ..gradio_internals import _address as client_address, client_gone_check
 from ..replay import step_view
 from ..side import side_choices
-from .common import (DOWNLOADS, Choice, Ctx, Number, Upload, UserError, gradio_errors, md, prune_downloads, user_facing)
+from .common import (Choice, Ctx, Number, Upload, UserError, download_folder,
+                     gradio_errors, md, optional_text, scrub, slot, text, user_facing)
 
 DATA_CHOICES = [("Built-in NLI triplets (SNLI)", "nli"), ("My file (CSV, TSV or JSONL)", "file")]
 POLL_S = 0.5  # how often a watcher looks for a new frame (and says it is still there)
@@ -38,8 +38,9 @@ def _session(request: gr.Request | None) -> str:
 @user_facing
 def start(mgr: live.Manager, session: str, model: Any, data: Any, upload: Any, preset: Any, steps: Any = None,
           batch_size: Any = None, lr: Any = None, lora_r: Any = None, temperature: Any = None, x: Any = "",
-          y: Any = "") -> live.Run:
-    """Validate the choices and queue the session's run (UserError saying what is wrong)."""
+          y: Any = "", client: str | None = None) -> live.Run:
+    """Validate the choices and queue the session's run (UserError saying what is wrong). ``client``: the
+    caller's address (one unfinished run per address as well as per session)."""
     s = live.settings(preset if isinstance(preset, str) else "", model if isinstance(model, str) else None,
                       steps=steps, batch_size=batch_size, lr=lr, lora_r=lora_r, temperature=temperature)
     if data not in ("nli", "file"):
@@ -49,8 +50,10 @@ def start(mgr: live.Manager, session: str, model: Any, data: Any, upload: Any, p
         if isinstance(upload, dict) or not isinstance(upload, (str, Path)) or not str(upload):
             raise UserError("choose a file of triplets to upload (CSV, TSV or JSONL), or the built-in NLI data")
         path = Path(upload)
-    pair = (x if isinstance(x, str) else "", y if isinstance(y, str) else "")
-    return mgr.submit(session, s, path, pair)
+    # the Pairs tab's pair, drawn at every frame: optional, but checked like every text when given
+    pair = tuple(text(v, what) if optional_text(v, what).strip() else ""
+                 for v, what in ((x, "text A of the pair"), (y, "text B of the pair")))
+    return mgr.submit(session, s, path, pair, client=client)
 
 
 def progress(mgr: live.Manager, run: live.Run) -> dict:
@@ -60,14 +63,17 @@ def progress(mgr: live.Manager, run: live.Run) -> dict:
            "step": f.step, "steps": f.steps, "loss": f.loss_curve[-1][1] if f.loss_curve else None,
            "dev": f.dev[-1][1] if f.dev else None, "dev_base": f.dev[0][1] if f.dev else None,
            "pair_cosine": f.pair[-1][1] if f.pair else None, "seconds": round(f.seconds, 1),
-           "eta_seconds": None if f.eta_s is None else round(f.eta_s), "message": run.message, "data": run.data_note}
+           "eta_seconds": None if f.eta_s is None else round(f.eta_s),
+           "message": scrub(run.message),  # a DataError's or OSError's text may name a server path
+           "data": run.data_note, "saved": run.saved}
     return out
 
 
 def status_line(p: dict) -> str:
     """The status line above the plots: state, step, loss, dev, pair, ETA or queue position."""
+    data = f"\n\nData: {md(p['data'])}." if p["data"] else ""  # the file's warnings (overlap, duplicates, cuts)
     if p["state"] == "queued":
-        return f"Waiting: **{p['queue_position']}** in line (one run trains at a time on this host)."
+        return f"Waiting: **{p['queue_position']}** in line (one run trains at a time on this host).{data}"
     parts = [f"**{p['state']}**"]
     if p["steps"]:
         parts.append(f"step **{p['step']}** of {p['steps']}")
@@ -82,7 +88,8 @@ def status_line(p: dict) -> str:
     line = " · ".join(parts)
     if p["message"]:
         line += f". {md(p['message'])}"
-    if p["state"] in ("done", "stopped"):
+    line += data
+    if p["saved"]:
         line += f"\n\nYour run is a side now: `{p['spec']}` (only this session lists it; anyone you give the spec can use it)."
     return line
 
@@ -120,9 +127,7 @@ def download_copy(run: live.Run) -> str | None:
     src = run.zip_path()
     if not src.is_file():
         return None
-    prune_downloads()
-    DOWNLOADS.mkdir(parents=True, exist_ok=True)
-    dst = Path(tempfile.mkdtemp(prefix="live-", dir=DOWNLOADS)) / src.name
+    dst = download_folder("live") / src.name
     shutil.copyfile(src, dst)
     return str(dst)
 
@@ -189,7 +194,8 @@ def build(ctx: Ctx) -> None:
         """The page's Train: redraws at every change; at the end the run joins this session's pickers."""
         session = _session(request)
         try:
-            run = start(mgr, session, model_, data_, upload_, preset_, steps_, batch_, lr_, rank_, temp_, x, y)
+            run = start(mgr, session, model_, data_, upload_, preset_, steps_, batch_, lr_, rank_, temp_, x, y,
+                        client_address(request))
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
         drawn = None
@@ -203,16 +209,18 @@ def build(ctx: Ctx) -> None:
                 c, h, t = figures(run)[0], gr.skip(), gr.skip()
             yield status_line(p), c if c is not None else gr.skip(), h, t, gr.skip(), gr.skip(), gr.skip()
         p = progress(mgr, run)
-        if run.state in ("done", "stopped"):
+        if run.saved:  # a run stopped before its first step (or while waiting) saved nothing: no side
             choices = session_choices(mgr, session)
             yield (status_line(p), gr.skip(), gr.skip(), gr.skip(), download_copy(run),
                    gr.update(choices=choices), gr.update(choices=choices, value=run.spec))
         else:
             yield status_line(p), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
 
+    # the fair-share gate of long requests (per session and per address) in front of the group; each run's
+    # stream holds a worker while it waits in the manager's line, hence the group's limit
+    gate = slot(ctx.demo, "train", limit=mgr.max_waiting + 2)
     train_btn.click(train_ui, inputs, [status, curves, hist, topics, download, ctx.side_a, ctx.side_b],
-                    api_visibility="private", concurrency_limit=mgr.max_waiting + 2,
-                    concurrency_id="train", show_progress="minimal")
+                    api_visibility="private", show_progress="minimal", **gate)
 
     def stop_training(request: gr.Request) -> str:
         """Stop this session's run: it saves the steps done so far, which stay a usable side."""
@@ -232,16 +240,18 @@ def build(ctx: Ctx) -> None:
         pair_cosine, eta_seconds); the last one's ``spec`` is the new side (``model+live-<id>``)."""
         session = _session(request)
         run = gradio_errors(start)(mgr, session, model, "nli", None, preset, steps, batch_size, lr, lora_r,
-                                   temperature, text_a, text_b)
+                                   temperature, text_a, text_b, client_address(request))
         last = None
         for last in watch(mgr, session, run, client_gone_check()):
             yield last
         if last is not None and last["state"] == "failed":
             raise gr.Error(md(last["message"]), print_exception=False)
 
-    gr.api(train, api_name="train", concurrency_limit=mgr.max_waiting + 2, concurrency_id="train")
-    if on:
-        mgr.sweep_forever()
+    api = gr.api(train, api_name="train", concurrency_limit=gate["concurrency_limit"],
+                 concurrency_id=gate["concurrency_id"])
+    # gr.api takes no validator: the endpoint's own event gets the group's gate as the click has it
+    ctx.demo.fns[api["id"]].validator = gate["validator"]
+    mgr.sweep_forever()  # also when training is off: a previous process's runs still go after their time
 
 
 __all__ = ["build", "start", "progress", "watch", "session_choices", "status_line", "manager"]
