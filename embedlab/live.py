@@ -424,7 +424,9 @@ class Manager:
         run.started_at = time.monotonic()
         cfg = config(run.settings, run.folder, self.device)
         try:
-            trainer = Trainer(cfg, load=self.load or load_encoder, executor=self.executor)
+            # named by the id's first characters: the log must not hold the whole secret id or the folder
+            trainer = Trainer(cfg, load=self.load or load_encoder, executor=self.executor,
+                              name=f"live run {run.id[:6]}")
         except (ValueError, OSError) as e:  # DataError, ConfigError, SetupError: the user's settings or file
             raise LiveError(str(e)) from None
         probe = Probe(trainer, run.pair)

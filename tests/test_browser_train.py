@@ -4,7 +4,7 @@ import zipfile
 
 import pytest
 
-from test_browser import ARGS, SHOTS
+from test_browser import ARGS, B_ROW, SHOTS
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -27,7 +27,7 @@ def test_train_tab_runs_watches_and_downloads(app_server, tmp_path):
         errors = []
         pg.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
         pg.goto(app_server.url)
-        pg.locator("text=/B · smollm2-135m\\+nli-cft/").wait_for(timeout=300_000)
+        pg.wait_for_selector(B_ROW, timeout=300_000)  # the first-visit pair: the page is up
         pg.get_by_role("tab", name="Train", exact=True).click()
         pick(pg, "train-model", "smollm2-135m")
         pick(pg, "train-preset", "Advanced")
@@ -67,7 +67,7 @@ def test_train_tab_runs_watches_and_downloads(app_server, tmp_path):
         # a phone
         phone = browser.new_page(viewport={"width": 390, "height": 844})
         phone.goto(app_server.url)
-        phone.locator("text=/B · smollm2-135m\\+nli-cft/").wait_for(timeout=300_000)
+        phone.wait_for_selector(B_ROW, timeout=300_000)
         tab = phone.get_by_role("tab", name="Train", exact=True)
         if tab.is_visible():
             tab.click()
