@@ -21,6 +21,10 @@ from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
 import torch
+# Imported here, by the thread that imports this module (the app's main thread), not on first use: transformers'
+# lazy attributes resolved by two threads at once (the warm-up loading a model while a request loads another)
+# failed with "cannot import name 'AutoModel' from 'transformers'".
+from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401  (gguf_tokenizer's)
 
 from .adapters import AdapterError, AdapterInfo, inspect_adapter
 from .compute import on_compute_thread
@@ -101,7 +105,6 @@ def convert_gguf(spec: ModelSpec, out_dir: Path) -> Path:
     killed conversion never leaves a half folder behind.
     """
     from safetensors.torch import save_file
-    from transformers import AutoModel, AutoTokenizer
 
     path = gguf_file(spec)
     t0 = time.perf_counter()
@@ -182,8 +185,6 @@ def load_encoder(
     the model cannot load here, :class:`AdapterError` for an unusable adapter and
     :class:`~embedlab.precision.PrecisionError` for an unknown precision.
     """
-    from transformers import AutoModel, AutoTokenizer
-
     spec = key if isinstance(key, ModelSpec) else get_spec(key)
     ok, why = availability(spec)
     if not ok:

@@ -29,6 +29,9 @@ from typing import Any, Callable, Iterator, Literal, TypeVar
 
 import numpy as np
 import torch
+# at import, not in Trainer(): a live run's thread resolving transformers' lazy names while a request's thread
+# does the same can fail (embedlab/loading.py says more)
+from transformers import get_cosine_schedule_with_warmup
 
 from . import precision
 from .adapters import SNAPSHOTS_DIR, AdapterError, save_adapter, write_training_record
@@ -363,7 +366,6 @@ class Trainer:
                  name: str | None = None) -> None:
         from accelerate import Accelerator
         from peft import LoraConfig, get_peft_model
-        from transformers import get_cosine_schedule_with_warmup
 
         check_config(cfg)
         self.cfg, self.load, self.executor, self.progress = cfg, load, executor, progress
