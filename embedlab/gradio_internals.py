@@ -88,7 +88,9 @@ def kept_files(demo: gr.Blocks) -> set[str]:
 CLIENT_HEADER = os.environ.get("EMBEDLAB_CLIENT_HEADER", "").strip().lower()
 
 
-def _address(request: Any) -> str | None:
+def client_address(request: Any) -> str | None:
+    """The client a request comes from (the proxy's header where EMBEDLAB_CLIENT_HEADER names one); None for
+    loopback and unknown clients."""
     if request is None:
         return None
     if CLIENT_HEADER:
@@ -135,13 +137,13 @@ class LongRequests:
             elif now - when < self.RESERVATION_S:
                 left.append((when, session, address))
         self._reserved = left
-        return [(e.session_hash, _address(e.request)) for e in queued] + [(s, a) for _, s, a in left]
+        return [(e.session_hash, client_address(e.request)) for e in queued] + [(s, a) for _, s, a in left]
 
     def admit(self) -> None:
         """Raise gr.Error (the message says why) unless this request may wait in the group; else count it."""
         _hook_push(self.demo)  # normally done by check() at start-up
         request = LocalContext.request.get(None)
-        session, address = getattr(request, "session_hash", None), _address(request)
+        session, address = getattr(request, "session_hash", None), client_address(request)
         with self._lock:
             now = time.monotonic()
             waiting = self._waiting(now)
@@ -169,6 +171,15 @@ class LongRequests:
         """The Gradio validator: admits the request, and leaves every input valid (the handler checks them)."""
         self.admit()
         return [gr.validate(True, "")] * len(args)
+
+
+def gate_api(demo: gr.Blocks, api: dict, validator: Callable) -> None:
+    """Give an endpoint made by ``gr.api`` (which takes no ``validator``) the validator its group's other events
+    have (a :class:`LongRequests`): ``demo.fns[id].validator``."""
+    fn = demo.fns[api["id"]]
+    if not hasattr(fn, "validator"):
+        raise GradioChanged(f"gradio {gr.__version__}: BlockFunction has no validator: the train gate cannot be set")
+    fn.validator = validator
 
 
 def _hook_push(demo: gr.Blocks) -> None:

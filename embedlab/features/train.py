@@ -13,7 +13,7 @@ from typing import Any, Callable, Iterator
 import gradio as gr
 
 from .. import live
-from ..gradio_internals import _address as client_address, client_gone_check
+from ..gradio_internals import client_address, client_gone_check, gate_api
 from ..replay import step_view
 from ..side import side_choices
 from .common import (Choice, Ctx, Number, Upload, UserError, download_folder,
@@ -145,7 +145,7 @@ def build(ctx: Ctx) -> None:
     """The Train tab, its UI events and the /train and /stop_training endpoints."""
     mgr = manager()
     on = live.enabled()
-    with gr.Tab("Train"):
+    with gr.Tab("Train") as tab:
         if not on:
             gr.Markdown("Live training is **disabled on this host** (`EMBEDLAB_LIVE_TRAINING=off`). Run "
                         "`python train.py` on your own machine instead (see the README).", elem_id="train-off")
@@ -247,10 +247,10 @@ def build(ctx: Ctx) -> None:
         if last is not None and last["state"] == "failed":
             raise gr.Error(md(last["message"]), print_exception=False)
 
-    api = gr.api(train, api_name="train", concurrency_limit=gate["concurrency_limit"],
-                 concurrency_id=gate["concurrency_id"])
-    # gr.api takes no validator: the endpoint's own event gets the group's gate as the click has it
-    ctx.demo.fns[api["id"]].validator = gate["validator"]
+    with tab:  # an endpoint inside the tab: gr.Tabs takes only tabs as its children
+        api = gr.api(train, api_name="train", concurrency_limit=gate["concurrency_limit"],
+                     concurrency_id=gate["concurrency_id"])
+    gate_api(ctx.demo, api, gate["validator"])  # the endpoint's own event gets the group's gate, as the click has it
     mgr.sweep_forever()  # also when training is off: a previous process's runs still go after their time
 
 
