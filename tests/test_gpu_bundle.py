@@ -130,7 +130,7 @@ def test_many_runs_are_packed_and_a_damaged_piece_is_refused(tmp_path):
 
 @pytest.mark.integration
 def test_real_gguf_to_a_two_step_adapter_that_loads(tmp_path):
-    """The default model's real GGUF in pieces -> train.py (2 steps, CPU) converting it from EMBEDLAB_GGUF_DIR
+    """SmolLM2's real GGUF in pieces -> train.py (2 steps, CPU) converting it from EMBEDLAB_GGUF_DIR
     (an empty EMBEDLAB_CACHE, so the reassembled file is what loads) -> an adapter that loads."""
     from embedlab.loading import attach_adapter, load_encoder
     from embedlab.sources import locate_gguf
@@ -144,7 +144,7 @@ def test_real_gguf_to_a_two_step_adapter_that_loads(tmp_path):
     # each call's tree is the real one (train.py, embedlab, assets) + .xfer/job + one piece
     tree = tmp_path / "tree"
     commands = tmp_path / "cmds.txt"
-    commands.write_text(f'cd {ROOT} && EMBEDLAB_CACHE={tmp_path}/cache $PYTHON train.py --device cpu --steps 2 --batch-size 4 --max-rows 8 '
+    commands.write_text(f'cd {ROOT} && EMBEDLAB_CACHE={tmp_path}/cache $PYTHON train.py --model smollm2-135m --device cpu --steps 2 --batch-size 4 --max-rows 8 '
                         f'--warmup-steps 1 --max-length 32 --eval-tasks STS17 --eval-limit 20 '
                         f'--out $EMBEDLAB_RUNS/tiny-run\n')
     res = calls_from(tmp_path / ".xfer", tree, tmp_path / "stash", tmp_path / "out", commands)
