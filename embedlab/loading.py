@@ -24,6 +24,7 @@ import torch
 # Imported here, by the thread that imports this module (the app's main thread), not on first use: transformers'
 # lazy attributes resolved by two threads at once (the warm-up loading a model while a request loads another)
 # failed with "cannot import name 'AutoModel' from 'transformers'".
+from peft import LoraConfig, PeftModel, set_peft_model_state_dict  # peft resolves transformers' names as it imports
 from transformers import AutoModel, AutoTokenizer, PreTrainedTokenizerFast  # noqa: F401  (gguf_tokenizer's)
 
 from .adapters import AdapterError, AdapterInfo, inspect_adapter
@@ -229,7 +230,6 @@ def attach_adapter(
     names the adapter of each text and embeds it with the prompt that adapter was trained with
     (``info.prompt``). Loading the same weights twice is a no-op.
     """
-    from peft import LoraConfig, PeftModel, set_peft_model_state_dict
     from safetensors.torch import load_file
 
     from .adapters import backbone_state

@@ -31,6 +31,8 @@ import numpy as np
 import torch
 # at import, not in Trainer(): a live run's thread resolving transformers' lazy names while a request's thread
 # does the same can fail (embedlab/loading.py says more)
+from accelerate import Accelerator
+from peft import LoraConfig, get_peft_model
 from transformers import get_cosine_schedule_with_warmup
 
 from . import precision
@@ -364,8 +366,6 @@ class Trainer:
 
     def __init__(self, cfg: Config, *, load=load_encoder, executor: Executor = _call, progress: bool = False,
                  name: str | None = None) -> None:
-        from accelerate import Accelerator
-        from peft import LoraConfig, get_peft_model
 
         check_config(cfg)
         self.cfg, self.load, self.executor, self.progress = cfg, load, executor, progress

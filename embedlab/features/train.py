@@ -180,11 +180,13 @@ def build(ctx: Ctx) -> None:
             train_btn = gr.Button("Train", variant="primary", elem_id="train-go", interactive=on and bool(models))
             stop_btn = gr.Button("Stop", elem_id="train-stop", interactive=on)
         status = gr.Markdown(elem_id="train-status")
-        with gr.Row(equal_height=False):
-            curves = gr.Plot(elem_id="train-curves")
-            hist = gr.Plot(elem_id="train-hist")
-        topics = gr.Plot(elem_id="train-map")
-        download = gr.File(label="Download the run (adapter, model card, training.json, data)", elem_id="train-zip")
+        # shown once a run starts: before, four empty boxes filled a phone's screen below the button
+        with gr.Column(visible=False, elem_id="train-results") as results:
+            with gr.Row(equal_height=False):
+                curves = gr.Plot(elem_id="train-curves")
+                hist = gr.Plot(elem_id="train-hist")
+            topics = gr.Plot(elem_id="train-map")
+            download = gr.File(label="Download the run (adapter, model card, training.json, data)", elem_id="train-zip")
 
     data.change(lambda d: gr.update(visible=d == "file"), [data], [upload], api_visibility="private")
     inputs = [model, data, upload, preset, steps, batch, lr, rank, temp, ctx.parts["s1"], ctx.parts["s2"]]
@@ -198,7 +200,7 @@ def build(ctx: Ctx) -> None:
                         client_address(request))
         except UserError as e:
             raise gr.Error(str(e), print_exception=False) from None
-        drawn = None
+        drawn, shown = None, gr.update(visible=True)
         for p in watch(mgr, session, run, client_gone_check()):
             measured = (len(run.frame.measured), len(run.frame.maps))
             if measured != drawn or p["state"] in ("done", "stopped", "failed"):
@@ -207,19 +209,20 @@ def build(ctx: Ctx) -> None:
                 h, t = (h, t) if h is not None else (gr.skip(), gr.skip())
             else:  # loss only: the curves redraw, the histogram and the map stay
                 c, h, t = figures(run)[0], gr.skip(), gr.skip()
-            yield status_line(p), c if c is not None else gr.skip(), h, t, gr.skip(), gr.skip(), gr.skip()
+            yield status_line(p), c if c is not None else gr.skip(), h, t, gr.skip(), gr.skip(), gr.skip(), shown
+            shown = gr.skip()
         p = progress(mgr, run)
         if run.saved:  # a run stopped before its first step (or while waiting) saved nothing: no side
             choices = session_choices(mgr, session)
             yield (status_line(p), gr.skip(), gr.skip(), gr.skip(), download_copy(run),
-                   gr.update(choices=choices), gr.update(choices=choices, value=run.spec))
+                   gr.update(choices=choices), gr.update(choices=choices, value=run.spec), shown)
         else:
-            yield status_line(p), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+            yield status_line(p), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip(), shown
 
     # the fair-share gate of long requests (per session and per address) in front of the group; each run's
     # stream holds a worker while it waits in the manager's line, hence the group's limit
     gate = slot(ctx.demo, "train", limit=mgr.max_waiting + 2)
-    train_btn.click(train_ui, inputs, [status, curves, hist, topics, download, ctx.side_a, ctx.side_b],
+    train_btn.click(train_ui, inputs, [status, curves, hist, topics, download, ctx.side_a, ctx.side_b, results],
                     api_visibility="private", show_progress="minimal", **gate)
 
     def stop_training(request: gr.Request) -> str:
