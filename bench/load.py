@@ -240,6 +240,12 @@ def worst_request(url: str, adapter: str, kind: str, pair: tuple[str, str], cuto
                 from embedlab.sts import TASKS
 
                 c.predict(M, adapter, list(TASKS), True, api_name="/evaluate")
+            elif kind == "train":  # a live run of the Train tab's default preset, to its end
+                from embedlab.live import DEFAULT_MODEL, DEFAULT_PRESET
+
+                last = c.predict(DEFAULT_MODEL, DEFAULT_PRESET, api_name="/train")
+                if last.get("state") != "done":
+                    return time.perf_counter() - t0, f"train ended {last.get('state')}: {last.get('message')}"
             return time.perf_counter() - t0, ""
         except Exception as e:  # noqa: BLE001
             msg = str(e)
@@ -442,7 +448,7 @@ def main() -> None:
                     help="--expensive: which maximal requests run beside the users (comma-separated)")
     ap.add_argument("--cutoff", type=float, default=3600, help="--expensive: stop waiting for the long requests after this (s)")
     ap.add_argument("--worst", action="store_true", help="each maximal request in turn beside users comparing every 5 s")
-    ap.add_argument("--cases", default="search,embed,batch_pairs,map,evaluate", help="--worst: the maximal requests, in order")
+    ap.add_argument("--cases", default="search,embed,batch_pairs,map,evaluate", help="--worst: the maximal requests, in order (also: train, a live run of the default preset)")
     ap.add_argument("--pair", default="minilm-l6,gemma3-270m", help="--worst: the non-default pair of the search and map")
     ap.add_argument("--settle", type=float, default=120, help="--worst: seconds after the last case before the last RSS")
     ap.add_argument("--clean", default="60,120", help="--disk: the app's EMBEDLAB_DELETE_CACHE (freq,age seconds)")
