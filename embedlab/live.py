@@ -45,7 +45,6 @@ from .side import LIVE_PREFIX, kind, live_root, loadable_models
 log = logging.getLogger(__name__)
 
 NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets
-NLI_ROWS = 6317
 MAX_WALL_S = 600.0  # a run stops (and saves) after 10 minutes of training
 TTL_S = 3600.0  # a run's files go an hour after their last use
 FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
@@ -282,7 +281,8 @@ class Manager:
         """The run's data.csv (sent0,sent1[,hard_neg]); returns (rows, a note on it for the user)."""
         if data is None:
             shutil.copyfile(NLI_DATA, dst)
-            return NLI_ROWS, f"built-in NLI triplets (SNLI, {NLI_ROWS:,} rows)"
+            rows = json.loads(NLI_DATA.with_suffix(".json").read_text())["rows"]  # its sidecar (build-data writes both)
+            return rows, f"built-in NLI triplets (SNLI, {rows:,} rows)"
         from . import userdata
 
         try:
