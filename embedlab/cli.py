@@ -9,6 +9,7 @@ from pathlib import Path
 
 from . import ROOT
 from .adapters import AdapterError, TrainingRecord
+from .nli import BUILT_IN
 from .registry import DEFAULT_MODEL, MODELS, PAPER_RESULTS, UnknownModelError
 from .sources import available_models
 from .sts import EXTRA_TASKS, SICK_SPLITS, TASKS
@@ -322,7 +323,7 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(fn=_report)
     b = sub.add_parser("build-data", help="build the training triplet CSVs: SNLI-only (shipped) and multi-genre "
                                           "(SNLI + MultiNLI dev + counterfactual SNLI, with a source column)")
-    b.add_argument("--out", type=Path, default=Path("assets/data/NLI/snli_all_triplets.csv"))
+    b.add_argument("--out", type=Path, default=Path(BUILT_IN))
     b.add_argument("--multigenre-out", type=Path, default=ROOT / "assets/data/NLI/multigenre_triplets.csv",
                    help="the multi-genre CSV (.csv.xz: xz-compressed; train.py reads either)")
     b.add_argument("--no-multigenre", dest="multigenre_out", action="store_const", const=None,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from .cache import corpus_sha256
 from .files import open_data
+from .nli import BUILT_IN
 from .sts import DATA_DIR
 
 MAX_UPLOAD_BYTES = 2 * 2**20
@@ -74,7 +75,7 @@ def builtin(name: str) -> Corpus:
         t, l = _dedupe([r["text"] for r in rows], [r["label"] for r in rows])
         return Corpus("topics", t, l, "96 sentences in 8 topics, written for this demo")
     if name == "snli":
-        rows = list(csv.DictReader(open(DATA_DIR / "NLI" / "snli_all_triplets.csv", encoding="utf-8")))[:300]
+        rows = list(csv.DictReader(open(DATA_DIR / "NLI" / Path(BUILT_IN).name, encoding="utf-8")))[:300]
         texts, labels = [], []
         for r in rows:
             texts += [r["sent0"], r["sent1"], r["hard_neg"]]

@@ -20,6 +20,8 @@ used (its mtime: training, the tab and every parse of its spec touch it).
 """
 from __future__ import annotations
 
+import contextlib
+import gc
 import json
 import logging
 import math
@@ -37,16 +39,20 @@ from typing import Any, Callable
 
 import numpy as np
 
-from . import ROOT, precision
-from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when
+from . import ROOT, env_switch, precision
+from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when, trim_heap
 from .registry import DEFAULT_MODEL, MODELS
+from .nli import BUILT_IN
 from .side import LIVE_PREFIX, kind, live_root, loadable_models
 
 log = logging.getLogger(__name__)
 
-NLI_DATA = ROOT / "assets" / "data" / "NLI" / "snli_all_triplets.csv"  # the built-in triplets
+NLI_DATA = ROOT / BUILT_IN  # the built-in triplets
 MAX_WALL_S = 600.0  # a run stops (and saves) after 10 minutes of training
 TTL_S = 3600.0  # a run's files go an hour after their last use
+# and the least recently used finished runs go sooner once all of them hold more than this: one run is ~5 MB with
+# the default preset, but up to ~150 MB at the caps (rank 64, a float16 snapshot per frame for 10 minutes)
+MAX_DISK_MB = 1024.0
 FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
@@ -74,10 +80,10 @@ class LiveError(ValueError):
 
 def enabled() -> bool:
     """EMBEDLAB_LIVE_TRAINING: ``on`` (default) or ``off`` (the tab says training is disabled on this host)."""
-    value = os.environ.get("EMBEDLAB_LIVE_TRAINING", "on").strip().lower()
-    if value not in ("on", "off"):
-        raise LiveError(f"EMBEDLAB_LIVE_TRAINING must be on or off, not {value[:20]!r}")
-    return value == "on"
+    try:
+        return env_switch("EMBEDLAB_LIVE_TRAINING", "on")
+    except ValueError as e:
+        raise LiveError(str(e)) from None
 
 
 def trainable_models() -> list[str]:
@@ -210,11 +216,13 @@ class Manager:
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
                  executor: Callable[[Callable[[], Any]], Any] = _background, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
-                 max_waiting: int = 8, device: str = "", maps: bool = True) -> None:
+                 max_waiting: int = 8, device: str = "", maps: bool = True,
+                 max_disk_mb: float = MAX_DISK_MB) -> None:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
+        self.max_disk_bytes = int(max_disk_mb * 2**20)
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Run] = deque()
@@ -351,18 +359,31 @@ class Manager:
     # --- housekeeping -------------------------------------------------------------------------------
     def sweep(self, now: float | None = None) -> int:
         """Delete the folders of finished runs whose mtime is over ``ttl_s`` old (also those a previous
-        process left); returns how many. A spec's parse touches its folder (embedlab.side), so use keeps it."""
+        process left), then, while the rest hold more than ``max_disk_bytes``, the least recently used finished
+        ones; returns how many. A spec's parse touches its folder (embedlab.side), so use keeps it."""
         now = time.time() if now is None else now
         with self._lock:  # the worker and submits change the runs meanwhile
             active = {r.folder for r in self._runs.values() if not r.finished}
+        kept: list[tuple[float, int, Path]] = []  # (mtime, bytes, folder) of finished runs within their time
         n = 0
         for folder in self.root.glob(f"*/{LIVE_PREFIX}*"):
             try:
-                if folder in active or now - folder.stat().st_mtime <= self.ttl_s:
+                if folder in active:
+                    continue
+                mtime = folder.stat().st_mtime
+                if now - mtime <= self.ttl_s:
+                    kept.append((mtime, folder_bytes(folder), folder))
                     continue
             except OSError:
                 continue
             shutil.rmtree(folder, ignore_errors=True)
+            n += 1
+        total = sum(b for _, b, _ in kept) + sum(folder_bytes(f) for f in active if f.exists())
+        for _, size, folder in sorted(kept, key=lambda k: k[0]):  # the least recently used first
+            if total <= self.max_disk_bytes:
+                break
+            shutil.rmtree(folder, ignore_errors=True)
+            total -= size
             n += 1
         with self._lock:  # forget finished runs whose folder is gone (swept now, or a stop deleted it)
             for k in [k for k, r in self._runs.items() if r.finished and not r.folder.exists()]:
@@ -377,7 +398,7 @@ class Manager:
                 time.sleep(every_s)
                 try:
                     if n := self.sweep():
-                        log.info("deleted %d live runs unused for %g s", n, self.ttl_s)
+                        log.info("deleted %d live runs (unused for %g s, or over the disk cap)", n, self.ttl_s)
                 except Exception:  # housekeeping never takes the server down
                     log.exception("sweeping live runs failed")
 
@@ -405,7 +426,18 @@ class Manager:
                     self._current = None
                 with run.frame.lock:
                     run.frame.version += 1
+                self._after_run()  # before the event: whoever waits for the run sees its housekeeping done
                 run.finished_event.set()
+
+    def _after_run(self) -> None:
+        """Between runs: the disk cap kept (sweep), and the run's memory (its backbone copy, optimiser state,
+        activations) handed back to the system rather than kept in the allocator's free lists."""
+        try:
+            self.sweep()
+        except Exception:  # housekeeping never fails a run
+            log.exception("sweeping live runs failed")
+        gc.collect()
+        trim_heap()
 
     def _should_stop(self, run: Run) -> bool:
         t = time.monotonic()
@@ -640,6 +672,16 @@ class Probe:
             t.executor(lambda: save_adapter(model, run.folder / "snapshots" / f"step-{step}", t.spec, dtype=torch.float16))
         t.executor(lambda: save_adapter(model, run.folder, t.spec))
         os.utime(run.folder)
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 for what vanished meanwhile)."""
+    total = 0
+    for f in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if f.is_file():
+                total += f.stat().st_size
+    return total
 
 
 def one_numba_thread() -> None:

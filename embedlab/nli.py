@@ -22,6 +22,9 @@ from .files import DataError, decompress, read_data, write_bytes
 from .sts import DATA_DIR, EXTRA_TASKS, TASKS, load_task
 
 COLUMNS = ("sent0", "sent1", "hard_neg")
+# the built-in triplets, relative to the repository: train.py's default --data, build-data's --out, the Train tab's
+# built-in data; its sidecar (.json) holds the row count
+BUILT_IN = "assets/data/NLI/snli_all_triplets.csv"
 MAX_CHARS = 2000  # one sentence; NLI sentences are short, longer rows are almost certainly broken input
 
 @dataclass

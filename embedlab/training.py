@@ -40,7 +40,7 @@ from .adapters import SNAPSHOTS_DIR, AdapterError, save_adapter, write_training_
 from .encode import collate, embed_batch, length_batches, tokenize
 from .loading import load_encoder
 from .loss import distributed_info_nce, grad_cache_step, world_size
-from .nli import DataError, read_triplets
+from .nli import BUILT_IN, DataError, read_triplets
 from .files import swap_folder
 from .provenance import device_name, environment
 from .registry import DEFAULT_MODEL
@@ -85,7 +85,7 @@ class Config:
     """Every training setting; train.py's flags are generated from these fields (--batch-size etc.)."""
 
     model: str = DEFAULT_MODEL  # registry key
-    data: str = "assets/data/NLI/snli_all_triplets.csv"  # CSV with sent0,sent1[,hard_neg] (no hard_neg: in-batch negatives only)
+    data: str = BUILT_IN  # CSV with sent0,sent1[,hard_neg] (no hard_neg: in-batch negatives only)
     out: str = f"runs/{DEFAULT_MODEL}-nli"  # adapter + training.json + checkpoint/ go here
     prompt: str = ""  # template overriding the registry's, e.g. "{s} is: " ("" = registry's)
     lora_r: int = 8

@@ -136,3 +136,15 @@ def test_the_section_and_its_endpoint_are_in_the_app(lab):
     props = {c["props"].get("label"): c["props"] for c in demo.config["components"]}
     assert props["Use this side outside the lab"]["open"] is False
     assert props["Exported model (zip)"]["visible"] is False
+
+
+@pytest.mark.parametrize("value", ["1", "yes", "true", "onn"])
+def test_the_download_switch_takes_on_or_off_only(value, monkeypatch):
+    """The same on/off parser as EMBEDLAB_LIVE_TRAINING: a typo refuses, naming the variable, never guesses."""
+    monkeypatch.setenv("EMBEDLAB_EXPORT_DOWNLOAD", value)
+    with pytest.raises(ValueError, match="EMBEDLAB_EXPORT_DOWNLOAD must be on or off"):
+        FX.download_enabled()
+    monkeypatch.setenv("EMBEDLAB_EXPORT_DOWNLOAD", " ON ")
+    assert FX.download_enabled()
+    monkeypatch.setenv("EMBEDLAB_EXPORT_DOWNLOAD", "")
+    assert not FX.download_enabled()

@@ -188,6 +188,25 @@ def test_files_are_deleted_an_hour_after_their_last_use(env, tmp_path):
         parse_side(run.spec)
 
 
+def test_over_the_disk_cap_the_least_recently_used_runs_go_first(env):
+    m = manager()
+    runs = []
+    for i in range(3):
+        runs.append(m.submit(f"s{i}", small(steps=1)))
+        assert m.wait(runs[-1], 300) and runs[-1].saved
+    size = live.folder_bytes(runs[0].folder)
+    assert size > 0
+    now = time.time()
+    for i, r in enumerate(runs):  # used in the order 1, 0, 2 (oldest first)
+        os.utime(r.folder, (now - 100 + 10 * [1, 0, 2][i],) * 2)
+    m.max_disk_bytes = 2 * size + size // 2  # room for two of the three
+    assert m.sweep(now) == 1
+    assert [r.folder.exists() for r in runs] == [True, False, True]
+    assert m.runs("s1") == [] and m.runs("s0") == [runs[0]]
+    m.max_disk_bytes = 0
+    assert m.sweep(now) == 2 and not any(r.folder.exists() for r in runs)
+
+
 def test_other_users_embeddings_stay_bit_identical_while_a_run_trains(env, tmp_path, monkeypatch):
     lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
     monkeypatch.setattr(lab, "encoder", lambda key: env[key])

@@ -31,6 +31,7 @@ from typing import Any, Callable
 
 import gradio as gr
 
+from .. import env_switch
 from .. import export as X
 from ..registry import MODELS
 from ..side import Side, parse_side
@@ -50,7 +51,7 @@ _one_build = threading.Lock()  # one export on disk at a time, whatever the app'
 
 def download_enabled() -> bool:
     """Whether the host allows building and downloading exports (``EMBEDLAB_EXPORT_DOWNLOAD=on``; default off)."""
-    return os.environ.get("EMBEDLAB_EXPORT_DOWNLOAD", "off").strip().lower() in ("on", "1", "true", "yes")
+    return env_switch("EMBEDLAB_EXPORT_DOWNLOAD", "off")
 
 
 def _mb_setting(name: str, default: float) -> float:
