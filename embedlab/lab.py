@@ -315,6 +315,28 @@ class Lab:
                                  f"{MAX_EMBED_TOKENS:,} per call: split the list")
             return self.texts(ra, rb, texts, priority=BACKGROUND if tokens > EMBED_INTERACTIVE_TOKENS else INTERACTIVE)
 
+    def cached_base(self, model: str, texts: Sequence[str], corpora: Sequence[Corpus],
+                    max_new: int = 2) -> np.ndarray | None:
+        """(N, d) float32 vectors of ``texts`` under ``model``'s base side, read from the cached vectors of
+        ``corpora`` (shipped seeds or this host's cache), the at most ``max_new`` texts in none of them embedded
+        (a request's pair). None when ``model`` is not loaded, or more texts are missing: it never loads a
+        model and never embeds a corpus. A live run's step 0 (the base model) comes from here in a second."""
+        with self._lock:
+            enc = self._models.get(model)
+        if enc is None:
+            return None
+        rows: dict[str, np.ndarray] = {}
+        for c in corpora:
+            if (v := self.embeddings.peek(enc, c.texts, None, sha=c.sha256)) is not None:
+                rows.update((t, v[i]) for i, t in enumerate(c.texts) if t not in rows)
+        missing = list(dict.fromkeys(t for t in texts if t not in rows))
+        if len(missing) > max_new:
+            return None
+        if missing:
+            side = parse_side(model)
+            rows.update(zip(missing, self.embed(side, side, missing)[0]))
+        return np.stack([rows[t] for t in texts]).astype(np.float32, copy=False)
+
     # --- index and map caches (shared by the features) ----------------------------------------------
     def index(self, r: Ready, corpus: Corpus) -> tuple[faiss_index.Index, np.ndarray]:
         """The FAISS index of a corpus's vectors under one side (built once, kept among the recent ones) and the vectors."""

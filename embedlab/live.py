@@ -4,7 +4,7 @@
     run = manager.submit(session, settings("A few minutes"), data=None, pair=("a", "b"))
     while not run.finished:                               # what the tab's stream does
         manager.heartbeat(session, run.id)                # a watcher that stops calling this stops the run
-        show(run.frame, manager.position(run))            # loss every step; dev, histogram, map, pair every ~25 s
+        show(run.frame, manager.position(run))            # loss every step; dev, histogram, map, pair a frame every ~22 s
     spec = run.spec                                       # e.g. "gemma3-270m+live-3f9c...": a side like any other
 
 A run is :class:`embedlab.training.Trainer` (the loop train.py runs) on its own copy of the backbone (the Trainer
@@ -53,12 +53,12 @@ TTL_S = 3600.0  # a run's files go an hour after their last use
 # and the least recently used finished runs go sooner once all of them hold more than this: one run is ~5 MB with
 # the default preset, but up to ~150 MB at the caps (rank 64, a float16 snapshot per frame for 10 minutes)
 MAX_DISK_MB = 1024.0
-FRAME_EVERY_S = 25.0  # dev, histogram, map and pair at most this long apart (and after the last step)
+FRAME_EVERY_S = 22.0  # a frame (dev, histogram, map, pair) starts this long after the one before (and after the last step)
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
 DEV_PAIRS = 200  # STSBenchmark dev pairs of a frame (a seeded fixed subset)
-HIST_TEXTS = 300  # anisotropy sample texts of a frame's random-pair histogram
+HIST_TEXTS = 150  # anisotropy sample texts of a frame's random-pair histogram (11K pairs; 300 cost 40% of a frame)
 HIST_PAIRS = 2000
 
 # (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
@@ -211,18 +211,23 @@ def _background(fn: Callable[[], Any]) -> Any:
 class Manager:
     """The app's live runs: one trains at a time (a worker thread), the others wait in FIFO order; one
     unfinished run per session. ``load``: the Trainer's model loader (tests pass a tiny model's);
-    ``executor``: where every unit of work runs (the compute thread at background priority)."""
+    ``executor``: where every unit of work runs (the compute thread at background priority);
+    ``base_vectors``: where step 0's vectors may come from without the run's model (None: measured on it)."""
 
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
                  executor: Callable[[Callable[[], Any]], Any] = _background, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
-                 max_disk_mb: float = MAX_DISK_MB) -> None:
+                 max_disk_mb: float = MAX_DISK_MB,
+                 base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None) -> None:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
         self.max_disk_bytes = int(max_disk_mb * 2**20)
+        # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
+        # comes in about a second, before the run's own copy of the model has loaded (see Probe)
+        self.base_vectors = base_vectors
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Run] = deque()
@@ -453,24 +458,35 @@ class Manager:
         run.state, run.message = "loading", "Loading the model…"
         with run.frame.lock:
             run.frame.version += 1
-        run.started_at = time.monotonic()
+        run.started_at = t0 = time.monotonic()
+        probe = Probe(run.pair)
+        done_frame = -1
+        if self.base_vectors is not None:  # step 0 is the base model: from the lab's caches while the copy loads
+            try:
+                v = self.base_vectors(run.settings.model, probe.texts)
+            except Exception:  # only a shortcut: measured on the run's model below instead
+                log.exception("live run %s: step 0 from the lab's caches failed", run.id[:6])
+                v = None
+            if v is not None:
+                self._publish(run, probe, 0, probe.measure(v))
+                done_frame = 0
         cfg = config(run.settings, run.folder, self.device)
         try:
             # named by the id's first characters: the log must not hold the whole secret id or the folder
             trainer = Trainer(cfg, load=self.load or load_encoder, executor=self.executor,
                               name=f"live run {run.id[:6]}")
         except (ValueError, OSError) as e:  # DataError, ConfigError, SetupError: the user's settings or file
+            probe.layouts.shutdown(wait=False, cancel_futures=True)
             raise LiveError(str(e)) from None
-        probe = Probe(trainer, run.pair)
+        probe.trainer = trainer
         run.state, run.message = "training", ""
-        done_frame = -1
-        last_frame_t = 0.0
-        t0 = time.monotonic()
+        last_frame_t = t0
         try:
             with stop_when(lambda: self._should_stop(run)):  # mid-step work is dropped once a stop is asked
-                if not self._should_stop(run):
+                if done_frame < 0 and not self._should_stop(run):
+                    last_frame_t = time.monotonic()
                     self._frame(run, trainer, probe, 0)
-                    done_frame, last_frame_t = 0, time.monotonic()
+                    done_frame = 0
                 for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
                     f = run.frame
                     per_step = info.seconds / max(1, info.step)
@@ -479,9 +495,11 @@ class Manager:
                         f.step, f.seconds = info.step, time.monotonic() - t0
                         f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
                         f.version += 1
+                    # the cadence counts from a frame's start: its own measuring is inside the interval
                     if info.step == info.steps or time.monotonic() - last_frame_t >= self.frame_every_s:
+                        last_frame_t = time.monotonic()
                         self._frame(run, trainer, probe, info.step)
-                        done_frame, last_frame_t = info.step, time.monotonic()
+                        done_frame = info.step
         except Cancelled:
             pass  # a stop during a step: the steps before it are kept
         except LossNotFinite:
@@ -513,10 +531,15 @@ class Manager:
         os.utime(run.folder)
 
     def _frame(self, run: Run, trainer, probe: "Probe", step: int) -> None:
-        """Measure the model as it is after ``step`` steps, save it as snapshot ``step``, publish the frame; then
-        lay out its map (seconds of UMAP, off the compute thread) and publish that."""
+        """Measure the model as it is after ``step`` steps, save it as snapshot ``step`` and publish the frame."""
         probe.save_snapshot(run, step)
-        dev, cos, topics, pair = probe.measure()
+        self._publish(run, probe, step, probe.measure())
+        self._write_record(run, trainer.record())
+
+    def _publish(self, run: Run, probe: "Probe", step: int, measured: tuple) -> None:
+        """Show a frame's measurements (:meth:`Probe.measure`); then lay out its map (seconds of UMAP, off the
+        compute thread) and show that."""
+        dev, cos, topics, pair = measured
         f = run.frame
         with f.lock:
             f.dev.append((step, dev))
@@ -525,7 +548,6 @@ class Manager:
             if pair is not None:
                 f.pair.append((step, pair))
             f.version += 1
-        self._write_record(run, trainer.record())
         if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
             def lay_out() -> None:
                 one_numba_thread()  # UMAP's numba work must not take every core from the compares
@@ -587,20 +609,24 @@ class Manager:
 
 
 class Probe:
-    """A frame's measurements on the training model itself (no second backbone): STSBenchmark dev on DEV_PAIRS
-    fixed pairs, random-pair cosines of HIST_TEXTS anisotropy texts, the topics map aligned to the frame before
-    (embedlab.replay's AlignedUMAP), the Pairs tab's pair. Every batch runs through the trainer's executor."""
+    """A frame's measurements: STSBenchmark dev on DEV_PAIRS fixed pairs, random-pair cosines of HIST_TEXTS
+    anisotropy texts, the topics map aligned to the frame before (embedlab.replay's AlignedUMAP), the Pairs tab's
+    pair. Measured on the training model itself (no second backbone; every batch through the trainer's
+    executor), except step 0, which is the base model and may come from vectors the lab has cached."""
 
-    def __init__(self, trainer, pair: tuple[str, str]) -> None:
+    def __init__(self, pair: tuple[str, str], trainer=None) -> None:
         from .evaluation import anisotropy_texts
         from .replay import replay_corpus
         from .sts import load_task
 
-        self.trainer = trainer
+        self.trainer = trainer  # set once the run's model has loaded
         self.task = load_task("STSBenchmark-dev").subsample(DEV_PAIRS)
         self.hist = list(anisotropy_texts(0)[:HIST_TEXTS])
         self.corpus = replay_corpus("topics")
         self.pair = pair if all(p.strip() for p in pair) else None
+        # every text a frame embeds, once each
+        self.texts = list(dict.fromkeys([*self.task.s1, *self.task.s2, *self.hist, *self.corpus.texts,
+                                         *(self.pair or ())]))
         self.prev_vecs: np.ndarray | None = None
         self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
 
@@ -633,15 +659,17 @@ class Probe:
                 t.model.train()  # a flag flip, no compute: safe off the compute thread once the work stopped
         return out
 
-    def measure(self) -> tuple[float, np.ndarray, np.ndarray, float | None]:
-        """(dev Spearman x100, random-pair cosines, (N, d) topics vectors, pair cosine or None)."""
+    def measure(self, v: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray, float | None]:
+        """(dev Spearman x100, random-pair cosines, (N, d) topics vectors, pair cosine or None) from ``v``, the
+        (N, d) L2-normalised vectors of :attr:`texts` (None: embedded by the training model now)."""
         from .evaluation import random_pair_cosines
         from .sts import spearman100
 
-        texts = list(dict.fromkeys([*self.task.s1, *self.task.s2, *self.hist, *self.corpus.texts,
-                                    *(self.pair or ())]))
-        pos = {x: i for i, x in enumerate(texts)}
-        v = self.vectors(texts)
+        pos = {x: i for i, x in enumerate(self.texts)}
+        if v is None:
+            v = self.vectors(self.texts)
+        else:  # cached vectors (an int8 seed's rows come back within ~1e-4 of unit length)
+            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
         def rows(xs) -> np.ndarray:
             return v[[pos[x] for x in xs]]

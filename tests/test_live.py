@@ -188,6 +188,39 @@ def test_files_are_deleted_an_hour_after_their_last_use(env, tmp_path):
         parse_side(run.spec)
 
 
+def test_step_0_comes_from_the_labs_cached_base_vectors_before_the_model_loads(env, tmp_path):
+    """The lab's base vectors of the built-in corpora (cached) plus the pair (embedded: 2 texts) give step 0 (the
+    base model: LoRA's B is zero); later frames are measured on the run's model."""
+    from embedlab.corpora import builtin
+    from embedlab.replay import replay_corpus
+
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    corpora = [builtin("stsb").sample(50), replay_corpus("topics")]
+    pair = ("a man plays a guitar", "someone plays music")
+    texts = [*corpora[0].texts[:5], *corpora[1].texts[:5], *pair]
+    assert lab.cached_base(A, texts, corpora) is None  # the model is not in the pool: never loaded for this
+    lab._models[A] = env[A]
+    assert lab.cached_base(A, texts, corpora) is None  # nor are the corpora cached: never embedded for this
+    with lab.hold(parse_side(A)) as (r,):
+        for c in corpora:
+            lab.corpus(r, c, wait=True)
+    got = lab.cached_base(A, texts, corpora)
+    assert got.dtype == np.float32 and got.shape == (len(texts), env[A].embed(texts[:1]).shape[1])
+    np.testing.assert_allclose(got, env[A].embed(texts), atol=1e-5)
+    assert lab.cached_base(A, [*texts, "one more", "and another"], corpora) is None  # more than 2 new texts
+
+    m = manager(frame_every_s=3600.0)
+    probe = live.Probe(pair)
+    m.base_vectors = lambda model, t: env[model].embed(t) if t == probe.texts else None
+    run = m.submit("me", small(steps=2), pair=pair)
+    assert m.wait(run, 300) and run.state == "done"
+    assert run.frame.measured == [0, 2]
+    dev, _, _, pair_cos = probe.measure(env[A].embed(probe.texts))
+    assert run.frame.dev[0] == (0, dev) and run.frame.pair[0] == (0, pytest.approx(pair_cos))
+    record = json.loads((run.folder / "training.json").read_text())
+    assert [(x["step"], x["path"]) for x in record["snapshots"]] == [(0, None), (2, "snapshots/step-2")]
+
+
 def test_over_the_disk_cap_the_least_recently_used_runs_go_first(env):
     m = manager()
     runs = []

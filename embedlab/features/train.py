@@ -14,7 +14,9 @@ import gradio as gr
 
 from .. import live
 from ..gradio_internals import client_address, client_gone_check, gate_api
-from ..replay import step_view
+from ..corpora import builtin
+from ..lab import Lab
+from ..replay import replay_corpus, step_view
 from ..side import side_choices
 from .common import (Choice, Ctx, Number, Upload, UserError, download_folder,
                      gradio_errors, md, optional_text, scrub, slot, text, user_facing)
@@ -24,10 +26,18 @@ POLL_S = 0.5  # how often a watcher looks for a new frame (and says it is still 
 MANAGER: live.Manager | None = None  # the app's one manager, made by build() (tests make their own)
 
 
-def manager() -> live.Manager:
+def manager(lab: Lab | None = None) -> live.Manager:
+    """The app's manager (made on the first call); with ``lab``, a run's step 0 comes from its cached base
+    vectors of the built-in corpora (STSBenchmark's 10K sentences hold the dev pairs and the histogram's texts)."""
     global MANAGER
     if MANAGER is None:
-        MANAGER = live.Manager()
+        base = None
+        if lab is not None:
+            corpora = [builtin("stsb"), replay_corpus("topics")]
+
+            def base(model: str, texts: list[str]):
+                return lab.cached_base(model, texts, corpora)
+        MANAGER = live.Manager(base_vectors=base)
     return MANAGER
 
 
@@ -143,7 +153,7 @@ def figures(run: live.Run) -> tuple[Any, Any, Any]:
 
 def build(ctx: Ctx) -> None:
     """The Train tab, its UI events and the /train and /stop_training endpoints."""
-    mgr = manager()
+    mgr = manager(ctx.lab)
     on = live.enabled()
     with gr.Tab("Train") as tab:
         if not on:
