@@ -464,14 +464,17 @@ def main() -> None:
         from embedlab.loading import cache_root
 
         cache = Path(tempfile.mkdtemp(prefix="embedlab-bench-cache-"))
-        (cache / "models").symlink_to(cache_root() / "models")  # the converted model, shared (read only here)
+        (cache_root() / "models").mkdir(parents=True, exist_ok=True)  # a new cache root has none yet
+        (cache / "models").symlink_to(cache_root() / "models")  # the converted models, shared
         env.update({"TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "EMBEDLAB_DELETE_CACHE": args.clean,
                     "EMBEDLAB_UPLOAD_CACHE_MB": args.upload_cache_mb, "EMBEDLAB_CACHE": str(cache)})
     server = AppServer(Path(tempfile.mkdtemp()) / "app.log", warm="topics,snli,stsb", env=env)
     try:
         c = Client(server.url, verbose=False)
         t0 = time.perf_counter()
-        while "Ready" not in c.predict(api_name="/status"):
+        while "Ready" not in (status := c.predict(api_name="/status")):
+            if "fail" in status.lower():
+                raise SystemExit(f"the app's warm-up failed: {status[:300]} (see {server.log.name})")
             if time.perf_counter() - t0 > 1800:
                 raise SystemExit("warm-up did not finish in 30 min")
             time.sleep(2)

@@ -259,16 +259,18 @@ def curves_figure(r: Replay, i: int) -> go.Figure:
     fig = plots.loss_curve({"training loss": r.loss_curve}) if r.loss_curve else go.Figure()
     if r.dev:
         ds, dv = zip(*r.dev)
+        # green: the loss is the palette's blue, and two blues on two axes read as one curve
         fig.add_trace(go.Scatter(x=ds, y=dv, mode="lines+markers", name="STSBenchmark dev", yaxis="y2",
-                                 line=dict(color=plots.TUNED_C), marker=dict(size=7)))
+                                 line=dict(color=plots.PALETTE[2]), marker=dict(size=7)))
         here = dict(r.dev).get(step)
         if here is not None:
             fig.add_trace(go.Scatter(x=[step], y=[here], mode="markers", name=f"step {step}: dev {here:.1f}",
                                      yaxis="y2", marker=dict(size=15, color=plots.GOLD_C, line=dict(width=2, color="#111827"))))
     fig.add_vline(x=step, line=dict(color=plots.GOLD_C, width=2, dash="dash"))
     fig.update_layout(title=f"Step {step} on the training curves", xaxis_title="step",
-                      yaxis=dict(title="loss (InfoNCE)"),
-                      yaxis2=dict(title="STS-B dev (ρ ×100)", overlaying="y", side="right", showgrid=False),
+                      yaxis=dict(title=dict(text="loss (InfoNCE)", font=dict(color=plots.PALETTE[0]))),
+                      yaxis2=dict(title=dict(text="STS-B dev (ρ ×100)", font=dict(color=plots.PALETTE[2])),
+                                  overlaying="y", side="right", showgrid=False),
                       legend=dict(orientation="h", y=-0.25), height=360, margin=dict(l=50, r=50, t=50, b=40))
     return fig
 
