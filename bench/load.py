@@ -59,7 +59,7 @@ import psutil
 
 from tests.app_server import AppServer
 
-M = "smollm2-135m"
+M = "gemma3-270m"  # side A of every request: the default pair's base (main() sets it from default_sides())
 SUBJECTS = ["A man", "A woman", "Two children", "The chef", "A dog", "The old pilot", "A student", "The team"]
 VERBS = ["is playing", "is cooking", "is reading", "is running through", "is painting", "is watching", "is fixing"]
 OBJECTS = ["a guitar", "the soup", "a long novel", "the park", "a red fence", "the football match", "an old car"]
@@ -480,7 +480,8 @@ def main() -> None:
             time.sleep(2)
         from embedlab.side import default_sides
 
-        adapter = default_sides()[1].spec  # side B; side A is the base model M
+        global M
+        M, adapter = (s.spec for s in default_sides())  # the page's default pair: side A (a base model) and side B
         print(f"app ready {server.ready_s:.1f} s after start; adapter {adapter}; RSS {app_rss_mib(server.proc.pid):.0f} MiB")
         print(f"machine: {os.cpu_count()} CPUs, load average {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
         if args.expensive:
