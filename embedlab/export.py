@@ -38,7 +38,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from .files import swap_folder
+from .files import folder_bytes, swap_folder
 from .registry import MODELS, ModelSpec
 from .side import Side, parse_side, training_record
 
@@ -258,10 +258,6 @@ def _publish_modes(folder: Path) -> None:
         os.chmod(path, (0o777 if path.is_dir() else 0o666) & ~umask)
 
 
-def _size(folder: Path) -> int:
-    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
-
-
 def export_side(side: Side | str, out: str | Path, dtype: str = "float32", force: bool = False,
                 device: str = "cpu", command: str | None = None) -> ExportReport:
     """Write ``side`` as a sentence-transformers folder at ``out`` (see the module's docstring)."""
@@ -351,7 +347,7 @@ def export_side(side: Side | str, out: str | Path, dtype: str = "float32", force
         (st_dir / "README.md").write_text(render_card(side, spec, dtype_name, max_length, template, note, record),
                                           encoding="utf-8")
         _publish_modes(st_dir)
-        size = _size(st_dir)
+        size = folder_bytes(st_dir)
         swap_folder(st_dir, out, old=stage / "old")  # out: empty, or an earlier export under --force
     finally:
         shutil.rmtree(stage, ignore_errors=True)

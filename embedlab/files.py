@@ -181,3 +181,13 @@ def read_data(path: Path) -> bytes:
 def open_data(path: Path) -> IO[str]:
     """:func:`read_data` as UTF-8 text, line endings as stored (for ``csv``)."""
     return io.StringIO(read_data(path).decode("utf-8"), newline="")
+
+
+def folder_bytes(folder: Path) -> int:
+    """Bytes of the files under ``folder`` (0 for what vanished meanwhile)."""
+    total = 0
+    for f in folder.rglob("*"):
+        with contextlib.suppress(OSError):
+            if f.is_file():
+                total += f.stat().st_size
+    return total

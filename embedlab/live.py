@@ -20,7 +20,6 @@ used (its mtime: training, the tab and every parse of its spec touch it).
 """
 from __future__ import annotations
 
-import contextlib
 import gc
 import json
 import logging
@@ -40,6 +39,7 @@ from typing import Any, Callable
 import numpy as np
 
 from . import ROOT, env_switch, precision
+from .files import folder_bytes
 from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when, trim_heap
 from .registry import DEFAULT_MODEL, MODELS
 from .nli import BUILT_IN
@@ -700,16 +700,6 @@ class Probe:
             t.executor(lambda: save_adapter(model, run.folder / "snapshots" / f"step-{step}", t.spec, dtype=torch.float16))
         t.executor(lambda: save_adapter(model, run.folder, t.spec))
         os.utime(run.folder)
-
-
-def folder_bytes(folder: Path) -> int:
-    """Bytes of the files under ``folder`` (0 for what vanished meanwhile)."""
-    total = 0
-    for f in folder.rglob("*"):
-        with contextlib.suppress(OSError):
-            if f.is_file():
-                total += f.stat().st_size
-    return total
 
 
 def one_numba_thread() -> None:
