@@ -317,10 +317,23 @@ def configure_for_serving(background_batch_tokens: int | None, threads: int | No
     if libc is not None and heap_arenas:  # first: arenas are made as new threads first allocate
         libc.mallopt(-8, heap_arenas)  # M_ARENA_MAX
     _background_batch_tokens = background_batch_tokens
-    if threads:
-        import torch
+    import torch
 
-        on_compute_thread(lambda: torch.set_num_threads(max(1, threads)))
+    # Only the compute thread runs torch's kernels on every core; any other thread that runs a torch op (a model
+    # loading, a live run's bookkeeping) runs it on one. libgomp (torch's OpenMP) gives each thread that starts a
+    # parallel op a team of its own, and once a process holds more OpenMP threads than cores it cuts every
+    # team's spin-wait to ~100 spins: measured here (2 cores, docs/precision.md), one other thread's team made
+    # every later pass of the compute thread 1.6x slower, a live training step 5.5 -> 8.4 s.
+    # torch.set_num_threads is per thread, and also the size a thread takes at its first parallel op; so the
+    # compute thread takes its size (get_num_threads starts it) and then the default every other thread takes is 1.
+    n = max(1, threads or torch.get_num_threads())
+
+    def own_size() -> None:
+        torch.get_num_threads()
+        torch.set_num_threads(n)
+
+    on_compute_thread(own_size)
+    torch.set_num_threads(1)
     if libc is not None and trim_heap_every_s:
         threading.Thread(target=_trim_heap_forever, args=(trim_heap_every_s,), daemon=True,
                          name="heap-trim").start()

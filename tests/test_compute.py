@@ -93,6 +93,38 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_serving_leaves_the_cores_to_the_compute_thread():
+    """configure_for_serving: the compute thread runs torch on every core; any other thread (the main one, a new
+    one, one that starts later) on one, so no second OpenMP team makes libgomp throttle the compute thread's
+    (docs/precision.md: 1.6x slower passes). In a subprocess: torch's thread settings are process-wide."""
+    import os
+    import subprocess
+    import sys
+
+    if (os.cpu_count() or 1) < 2:
+        pytest.skip("one core: every thread runs torch on one anyway")
+
+    code = (
+        "import threading, torch, embedlab.compute as c\n"
+        "assert torch.get_num_threads() >= 2, 'this test needs 2 cores'\n"
+        "cores = torch.get_num_threads()\n"
+        "c.configure_for_serving(256)\n"
+        "sizes = []\n"
+        "def other():\n"
+        "    torch.ones(1 << 20).add_(1)  # a parallel op: the thread's size is set by now\n"
+        "    sizes.append(torch.get_num_threads())\n"
+        "t = threading.Thread(target=other); t.start(); t.join()\n"
+        "def on_compute():\n"
+        "    torch.ones(1 << 20).add_(1)\n"
+        "    return torch.get_num_threads()\n"
+        "assert c.on_compute_thread(on_compute) == cores, 'compute thread'\n"
+        "assert sizes == [1] and torch.get_num_threads() == 1, (sizes, torch.get_num_threads())\n"
+        "print('ok')\n"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
 def test_work_of_a_request_whose_client_has_gone_stops_between_batches():
     """stop_when: once the check is true, the caller's next batch is not run and Cancelled is raised;
     other callers' work goes on. (The app's check asks Gradio whether the event's client is still there.)"""
