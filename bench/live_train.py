@@ -75,6 +75,8 @@ def main() -> None:
         print(f"between loss updates: median {statistics.median(gaps):.1f} s, max {max(gaps):.1f} s")
     if frame_gaps:
         print(f"between measured frames: median {statistics.median(frame_gaps):.1f} s, max {max(frame_gaps):.1f} s")
+    print("frames (s after Train: step, dev): " + ", ".join(
+        f"{t:.0f}: {next(o['step'] for u, o in events if u == t)}, {devs[t]}" for t in dev_times))
     print(f"dev (200 pairs): base {last['dev_base']}, final {last['dev']}; time to dev 70: {time_to(70)}, "
           f"to dev 75: {time_to(75)}")
     run = next((tmp / "live").glob(f"*/{last['spec'].split('+')[1]}"), None)
