@@ -200,6 +200,9 @@ def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = tim
             last_interactive = clock()
         else:  # the next slice of a job is usually queued just after this one returns: it starts a new wait then
             starved_since = clock() if _has_background(q) else None
+        # not held while this thread waits for the next task: the last task's closure may hold a whole model
+        # (a live run's last save held its trainer, ~1.4 GB, until the next request came)
+        entry = bg = None
 
 
 def _run(q: queue.PriorityQueue, entry: tuple) -> None:

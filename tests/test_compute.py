@@ -93,6 +93,30 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
 
 
+def test_the_compute_thread_lets_go_of_its_last_task():
+    """Once a task has run, the compute thread holds no reference to it while it waits for the next one: a live
+    run's last save (a closure over its trainer) kept the run's whole model alive until another request came."""
+    import gc
+    import weakref
+
+    from embedlab.compute import on_compute_thread
+
+    class Model:  # stands for what a task's closure holds
+        pass
+
+    model = Model()
+    gone = weakref.ref(model)
+    assert on_compute_thread(lambda held=model: held is not None)  # the task itself holds it, as a closure would
+    del model
+    # the caller has its result before the thread has finished with the task: wait for it, a bounded while
+    for _ in range(500):
+        if gone() is None:  # no cycle holds it: freed as the last reference goes
+            break
+        time.sleep(0.01)
+    gc.collect()
+    assert gone() is None, "the compute thread still holds its last task"
+
+
 def test_serving_leaves_the_cores_to_the_compute_thread():
     """configure_for_serving: the compute thread runs torch on every core; any other thread (the main one, a new
     one, one that starts later) on one, so no second OpenMP team makes libgomp throttle the compute thread's
