@@ -71,12 +71,18 @@ def test_concurrent_base_and_adapter_requests_never_mix_adapter_state(tmp_path):
     assert not errors
 
 
-def test_serving_settings_bound_the_heap_and_keep_computing():
-    """configure_for_serving (the app's process settings): glibc arenas capped, a trimming thread running,
-    background batches capped, and the compute thread still answers. In a subprocess: the settings are process-wide."""
+def in_a_new_process(code: str) -> None:
+    """Run ``code`` in a new Python process (process-wide settings stay out of this one); it must print "ok"."""
     import subprocess
     import sys
 
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_serving_settings_bound_the_heap_and_keep_computing():
+    """configure_for_serving (the app's process settings): glibc arenas capped, a trimming thread running,
+    background batches capped, and the compute thread still answers. In a subprocess: the settings are process-wide."""
     code = (
         "import sys, threading, embedlab.compute as c\n"
         "assert c.on_compute_thread(lambda: 1) == 1 and sys.getswitchinterval() == 0.005  # the CLI, training: untouched\n"
@@ -89,8 +95,7 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
         "import torch; assert c.on_compute_thread(torch.get_num_threads) == 1\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    in_a_new_process(code)
 
 
 def test_the_compute_thread_lets_go_of_its_last_task():
@@ -122,8 +127,6 @@ def test_serving_leaves_the_cores_to_the_compute_thread():
     one, one that starts later) on one, so no second OpenMP team makes libgomp throttle the compute thread's
     (docs/precision.md: 1.6x slower passes). In a subprocess: torch's thread settings are process-wide."""
     import os
-    import subprocess
-    import sys
 
     if (os.cpu_count() or 1) < 2:
         pytest.skip("one core: every thread runs torch on one anyway")
@@ -145,8 +148,7 @@ def test_serving_leaves_the_cores_to_the_compute_thread():
         "assert sizes == [1] and torch.get_num_threads() == 1, (sizes, torch.get_num_threads())\n"
         "print('ok')\n"
     )
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+    in_a_new_process(code)
 
 
 def test_work_of_a_request_whose_client_has_gone_stops_between_batches():
