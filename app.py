@@ -18,6 +18,8 @@ from embedlab.compute import configure_for_serving
 from embedlab.corpora import BUILTINS
 from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, status, train
 from embedlab.lab import Lab
+from embedlab.projection import layouts_in_a_process
+from embedlab.projection import warm_up as warm_up_layouts
 from embedlab.registry import DEFAULT_PAIR
 from embedlab.side import valid_specs
 from embedlab.sweep import gradio_folder, sweep_forever
@@ -114,7 +116,11 @@ def main() -> None:
     corpora = [c for c in os.environ.get("EMBEDLAB_WARM_CORPORA", ",".join(BUILTINS)).split(",") if c in BUILTINS]
     demo.queue(default_concurrency_limit=2, max_size=64)
     gradio_internals.check(demo)  # refuses to start (a clear message) if this Gradio lacks an internal the app uses
-    threading.Thread(target=warmup.warm, args=(lab,), kwargs={"corpora": corpora}, daemon=True, name="warm-up").start()
+    # maps, replays and live frames are laid out in a process of their own (embedlab.projection); its UMAP code
+    # compiled at warm-up, which a first uncached map or live run would otherwise wait ~20 s for
+    layouts_in_a_process()
+    threading.Thread(target=warmup.warm, args=(lab,), daemon=True, name="warm-up",
+                     kwargs={"corpora": corpora, "then": [("maps", warm_up_layouts)]}).start()
     # what delete_cache leaves (embedlab/sweep.py)
     sweep_forever(gradio_dir, *DELETE_CACHE, keep=lambda: gradio_internals.kept_files(demo))
     # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value

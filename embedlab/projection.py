@@ -6,8 +6,16 @@ work in ``fit``.
 """
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import threading
 import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Sequence
 
 import faiss
 import numpy as np
@@ -68,33 +76,22 @@ class TwinMaps:
     def fit(self, base: np.ndarray, tuned: np.ndarray, same: bool = False) -> "TwinMaps":
         """base, tuned: (N, d) float32 L2-normalised (d may differ between them).
         ``same``: tuned is base (no adapter), so both layouts are the base layout."""
-        import umap
-
         if self.method not in METHODS:
             raise ValueError(f"unknown map method {self.method!r}; one of {', '.join(METHODS)}")
         n = len(base)
         if n < 4 or len(tuned) != n:
             raise ValueError("a map needs at least 4 texts embedded by both models")
-        k = max(2, min(self.n_neighbors, n - 1))
-        # random_state makes umap run single-threaded and so the same on every run
-        kw = dict(n_neighbors=k, min_dist=self.min_dist, metric="cosine", random_state=self.seed)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # n_jobs/random_state notice, spectral init fallbacks
-            if same or self.method == "init-procrustes":
-                self.xy_a = umap.UMAP(init="spectral" if n > k + 1 else "random", **kw).fit_transform(base)
-                self.xy_a = self.xy_a.astype(np.float32)
-            self._same = same
+        self._same = same
+        if same or self.method == "init-procrustes":
+            self.xy_a = laid_out(_umap, base, None, self.n_neighbors, self.min_dist, self.seed)
             if same:
                 self.xy_b = self.xy_a
-                return self
-            if self.method == "init-procrustes":
-                raw = umap.UMAP(init=self.xy_a, **kw).fit_transform(tuned).astype(np.float32)
+            else:
+                raw = laid_out(_umap, tuned, self.xy_a, self.n_neighbors, self.min_dist, self.seed)
                 self.xy_b = procrustes(raw, self.xy_a)(raw)
-                return self
-            au = umap.AlignedUMAP(alignment_regularisation=self.alignment_regularisation, transform_seed=self.seed,
-                                  **kw)
-            au.fit([base, tuned], relations=[{i: i for i in range(n)}])
-        self.xy_a, self.xy_b = (fill_disconnected(v, xy) for v, xy in zip((base, tuned), au.embeddings_))
+            return self
+        self.xy_a, self.xy_b = aligned_umap([base, tuned], self.n_neighbors, self.min_dist, self.seed,
+                                            self.alignment_regularisation)
         return self
 
     @property
@@ -118,6 +115,138 @@ class TwinMaps:
 
 # Changes whenever a method's output changes, so maps cached by an older method are not served as a newer one's.
 MAP_VERSION = {"aligned-umap": "aligned-umap-v1", "init-procrustes": "init-procrustes-v2"}
+
+
+def aligned_umap(vectors: Sequence[np.ndarray], n_neighbors: int, min_dist: float, seed: int,
+                 alignment_regularisation: float) -> np.ndarray:
+    """(S, N, 2) float32 layouts of the same N texts embedded S times (each (N, d), L2-normalised), laid out
+    together by umap's AlignedUMAP with text i related to text i in the next layout; in the layout process when
+    serving (:func:`laid_out`)."""
+    n = len(vectors[0])
+    if len(vectors) < 2 or n < 4 or any(len(v) != n for v in vectors):
+        raise ValueError("aligned layouts need at least 2 embeddings of the same >= 4 texts")
+    return laid_out(_aligned_umap, [np.asarray(v, dtype=np.float32) for v in vectors], n_neighbors, min_dist,
+                    seed, alignment_regularisation)
+
+
+def _umap_settings(n: int, n_neighbors: int, min_dist: float, seed: int) -> dict:
+    # random_state makes umap run single-threaded and so the same on every run
+    return dict(n_neighbors=max(2, min(n_neighbors, n - 1)), min_dist=min_dist, metric="cosine", random_state=seed)
+
+
+def _aligned_umap(vectors: list[np.ndarray], n_neighbors: int, min_dist: float, seed: int,
+                  alignment_regularisation: float) -> np.ndarray:
+    import umap
+
+    n = len(vectors[0])
+    au = umap.AlignedUMAP(alignment_regularisation=alignment_regularisation, transform_seed=seed,
+                          **_umap_settings(n, n_neighbors, min_dist, seed))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # n_jobs/random_state notice, spectral init fallbacks
+        au.fit(vectors, relations=[{i: i for i in range(n)} for _ in range(len(vectors) - 1)])
+    return np.stack([fill_disconnected(v, xy) for v, xy in zip(vectors, au.embeddings_)]).astype(np.float32)
+
+
+def _umap(x: np.ndarray, init: np.ndarray | None, n_neighbors: int, min_dist: float, seed: int) -> np.ndarray:
+    """(N, 2) float32 UMAP layout of ``x``, started at ``init`` ((N, 2); None: spectral, or random when too few)."""
+    import umap
+
+    kw = _umap_settings(len(x), n_neighbors, min_dist, seed)
+    start = init if init is not None else "spectral" if len(x) > kw["n_neighbors"] + 1 else "random"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return umap.UMAP(init=start, **kw).fit_transform(x).astype(np.float32)
+
+
+# --- where layouts run ---------------------------------------------------------------------------------
+# UMAP is numba code that holds the GIL while it runs (and its first compile, ~20 s, is Python that holds it too).
+# In a thread of the serving process it took the GIL from the compute thread between every torch op of every
+# forward pass: a compare beside one map went from 0.2 s to 1.6 s (p50). Served, layouts run in a process of their
+# own, at a lower CPU priority than the serving process, one at a time.
+log = logging.getLogger(__name__)
+LAYOUT_NICE = 5  # the layout process's niceness over the server's: compares and training steps go first
+_pool: ProcessPoolExecutor | None = None
+_pool_lock = threading.Lock()
+_in_process = False
+
+
+def layouts_in_a_process(on: bool = True) -> None:
+    """Run every layout (:func:`laid_out`) in one child process from now on, started now (the app calls this;
+    tests, the CLI and the benches lay out in the calling thread unless they ask)."""
+    global _in_process, _pool
+    _in_process = on
+    if on:
+        _layout_pool()
+    else:
+        with _pool_lock:
+            pool, _pool = _pool, None
+        if pool is not None:
+            pool.shutdown(wait=False, cancel_futures=True)
+
+
+@contextlib.contextmanager
+def _main_script_hidden() -> Iterator[None]:
+    """A spawned child imports the parent's main script first (app.py: Gradio and torch, 7 s and 500 MB); the
+    layout process needs this module alone, so the script's path is hidden while the child starts."""
+    main = sys.modules["__main__"]
+    saved = {k: main.__dict__.pop(k) for k in ("__file__",) if k in main.__dict__}
+    spec, main.__spec__ = getattr(main, "__spec__", None), None
+    try:
+        yield
+    finally:
+        main.__dict__.update(saved)
+        main.__spec__ = spec
+
+
+def _layout_pool() -> ProcessPoolExecutor:
+    """The layout process, started when there is none (spawned, not forked: a fork of a process running torch's
+    OpenMP threads can hang)."""
+    global _pool
+    import multiprocessing
+
+    with _pool_lock:
+        if _pool is None:
+            pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
+                                       initializer=_init_layout_process)
+            with _main_script_hidden():
+                pool.submit(int).result()  # the child starts in this call
+            _pool = pool
+        return _pool
+
+
+def _init_layout_process() -> None:
+    os.nice(LAYOUT_NICE)
+    try:
+        import numba
+
+        numba.set_num_threads(1)  # one core for the layout, the other for the compute thread
+    except ImportError:
+        pass
+
+
+def warm_up() -> None:
+    """Compile UMAP's code (numba: ~20 s of one core, once per process; where layouts run) on a small random map,
+    so that a first map or live run does not wait for it."""
+    v = np.random.default_rng(0).normal(size=(96, 8)).astype(np.float32)
+    aligned_umap([v, v + 0.1], 15, 0.1, 0, 0.1)
+
+
+def laid_out(fn: Callable[..., Any], *args: Any) -> Any:
+    """``fn(*args)`` (a module-level function of this module, picklable arguments) in the layout process when
+    :func:`layouts_in_a_process` is on, else here. A process that died (killed for memory) is replaced at the
+    next call; this call raises RuntimeError."""
+    global _pool
+    if not _in_process:
+        return fn(*args)
+    pool = _layout_pool()
+    try:
+        return pool.submit(fn, *args).result()  # submit too raises BrokenProcessPool once the pool knows
+    except BrokenProcessPool:
+        with _pool_lock:
+            if _pool is pool:
+                _pool = None
+        log.error("the layout process died; a new one starts at the next layout")
+        raise RuntimeError("the map layout failed on the server (its process stopped); try again") from None
 
 
 def fill_disconnected(vectors: np.ndarray, xy: np.ndarray) -> np.ndarray:

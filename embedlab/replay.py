@@ -22,7 +22,6 @@ import hashlib
 import json
 import shutil
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -117,20 +116,11 @@ def replay_path(spec: ModelSpec, snaps: Sequence[Snapshot], corpus_name: str, ro
 def aligned_layouts(vectors: Sequence[np.ndarray], layout: LayoutSettings = LAYOUT) -> np.ndarray:
     """(S, N, 2) float32 map layouts of the same N texts embedded S times (each (N, d), L2-normalised),
     laid out together by umap's AlignedUMAP with text i related to text i at the next step."""
-    import umap
+    from .projection import aligned_umap
 
-    from .projection import fill_disconnected
-
-    n = len(vectors[0])
-    if len(vectors) < 2 or n < 4 or any(len(v) != n for v in vectors):
+    if len(vectors) < 2:
         raise ValueError("a replay needs at least 2 steps of the same >= 4 texts")
-    k = max(2, min(layout.n_neighbors, n - 1))
-    au = umap.AlignedUMAP(n_neighbors=k, min_dist=layout.min_dist, metric="cosine", random_state=layout.seed,
-                          transform_seed=layout.seed, alignment_regularisation=layout.alignment_regularisation)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # n_jobs/random_state notice, spectral init fallbacks
-        au.fit(list(vectors), relations=[{i: i for i in range(n)} for _ in range(len(vectors) - 1)])
-    return np.stack([fill_disconnected(v, xy) for v, xy in zip(vectors, au.embeddings_)]).astype(np.float32)
+    return aligned_umap(vectors, layout.n_neighbors, layout.min_dist, layout.seed, layout.alignment_regularisation)
 
 
 def build_replay(lab, model: str, adapter: str | Path, corpus_name: str, out_dir: Path | None = None) -> Path:

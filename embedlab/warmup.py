@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import shutil
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 from .corpora import builtin
 from .files import swap_folder
@@ -49,13 +49,22 @@ def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[
     return a, b
 
 
-def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA) -> None:
-    """:func:`prepare` in a background thread: failures are reported in the status line, never raised."""
+def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA,
+         then: Sequence[tuple[str, Callable[[], None]]] = ()) -> None:
+    """:func:`prepare` in a background thread, then each ``(what, job)`` of ``then`` (work no visitor waits for
+    yet), shown on the status line while it runs; failures are reported in the status line, never raised."""
     try:
         prepare(lab, sides, corpora)
     except Exception as e:  # background thread: report, never crash the app
         log.exception("warm-up failed")
         lab.status["error"] = f"warm-up failed: {e}"
+    for what, job in then:
+        lab.status[what] = "preparing…"
+        try:
+            job()
+        except Exception:  # later jobs still run; the app works without this one (only slower)
+            log.exception("warm-up: %s failed", what)
+        lab.status[what] = "ready"
 
 
 def export_seeds(lab: Lab, pairs: Sequence[tuple[tuple[Side, Side], Sequence[str]]] | None = None,

@@ -102,3 +102,21 @@ def test_exported_seeds_serve_a_fresh_cache_without_recomputing(lab, adapter, tm
     again = warmup.export_seeds(fresh, [(sides, ("topics",))], out=tmp_path / "seed")
     assert [f.name for f in again] == [f.name for f in files]
     assert np.allclose(np.load(next((tmp_path / "seed" / "maps").glob("*.npz")))["base_xy"], m["xy_a"])
+
+
+def test_the_warm_up_runs_its_later_jobs_after_the_sides_are_ready_even_when_one_fails(tmp_path, monkeypatch, caplog):
+    """warmup.warm(then=...): the app's later start-up work (UMAP compiled for live runs) runs after the default
+    sides are ready, in order, on the status line while it runs; a failing job is logged, the next still runs,
+    nothing is raised, and the status line says Ready after them."""
+    tiny_models(monkeypatch)
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    done: list[str] = []
+    monkeypatch.setattr(warmup, "prepare", lambda lab, sides, corpora: done.append("prepare"))
+
+    def broken() -> None:
+        done.append(lab.status_line())
+        raise RuntimeError("no numba")
+
+    warmup.warm(lab, then=[("maps", broken), ("more", lambda: done.append("after"))])
+    assert done[0] == "prepare" and "Preparing in the background" in done[1] and "maps: preparing" in done[1]
+    assert done[2] == "after" and "maps failed" in caplog.text and lab.status_line().startswith("Ready")

@@ -250,3 +250,35 @@ def test_seed_format_keeps_cosines_and_is_the_only_one_read(tmp_path):
     files.write_json(old / "manifest.json", {"part-00000.npy": hashlib.sha256((old / "part-00000.npy").read_bytes()).hexdigest()})
     user = EmbeddingCache(tmp_path / "user", seeds=[tmp_path / "seed"])
     assert user.peek(enc, texts) is None and np.abs(user.get_or_compute(enc, texts)).sum() > 0
+
+
+def test_served_layouts_run_in_a_process_of_their_own_and_come_out_the_same():
+    """The app lays maps out in one child process (UMAP holds the GIL: in a thread it stalled every forward
+    pass): the same layouts as in the calling process; the child is nicer, never imports torch or the app's
+    script, and one that dies is replaced (the call then says so in a sentence)."""
+    import os
+    import signal
+
+    import psutil
+
+    from embedlab import projection
+
+    x, _, _ = clusters(n_per=12)
+    tuned = x + 0.01 * unit(48, 32, seed=9)
+    here = TwinMaps(seed=7).fit(x, tuned)
+    projection.layouts_in_a_process()
+    try:
+        child = psutil.Process(projection.laid_out(os.getpid))
+        assert child.pid != os.getpid() and child.nice() == psutil.Process().nice() + projection.LAYOUT_NICE
+        there = TwinMaps(seed=7).fit(x, tuned)
+        np.testing.assert_array_equal(there.xy_a, here.xy_a)
+        np.testing.assert_array_equal(there.xy_b, here.xy_b)
+        assert not any("torch" in m.path for m in child.memory_maps())
+        os.kill(child.pid, signal.SIGKILL)  # as the kernel does when memory runs out
+        child.wait(10)
+        with pytest.raises(RuntimeError, match="map layout failed on the server"):
+            projection.laid_out(os.getpid)
+        assert projection.laid_out(os.getpid) not in (child.pid, os.getpid())
+    finally:
+        projection.layouts_in_a_process(False)
+    assert projection.laid_out(os.getpid) == os.getpid()
