@@ -1,6 +1,7 @@
 """A live training run through the real endpoint, as a visitor starts it: ``/train`` on the started app.
 
-Starts ``python app.py`` on a free loopback port (its own live-runs folder), submits the default preset ("A few
+Starts ``python app.py`` on a free loopback port (its own live-runs folder), waits for its warm-up (``--at-start``:
+does not), submits the default preset ("A few
 minutes": gemma3-270m, 25 steps x 64 triplets) or the settings given, follows the streamed progress, and prints:
 time to the first frame (the first progress with a measurement, after Train), the seconds between loss updates
 and between measured frames (dev, histogram, map, pair), the time to STSBenchmark dev 70 and 75 (dev on the
@@ -31,6 +32,9 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=64)
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--no-test", action="store_true", help="skip the STSBenchmark test score at the end")
+    ap.add_argument("--at-start", action="store_true",
+                    help="press Train as soon as the page is served (default: once the status line says Ready, "
+                         "as a visitor of a running app does)")
     args = ap.parse_args()
     from gradio_client import Client
 
@@ -38,6 +42,10 @@ def main() -> None:
     server = AppServer(tmp / "app.log", env={"EMBEDLAB_LIVE_DIR": str(tmp / "live")})
     try:
         client = Client(server.url, verbose=False, download_files=False)
+        if not args.at_start:
+            while not client.predict(api_name="/status").startswith("Ready"):
+                time.sleep(1)
+            print(f"the app was ready {time.perf_counter() - server.started:.0f} s after it started")
         preset = "Advanced" if args.steps else "A few minutes"
         t0 = time.perf_counter()
         job = client.submit(args.model, preset, args.steps, args.batch_size, args.lr, 8, 0.05,

@@ -54,6 +54,9 @@ TTL_S = 3600.0  # a run's files go an hour after their last use
 # the default preset, but up to ~150 MB at the caps (rank 64, a float16 snapshot per frame for 10 minutes)
 MAX_DISK_MB = 1024.0
 FRAME_EVERY_S = 22.0  # a frame (dev, histogram, map, pair) starts this long after the one before (and after the last step)
+# a frame is measured in units of one forward batch, about this many seconds of them after each step (the loss of
+# the next step then shows ~6 + 2 s after the one before in bf16, not 6 + 3.5 + a layout beside it)
+FRAME_SLICE_S = 2.0
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
@@ -218,12 +221,13 @@ class Manager:
                  executor: Callable[[Callable[[], Any]], Any] = _background, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
-                 max_disk_mb: float = MAX_DISK_MB,
+                 max_disk_mb: float = MAX_DISK_MB, frame_slice_s: float = FRAME_SLICE_S,
                  base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None) -> None:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
+        self.frame_slice_s = frame_slice_s
         self.max_disk_bytes = int(max_disk_mb * 2**20)
         # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
         # comes in about a second, before the run's own copy of the model has loaded (see Probe)
@@ -481,12 +485,27 @@ class Manager:
         probe.trainer = trainer
         run.state, run.message = "training", ""
         last_frame_t = t0
+        measuring: Measuring | None = None  # a frame being measured, a few units after each step
+
+        def measure_some(budget_s: float) -> None:
+            """Go on with the frame being measured for about ``budget_s`` seconds; publish it once done."""
+            nonlocal measuring, done_frame
+            if measuring is not None and probe.advance(measuring, budget_s):
+                self._publish(run, probe, measuring.step, probe.measure(measuring.out))
+                self._write_record(run, trainer.record())
+                done_frame, measuring = measuring.step, None
+
+        def begin_frame(step: int) -> None:
+            nonlocal measuring, last_frame_t
+            last_frame_t = time.monotonic()  # the cadence counts from a frame's start
+            probe.save_snapshot(run, step)
+            measuring = probe.begin(step)
+
         try:
             with stop_when(lambda: self._should_stop(run)):  # mid-step work is dropped once a stop is asked
                 if done_frame < 0 and not self._should_stop(run):
-                    last_frame_t = time.monotonic()
-                    self._frame(run, trainer, probe, 0)
-                    done_frame = 0
+                    begin_frame(0)  # the base model, before any step: nothing else to show meanwhile
+                    measure_some(math.inf)
                 for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
                     f = run.frame
                     per_step = info.seconds / max(1, info.step)
@@ -495,11 +514,14 @@ class Manager:
                         f.step, f.seconds = info.step, time.monotonic() - t0
                         f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
                         f.version += 1
-                    # the cadence counts from a frame's start: its own measuring is inside the interval
-                    if info.step == info.steps or time.monotonic() - last_frame_t >= self.frame_every_s:
-                        last_frame_t = time.monotonic()
-                        self._frame(run, trainer, probe, info.step)
-                        done_frame = info.step
+                    last = info.step == info.steps
+                    # A frame is measured in slices between steps (weights of its own step swapped in for each
+                    # unit): measured at once, it delayed the next loss by a whole frame (3.5 s on a 6 s step)
+                    slot = time.monotonic()
+                    measure_some(math.inf if last else self.frame_slice_s)
+                    if measuring is None and (last or time.monotonic() - last_frame_t >= self.frame_every_s):
+                        begin_frame(info.step)
+                        measure_some(math.inf if last else self.frame_slice_s - (time.monotonic() - slot))
         except Cancelled:
             pass  # a stop during a step: the steps before it are kept
         except LossNotFinite:
@@ -529,12 +551,6 @@ class Manager:
                                                        else "Stop or the page closed") + ")")
         run.message = f"Saved after {trainer.done} of {trainer.total} steps{why}."
         os.utime(run.folder)
-
-    def _frame(self, run: Run, trainer, probe: "Probe", step: int) -> None:
-        """Measure the model as it is after ``step`` steps, save it as snapshot ``step`` and publish the frame."""
-        probe.save_snapshot(run, step)
-        self._publish(run, probe, step, probe.measure())
-        self._write_record(run, trainer.record())
 
     def _publish(self, run: Run, probe: "Probe", step: int, measured: tuple) -> None:
         """Show a frame's measurements (:meth:`Probe.measure`); then lay out its map (seconds of UMAP, off the
@@ -608,6 +624,24 @@ class Manager:
         os.replace(tmp, dst)
 
 
+def _trained(model) -> list:
+    """The parameters training changes (LoRA's), in a fixed order."""
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+@dataclass
+class Measuring:
+    """A frame being measured: ``units`` (index lists into ``ids``) left to embed with ``weights`` (those of
+    :func:`_trained` after step ``at``), the (N, d) float32 vectors so far in ``out``."""
+
+    step: int
+    ids: list[list[int]]
+    units: deque
+    weights: list
+    at: int
+    out: np.ndarray | None = None
+
+
 class Probe:
     """A frame's measurements: STSBenchmark dev on DEV_PAIRS fixed pairs, random-pair cosines of HIST_TEXTS
     anisotropy texts, the topics map aligned to the frame before (embedlab.replay's AlignedUMAP), the Pairs tab's
@@ -630,34 +664,66 @@ class Probe:
         self.prev_vecs: np.ndarray | None = None
         self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
-        """(N, d) float32 L2-normalised embeddings by the model as it is now, in eval mode (no dropout)."""
-        import torch
-
-        from .encode import collate, embed_batch, length_batches, tokenize
-        from .training import autocast, tokens_per_pass
+    def begin(self, step: int, texts: list[str] | None = None) -> "Measuring":
+        """Start measuring the model as it is now (after ``step`` steps) on ``texts`` (None: :attr:`texts`); the
+        work is done by :meth:`advance`, between training steps, on these weights even after later steps."""
+        from .encode import length_batches, tokenize
+        from .training import tokens_per_pass
 
         t = self.trainer
+        texts = self.texts if texts is None else texts
         ids, _ = tokenize(t.enc.tokenizer, t.spec, texts, t.cfg.max_length)
-        out: np.ndarray | None = None
-        t.executor(t.model.eval)
-        try:
-            for idx in length_batches([len(x) for x in ids], 64, tokens_per_pass(t.cfg, t.device)):
-                def run(idx=idx) -> np.ndarray:
-                    batch = collate([ids[i] for i in idx], t.enc.pad_id, t.spec.causal, t.device)
-                    with torch.inference_mode(), autocast(t.precision, t.device):
-                        return embed_batch(t.model, batch, t.spec).float().cpu().numpy()
+        # the trained weights (LoRA's: a few MB) as they are at this step; swapped in for each unit
+        weights = t.executor(lambda: [p.detach().clone() for p in _trained(t.model)])
+        units = deque(length_batches([len(x) for x in ids], 64, tokens_per_pass(t.cfg, t.device)))
+        return Measuring(step, ids, units, weights, at=t.done)
 
-                v = t.executor(run)
-                if out is None:
-                    out = np.empty((len(texts), v.shape[1]), dtype=np.float32)
-                out[idx] = v
-        finally:
+    def advance(self, m: "Measuring", budget_s: float) -> bool:
+        """Run units of ``m`` (one forward batch each, on the executor) for about ``budget_s`` seconds, at least
+        one; True once all are done (the (N, d) float32 L2-normalised vectors are then in ``m.out``)."""
+        t, end = self.trainer, time.monotonic() + budget_s
+        while m.units:
+            idx = m.units[0]
+            v = t.executor(lambda: self._unit(m, idx))
+            m.units.popleft()
+            if m.out is None:
+                m.out = np.empty((len(m.ids), v.shape[1]), dtype=np.float32)
+            m.out[idx] = v
+            if time.monotonic() >= end:
+                break
+        return not m.units
+
+    def _unit(self, m: "Measuring", idx: list[int]) -> np.ndarray:
+        """One forward batch in eval mode (no dropout) with ``m``'s weights in place of the current ones, put
+        back after it (on the compute thread: no training work runs in between)."""
+        import torch
+
+        from .encode import collate, embed_batch
+        from .training import autocast
+
+        t = self.trainer
+        model, params = t.model, _trained(t.model)
+        swap = t.done != m.at  # steps since the frame began: its weights in for this batch
+        mode = model.training
+        with torch.no_grad():
+            now = [p.detach().clone() for p in params] if swap else []
             try:
-                t.executor(t.model.train)
-            except Cancelled:  # a stop asked meanwhile: the original error (or Cancelled) goes on, not this one
-                t.model.train()  # a flag flip, no compute: safe off the compute thread once the work stopped
-        return out
+                for p, w in zip(params if swap else (), m.weights):
+                    p.copy_(w)
+                model.eval()
+                batch = collate([m.ids[i] for i in idx], t.enc.pad_id, t.spec.causal, t.device)
+                with torch.inference_mode(), autocast(t.precision, t.device):
+                    return embed_batch(model, batch, t.spec).float().cpu().numpy()
+            finally:
+                model.train(mode)
+                for p, w in zip(params, now):
+                    p.copy_(w)
+
+    def vectors(self, texts: list[str]) -> np.ndarray:
+        """(N, d) float32 L2-normalised embeddings of ``texts`` by the model as it is now, in eval mode."""
+        m = self.begin(self.trainer.done, texts)
+        self.advance(m, math.inf)
+        return m.out
 
     def measure(self, v: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray, float | None]:
         """(dev Spearman x100, random-pair cosines, (N, d) topics vectors, pair cosine or None) from ``v``, the

@@ -221,6 +221,33 @@ def test_step_0_comes_from_the_labs_cached_base_vectors_before_the_model_loads(e
     assert [(x["step"], x["path"]) for x in record["snapshots"]] == [(0, None), (2, "snapshots/step-2")]
 
 
+def test_a_frame_measured_in_slices_between_steps_measures_its_own_steps_weights(env, monkeypatch):
+    """A frame is measured a unit (one forward batch) at a time between later steps, with its own step's weights
+    swapped in for each unit: the same frames as measured at once, the same losses, and the live weights back."""
+    pair = ("a man is playing a guitar", "a dog is running")
+    published = []  # (the frame's step, the step the run had reached when it was shown)
+    show = live.Manager._publish
+
+    def recorded(self, run, probe, step, measured):
+        published.append((step, run.frame.step))
+        show(self, run, probe, step, measured)
+
+    monkeypatch.setattr(live.Manager, "_publish", recorded)
+    runs = []
+    for slice_s in (float("inf"), 0.0):  # every frame at once at every step; one unit after each step
+        m = manager(frame_every_s=0.0, frame_slice_s=slice_s)
+        runs.append(m.submit(f"s{slice_s}", small(steps=12), pair=pair))
+        assert m.wait(runs[-1], 600) and runs[-1].state == "done", runs[-1].message
+    at_once, sliced = (r.frame for r in runs)
+    assert at_once.measured == list(range(13)) and sliced.measured[0] == 0 and sliced.measured[-1] == 12
+    assert len(sliced.measured) < 13 and any(now > step for step, now in published[13:])  # spread over steps
+    assert [v for _, v in sliced.loss_curve] == [v for _, v in at_once.loss_curve]  # measuring changes no weight
+    for i, step in enumerate(sliced.measured):
+        j = at_once.measured.index(step)
+        assert sliced.dev[i] == at_once.dev[j] and sliced.pair[i][1] == pytest.approx(at_once.pair[j][1], abs=1e-6)
+        np.testing.assert_allclose(sliced.cosines[i], at_once.cosines[j], atol=1e-6)
+
+
 def test_over_the_disk_cap_the_least_recently_used_runs_go_first(env):
     m = manager()
     runs = []
