@@ -2,7 +2,7 @@
 
 Starts ``python app.py`` on a free loopback port (its own live-runs folder), waits for its warm-up (``--at-start``:
 does not), submits the default preset ("A few
-minutes": gemma3-270m, 25 steps x 64 triplets) or the settings given, follows the streamed progress, and prints:
+minutes": gemma3-270m, 40 steps x 32 triplets) or the settings given, follows the streamed progress, and prints:
 time to the first frame (the first progress with a measurement, after Train), the seconds between loss updates
 and between measured frames (dev, histogram, map, pair), the time to STSBenchmark dev 70 and 75 (dev on the
 frames' fixed 200-pair subset), the final dev, and the full STSBenchmark test score of the saved side
@@ -29,7 +29,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--model", default="gemma3-270m")
     ap.add_argument("--steps", type=int, default=None, help="Advanced preset with these steps (default: the preset)")
-    ap.add_argument("--batch-size", type=int, default=64)
+    ap.add_argument("--batch-size", type=int, default=32, help="with --steps (Advanced)")
     ap.add_argument("--lr", type=float, default=3e-4)
     ap.add_argument("--no-test", action="store_true", help="skip the STSBenchmark test score at the end")
     ap.add_argument("--at-start", action="store_true",
@@ -63,7 +63,11 @@ def main() -> None:
     finally:
         server.stop()
     first = next((t for t, o in events if o["dev"] is not None or o["loss"] is not None), None)
-    losses = sorted({o["step"]: t for t, o in events if o["loss"] is not None}.items())
+    losses: dict[int, float] = {}  # step -> when its loss was first shown
+    for t, o in events:
+        if o["loss"] is not None:
+            losses.setdefault(o["step"], t)
+    losses = sorted(losses.items())
     devs: dict[float, float] = {}
     for t, o in events:
         if o["dev"] is not None and o["dev"] not in devs.values():
@@ -83,6 +87,7 @@ def main() -> None:
         print(f"between loss updates: median {statistics.median(gaps):.1f} s, max {max(gaps):.1f} s")
     if frame_gaps:
         print(f"between measured frames: median {statistics.median(frame_gaps):.1f} s, max {max(frame_gaps):.1f} s")
+    print("losses (s after Train: step): " + ", ".join(f"{t:.0f}: {s}" for s, t in losses))
     print("frames (s after Train: step, dev): " + ", ".join(
         f"{t:.0f}: {next(o['step'] for u, o in events if u == t)}, {devs[t]}" for t in dev_times))
     print(f"dev (200 pairs): base {last['dev_base']}, final {last['dev']}; time to dev 70: {time_to(70)}, "

@@ -54,9 +54,10 @@ TTL_S = 3600.0  # a run's files go an hour after their last use
 # the default preset, but up to ~150 MB at the caps (rank 64, a float16 snapshot per frame for 10 minutes)
 MAX_DISK_MB = 1024.0
 FRAME_EVERY_S = 22.0  # a frame (dev, histogram, map, pair) starts this long after the one before (and after the last step)
-# a frame is measured in units of one forward batch, about this many seconds of them after each step (the loss of
-# the next step then shows ~6 + 2 s after the one before in bf16, not 6 + 3.5 + a layout beside it)
-FRAME_SLICE_S = 2.0
+# a frame is measured in units of one forward batch between steps, as many as keep the loss curve's updates about
+# this far apart: a step of the default preset took 4.5-8 s in bf16 on 2 cores, a frame 5-8 s (docs/live.md). At 8
+# the frames came ~32 s apart on the slower runs; the goal is a loss every 10 s and a frame every 30 s
+LOSS_EVERY_S = 9.0
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
@@ -67,10 +68,11 @@ HIST_PAIRS = 2000
 # (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
 CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
                                         "lora_r": (1, 64), "temperature": (0.01, 1.0)}
-# "A few minutes": one model-independent preset, the shipped adapters' recipe (lr 3e-4, warmup 6, batch 64, chunks of
-# 96, 64 tokens) for 25 steps (gemma3-270m's adapter: dev 20.7 -> 80 by step 25)
+# "A few minutes": one model-independent preset, the shipped adapters' recipe (lr 3e-4, warmup 6, chunks of 96, 64
+# tokens) at batch 32 for 40 steps. Measured on gemma3-270m, bf16, 2 cores (docs/live.md, 2026-12-06): 25 x 64 gave
+# dev 78 in ~300 s with a loss every ~11 s; 40 x 32 gives dev 82 (75 by step 17) with a loss every ~6 s
 PRESETS: dict[str, dict[str, Any]] = {
-    "A few minutes": dict(steps=25, batch_size=64, lr=3e-4, lora_r=8, temperature=0.05),
+    "A few minutes": dict(steps=40, batch_size=32, lr=3e-4, lora_r=8, temperature=0.05),
     "Advanced": {},
 }
 DEFAULT_PRESET = "A few minutes"
@@ -221,13 +223,13 @@ class Manager:
                  executor: Callable[[Callable[[], Any]], Any] = _background, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
-                 max_disk_mb: float = MAX_DISK_MB, frame_slice_s: float = FRAME_SLICE_S,
+                 max_disk_mb: float = MAX_DISK_MB, loss_every_s: float = LOSS_EVERY_S,
                  base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None) -> None:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
-        self.frame_slice_s = frame_slice_s
+        self.loss_every_s = loss_every_s
         self.max_disk_bytes = int(max_disk_mb * 2**20)
         # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
         # comes in about a second, before the run's own copy of the model has loaded (see Probe)
@@ -484,11 +486,12 @@ class Manager:
             raise LiveError(str(e)) from None
         probe.trainer = trainer
         run.state, run.message = "training", ""
-        last_frame_t = t0
+        last_frame_t = slot_end = t0
         measuring: Measuring | None = None  # a frame being measured, a few units after each step
 
         def measure_some(budget_s: float) -> None:
-            """Go on with the frame being measured for about ``budget_s`` seconds; publish it once done."""
+            """Go on with the frame being measured for about ``budget_s`` seconds (at least one unit); publish
+            it once done."""
             nonlocal measuring, done_frame
             if measuring is not None and probe.advance(measuring, budget_s):
                 self._publish(run, probe, measuring.step, probe.measure(measuring.out))
@@ -515,13 +518,16 @@ class Manager:
                         f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
                         f.version += 1
                     last = info.step == info.steps
-                    # A frame is measured in slices between steps (weights of its own step swapped in for each
-                    # unit): measured at once, it delayed the next loss by a whole frame (3.5 s on a 6 s step)
-                    slot = time.monotonic()
-                    measure_some(math.inf if last else self.frame_slice_s)
+                    # A frame is measured in slices between steps (its own step's weights swapped in for each
+                    # unit), in the time the step left of LOSS_EVERY_S: measured at once, it delayed the next
+                    # loss by the whole frame
+                    now = time.monotonic()
+                    budget_s = math.inf if last else self.loss_every_s - (now - slot_end)
+                    measure_some(budget_s)
                     if measuring is None and (last or time.monotonic() - last_frame_t >= self.frame_every_s):
                         begin_frame(info.step)
-                        measure_some(math.inf if last else self.frame_slice_s - (time.monotonic() - slot))
+                        measure_some(budget_s - (time.monotonic() - now))
+                    slot_end = time.monotonic()
         except Cancelled:
             pass  # a stop during a step: the steps before it are kept
         except LossNotFinite:

@@ -207,21 +207,31 @@ def _layout_pool() -> ProcessPoolExecutor:
     with _pool_lock:
         if _pool is None:
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
-                                       initializer=_init_layout_process)
+                                       initializer=_init_layout_process, initargs=(os.getpid(),))
             with _main_script_hidden():
                 pool.submit(int).result()  # the child starts in this call
             _pool = pool
         return _pool
 
 
-def _init_layout_process() -> None:
+def _init_layout_process(parent: int) -> None:
     os.nice(LAYOUT_NICE)
+    # A server stopped by a signal does not shut its pool down: the child must not outlive it (~500 MB)
+    threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="parent-watch").start()
     try:
         import numba
 
         numba.set_num_threads(1)  # one core for the layout, the other for the compute thread
     except ImportError:
         pass
+
+
+def _exit_with(parent: int) -> None:
+    import time
+
+    while os.getppid() == parent:
+        time.sleep(1.0)
+    os._exit(0)
 
 
 def warm_up() -> None:

@@ -282,3 +282,22 @@ def test_served_layouts_run_in_a_process_of_their_own_and_come_out_the_same():
     finally:
         projection.layouts_in_a_process(False)
     assert projection.laid_out(os.getpid) == os.getpid()
+
+
+def test_the_layout_process_ends_with_the_server_that_started_it(tmp_path):
+    """A server stopped by a signal (a Space restarting, Ctrl-C, kill) leaves no layout process behind."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    code = ("import os, sys, time; from embedlab import projection; projection.layouts_in_a_process(); "
+            "print(projection.laid_out(os.getpid), flush=True); time.sleep(600)")
+    server = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(server.stdout.readline()))
+        assert child.ppid() == server.pid
+    finally:
+        server.terminate()
+        server.wait(20)
+    assert child.wait(10) is not None or not child.is_running()  # gone within ~1 s of its parent

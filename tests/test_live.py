@@ -48,8 +48,8 @@ def wait_until(cond, what: str, timeout: float = 300.0) -> None:
 
 def test_settings_caps_and_bad_settings(env):
     s = live.settings()  # the default preset: the shipped gemma3-270m adapter's settings (model as loadable here)
-    assert (s.steps, s.batch_size, s.lr, s.lora_r, s.temperature) == (25, 64, 3e-4, 8, 0.05)
-    assert live.settings("A few minutes", A, steps=999).steps == 25  # a preset ignores the advanced values
+    assert (s.steps, s.batch_size, s.lr, s.lora_r, s.temperature) == (40, 32, 3e-4, 8, 0.05)
+    assert live.settings("A few minutes", A, steps=999).steps == 40  # a preset ignores the advanced values
     assert small().steps == 3 and A in live.trainable_models() and "tiny-bert" not in live.trainable_models()
     for bad, msg in [(dict(steps=0), "steps must be a whole number from 1 to 200"), (dict(steps=201), "steps"),
                      (dict(steps=2.5), "whole number"), (dict(batch_size=2), "batch size"),
@@ -234,9 +234,9 @@ def test_a_frame_measured_in_slices_between_steps_measures_its_own_steps_weights
 
     monkeypatch.setattr(live.Manager, "_publish", recorded)
     runs = []
-    for slice_s in (float("inf"), 0.0):  # every frame at once at every step; one unit after each step
-        m = manager(frame_every_s=0.0, frame_slice_s=slice_s)
-        runs.append(m.submit(f"s{slice_s}", small(steps=12), pair=pair))
+    for loss_every_s in (float("inf"), 0.0):  # every frame at once at every step; one unit after each step
+        m = manager(frame_every_s=0.0, loss_every_s=loss_every_s)
+        runs.append(m.submit(f"s{loss_every_s}", small(steps=12), pair=pair))
         assert m.wait(runs[-1], 600) and runs[-1].state == "done", runs[-1].message
     at_once, sliced = (r.frame for r in runs)
     assert at_once.measured == list(range(13)) and sliced.measured[0] == 0 and sliced.measured[-1] == 12
