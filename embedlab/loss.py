@@ -139,3 +139,37 @@ def grad_cache_step(
     for i, (c, state, g) in enumerate(zip(chunks, states, grads)):
         run(lambda c=c, state=state, g=g, last=i == len(chunks) - 1: pass_with_graph(c, state, g, last))
     return loss.detach()
+
+
+def split_backward_step(
+    embed: Callable[[object], torch.Tensor],
+    chunks: Sequence[object],
+    loss_from_embeddings: Callable[[torch.Tensor], torch.Tensor],
+    no_sync: Callable[[], object] | None = None,
+    run: Callable[[Callable[[], T]], T] = _call,
+) -> torch.Tensor:
+    """One contrastive step whose chunks' graphs all fit in memory, with each chunk's backward a unit of its own.
+
+    Like :func:`grad_cache_step` without the no-grad pass: embed each chunk with its graph, compute the loss on
+    all embeddings (detached) and backprop to them, then backprop each chunk's embeddings with their gradient.
+    The parameter gradients are those of ``loss.backward()`` through the whole graph (summed in another order);
+    a caller's executor (``run``) then waits at most one chunk's backward, not all of them.
+    """
+    reps = [run(lambda c=c: embed(c)) for c in chunks]
+    reps_all = torch.cat([r.detach() for r in reps]).requires_grad_()
+
+    def loss_and_backward() -> torch.Tensor:
+        loss = loss_from_embeddings(reps_all)
+        loss.backward()
+        return loss
+
+    loss = run(loss_and_backward)
+    grads = reps_all.grad.split([r.shape[0] for r in reps])
+    for i, (r, g) in enumerate(zip(reps, grads)):
+        def backward(r=r, g=g, last=i == len(reps) - 1) -> None:
+            with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
+                r.backward(gradient=g)
+
+        run(backward)
+    return loss.detach()
+

@@ -39,7 +39,7 @@ from . import precision
 from .adapters import SNAPSHOTS_DIR, AdapterError, save_adapter, write_training_record
 from .encode import collate, embed_batch, length_batches, tokenize
 from .loading import load_encoder
-from .loss import distributed_info_nce, grad_cache_step, world_size
+from .loss import split_backward_step, distributed_info_nce, grad_cache_step, world_size
 from .nli import BUILT_IN, DataError, read_triplets
 from .files import swap_folder
 from .provenance import device_name, environment
@@ -269,15 +269,17 @@ def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positive
 
     if len(ids) > chunk:  # within one chunk's memory the cache's extra no-grad forward buys nothing (0.59x on CPU)
         loss = grad_cache_step(embed, chunks, loss_fn, device, no_sync=no_sync, run=executor)
-    else:
-        reps = [executor(lambda c=c: embed(c)) for c in chunks]
+    elif len(chunks) == 1:
+        rep = executor(lambda: embed(chunks[0]))
 
         def loss_and_backward() -> torch.Tensor:
-            loss = loss_fn(torch.cat(reps))
+            loss = loss_fn(torch.cat([rep]))  # as before, bit for bit (tests/test_userdata.py)
             backward(loss)
             return loss
 
         loss = executor(loss_and_backward)
+    else:  # each pass's backward is a unit of its own: one backward of them all held the executor for seconds
+        loss = split_backward_step(embed, chunks, loss_fn, no_sync=no_sync, run=executor)
     return loss.detach() / W
 
 

@@ -298,18 +298,21 @@ def test_length_bucketed_passes_give_the_loss_and_gradients_of_one_pass():
 
     def run(**kw):
         c = training.Config(model="tiny-llama", batch_size=8, max_length=32, **kw)
-        passes = []
+        passes, units = [], []
         loss = training.contrastive_step(lambda b: passes.append(b["input_ids"].shape) or embed(b), enc.tokenizer, enc.spec,
-                                      enc.pad_id, a, p, n, c, device)
+                                      enc.pad_id, a, p, n, c, device, executor=lambda fn: units.append(1) or fn())
         grads = {k: v.grad.clone() for k, v in model.named_parameters() if v.grad is not None}
         model.zero_grad(set_to_none=True)
-        return float(loss), grads, passes
+        return float(loss), grads, passes, len(units)
 
-    one_loss, one, one_passes = run(chunk_size=0, max_tokens=10**9)
+    one_loss, one, one_passes, _ = run(chunk_size=0, max_tokens=10**9)
     assert len(one_passes) == 1 and len(one) == 8  # 2 layers x (q, v) x (A, B)
     for kw in (dict(chunk_size=0, max_tokens=40), dict(chunk_size=10, max_tokens=40)):  # plain, gradient cache
-        loss, grads, passes = run(**kw)
+        loss, grads, passes, units = run(**kw)
         assert len(passes) > 2 and all(rows * width <= 40 or rows == 1 for rows, width in passes)
+        # plain: a unit per pass, the loss, a backward per pass; the cache: each chunk's no-grad pass, the loss,
+        # each chunk's pass with its backward (it embeds twice). A caller's executor waits for one pass at most.
+        assert units == (len(passes) + 1 if kw["chunk_size"] else 2 * len(passes) + 1)
         assert loss == pytest.approx(one_loss, abs=1e-5)
         for k in one:
             assert torch.allclose(grads[k], one[k], atol=1e-5), k
