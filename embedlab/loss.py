@@ -90,6 +90,20 @@ def _call(fn: Callable[[], T]) -> T:
     return fn()
 
 
+def _embedding_grads(reps: Sequence[torch.Tensor], loss_from_embeddings: Callable[[torch.Tensor], torch.Tensor],
+                     run: Callable[[Callable[[], T]], T]) -> tuple[torch.Tensor, tuple[torch.Tensor, ...]]:
+    """The loss of all chunks' (n_chunk, d) embeddings, taken as leaves, and its gradient split by chunk (one unit)."""
+    reps_all = torch.cat([r.detach() for r in reps]).requires_grad_()
+
+    def loss_and_backward() -> torch.Tensor:
+        loss = loss_from_embeddings(reps_all)
+        loss.backward()
+        return loss
+
+    loss = run(loss_and_backward)
+    return loss, reps_all.grad.split([r.shape[0] for r in reps])
+
+
 def grad_cache_step(
     embed: Callable[[object], torch.Tensor],
     chunks: Sequence[object],
@@ -122,15 +136,7 @@ def grad_cache_step(
 
     passes = [run(lambda c=c: no_grad_pass(c)) for c in chunks]
     states, reps = [s for s, _ in passes], [r for _, r in passes]
-    reps_all = torch.cat(reps).detach().requires_grad_()
-
-    def loss_and_backward() -> torch.Tensor:
-        loss = loss_from_embeddings(reps_all)
-        loss.backward()
-        return loss
-
-    loss = run(loss_and_backward)
-    grads = reps_all.grad.split([r.shape[0] for r in reps])
+    loss, grads = _embedding_grads(reps, loss_from_embeddings, run)
 
     def pass_with_graph(c, state, g, last: bool) -> None:
         with (no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()), _replay_rng(state, device):
@@ -156,15 +162,7 @@ def split_backward_step(
     a caller's executor (``run``) then waits at most one chunk's backward, not all of them.
     """
     reps = [run(lambda c=c: embed(c)) for c in chunks]
-    reps_all = torch.cat([r.detach() for r in reps]).requires_grad_()
-
-    def loss_and_backward() -> torch.Tensor:
-        loss = loss_from_embeddings(reps_all)
-        loss.backward()
-        return loss
-
-    loss = run(loss_and_backward)
-    grads = reps_all.grad.split([r.shape[0] for r in reps])
+    loss, grads = _embedding_grads(reps, loss_from_embeddings, run)
     for i, (r, g) in enumerate(zip(reps, grads)):
         def backward(r=r, g=g, last=i == len(reps) - 1) -> None:
             with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
