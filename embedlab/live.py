@@ -670,15 +670,14 @@ class Probe:
         self.prev_vecs: np.ndarray | None = None
         self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
 
-    def begin(self, step: int, texts: list[str] | None = None) -> "Measuring":
-        """Start measuring the model as it is now (after ``step`` steps) on ``texts`` (None: :attr:`texts`); the
-        work is done by :meth:`advance`, between training steps, on these weights even after later steps."""
+    def begin(self, step: int) -> "Measuring":
+        """Start measuring the model as it is now (after ``step`` steps) on :attr:`texts`; the work is done by
+        :meth:`advance`, between training steps, on these weights even after later steps."""
         from .encode import length_batches, tokenize
         from .training import tokens_per_pass
 
         t = self.trainer
-        texts = self.texts if texts is None else texts
-        ids, _ = tokenize(t.enc.tokenizer, t.spec, texts, t.cfg.max_length)
+        ids, _ = tokenize(t.enc.tokenizer, t.spec, self.texts, t.cfg.max_length)
         # the trained weights (LoRA's: a few MB) as they are at this step; swapped in for each unit
         weights = t.executor(lambda: [p.detach().clone() for p in _trained(t.model)])
         units = deque(length_batches([len(x) for x in ids], 64, tokens_per_pass(t.cfg, t.device)))
@@ -725,23 +724,15 @@ class Probe:
                 for p, w in zip(params, now):
                     p.copy_(w)
 
-    def vectors(self, texts: list[str]) -> np.ndarray:
-        """(N, d) float32 L2-normalised embeddings of ``texts`` by the model as it is now, in eval mode."""
-        m = self.begin(self.trainer.done, texts)
-        self.advance(m, math.inf)
-        return m.out
-
-    def measure(self, v: np.ndarray | None = None) -> tuple[float, np.ndarray, np.ndarray, float | None]:
+    def measure(self, v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float | None]:
         """(dev Spearman x100, random-pair cosines, (N, d) topics vectors, pair cosine or None) from ``v``, the
-        (N, d) L2-normalised vectors of :attr:`texts` (None: embedded by the training model now)."""
+        (N, d) vectors of :attr:`texts` (a frame's, :meth:`advance`; or the lab's cached base vectors)."""
         from .evaluation import random_pair_cosines
         from .sts import spearman100
 
         pos = {x: i for i, x in enumerate(self.texts)}
-        if v is None:
-            v = self.vectors(self.texts)
-        else:  # cached vectors (an int8 seed's rows come back within ~1e-4 of unit length)
-            v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
+        # cached vectors: an int8 seed's rows come back within ~1e-4 of unit length
+        v = v / np.maximum(np.linalg.norm(v, axis=1, keepdims=True), 1e-12)
 
         def rows(xs) -> np.ndarray:
             return v[[pos[x] for x in xs]]
