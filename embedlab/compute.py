@@ -21,6 +21,7 @@ import ctypes
 import functools
 import heapq
 import itertools
+import logging
 import os
 import queue
 import sys
@@ -30,6 +31,7 @@ from concurrent.futures import Future
 from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 
 T = TypeVar("T")
+log = logging.getLogger(__name__)
 URGENT, INTERACTIVE, BACKGROUND = -10, 0, 10
 _NAME = "embedlab-compute"
 _queue: queue.PriorityQueue = queue.PriorityQueue()
@@ -129,12 +131,15 @@ def _run_coalesced(entries: list[tuple]) -> None:
     if not live:
         return
     rows = [r for e in live for r in e[2].rows]
+    start = time.perf_counter()
     try:
         results = live[0][2].run(rows)
     except BaseException as e:  # every request in the call sees the error
         for entry in live:
             entry[3].set_exception(e)
         return
+    finally:
+        _note_slow(live[0][2].run, live[0][0], time.perf_counter() - start)
     i = 0
     for entry in live:
         n = len(entry[2].rows)
@@ -216,10 +221,24 @@ def _run(q: queue.PriorityQueue, entry: tuple) -> None:
     if _gone(check):  # nobody waits for this result any more: skip the work
         fut.set_exception(Cancelled("stopped: the request's client has gone"))
         return
+    start = time.perf_counter()
     try:
         fut.set_result(fn())
     except BaseException as e:  # handed to the caller, which re-raises it
         fut.set_exception(e)
+    _note_slow(fn, priority, time.perf_counter() - start)
+
+
+# Every task runs to its end once started, so the longest background task is what an interactive request may wait
+# for. EMBEDLAB_SLOW_UNIT_S=1 logs each task that ran longer than 1 s (what it was, its priority): how the long
+# units of a live run or a corpus job were found.
+SLOW_UNIT_S = float(os.environ.get("EMBEDLAB_SLOW_UNIT_S") or "inf")
+
+
+def _note_slow(fn: Callable, priority: int, seconds: float) -> None:
+    if seconds > SLOW_UNIT_S:
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        log.warning("compute: %s (priority %d) ran %.2f s", name, priority, seconds)
 
 
 def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:

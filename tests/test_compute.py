@@ -370,3 +370,19 @@ def test_interactive_work_still_goes_first_when_background_work_has_had_its_shar
     ran = _drive([(BACKGROUND, "bg", 0.5)] + [(INTERACTIVE, f"i{k}", 0.3) for k in range(3)])
     assert [n for n, _ in ran] == ["i0", "i1", "i2", "bg"]
     assert ran[-1][1] >= 0.9 + GRACE_S - 1e-9
+
+
+def test_a_task_longer_than_the_slow_unit_threshold_is_logged_with_its_name(monkeypatch, caplog):
+    from embedlab import compute
+
+    monkeypatch.setattr(compute, "SLOW_UNIT_S", 0.05)
+
+    def a_long_backward() -> int:
+        time.sleep(0.1)
+        return 3
+
+    with caplog.at_level("WARNING", logger="embedlab.compute"):
+        assert on_compute_thread(a_long_backward, BACKGROUND) == 3
+        on_compute_thread(lambda: 1)  # a short one is not logged
+    slow = [r.getMessage() for r in caplog.records if r.name == "embedlab.compute"]
+    assert len(slow) == 1 and "a_long_backward" in slow[0] and f"priority {BACKGROUND}" in slow[0], slow
