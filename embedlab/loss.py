@@ -151,10 +151,12 @@ def split_backward_step(
     embed: Callable[[object], torch.Tensor],
     chunks: Sequence[object],
     loss_from_embeddings: Callable[[torch.Tensor], torch.Tensor],
-    no_sync: Callable[[], object] | None = None,
     run: Callable[[Callable[[], T]], T] = _call,
 ) -> torch.Tensor:
     """One contrastive step whose chunks' graphs all fit in memory, with each chunk's backward a unit of its own.
+
+    One process only: DDP arms its all-reduce at each forward outside ``no_sync``, so with a backward per chunk the
+    first would all-reduce that chunk's gradients alone (:func:`grad_cache_step` wraps forward and backward).
 
     Like :func:`grad_cache_step` without the no-grad pass: embed each chunk with its graph, compute the loss on
     all embeddings (detached) and backprop to them, then backprop each chunk's embeddings with their gradient.
@@ -163,11 +165,7 @@ def split_backward_step(
     """
     reps = [run(lambda c=c: embed(c)) for c in chunks]
     loss, grads = _embedding_grads(reps, loss_from_embeddings, run)
-    for i, (r, g) in enumerate(zip(reps, grads)):
-        def backward(r=r, g=g, last=i == len(reps) - 1) -> None:
-            with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
-                r.backward(gradient=g)
-
-        run(backward)
+    for r, g in zip(reps, grads):
+        run(lambda r=r, g=g: r.backward(gradient=g))
     return loss.detach()
 

@@ -269,17 +269,19 @@ def contrastive_step(embed, tok, spec, pad_id: int, anchors: list[str], positive
 
     if len(ids) > chunk:  # within one chunk's memory the cache's extra no-grad forward buys nothing (0.59x on CPU)
         loss = grad_cache_step(embed, chunks, loss_fn, device, no_sync=no_sync, run=executor)
-    elif len(chunks) == 1:
-        rep = executor(lambda: embed(chunks[0]))
+    elif len(chunks) == 1 or W > 1:
+        # One backward through every pass. Across processes it must be one: DDP arms its gradient all-reduce at each
+        # forward outside no_sync, so a backward per pass would all-reduce the first pass's gradients alone
+        reps = [executor(lambda c=c: embed(c)) for c in chunks]
 
         def loss_and_backward() -> torch.Tensor:
-            loss = loss_fn(torch.cat([rep]))  # as before, bit for bit (tests/test_userdata.py)
+            loss = loss_fn(torch.cat(reps))  # one pass: as before, bit for bit (tests/test_userdata.py)
             backward(loss)
             return loss
 
         loss = executor(loss_and_backward)
     else:  # each pass's backward is a unit of its own: one backward of them all held the executor for seconds
-        loss = split_backward_step(embed, chunks, loss_fn, no_sync=no_sync, run=executor)
+        loss = split_backward_step(embed, chunks, loss_fn, run=executor)
     return loss.detach() / W
 
 

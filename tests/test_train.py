@@ -373,3 +373,70 @@ def test_command_line_names_the_changed_settings():
     import shlex
 
     assert train.parse_config(shlex.split(train.command_line(c))[2:]) == c  # the command reproduces the settings
+
+
+def _ddp_grads(rank: int, world: int, port: int, q) -> None:
+    """One process of test_multi_process_steps_of_several_passes_give_the_single_process_gradients."""
+    import os
+
+    import torch.distributed as dist
+    from peft import LoraConfig, get_peft_model
+    from torch.nn.parallel import DistributedDataParallel
+
+    from embedlab.encode import embed_batch
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        q.put((rank, _lora_step_grads(rank, world, DistributedDataParallel, embed_batch, LoraConfig, get_peft_model)))
+    finally:
+        dist.destroy_process_group()
+
+
+def _lora_step_grads(rank: int, world: int, wrap, embed_batch, LoraConfig, get_peft_model) -> dict:
+    """The LoRA gradients of one plain (no gradient cache) step in passes of <= 40 tokens, on this process's
+    share of 8 triplets whose lengths vary 10x: {name: numpy array}."""
+    enc = tiny_encoder("llama")
+    torch.manual_seed(0)
+    model = get_peft_model(enc.model, LoraConfig(r=4, lora_alpha=8, lora_dropout=0.0, target_modules=["q_proj", "v_proj"]))
+    net = wrap(model) if wrap is not None else model
+    rng = np.random.default_rng(1)
+    sents = [" ".join(rng.choice(WORDS, size=n)) for n in rng.integers(2, 25, size=24)]
+    B = 8 // world
+    sl = slice(rank * B, (rank + 1) * B)
+    a, p, n = sents[:8][sl], sents[8:16][sl], sents[16:][sl]
+    cfg = training.Config(model="tiny-llama", batch_size=B, max_length=32, chunk_size=0, max_tokens=40)
+    training.contrastive_step(lambda b: embed_batch(net, b, enc.spec), enc.tokenizer, enc.spec, enc.pad_id, a, p, n,
+                              cfg, torch.device("cpu"), no_sync=getattr(net, "no_sync", None))
+    return {k.replace("module.", "", 1): v.grad.numpy().copy() for k, v in net.named_parameters() if v.grad is not None}
+
+
+def test_multi_process_steps_of_several_passes_give_the_single_process_gradients():
+    """With several processes (accelerate launch, DDP) a step of several passes must all-reduce every pass's
+    gradients: a backward per pass all-reduced the first pass's alone (DDP arms its reducer at each forward), and
+    the processes' weights drifted apart without an error. Two gloo processes against one process on all 8."""
+    import socket
+
+    import torch.multiprocessing as mp
+    from peft import LoraConfig, get_peft_model
+
+    from embedlab.encode import embed_batch
+
+    one = _lora_step_grads(0, 1, None, embed_batch, LoraConfig, get_peft_model)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    ctx = mp.get_context("spawn")
+    q = ctx.Queue()
+    procs = [ctx.Process(target=_ddp_grads, args=(r, 2, port, q)) for r in range(2)]
+    for pr in procs:
+        pr.start()
+    res = dict(q.get(timeout=180) for _ in procs)
+    for pr in procs:
+        pr.join(timeout=60)
+        assert pr.exitcode == 0
+    assert len(one) == 8
+    for rank in (0, 1):
+        assert set(res[rank]) == set(one)
+        for k in one:
+            np.testing.assert_allclose(res[rank][k], one[k], atol=1e-5, err_msg=f"rank {rank}: {k}")
