@@ -122,7 +122,7 @@ def aligned_umap(vectors: Sequence[np.ndarray], n_neighbors: int, min_dist: floa
     """(S, N, 2) float32 layouts of the same N texts embedded S times (each (N, d), L2-normalised), laid out
     together by umap's AlignedUMAP with text i related to text i in the next layout; in the layout process when
     serving (:func:`laid_out`)."""
-    n = len(vectors[0])
+    n = len(vectors[0]) if len(vectors) else 0
     if len(vectors) < 2 or n < 4 or any(len(v) != n for v in vectors):
         raise ValueError("aligned layouts need at least 2 embeddings of the same >= 4 texts")
     return laid_out(_aligned_umap, [np.asarray(v, dtype=np.float32) for v in vectors], n_neighbors, min_dist,
@@ -165,9 +165,16 @@ def _umap(x: np.ndarray, init: np.ndarray | None, n_neighbors: int, min_dist: fl
 # own, at a lower CPU priority than the serving process, one at a time.
 log = logging.getLogger(__name__)
 LAYOUT_NICE = 5  # the layout process's niceness over the server's: compares and training steps go first
+# A layout of MAP_MAX texts takes seconds, a first one ~20 s more to compile; a child that has not answered in this
+# long is stuck (a stopped process, a deadlock) and is replaced, not waited on forever by a request holding two models
+LAYOUT_TIMEOUT_S = 300.0
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _in_process = False
+
+
+class LayoutError(RuntimeError):
+    """The layout process failed (it died, could not start or stopped answering): shown to the user as is."""
 
 
 def layouts_in_a_process(on: bool = True) -> None:
@@ -208,10 +215,23 @@ def _layout_pool() -> ProcessPoolExecutor:
         if _pool is None:
             pool = ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"),
                                        initializer=_init_layout_process, initargs=(os.getpid(),))
-            with _main_script_hidden():
-                pool.submit(int).result()  # the child starts in this call
+            try:
+                with _main_script_hidden():
+                    pool.submit(int).result(timeout=LAYOUT_TIMEOUT_S)  # the child starts in this call
+            except (BrokenProcessPool, OSError, TimeoutError) as e:
+                _stop(pool)
+                log.error("the layout process did not start: %r", e)
+                raise LayoutError("the map layout failed on the server (its process did not start); try again") from None
             _pool = pool
         return _pool
+
+
+def _stop(pool: ProcessPoolExecutor) -> None:
+    """Shut ``pool`` down without waiting, killing its child: a stuck layout would otherwise run on (3.11's
+    executor has no terminate_workers; ``_processes`` is its map of pid -> Process)."""
+    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+        proc.kill()
+    pool.shutdown(wait=False, cancel_futures=True)
 
 
 def _init_layout_process(parent: int) -> None:
@@ -243,20 +263,22 @@ def warm_up() -> None:
 
 def laid_out(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` (a module-level function of this module, picklable arguments) in the layout process when
-    :func:`layouts_in_a_process` is on, else here. A process that died (killed for memory) is replaced at the
-    next call; this call raises RuntimeError."""
+    :func:`layouts_in_a_process` is on, else here. A process that died (killed for memory) or stopped answering
+    (LAYOUT_TIMEOUT_S) is replaced at the next call; this call raises LayoutError."""
     global _pool
     if not _in_process:
         return fn(*args)
     pool = _layout_pool()
     try:
-        return pool.submit(fn, *args).result()  # submit too raises BrokenProcessPool once the pool knows
-    except BrokenProcessPool:
+        return pool.submit(fn, *args).result(timeout=LAYOUT_TIMEOUT_S)  # submit raises BrokenProcessPool too
+    except (BrokenProcessPool, TimeoutError) as e:
         with _pool_lock:
             if _pool is pool:
                 _pool = None
-        log.error("the layout process died; a new one starts at the next layout")
-        raise RuntimeError("the map layout failed on the server (its process stopped); try again") from None
+        _stop(pool)
+        why = "stopped answering" if isinstance(e, TimeoutError) else "stopped"
+        log.error("the layout process %s; a new one starts at the next layout", why)
+        raise LayoutError(f"the map layout failed on the server (its process {why}); try again") from None
 
 
 def fill_disconnected(vectors: np.ndarray, xy: np.ndarray) -> np.ndarray:

@@ -276,12 +276,38 @@ def test_served_layouts_run_in_a_process_of_their_own_and_come_out_the_same():
         assert not any("torch" in m.path for m in child.memory_maps())
         os.kill(child.pid, signal.SIGKILL)  # as the kernel does when memory runs out
         child.wait(10)
-        with pytest.raises(RuntimeError, match="map layout failed on the server"):
+        with pytest.raises(projection.LayoutError, match="map layout failed on the server"):
             projection.laid_out(os.getpid)
         assert projection.laid_out(os.getpid) not in (child.pid, os.getpid())
     finally:
         projection.layouts_in_a_process(False)
     assert projection.laid_out(os.getpid) == os.getpid()
+
+
+def test_a_layout_process_that_stops_answering_is_killed_and_replaced(monkeypatch):
+    """A stuck child (here: stopped by SIGSTOP) must not hold a request, and the two models it holds, forever: the
+    call gives up after LAYOUT_TIMEOUT_S with a user's message, the child is killed, the next call gets a new one."""
+    import os
+    import signal
+
+    import psutil
+
+    from embedlab import projection
+    from embedlab.features.common import USER_ERRORS
+
+    assert projection.LayoutError in USER_ERRORS  # shown as its sentence, not "Sorry, that failed"
+    projection.layouts_in_a_process()
+    try:
+        child = psutil.Process(projection.laid_out(os.getpid))
+        os.kill(child.pid, signal.SIGSTOP)
+        monkeypatch.setattr(projection, "LAYOUT_TIMEOUT_S", 1.0)
+        with pytest.raises(projection.LayoutError, match="stopped answering"):
+            projection.laid_out(os.getpid)
+        child.wait(10)  # killed, not left stopped
+        monkeypatch.setattr(projection, "LAYOUT_TIMEOUT_S", 120.0)
+        assert projection.laid_out(os.getpid) not in (child.pid, os.getpid())
+    finally:
+        projection.layouts_in_a_process(False)
 
 
 def test_the_layout_process_ends_with_the_server_that_started_it(tmp_path):

@@ -35,6 +35,7 @@ from ..lab import Lab, ModelsBusy
 from ..live import LiveError
 from ..loading import ModelUnavailableError
 from ..nli import DataError
+from ..projection import LayoutError
 from ..provenance import environment
 from ..registry import UnknownModelError
 from .. import ROOT
@@ -44,7 +45,7 @@ from ..side import Side, SideError, parse_side
 log = logging.getLogger(__name__)
 MAX_QUERY_CHARS = 1000
 USER_ERRORS = (InputError, TextError, AdapterError, ModelUnavailableError, UnknownModelError, DataError, CacheBusy,
-               SideError, ModelsBusy, LiveError)
+               SideError, ModelsBusy, LiveError, LayoutError)
 # Downloads (CSV + JSON per result) are written here; Gradio copies each into its own cache (cleaned by the
 # app's delete_cache), so a folder older than DOWNLOAD_TTL_S is no longer needed and is removed.
 DOWNLOADS = Path(tempfile.gettempdir()) / "embedlab-downloads"
