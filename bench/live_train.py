@@ -43,7 +43,9 @@ def main() -> None:
     try:
         client = Client(server.url, verbose=False, download_files=False)
         if not args.at_start:
-            while not client.predict(api_name="/status").startswith("Ready"):
+            while not (status := client.predict(api_name="/status")).startswith("Ready"):
+                if "fail" in status.lower() or time.perf_counter() - server.started > 1800:
+                    raise SystemExit(f"the app's warm-up did not get ready: {status[:300]} (see {server.log.name})")
                 time.sleep(1)
             print(f"the app was ready {time.perf_counter() - server.started:.0f} s after it started")
         preset = "Advanced" if args.steps else "A few minutes"

@@ -232,11 +232,20 @@ def _run(q: queue.PriorityQueue, entry: tuple) -> None:
 # Every task runs to its end once started, so the longest background task is what an interactive request may wait
 # for. EMBEDLAB_SLOW_UNIT_S=1 logs each task that ran longer than 1 s (what it was, its priority): how the long
 # units of a live run or a corpus job were found.
-SLOW_UNIT_S = float(os.environ.get("EMBEDLAB_SLOW_UNIT_S") or "inf")
+def _slow_unit_s() -> float:
+    text = os.environ.get("EMBEDLAB_SLOW_UNIT_S") or "inf"
+    try:
+        return float(text)
+    except ValueError:
+        raise SystemExit(f"EMBEDLAB_SLOW_UNIT_S must be a number of seconds, not {text[:40]!r}") from None
+
+
+SLOW_UNIT_S = _slow_unit_s()
 
 
 def _note_slow(fn: Callable, priority: int, seconds: float) -> None:
     if seconds > SLOW_UNIT_S:
+        fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
         name = getattr(fn, "__qualname__", type(fn).__name__)
         log.warning("compute: %s (priority %d) ran %.2f s", name, priority, seconds)
 

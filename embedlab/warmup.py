@@ -52,7 +52,8 @@ def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[
 def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str] = WARM_CORPORA,
          then: Sequence[tuple[str, Callable[[], None]]] = ()) -> None:
     """:func:`prepare` in a background thread, then each ``(what, job)`` of ``then`` (work no visitor waits for
-    yet), shown on the status line while it runs; failures are reported in the status line, never raised."""
+    yet), shown on the status line while it runs. A failing :func:`prepare` is reported on the status line; a
+    failing later job is logged and leaves the line (the app works without it, only slower). Never raises."""
     try:
         prepare(lab, sides, corpora)
     except Exception as e:  # background thread: report, never crash the app
@@ -64,7 +65,9 @@ def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str
             job()
         except Exception:  # later jobs still run; the app works without this one (only slower)
             log.exception("warm-up: %s failed", what)
-        lab.status[what] = "ready"
+            lab.status.pop(what, None)
+        else:
+            lab.status[what] = "ready"
 
 
 def export_seeds(lab: Lab, pairs: Sequence[tuple[tuple[Side, Side], Sequence[str]]] | None = None,
