@@ -62,9 +62,11 @@ LOSS_EVERY_S = 9.0
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
 DEV_PAIRS = 200  # STSBenchmark dev pairs of a frame (a seeded fixed subset)
-HIST_TEXTS = 150  # anisotropy sample texts of a frame's random-pair histogram (11K pairs; 300 cost 40% of a frame)
 HIST_PAIRS = 2000
 
+# Padded tokens per forward pass of a live run on a CPU (train.py's own default is 512): the backward of a pass is the
+# longest unit of a step, what a compare may wait behind (bench.load --worst --cases train, docs/load.md)
+CPU_TOKENS_PER_PASS = 256
 # (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
 CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
                                         "lora_r": (1, 64), "temperature": (0.01, 1.0)}
@@ -139,13 +141,16 @@ def settings(preset: str = DEFAULT_PRESET, model: str | None = None, **advanced:
 
 def config(s: Settings, folder: Path, device: str = "") -> "Config":  # noqa: F821 (training imports torch: lazily)
     """The :class:`embedlab.training.Config` of a run in ``folder`` (its data: ``folder/data.csv``)."""
+    from .loading import default_device
     from .training import Config
 
+    on_cpu = (device or default_device().type) == "cpu"
     return Config(model=s.model, data=str(folder / "data.csv"), out=str(folder), lora_r=s.lora_r,
                   lora_alpha=4 * s.lora_r, temperature=s.temperature, lr=s.lr, steps=s.steps,
                   batch_size=s.batch_size, chunk_size=min(FIXED["chunk_size"], 3 * s.batch_size),
                   warmup_steps=min(FIXED["warmup_steps"], s.steps // 2), max_length=FIXED["max_length"],
                   lora_dropout=FIXED["lora_dropout"], weight_decay=FIXED["weight_decay"], seed=FIXED["seed"],
+                  max_tokens=CPU_TOKENS_PER_PASS if on_cpu else 0,
                   log_every=10**6, ckpt_every=0, eval_tasks=["STSBenchmark-dev"], device=device,
                   precision=precision.requested())  # the process's setting: frames agree with /compare
 
@@ -534,10 +539,13 @@ class Manager:
             raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
                             "rate.") from None
         finally:
-            # a finished run waits for its last map (seconds); a stopped one does not: a layout in progress (the
-            # first compiles UMAP's numba code, about a minute) must not hold the stop or the next run in line
+            # a finished run waits for its last map (seconds); a stopped one does not: a layout in progress must not
+            # hold the stop (the next run's first map then waits for it in the layout process, seconds)
             ended = trainer.done >= trainer.total
             probe.layouts.shutdown(wait=ended, cancel_futures=not ended)
+        if measuring is not None and measuring.step not in (0, trainer.done):
+            # a frame begun but stopped before it was measured: its snapshot would be listed nowhere
+            shutil.rmtree(run.folder / "snapshots" / f"step-{measuring.step}", ignore_errors=True)
         stopped = trainer.done < trainer.total
         run.state, run.message = "saving", "Saving the adapter…"
         with run.frame.lock:
@@ -572,10 +580,14 @@ class Manager:
             f.version += 1
         if self.maps:  # laid out beside the training (one at a time, in order): the steps go on meanwhile
             def lay_out() -> None:
-                one_numba_thread()  # UMAP's numba work must not take every core from the compares
+                one_numba_thread()  # where layouts run in this process (tests): not on every core
                 with f.lock:
                     prev = f.maps[max(f.maps)] if f.maps else None
-                xy = probe.layout(topics, prev)
+                try:
+                    xy = probe.layout(topics, prev)
+                except Exception:  # nobody reads this future: a frame without its map, said in the log
+                    log.exception("live run %s: the map of step %d failed", run.id[:6], step)
+                    return
                 with f.lock:
                     f.maps[step] = xy
                     f.version += 1
@@ -649,24 +661,24 @@ class Measuring:
 
 
 class Probe:
-    """A frame's measurements: STSBenchmark dev on DEV_PAIRS fixed pairs, random-pair cosines of HIST_TEXTS
-    anisotropy texts, the topics map aligned to the frame before (embedlab.replay's AlignedUMAP), the Pairs tab's
+    """A frame's measurements: STSBenchmark dev on DEV_PAIRS fixed pairs, HIST_PAIRS random-pair cosines among
+    those pairs' sentences, the topics map aligned to the frame before (embedlab.replay's AlignedUMAP), the Pairs tab's
     pair. Measured on the training model itself (no second backbone; every batch through the trainer's
     executor), except step 0, which is the base model and may come from vectors the lab has cached."""
 
     def __init__(self, pair: tuple[str, str], trainer=None) -> None:
-        from .evaluation import anisotropy_texts
         from .replay import replay_corpus
         from .sts import load_task
 
         self.trainer = trainer  # set once the run's model has loaded
         self.task = load_task("STSBenchmark-dev").subsample(DEV_PAIRS)
-        self.hist = list(anisotropy_texts(0)[:HIST_TEXTS])
+        # unrelated pairs from the dev pairs' own sentences: a sample of STSBenchmark's sentences as the anisotropy
+        # texts (the Pairs tab's random pairs) are, and no extra texts to embed (150 more were 23% of a frame)
+        self.hist = list(dict.fromkeys([*self.task.s1, *self.task.s2]))
         self.corpus = replay_corpus("topics")
         self.pair = pair if all(p.strip() for p in pair) else None
         # every text a frame embeds, once each
-        self.texts = list(dict.fromkeys([*self.task.s1, *self.task.s2, *self.hist, *self.corpus.texts,
-                                         *(self.pair or ())]))
+        self.texts = list(dict.fromkeys([*self.hist, *self.corpus.texts, *(self.pair or ())]))
         self.prev_vecs: np.ndarray | None = None
         self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
 
@@ -744,8 +756,8 @@ class Probe:
         return round(float(dev), 2), cos, rows(self.corpus.texts), pair
 
     def layout(self, topics: np.ndarray, prev_xy: np.ndarray | None) -> np.ndarray:
-        """(N, 2) map of the topics vectors, aligned to the frame before (:func:`align_next`). UMAP runs numba's
-        own threads, not torch's, so not on the compute thread: a compare never waits for a layout."""
+        """(N, 2) map of the topics vectors, aligned to the frame before (:func:`align_next`). Not on the compute
+        thread, and served in the layout process (embedlab.projection.laid_out): a compare never waits for it."""
         xy = align_next(self.prev_vecs, prev_xy, topics)
         self.prev_vecs = topics
         return xy

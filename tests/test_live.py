@@ -144,6 +144,21 @@ def test_stop_saves_the_steps_done_as_a_usable_side(env):
     assert run.zip_path().is_file()
 
 
+def test_a_frame_cut_short_by_a_stop_leaves_no_snapshot_behind(env):
+    """A frame's snapshot is saved when its measuring begins; a stop before it is measured removes it, so every
+    snapshot folder on disk is one training.json lists (a side) and none is dead weight until the sweep."""
+    m = manager(frame_every_s=0.0, loss_every_s=0.0)  # a frame always being measured, a unit after each step
+    run = m.submit("me", small(steps=200))
+    wait_until(lambda: len(run.frame.measured) >= 2, "a second frame")  # the next began at the step it was shown
+    shown_at = run.frame.step
+    wait_until(lambda: run.frame.step >= shown_at + 3, "three more steps")  # a frame takes ~90 steps here
+    m.stop("me")
+    assert m.wait(run, 300) and run.state == "stopped"
+    rec = json.loads((run.folder / "training.json").read_text())
+    listed = {x["path"] for x in rec["snapshots"] if x["path"]}
+    assert {f"snapshots/{p.name}" for p in (run.folder / "snapshots").iterdir()} == listed and len(listed) >= 2
+
+
 def test_a_run_nobody_watches_stops(env):
     m = manager(frame_every_s=3600.0, heartbeat_s=0.3)
     run = m.submit("me", small(steps=200))
