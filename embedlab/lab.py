@@ -289,10 +289,11 @@ class Lab:
                 self._cancelled = (time.monotonic(), what)
         return n
 
-    def corpus_vectors(self, a: Side, b: Side, corpus: Corpus) -> tuple[np.ndarray, np.ndarray]:
-        """A corpus's vectors under both sides, (N, d_a) and (N, d_b) float32 (cached)."""
+    def corpus_vectors(self, a: Side, b: Side, corpus: Corpus, wait: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """A corpus's vectors under both sides, (N, d_a) and (N, d_b) float32 (cached); ``wait``: as :meth:`corpus`
+        (True for the command line, which has no status line to come back to)."""
         with self.hold(a, b) as (ra, rb):
-            return self.corpus(ra, corpus), self.corpus(rb, corpus)
+            return self.corpus(ra, corpus, wait=wait), self.corpus(rb, corpus, wait=wait)
 
     def embed(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """Texts under both sides, (N, d_a) and (N, d_b) float32."""

@@ -148,8 +148,9 @@ def build_replay(lab, model: str, adapter: str | Path, corpus_name: str, out_dir
             raise ReplayUnavailable(str(e)) from None
         if side.folder is None or side.folder.resolve() != adapter:
             raise ReplayUnavailable(f"{adapter.name} names another adapter folder among the allowed ones")
-        vecs.append(lab.corpus_vectors(side, side, corpus)[0])
-        cosines.append(anisotropy_cosines(lab, side, side)["a"])
+        # waited for: a command (replay-cache), not a request that may come back later
+        vecs.append(lab.corpus_vectors(side, side, corpus, wait=True)[0])
+        cosines.append(anisotropy_cosines(lab, side, side, wait=True)["a"])
     t0 = time.perf_counter()
     xy = aligned_layouts(vecs)
     params = {"version": REPLAY_VERSION, "layout": LAYOUT.tag, "method": "umap.AlignedUMAP over the steps in order, "

@@ -35,7 +35,12 @@ def run(tmp_path, triplets, monkeypatch):  # noqa: F811
     return root / "out"
 
 
-def test_replay_is_built_read_and_drawn_step_by_step(lab, run, tmp_path):
+def test_replay_is_built_read_and_drawn_step_by_step(lab, run, tmp_path, monkeypatch):
+    import embedlab.lab
+
+    # a command waits for its embeddings however long they take (a request is told CacheBusy after JOB_WAIT_S;
+    # replay-cache of a new Gemma adapter died of that)
+    monkeypatch.setattr(embedlab.lab, "JOB_WAIT_S", 0.0)
     path = replay.build_replay(lab, M, run, "topics")
     assert path.parent == tmp_path / "replay" and path.stat().st_size < 64 * 1024
     r = replay.load_replay(MODELS[M], run, "topics")

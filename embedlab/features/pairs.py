@@ -59,7 +59,7 @@ def anisotropy_corpus(seed: int = 0) -> Corpus:
     return Corpus("anisotropy sample", texts, ("stsb",) * len(texts), "")
 
 
-def anisotropy_cosines(lab: Lab, a: Side, b: Side, n_pairs: int = 2000, seed: int = 0) -> dict:
+def anisotropy_cosines(lab: Lab, a: Side, b: Side, n_pairs: int = 2000, seed: int = 0, wait: bool = False) -> dict:
     """Cosines of random sentence pairs from the STSBenchmark corpus under both sides.
 
     A useful embedding spreads unrelated sentences apart; a raw LM puts almost
@@ -67,7 +67,7 @@ def anisotropy_cosines(lab: Lab, a: Side, b: Side, n_pairs: int = 2000, seed: in
     """
     from ..evaluation import random_pair_cosines
 
-    va, vb = lab.corpus_vectors(a, b, anisotropy_corpus(seed))
+    va, vb = lab.corpus_vectors(a, b, anisotropy_corpus(seed), wait=wait)
     ca = random_pair_cosines(va, n_pairs, seed)
     return {"a": ca, "b": random_pair_cosines(vb, n_pairs, seed), "n_pairs": len(ca)}
 
