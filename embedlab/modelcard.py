@@ -27,7 +27,12 @@ MTEB_DATASETS = {
 # Registry licence names -> the Hub's licence identifiers.
 HUB_LICENCES = {"Apache-2.0": "apache-2.0", "MIT": "mit", "Gemma Terms of Use": "gemma"}
 # Training files whose name starts with a key here were built from that Hub dataset (see assets/data/SOURCES.md).
-TRAINING_DATASETS = {"snli_": "stanfordnlp/snli", "nli_for_simcse": "princeton-nlp/datasets-for-simcse"}
+# The multi-genre file's third source, counterfactually-augmented SNLI, has no Hub dataset (its GitHub repository,
+# acmi-lab/counterfactually-augmented-data, is named in the card's data line instead).
+TRAINING_DATASETS = {"snli_": ("stanfordnlp/snli",), "nli_for_simcse": ("princeton-nlp/datasets-for-simcse",),
+                     "multigenre_": ("stanfordnlp/snli", "nyu-mll/multi_nli")}
+DATA_NOTES = {"multigenre_": "SNLI dev+test, MultiNLI 1.0 dev and counterfactually-augmented SNLI train "
+                             "(acmi-lab/counterfactually-augmented-data), built by `python -m embedlab build-data`"}
 CARD_FILE = "README.md"
 
 
@@ -88,9 +93,11 @@ def _record(record: TrainingRecord | Mapping[str, Any]) -> TrainingRecord:
     return record if isinstance(record, TrainingRecord) else TrainingRecord.from_dict(record)
 
 
-def _training_dataset(record: TrainingRecord) -> str | None:
+def _training_datasets(record: TrainingRecord) -> tuple[tuple[str, ...], str]:
+    """(the Hub datasets the training file was built from, a note naming its sources) by its file name."""
     name = Path(str(record.data.get("path", ""))).name
-    return next((ds for prefix, ds in TRAINING_DATASETS.items() if name.startswith(prefix)), None)
+    prefix = next((p for p in TRAINING_DATASETS if name.startswith(p)), None)
+    return (TRAINING_DATASETS[prefix], DATA_NOTES.get(prefix, "")) if prefix else ((), "")
 
 
 def command_of(record: TrainingRecord | Mapping[str, Any]) -> str:
@@ -174,13 +181,13 @@ def render_card(spec: ModelSpec, record: TrainingRecord | Mapping[str, Any], nam
     test = record.test
     scores = record.test_scores
     prompt = record.prompt or spec.prompt
-    dataset = _training_dataset(record)
+    datasets, data_note = _training_datasets(record)
     tags = ["sentence-embeddings", "sentence-similarity", "feature-extraction", "lora", "peft",
             "contrastive-learning", "embedlab", f"base_model:adapter:{base}"]
     head = ["---", f"base_model: {base}", "library_name: peft", f"license: {HUB_LICENCES.get(spec.licence, 'other')}",
             "language:", "- en", "pipeline_tag: sentence-similarity", "tags:", *[f"- {_yaml_scalar(t)}" for t in tags]]
-    if dataset:
-        head += ["datasets:", f"- {dataset}"]
+    if datasets:
+        head += ["datasets:", *[f"- {d}" for d in datasets]]
     if scores:
         head += model_index(f"{spec.key}-{name}", scores)
     head.append("---")
@@ -212,7 +219,7 @@ def render_card(spec: ModelSpec, record: TrainingRecord | Mapping[str, Any], nam
         "",
         f"- device: {device}" + (f", {record.stat('world_size')} process(es)" if record.stat("world_size") else ""),
         f"- data: `{record.data.get('path', '?')}`, {record.data.get('rows', '?')} triplets"
-        + (f" (from {dataset})" if dataset else ""),
+        + (f" ({data_note})" if data_note else f" (from {', '.join(datasets)})" if datasets else ""),
         f"- {_or(record.stat('steps'))} steps x {_or(record.stat('effective_contrastive_batch'))} triplets, "
         f"lr {_or(record.setting('lr'))}, {_or(record.stat('wall_seconds'))} s"
         + (f", {record.stat('sentences_per_second')} sentences/s" if record.stat("sentences_per_second") else ""),

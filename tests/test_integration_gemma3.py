@@ -30,18 +30,19 @@ def test_bos_and_eos_and_embeddings(enc):
 
 
 def test_shipped_adapter_replays_its_training_from_the_shipped_cache():
-    """Gemma's adapter ships snapshots 10 and 25 (plus the base and the final step) and their replays of the
-    built-in corpora come precomputed: nothing to embed when a visitor scrubs."""
+    """Gemma's adapter ships snapshots 10, 25, 50 and 100 (plus the base and the final step 160) and their replays
+    of the built-in corpora come precomputed: nothing to embed when a visitor scrubs."""
     from embedlab import ROOT
     from embedlab.adapters import snapshots
     from embedlab.registry import get_spec
     from embedlab.replay import load_replay
 
     adapter = ROOT / "assets/adapters/gemma3-270m/nli-cft"
-    assert [s.step for s in snapshots(adapter)] == [0, 10, 25, 60]
+    steps = (0, 10, 25, 50, 100, 160)
+    assert tuple(s.step for s in snapshots(adapter)) == steps
     for corpus in ("topics", "snli"):
         r = load_replay(get_spec("gemma3-270m"), adapter, corpus)
-        assert r.steps == (0, 10, 25, 60) and r.xy.shape[:2] == (4, len(r.corpus))
+        assert r.steps == steps and r.xy.shape[:2] == (len(steps), len(r.corpus))
         dev = dict(r.dev)
-        assert dev[0] < dev[10] < dev[25] and set(dev) == {0, 10, 25, 50, 60}  # step 50 evaluated, not shipped
+        assert dev[0] < dev[10] < dev[25] < dev[160] and set(dev) == set(steps)
         assert r.cosines[-1].mean() < r.cosines[0].mean() - 0.2  # training spreads unrelated sentences apart
