@@ -196,7 +196,7 @@ def test_benchmarks_and_how_it_works(page):
     notes = page.locator("#record-notes details")
     assert notes.count() == 1 and not notes.first.get_attribute("open")
     notes.locator("summary").click()
-    assert "Re-trained on 2026-11-28" in notes.inner_text()  # the full text, one click away
+    assert "chosen by STSBenchmark dev over its snapshots" in notes.inner_text()  # the full text, one click away
     notes.locator("summary").click()
     page.screenshot(path=str(SHOTS / "benchmarks.png"), full_page=True)
     page.get_by_role("tab", name="How it works").click()
