@@ -26,13 +26,16 @@ MTEB_DATASETS = {
 }
 # Registry licence names -> the Hub's licence identifiers.
 HUB_LICENCES = {"Apache-2.0": "apache-2.0", "MIT": "mit", "Gemma Terms of Use": "gemma"}
-# Training files whose name starts with a key here were built from that Hub dataset (see assets/data/SOURCES.md).
-# The multi-genre file's third source, counterfactually-augmented SNLI, has no Hub dataset (its GitHub repository,
-# acmi-lab/counterfactually-augmented-data, is named in the card's data line instead).
-TRAINING_DATASETS = {"snli_": ("stanfordnlp/snli",), "nli_for_simcse": ("princeton-nlp/datasets-for-simcse",),
-                     "multigenre_": ("stanfordnlp/snli", "nyu-mll/multi_nli")}
-DATA_NOTES = {"multigenre_": "SNLI dev+test, MultiNLI 1.0 dev and counterfactually-augmented SNLI train "
-                             "(acmi-lab/counterfactually-augmented-data), built by `python -m embedlab build-data`"}
+# Training files whose name starts with a key here were built from these Hub datasets (see assets/data/SOURCES.md),
+# and a note naming their sources ("": none beyond the datasets). The multi-genre file's third source,
+# counterfactually-augmented SNLI, has no Hub dataset: its GitHub repository is named in the note instead.
+TRAINING_DATASETS: dict[str, tuple[tuple[str, ...], str]] = {
+    "snli_": (("stanfordnlp/snli",), ""),
+    "nli_for_simcse": (("princeton-nlp/datasets-for-simcse",), ""),
+    "multigenre_": (("stanfordnlp/snli", "nyu-mll/multi_nli"),
+                    "SNLI dev+test, MultiNLI 1.0 dev and counterfactually-augmented SNLI train "
+                    "(acmi-lab/counterfactually-augmented-data), built by `python -m embedlab build-data`"),
+}
 CARD_FILE = "README.md"
 
 
@@ -96,8 +99,7 @@ def _record(record: TrainingRecord | Mapping[str, Any]) -> TrainingRecord:
 def _training_datasets(record: TrainingRecord) -> tuple[tuple[str, ...], str]:
     """(the Hub datasets the training file was built from, a note naming its sources) by its file name."""
     name = Path(str(record.data.get("path", ""))).name
-    prefix = next((p for p in TRAINING_DATASETS if name.startswith(p)), None)
-    return (TRAINING_DATASETS[prefix], DATA_NOTES.get(prefix, "")) if prefix else ((), "")
+    return next((v for prefix, v in TRAINING_DATASETS.items() if name.startswith(prefix)), ((), ""))
 
 
 def command_of(record: TrainingRecord | Mapping[str, Any]) -> str:
