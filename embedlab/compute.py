@@ -261,6 +261,20 @@ def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:
     return _submit(fn, priority)
 
 
+def beside(fn: Callable[[], T]) -> T:
+    """Run ``fn()`` on the calling thread, beside the compute thread rather than queued on it; raises
+    :class:`Cancelled` instead when the caller's :func:`stop_when` check is true, as :func:`on_compute_thread` does.
+
+    For work on a private copy of a model (a live run's): it needs no serialising with the lab's models, and queued
+    as background slices it made every compare wait for the slice in progress (1.0-1.5 s, docs/load.md). In a
+    serving process the calling thread runs its torch ops on one intra-op thread (:func:`configure_for_serving`),
+    so it adds no OpenMP team and leaves the compute thread its cores' share.
+    """
+    if _gone(_stop_check.get()):
+        raise Cancelled("stopped: the request's client has gone")
+    return fn()
+
+
 def run_rows(key: Hashable, rows: list, run: Callable[[list], Sequence[T]], priority: int = INTERACTIVE,
              max_rows: int = 64) -> list[T]:
     """``run(rows)`` on the compute thread, sharing the call with other requests' rows queued meanwhile.
@@ -357,7 +371,8 @@ def configure_for_serving(background_batch_tokens: int | None, threads: int | No
     # every later pass of the compute thread 1.6x slower, a live training step 5.5 -> 8.4 s.
     # torch.set_num_threads is per thread, and also the size a thread takes at its first parallel op; so the
     # compute thread takes its size (get_num_threads starts it) and then the default every other thread takes is 1.
-    n = max(1, threads or torch.get_num_threads())
+    global _threads
+    _threads = n = max(1, threads or torch.get_num_threads())
 
     def own_size() -> None:
         torch.get_num_threads()
@@ -368,6 +383,48 @@ def configure_for_serving(background_batch_tokens: int | None, threads: int | No
     if libc is not None and trim_heap_every_s:
         threading.Thread(target=_trim_heap_forever, args=(trim_heap_every_s,), daemon=True,
                          name="heap-trim").start()
+
+
+_threads: int | None = None  # the compute thread's intra-op threads in a serving process (None: not serving)
+_sharing = 0  # how many sharing_cores blocks are open
+_sharing_lock = threading.Lock()
+
+
+def _compute_threads(n: int) -> None:
+    import torch
+
+    with stop_when(None):  # never skipped: a stopping run's restore must run
+        on_compute_thread(lambda: torch.set_num_threads(n), priority=URGENT)
+    # torch.set_num_threads also sets the size a thread takes at its first parallel op: back to one for every
+    # other thread (configure_for_serving), this one included (a live run's: it runs on one)
+    torch.set_num_threads(1)
+
+
+@contextlib.contextmanager
+def sharing_cores() -> Iterator[None]:
+    """While this block runs work :func:`beside` the compute thread (a live run: its own thread, one intra-op
+    thread), the compute thread runs on one intra-op thread too, so each has cores of its own; back after.
+
+    Why: an OpenMP op of the compute thread's two threads waits at its barrier for the slower one, and with a
+    third busy thread on 2 cores every op ran at the pace of a shared core: beside a live run, compares under
+    bench.load's 8 users took p50 3.41 s / p95 5.53 s (docs/load.md) against 0.35 / 0.50 s idle. Nothing
+    outside a serving process (configure_for_serving) is changed, nor with one compute thread already.
+    """
+    global _sharing
+    if _threads is None or _threads == 1:
+        yield
+        return
+    with _sharing_lock:
+        _sharing += 1
+        if _sharing == 1:
+            _compute_threads(max(1, _threads - 1))
+    try:
+        yield
+    finally:
+        with _sharing_lock:
+            _sharing -= 1
+            if _sharing == 0:
+                _compute_threads(_threads)
 
 
 def background_batch_tokens() -> int | None:

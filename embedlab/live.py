@@ -9,8 +9,9 @@
 
 A run is :class:`embedlab.training.Trainer` (the loop train.py runs) on its own copy of the backbone (the Trainer
 loads one), so what other visitors embed with the lab's models never sees a train-mode flag, dropout or an
-active adapter. Every unit of its work (a gradient-cache chunk's pass, a backward, the optimiser step, a frame's
-forward batch) runs on the compute thread at background priority, so a compare waits at most one such unit.
+active adapter. So its work (passes, backwards, optimiser steps, a frame's forward batches) runs on the manager's own
+thread, beside the compute thread (:func:`embedlab.compute.beside`), on one intra-op thread in the app: a compare
+shares the CPU with it instead of waiting for the unit in progress; the stop check runs before each unit.
 
 Its folder ``<live_root>/<model>/live-<id>`` (:func:`embedlab.side.live_root`) is an adapter folder with
 ``snapshots/step-N`` for each frame, so ``<model>+live-<id>`` and ``<model>+live-<id>@<step>`` parse as sides for
@@ -40,7 +41,7 @@ import numpy as np
 
 from . import ROOT, env_switch, precision
 from .files import folder_bytes
-from .compute import BACKGROUND, Cancelled, on_compute_thread, stop_when, trim_heap
+from .compute import Cancelled, beside, sharing_cores, stop_when, trim_heap
 from .registry import DEFAULT_MODEL, MODELS
 from .nli import BUILT_IN
 from .side import LIVE_PREFIX, kind, live_root, loadable_models
@@ -215,18 +216,14 @@ class Run:
         return self.folder / "download" / f"{self.settings.model}-{self.name}.zip"
 
 
-def _background(fn: Callable[[], Any]) -> Any:
-    return on_compute_thread(fn, priority=BACKGROUND)
-
-
 class Manager:
     """The app's live runs: one trains at a time (a worker thread), the others wait in FIFO order; one
     unfinished run per session. ``load``: the Trainer's model loader (tests pass a tiny model's);
-    ``executor``: where every unit of work runs (the compute thread at background priority);
+    ``executor``: where every unit of work runs (:func:`embedlab.compute.beside`: on the manager's thread);
     ``base_vectors``: where step 0's vectors may come from without the run's model (None: measured on it)."""
 
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
-                 executor: Callable[[Callable[[], Any]], Any] = _background, max_wall_s: float = MAX_WALL_S,
+                 executor: Callable[[Callable[[], Any]], Any] = beside, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
                  max_disk_mb: float = MAX_DISK_MB, loss_every_s: float = LOSS_EVERY_S,
@@ -432,7 +429,8 @@ class Manager:
                 run = self._queue.popleft()
                 self._current = run
             try:
-                self._train(run)
+                with sharing_cores():  # the run on one core, the lab's compute thread on the other(s)
+                    self._train(run)
             except LiveError as e:
                 run.state, run.message = "failed", str(e)
             except Exception as e:  # the server log has the trace; the user a line
@@ -713,7 +711,7 @@ class Probe:
 
     def _unit(self, m: "Measuring", idx: list[int]) -> np.ndarray:
         """One forward batch in eval mode (no dropout) with ``m``'s weights in place of the current ones, put
-        back after it (on the compute thread: no training work runs in between)."""
+        back after it (every unit of a run runs on its one thread: no training work runs in between)."""
         import torch
 
         from .encode import collate, embed_batch

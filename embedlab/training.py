@@ -5,7 +5,7 @@ hard negatives, on the EOS-pooled embedding the encoder uses (one code path: :fu
 
     cfg = Config(model="smollm2-135m", steps=50, batch_size=32, lr=2e-4, out="runs/x")
     record = train(cfg)                                          # what train.py does
-    trainer = Trainer(cfg, executor=run_on_compute_thread)       # what a live run does:
+    trainer = Trainer(cfg, executor=compute.beside)              # what a live run does:
     for info in trainer.steps(should_stop=stop_requested, report_every=1):  # StepInfo after every step
         show(info.step, info.loss, info.lr, info.sentences_per_second)
     record = trainer.finish(evaluate=False)                      # the adapter of the steps done so far
@@ -364,8 +364,8 @@ class Trainer:
     iterating :meth:`steps`, saved by :meth:`finish`. :func:`train` runs the three.
 
     ``load(key, adapter=None, device=..., max_length=...)`` returns an Encoder (tests pass a tiny random model).
-    ``executor(fn) -> fn()`` runs every forward pass, backward and optimiser step (the app runs them on its
-    compute thread at background priority); each unit sets its own autocast and grad mode.
+    ``executor(fn) -> fn()`` runs every forward pass, backward and optimiser step (a live run checks its stop
+    before each: :func:`embedlab.compute.beside`); each unit sets its own autocast and grad mode.
     """
 
     def __init__(self, cfg: Config, *, load=load_encoder, executor: Executor = _call, progress: bool = False,

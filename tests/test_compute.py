@@ -98,6 +98,36 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     in_a_new_process(code)
 
 
+def test_beside_a_live_run_the_compute_thread_takes_one_core_and_gets_its_own_back():
+    """sharing_cores (a live run's block): the compute thread on one intra-op thread while it lasts (nested blocks
+    too), its own count back after, even when the block's stop check says stop; threads started later still take
+    one. Outside a serving process nothing changes. In a subprocess: thread counts are process-wide."""
+    code = (
+        "import threading, torch, embedlab.compute as c\n"
+        "with c.sharing_cores():\n"
+        "    assert c.on_compute_thread(torch.get_num_threads) == torch.get_num_threads()  # not serving: untouched\n"
+        "c.configure_for_serving(256, threads=2, trim_heap_every_s=None)\n"
+        "assert c.on_compute_thread(torch.get_num_threads) == 2\n"
+        "with c.stop_when(lambda: True):\n"
+        "    with c.sharing_cores():\n"
+        "        with c.sharing_cores():\n"
+        "            try:\n"
+        "                c.beside(lambda: 1)\n"
+        "                raise AssertionError('beside ran under a stop')\n"
+        "            except c.Cancelled:\n"
+        "                pass\n"
+        "        assert c._sharing == 1\n"
+        "        with c.stop_when(None):\n"
+        "            assert c.on_compute_thread(torch.get_num_threads) == 1\n"
+        "assert c.on_compute_thread(torch.get_num_threads) == 2 and torch.get_num_threads() == 1\n"
+        "out = []\n"
+        "t = threading.Thread(target=lambda: out.append(torch.get_num_threads())); t.start(); t.join()\n"
+        "assert out == [1], out\n"
+        "print('ok')\n"
+    )
+    in_a_new_process(code)
+
+
 def test_the_compute_thread_lets_go_of_its_last_task():
     """Once a task has run, the compute thread holds no reference to it while it waits for the next one: a live
     run's last save (a closure over its trainer) kept the run's whole model alive until another request came."""

@@ -263,6 +263,35 @@ def test_a_frame_measured_in_slices_between_steps_measures_its_own_steps_weights
         np.testing.assert_allclose(sliced.cosines[i], at_once.cosines[j], atol=1e-6)
 
 
+def test_a_runs_units_run_beside_the_compute_thread_not_before_its_compares(env, monkeypatch):
+    """The run's model is its own copy, so its units need no place in the compute thread's queue: a compare queued
+    while a unit runs (here one held until the compare is answered) does not wait for it."""
+    from embedlab import compute
+
+    held, answered, threads = threading.Event(), threading.Event(), []
+    unit = live.Probe._unit
+
+    def slow_unit(self, m, idx):
+        threads.append(threading.current_thread().name)
+        if not held.is_set():
+            held.set()
+            answered.wait(60)  # what a long pass is to a compare queued meanwhile
+        return unit(self, m, idx)
+
+    monkeypatch.setattr(live.Probe, "_unit", slow_unit)
+    m = manager()
+    run = m.submit("me", small(steps=1))
+    assert held.wait(300)
+    result = []
+    compare = threading.Thread(target=lambda: result.append(compute.on_compute_thread(lambda: 42)))
+    compare.start()
+    compare.join(30)
+    answered.set()
+    assert result == [42], "a compare waited for the run's unit"
+    assert m.wait(run, 300) and run.state == "done", run.message
+    assert threads and compute._NAME not in threads
+
+
 def test_over_the_disk_cap_the_least_recently_used_runs_go_first(env):
     m = manager()
     runs = []
