@@ -31,7 +31,7 @@ from .compute import BACKGROUND, INTERACTIVE
 from .corpora import Corpus, InputError
 from .encode import Encoder, tokenize
 from .files import signature
-from .loading import attach_side, cache_root, load_encoder
+from .loading import adapter_bytes, attach_side, cache_root, detach_adapter, load_encoder
 from .precision import resolve as resolve_precision
 from .lru import LRU
 from .registry import get_spec
@@ -52,6 +52,10 @@ MAX_EMBED_CHARS = 200_000  # all texts of one call
 MAX_EMBED_TOKENS = 32_768  # per side, after each text is cut to the model's max_length tokens (as the encoder does)
 EMBED_INTERACTIVE_TOKENS = 2_048  # more than this runs at background priority: compares overtake it batch by batch
 CANCELLED_NOTE_S = 60.0  # the status line says which jobs were cancelled, and how far they got, for this long
+# LoRA weights kept attached to one loaded model, least recently used detached first (never one in use): every side
+# anyone names (a snapshot, a live run's frame, a Hub adapter) attaches its adapter, and without a bound they piled up
+# for as long as the model stayed loaded. A shipped rank-8 adapter is 1.4-1.8 MB, a rank-64 live run's ~12 MB.
+ADAPTER_MEMORY_MB = 64.0
 JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
 
 
@@ -110,11 +114,17 @@ class Lab:
         self._load_locks: dict[str, threading.Lock] = {}
         self._lock = threading.Lock()
         self._slots = threading.Condition(self._lock)  # notified when a request lets go of its models
-        self._pins: Counter[str] = Counter()  # model -> requests and jobs using it now (never evicted meanwhile)
+        # model, or (model, adapter name) -> requests and jobs using it now (never evicted or detached meanwhile)
+        self._pins: Counter = Counter()
         self._map_build = threading.Lock()  # one uncached map at a time (see features.maps.twin_map)
         self._indexes: LRU[str, faiss_index.Index] = LRU(max_items=8)
         self._maps: LRU[str, dict] = LRU(max_items=6)
         self._attached: dict[tuple, str] = {}  # (model, weights folder, file stats) -> loaded adapter name
+        # (model, adapter name) -> its bytes, least recently used first; under self._lock. Attaching, pinning and
+        # detaching happen under _attaching, so an adapter is never detached between its attach and its pin
+        self._adapters: OrderedDict[tuple[str, str], int] = OrderedDict()
+        self.adapter_budget = int(ADAPTER_MEMORY_MB * 2**20)
+        self._attaching = threading.Lock()
         self.status: dict[str, str] = {}  # background work, shown in the UI
         self._cancelled: tuple[float, str] | None = None  # (when, what) of the last cancel, for the status line
 
@@ -143,6 +153,8 @@ class Lab:
                 break
             if not self._pins[old] and old not in self.resident:
                 del self._models[old]
+                for k in [k for k in self._adapters if k[0] == old]:  # gone with their model
+                    del self._adapters[k]
         return fits()
 
     def _make_room(self, key: str) -> None:
@@ -193,17 +205,21 @@ class Lab:
                 self._evict_for(key, self._bytes[key])  # the measured size may exceed the estimate
             return enc
 
-    def _keep(self, key: str) -> Callable[[], None]:
-        """Pin ``key`` (no eviction) until the returned function is called, e.g. from a background job's thread."""
+    def _keep(self, *keys: str | tuple[str, str | None]) -> Callable[[], None]:
+        """Pin ``keys`` (a model; a (model, adapter name)) against eviction until the returned function is called,
+        e.g. from a background job's thread."""
         with self._slots:
-            self._pins[key] += 1
+            self._pins.update(keys)
         done = threading.Event()
 
         def release() -> None:
             if not done.is_set():
                 done.set()
                 with self._slots:
-                    self._pins[key] -= 1
+                    self._pins.subtract(keys)
+                    for k in keys:
+                        if self._pins[k] <= 0:  # no zero entries left behind: adapters' keys come and go
+                            self._pins.pop(k, None)
                     self._slots.notify_all()
 
         return release
@@ -219,7 +235,7 @@ class Lab:
         token = None
         try:
             encs = {k: self.encoder(k) for k in keys}
-            readies = [self._ready(s, encs[s.model]) for s in sides]
+            readies = [self._ready(s, encs[s.model], releases) for s in sides]
             token = _held.set(tuple(readies))
             yield readies
         finally:
@@ -228,17 +244,44 @@ class Lab:
             for release in releases:
                 release()
 
-    def _ready(self, side: Side, enc: Encoder) -> Ready:
-        """Attach ``side``'s weights to its (held) encoder, once per weights folder and file state."""
+    def _ready(self, side: Side, enc: Encoder, releases: list[Callable[[], None]]) -> Ready:
+        """Attach ``side``'s weights to its (held) encoder, once per weights folder and file state, and pin them
+        (their release appended to ``releases``) until the request lets go; then detach the least recently used
+        adapters nobody uses while this model's exceed ``adapter_budget``."""
         if side.weights is None:
             return Ready(side, enc, None)
         path = Path(side.weights)
         sig = signature(path)  # already attached and the files unchanged since: skip re-reading them
         memo = (side.model, str(path), sig)
-        name = self._attached.get(memo) if sig is not None else None
-        if name not in enc.adapters:
-            name = self._attached[memo] = attach_side(enc, side)
+        with self._attaching:
+            name = self._attached.get(memo) if sig is not None else None
+            if name not in enc.adapters:
+                name = self._attached[memo] = attach_side(enc, side)
+            key = (side.model, name)
+            releases.append(self._keep(key))
+            with self._lock:
+                if key not in self._adapters:
+                    self._adapters[key] = adapter_bytes(enc, name)
+                self._adapters.move_to_end(key)
+            self._trim_adapters(enc)
         return Ready(side, enc, name)
+
+    def _trim_adapters(self, enc: Encoder) -> None:
+        """Detach ``enc``'s least recently used unpinned adapters while its adapters hold more than
+        ``adapter_budget`` bytes. Called with ``_attaching`` held (no attach or pin meanwhile)."""
+        model = enc.spec.key
+        while True:
+            with self._lock:
+                mine = [k for k in self._adapters if k[0] == model]
+                if sum(self._adapters[k] for k in mine) <= self.adapter_budget:
+                    return
+                victim = next((k for k in mine if not self._pins[k]), None)
+                if victim is None:  # all in use: over the budget until they are let go
+                    return
+                del self._adapters[victim]
+                for memo in [m for m, n in self._attached.items() if m[0] == model and n == victim[1]]:
+                    del self._attached[memo]
+            detach_adapter(enc, victim[1])
 
     # --- embeddings -------------------------------------------------------------------------------
     def texts(self, a: Ready, b: Ready, texts: Sequence[str],
@@ -276,7 +319,7 @@ class Lab:
         return self.embeddings.get_or_compute(r.enc, corpus.texts, r.adapter, wait=False, sha=corpus.sha256,
                                               uploaded=corpus.uploaded, job_wait_s=wait_s,
                                               label=f"{r.side.spec} on {corpus.name}",
-                                              keep=lambda: self._keep(r.enc.spec.key))
+                                              keep=lambda: self._keep(r.enc.spec.key, (r.enc.spec.key, r.adapter)))
 
     def cancel_jobs(self) -> int:
         """Cancel every background corpus job (each stops after its current batch; what is embedded so far stays

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Callable, Iterator, Sequence
 
@@ -276,3 +277,25 @@ def attach_adapter(
 
     on_compute_thread(attach)
     return info
+
+
+def adapter_bytes(enc: Encoder, name: str) -> int:
+    """Bytes of the LoRA weights loaded under ``name`` on ``enc`` (0 when none are)."""
+    return sum(p.numel() * p.element_size() for n, p in enc.model.named_parameters() if "lora_" in n and f".{name}." in n)
+
+
+def detach_adapter(enc: Encoder, name: str) -> None:
+    """Remove the adapter loaded under ``name`` from ``enc`` (its weights freed); the last one unwraps the backbone,
+    as it was before any was attached. On the compute thread, like attaching: passes never see it half removed."""
+    def detach() -> None:
+        if enc.adapters.pop(name, None) is None:
+            return
+        if not enc.adapters:
+            enc.model = enc.model.unload()
+        else:
+            with warnings.catch_warnings():  # "adapter … was active": passes name their adapters (adapter_names)
+                warnings.simplefilter("ignore", UserWarning)
+                enc.model.delete_adapter(name)
+        enc.model.eval()
+
+    on_compute_thread(detach)

@@ -7,7 +7,7 @@ import pytest
 from embedlab.adapters import AdapterError
 from embedlab.features import common, evaluate, pairs
 from embedlab.features import sides as sides_tab
-from tiny import A, B, make_adapter
+from tiny import A, B, make_adapter, tiny_load_side
 
 
 def test_bad_side_specs_get_a_message_listing_the_valid_ones(lab, adapter, tmp_path):
@@ -162,3 +162,38 @@ def test_the_side_card_says_the_precision_its_model_runs_in(lab, monkeypatch):
     monkeypatch.setattr(precision, "cpu_has_native_bf16", lambda: False)
     assert "Precision: **fp32 (auto)**" in sides_tab.model_card(A)
     assert "Precision: **bf16 (auto)**" in sides_tab.model_card(A, device="cuda")  # a GPU: bf16 whatever the CPU
+
+
+def test_attached_adapters_stay_within_their_budget_least_recently_used_first_never_one_in_use(lab, adapter, tmp_path):
+    """Every side anyone names attaches its adapter to the shared model; past ``adapter_budget`` bytes per model the
+    least recently used one nobody holds is detached (and attaches again when named), so memory stays bounded."""
+    import numpy as np
+
+    from embedlab.loading import detach_adapter
+    from embedlab.side import parse_side
+
+    root = tmp_path / "adapters"
+    for i in range(4):
+        make_adapter(root / f"tiny-{i}", seed=10 + i)
+    sides = [parse_side(f"{A}+tiny-{i}") for i in range(4)]
+    texts = ["a man is playing a guitar", "a dog runs in the park"]
+    enc = lab.encoder(A)
+    base = enc.embed(texts)
+    first = lab.embed(sides[0], sides[0], texts)[0]
+    one = next(iter(lab._adapters.values()))
+    lab.adapter_budget = 2 * one  # room for two
+    with lab.hold(sides[0]) as (held,):  # in use: never detached, however old
+        for s in sides[1:]:
+            lab.embed(s, s, texts)
+            assert len(enc.adapters) <= 3 and held.adapter in enc.adapters
+    assert len(enc.adapters) == 2  # the held one and the newest
+    # attached again when named again: a new text's vector is that adapter's (as a fresh model with it attached gives)
+    again = lab.embed(sides[0], sides[0], ["a man is playing a guitar", "a cat sleeps"])[0]
+    ref_enc, ref_name = tiny_load_side(sides[0])
+    np.testing.assert_allclose(again[1], ref_enc.embed(["a cat sleeps"], ref_name)[0], atol=1e-5)
+    assert np.array_equal(again[0], first[0]) and len(enc.adapters) == 2
+    assert not any(isinstance(k, tuple) for k in lab._pins)  # no pins left behind
+    for name in list(enc.adapters):  # the last one detached unwraps the backbone: the base vectors as before
+        detach_adapter(enc, name)
+    assert not enc.adapters and not hasattr(enc.model, "peft_config")
+    assert np.array_equal(enc.embed(texts), base)
