@@ -343,6 +343,12 @@ class Lab:
         with self.hold(a, b) as (ra, rb):
             return self.texts(ra, rb, texts)
 
+    def side_vectors(self, side: Side, texts: Sequence[str], priority: int = BACKGROUND) -> np.ndarray:
+        """(N, d) float32 vectors of ``texts`` under one side, not cached: a live run's frame (its snapshot as a
+        side), at background priority so that compares go first, a batch at a time."""
+        with self.hold(side) as (r,):
+            return r.enc.embed(texts, r.adapter, priority=priority)
+
     def embed_bounded(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`embed` for the /embed API, with its work bounded: at most MAX_EMBED_CHARS characters in all
         and MAX_EMBED_TOKENS tokens per side (counted after each text is cut to the model's ``max_length``

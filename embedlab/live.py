@@ -4,14 +4,16 @@
     run = manager.submit(session, settings("A few minutes"), data=None, pair=("a", "b"))
     while not run.finished:                               # what the tab's stream does
         manager.heartbeat(session, run.id)                # a watcher that stops calling this stops the run
-        show(run.frame, manager.position(run))            # loss every step; dev, histogram, map, pair a frame every ~22 s
+        show(run.frame, manager.position(run))            # loss every step; dev, histogram, map, pair a frame every ~20 s
     spec = run.spec                                       # e.g. "gemma3-270m+live-3f9c...": a side like any other
 
 A run is :class:`embedlab.training.Trainer` (the loop train.py runs) on its own copy of the backbone (the Trainer
 loads one), so what other visitors embed with the lab's models never sees a train-mode flag, dropout or an
-active adapter. So its work (passes, backwards, optimiser steps, a frame's forward batches) runs on the manager's own
-thread, beside the compute thread (:func:`embedlab.compute.beside`), on one intra-op thread in the app: a compare
-shares the CPU with it instead of waiting for the unit in progress; the stop check runs before each unit.
+active adapter. So its work (passes, backwards, optimiser steps) runs on the manager's own thread, beside the
+compute thread (:func:`embedlab.compute.beside`; the stop check before each unit), each on a core of its own while
+the run lasts (:func:`embedlab.compute.sharing_cores`): a compare never waits for the run's unit in progress. A frame
+is the run's snapshot of a step measured as the side it is, ``<spec>@<step>``, by the app's own model on the compute
+thread at background priority (``frame_vectors``): compares go first, and the training never pauses for a frame.
 
 Its folder ``<live_root>/<model>/live-<id>`` (:func:`embedlab.side.live_root`) is an adapter folder with
 ``snapshots/step-N`` for each frame, so ``<model>+live-<id>`` and ``<model>+live-<id>@<step>`` parse as sides for
@@ -32,7 +34,7 @@ import threading
 import time
 import zipfile
 from collections import deque
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -44,7 +46,7 @@ from .files import folder_bytes
 from .compute import Cancelled, beside, sharing_cores, stop_when, trim_heap
 from .registry import DEFAULT_MODEL, MODELS
 from .nli import BUILT_IN
-from .side import LIVE_PREFIX, kind, live_root, loadable_models
+from .side import LIVE_PREFIX, kind, live_root, loadable_models, parse_side
 
 log = logging.getLogger(__name__)
 
@@ -54,11 +56,10 @@ TTL_S = 3600.0  # a run's files go an hour after their last use
 # and the least recently used finished runs go sooner once all of them hold more than this: one run is ~5 MB with
 # the default preset, but up to ~150 MB at the caps (rank 64, a float16 snapshot per frame for 10 minutes)
 MAX_DISK_MB = 1024.0
-FRAME_EVERY_S = 22.0  # a frame (dev, histogram, map, pair) starts this long after the one before (and after the last step)
-# a frame is measured in units of one forward batch between steps, as many as keep the loss curve's updates about
-# this far apart: a step of the default preset took 4.5-8 s in bf16 on 2 cores, a frame 5-8 s (docs/live.md). At 8
-# the frames came ~32 s apart on the slower runs; the goal is a loss every 10 s and a frame every 30 s
-LOSS_EVERY_S = 9.0
+# a frame (dev, histogram, map, pair) begins at the first step's end this long after the one before began, once that
+# one is measured (and after the last step). It is measured beside the training (the lab's model, the compute thread's
+# core), ~10 s of one core on 2 here: the goal is a frame every 30 s; the loss comes after every step (~8 s)
+FRAME_EVERY_S = 20.0
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
@@ -226,17 +227,20 @@ class Manager:
                  executor: Callable[[Callable[[], Any]], Any] = beside, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
-                 max_disk_mb: float = MAX_DISK_MB, loss_every_s: float = LOSS_EVERY_S,
-                 base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None) -> None:
+                 max_disk_mb: float = MAX_DISK_MB,
+                 base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None,
+                 frame_vectors: Callable[[str, list[str]], np.ndarray] | None = None) -> None:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
-        self.loss_every_s = loss_every_s
         self.max_disk_bytes = int(max_disk_mb * 2**20)
         # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
         # comes in about a second, before the run's own copy of the model has loaded (see Probe)
         self.base_vectors = base_vectors
+        # (side spec, texts) -> their (N, d) vectors under that side (a frame's snapshot, or the base model at step 0),
+        # computed beside the training: the app's Lab.side_vectors, at background priority (None: a Lab of its own)
+        self._frame_vectors = frame_vectors
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Run] = deque()
@@ -454,6 +458,14 @@ class Manager:
         gc.collect()
         trim_heap()
 
+    def frame_vectors(self, spec: str, texts: list[str]) -> np.ndarray:
+        if self._frame_vectors is None:
+            from .lab import Lab
+
+            lab = Lab(seed_dir=None)  # loads the run's model once more (the app passes its own Lab's)
+            self._frame_vectors = lambda spec, texts: lab.side_vectors(parse_side(spec), texts)
+        return self._frame_vectors(spec, texts)
+
     def _should_stop(self, run: Run) -> bool:
         t = time.monotonic()
         return (run.stop_requested.is_set() or (run.started_at is not None and t - run.started_at > self.max_wall_s)
@@ -470,7 +482,7 @@ class Manager:
             run.frame.version += 1
         run.started_at = t0 = time.monotonic()
         probe = Probe(run.pair)
-        done_frame = -1
+        done_frame = -1  # step 0's frame from the lab's caches: 0
         if self.base_vectors is not None:  # step 0 is the base model: from the lab's caches while the copy loads
             try:
                 v = self.base_vectors(run.settings.model, probe.texts)
@@ -486,65 +498,62 @@ class Manager:
             trainer = Trainer(cfg, load=self.load or load_encoder, executor=self.executor,
                               name=f"live run {run.id[:6]}")
         except (ValueError, OSError) as e:  # DataError, ConfigError, SetupError: the user's settings or file
-            probe.layouts.shutdown(wait=False, cancel_futures=True)
+            probe.shutdown(ended=False)
             raise LiveError(str(e)) from None
         probe.trainer = trainer
         run.state, run.message = "training", ""
-        last_frame_t = slot_end = t0
-        measuring: Measuring | None = None  # a frame being measured, a few units after each step
+        last_frame_t = t0
+        pending: Future | None = None  # the frame being measured (on the frame worker)
 
-        def measure_some(budget_s: float) -> None:
-            """Go on with the frame being measured for about ``budget_s`` seconds (at least one unit); publish
-            it once done."""
-            nonlocal measuring, done_frame
-            if measuring is not None and probe.advance(measuring, budget_s):
-                self._publish(run, probe, measuring.step, probe.measure(measuring.out))
-                self._write_record(run, trainer.record())
-                done_frame, measuring = measuring.step, None
+        def frame(step: int) -> None:
+            """Measure the snapshot of ``step`` as a side (``frame_vectors``: the lab's copy of the model, on the
+            compute thread at background priority, beside the training) and show it. Dropped, its snapshot
+            removed, once the run stops early (at the next batch)."""
+            try:
+                with stop_when(lambda: self._should_stop(run) and trainer.done < trainer.total):
+                    v = self.frame_vectors(run.settings.model if step == 0 else f"{run.spec}@{step}", probe.texts)
+            except Cancelled:
+                if step:
+                    shutil.rmtree(run.folder / "snapshots" / f"step-{step}", ignore_errors=True)
+                return
+            self._publish(run, probe, step, probe.measure(v))
+            self._write_record(run, trainer.record())
 
         def begin_frame(step: int) -> None:
-            nonlocal measuring, last_frame_t
+            nonlocal pending, last_frame_t
             last_frame_t = time.monotonic()  # the cadence counts from a frame's start
             probe.save_snapshot(run, step)
-            measuring = probe.begin(step)
+            self._write_record(run, trainer.record())  # lists the step (the run's current one): its spec parses
+            pending = probe.frames.submit(frame, step)
 
         try:
             with stop_when(lambda: self._should_stop(run)):  # mid-step work is dropped once a stop is asked
                 if done_frame < 0 and not self._should_stop(run):
-                    begin_frame(0)  # the base model, before any step: nothing else to show meanwhile
-                    measure_some(math.inf)
+                    begin_frame(0)  # the base model: measured while the first step trains
                 for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
                     f = run.frame
                     per_step = info.seconds / max(1, info.step)
                     with f.lock:
                         f.loss_curve.append((info.step, float(info.loss)))
                         f.step, f.seconds = info.step, time.monotonic() - t0
-                        f.eta_s = per_step * (info.steps - info.step) * 1.15  # frames cost ~15% more
+                        f.eta_s = per_step * (info.steps - info.step)
                         f.version += 1
                     last = info.step == info.steps
-                    # A frame is measured in slices between steps (its own step's weights swapped in for each
-                    # unit), in the time the step left of LOSS_EVERY_S: measured at once, it delayed the next
-                    # loss by the whole frame
-                    now = time.monotonic()
-                    budget_s = math.inf if last else self.loss_every_s - (now - slot_end)
-                    measure_some(budget_s)
-                    if measuring is None and (last or time.monotonic() - last_frame_t >= self.frame_every_s):
+                    # one frame at a time: the next begins once the one before is measured (and FRAME_EVERY_S after
+                    # its start), the last after the last step whatever is pending
+                    if last or ((pending is None or pending.done())
+                                and time.monotonic() - last_frame_t >= self.frame_every_s):
                         begin_frame(info.step)
-                        measure_some(budget_s - (time.monotonic() - now))
-                    slot_end = time.monotonic()
         except Cancelled:
             pass  # a stop during a step: the steps before it are kept
         except LossNotFinite:
             raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
                             "rate.") from None
         finally:
-            # a finished run waits for its last map (seconds); a stopped one does not: a layout in progress must not
-            # hold the stop (the next run's first map then waits for it in the layout process, seconds)
-            ended = trainer.done >= trainer.total
-            probe.layouts.shutdown(wait=ended, cancel_futures=not ended)
-        if measuring is not None and measuring.step not in (0, trainer.done):
-            # a frame begun but stopped before it was measured: its snapshot would be listed nowhere
-            shutil.rmtree(run.folder / "snapshots" / f"step-{measuring.step}", ignore_errors=True)
+            # a finished run waits for its last frame and map (seconds); a stopped one does not: a frame being
+            # measured stops at its next batch, a layout in progress must not hold the stop (the next run's first
+            # map then waits for it in the layout process, seconds)
+            probe.shutdown(ended=trainer.done >= trainer.total)
         stopped = trainer.done < trainer.total
         run.state, run.message = "saving", "Saving the adapter…"
         with run.frame.lock:
@@ -553,7 +562,7 @@ class Manager:
             run.state, run.message = "stopped", "Stopped before the first step: nothing was saved."
             shutil.rmtree(run.folder, ignore_errors=True)
             return
-        if done_frame != trainer.done:  # the final weights are a snapshot too (the adapter itself)
+        if trainer.done not in run.frame.measured:  # the final weights are a snapshot too (the adapter itself)
             probe.save_snapshot(run, trainer.done)
         record = trainer.finish(evaluate=False)
         self._write_record(run, record)
@@ -646,24 +655,12 @@ def _trained(model) -> list:
     return [p for p in model.parameters() if p.requires_grad]
 
 
-@dataclass
-class Measuring:
-    """A frame being measured: ``units`` (index lists into ``ids``) left to embed with ``weights`` (those of
-    :func:`_trained` after step ``at``), the (N, d) float32 vectors so far in ``out``."""
-
-    step: int
-    ids: list[list[int]]
-    units: deque
-    weights: list
-    at: int
-    out: np.ndarray | None = None
-
-
 class Probe:
     """A frame's measurements: STSBenchmark dev on DEV_PAIRS fixed pairs, HIST_PAIRS random-pair cosines among
     those pairs' sentences, the topics map aligned to the frame before (embedlab.replay's AlignedUMAP), the Pairs tab's
-    pair. Measured on the training model itself (no second backbone; every batch through the trainer's
-    executor), except step 0, which is the base model and may come from vectors the lab has cached."""
+    pair. Measured on the frame's snapshot as a side, by the lab's copy of the model (Manager.frame_vectors), so the
+    training never pauses for a frame and a frame is what ``<spec>@<step>`` shows in every view; step 0, the base
+    model, may come from vectors the lab has cached."""
 
     def __init__(self, pair: tuple[str, str], trainer=None) -> None:
         from .replay import replay_corpus
@@ -679,61 +676,16 @@ class Probe:
         # every text a frame embeds, once each
         self.texts = list(dict.fromkeys([*self.hist, *self.corpus.texts, *(self.pair or ())]))
         self.prev_vecs: np.ndarray | None = None
+        # a frame's vectors are waited for here, then its map is laid out there: one of each at a time, in order
+        self.frames = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-frame")
         self.layouts = ThreadPoolExecutor(max_workers=1, thread_name_prefix="live-map")
 
-    def begin(self, step: int) -> "Measuring":
-        """Start measuring the model as it is now (after ``step`` steps) on :attr:`texts`; the work is done by
-        :meth:`advance`, between training steps, on these weights even after later steps."""
-        from .encode import length_batches, tokenize
-        from .training import tokens_per_pass
-
-        t = self.trainer
-        ids, _ = tokenize(t.enc.tokenizer, t.spec, self.texts, t.cfg.max_length)
-        # the trained weights (LoRA's: a few MB) as they are at this step; swapped in for each unit
-        weights = t.executor(lambda: [p.detach().clone() for p in _trained(t.model)])
-        units = deque(length_batches([len(x) for x in ids], 64, tokens_per_pass(t.cfg, t.device)))
-        return Measuring(step, ids, units, weights, at=t.done)
-
-    def advance(self, m: "Measuring", budget_s: float) -> bool:
-        """Run units of ``m`` (one forward batch each, on the executor) for about ``budget_s`` seconds, at least
-        one; True once all are done (the (N, d) float32 L2-normalised vectors are then in ``m.out``)."""
-        t, end = self.trainer, time.monotonic() + budget_s
-        while m.units:
-            idx = m.units[0]
-            v = t.executor(lambda: self._unit(m, idx))
-            m.units.popleft()
-            if m.out is None:
-                m.out = np.empty((len(m.ids), v.shape[1]), dtype=np.float32)
-            m.out[idx] = v
-            if time.monotonic() >= end:
-                break
-        return not m.units
-
-    def _unit(self, m: "Measuring", idx: list[int]) -> np.ndarray:
-        """One forward batch in eval mode (no dropout) with ``m``'s weights in place of the current ones, put
-        back after it (every unit of a run runs on its one thread: no training work runs in between)."""
-        import torch
-
-        from .encode import collate, embed_batch
-        from .training import autocast
-
-        t = self.trainer
-        model, params = t.model, _trained(t.model)
-        swap = t.done != m.at  # steps since the frame began: its weights in for this batch
-        mode = model.training
-        with torch.no_grad():
-            now = [p.detach().clone() for p in params] if swap else []
-            try:
-                for p, w in zip(params if swap else (), m.weights):
-                    p.copy_(w)
-                model.eval()
-                batch = collate([m.ids[i] for i in idx], t.enc.pad_id, t.spec.causal, t.device)
-                with torch.inference_mode(), autocast(t.precision, t.device):
-                    return embed_batch(model, batch, t.spec).float().cpu().numpy()
-            finally:
-                model.train(mode)
-                for p, w in zip(params, now):
-                    p.copy_(w)
+    def shutdown(self, ended: bool) -> None:
+        """After the run's last step: a finished run waits for its last frame and map (seconds); a stopped one for
+        the frame being measured (it stops at its next batch) but not for a map: a layout in progress must not
+        hold the stop (the next run's first map then waits for it in the layout process, seconds)."""
+        self.frames.shutdown(wait=True, cancel_futures=not ended)
+        self.layouts.shutdown(wait=ended, cancel_futures=not ended)
 
     def measure(self, v: np.ndarray) -> tuple[float, np.ndarray, np.ndarray, float | None]:
         """(dev Spearman x100, random-pair cosines, (N, d) topics vectors, pair cosine or None) from ``v``, the

@@ -241,19 +241,28 @@ def attach_adapter(
         name = info.name
         config = LoraConfig.from_pretrained(str(info.path))
         config.inference_mode = True
+        # low_cpu_mem_usage: the new LoRA tensors are made on the meta device and the saved ones assigned, so attaching
+        # draws nothing from torch's global random generator: a live run's dropout draws from it on another thread,
+        # and a frame attached meanwhile made train.py --config of the run give other losses (tests/test_live.py)
         if not enc.adapters:
-            enc.model = PeftModel(enc.model, config, adapter_name=name)
+            enc.model = PeftModel(enc.model, config, adapter_name=name, low_cpu_mem_usage=True)
         else:
-            enc.model.add_adapter(name, config)
+            enc.model.add_adapter(name, config, low_cpu_mem_usage=True)
         lora = {n: p for n, p in enc.model.named_parameters() if "lora_" in n and f".{name}." in n}
         expected = {n.replace(f".{name}.", "."): n for n in lora}
         backbone = enc.model.get_base_model()
         prefixes = list(dict.fromkeys([getattr(backbone, "base_model_prefix", ""), "model"]))
         state = backbone_state(load_file(str(info.path / "adapter_model.safetensors")), set(expected), prefixes)
-        result = set_peft_model_state_dict(enc.model, state, adapter_name=name)
+        # assigned as they are: in float32, as PEFT makes adapter weights (autocast_adapter_dtype), whatever the file holds
+        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+        result = set_peft_model_state_dict(enc.model, state, adapter_name=name, low_cpu_mem_usage=True)
         bad = [k for k in result.missing_keys if k in lora] + list(result.unexpected_keys)
-        # Count what landed: every LoRA tensor of this adapter now holds the saved values.
-        applied = sum(torch.equal(lora[expected[k]].detach().cpu(), v.to(lora[expected[k]].dtype)) for k, v in state.items())
+        # Count what landed: every LoRA tensor of this adapter now holds the saved values (the tensors assigned, so
+        # looked up again; one left on the meta device holds none)
+        lora = {n: p for n, p in enc.model.named_parameters() if n in lora}
+        applied = sum(not lora[expected[k]].is_meta and torch.equal(lora[expected[k]].detach().cpu(),
+                                                                    v.to(lora[expected[k]].dtype))
+                      for k, v in state.items())
         if bad or applied != len(lora):
             raise AdapterError(f"adapter {info.path.name}: {applied} of {len(lora)} LoRA tensors applied")
 

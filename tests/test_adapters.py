@@ -40,6 +40,22 @@ def test_two_adapters_on_one_backbone(tmp_path):
     assert attach_adapter(enc, tmp_path / "a").name == a.name and len(enc.adapters) == 2
 
 
+def test_attaching_draws_nothing_from_torchs_random_generator(tmp_path):
+    """A live run's dropout draws from torch's global generator on its own thread while the lab attaches its frames'
+    adapters: an attach that drew from it made the run's losses differ from train.py --config's."""
+    import torch
+
+    make_adapter(tmp_path / "a", seed=1)
+    make_adapter(tmp_path / "b", seed=2)
+    enc = tiny_encoder("llama")
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    for name in ("a", "b"):  # the first wraps the backbone, the second adds to it
+        attach_adapter(enc, tmp_path / name)
+    assert torch.equal(torch.get_rng_state(), state)
+    assert {p.dtype for n, p in enc.model.named_parameters() if "lora_" in n} == {torch.float32}
+
+
 def test_pickle_weights_refused(adapter_dir):
     (adapter_dir / "adapter_model.safetensors").rename(adapter_dir / "adapter_model.bin")
     with pytest.raises(AdapterError, match="pickle"):

@@ -31,6 +31,11 @@ def env(tmp_path, monkeypatch):
     encs = tiny_models(monkeypatch)
     monkeypatch.setenv("EMBEDLAB_LIVE_DIR", str(tmp_path / "live"))
     monkeypatch.setenv("EMBEDLAB_LIVE_TRAINING", "on")
+    # frames are measured by a lab (the app's, features/train.py); here one serving the tiny models
+    lab = Lab(cache_dir=tmp_path / "frames-cache", seed_dir=None)
+    monkeypatch.setattr(lab, "encoder", lambda key: encs[key])
+    monkeypatch.setattr(live.Manager, "frame_vectors",
+                        lambda self, spec, texts: lab.side_vectors(parse_side(spec), texts))
     return encs
 
 
@@ -81,8 +86,10 @@ def test_a_run_becomes_a_private_side_with_frames_a_zip_and_a_reproducible_recor
     run = m.submit("me", small(), None, ("a man is playing a guitar", "a dog is running"))
     assert m.wait(run, 900) and run.state == "done", run.message
     f = run.frame
-    assert [s for s, _ in f.loss_curve] == [1, 2, 3] and f.measured == [0, 1, 2, 3]
-    assert len(f.dev) == len(f.pair) == len(f.cosines) == 4 and sorted(f.maps) == [0, 1, 2, 3]
+    # a frame at step 0, one begun whenever the one before is measured, one after the last step
+    assert [s for s, _ in f.loss_curve] == [1, 2, 3] and f.measured[0] == 0 and f.measured[-1] == 3
+    assert f.measured == sorted(set(f.measured)) and len(f.dev) == len(f.pair) == len(f.cosines) == len(f.measured)
+    assert sorted(f.maps) == f.measured
     assert all(xy.shape == (96, 2) and np.isfinite(xy).all() for xy in f.maps.values())
     p = train_tab.progress(m, run)
     assert p["spec"] == run.spec and p["step"] == 3 and p["state"] == "done" and p["queue_position"] == 0
@@ -92,7 +99,7 @@ def test_a_run_becomes_a_private_side_with_frames_a_zip_and_a_reproducible_recor
 
     # a side in every view for whoever holds the id; listed nowhere (nor to this session's picker lists)
     side = parse_side(run.spec)
-    assert side.adapter == run.name and parse_side(run.spec + "@2").step == 2 and parse_side(run.spec + "@0").weights is None
+    assert side.adapter == run.name and all(parse_side(f"{run.spec}@{s}").step == s for s in f.measured) and parse_side(run.spec + "@0").weights is None
     assert not any("live-" in s for s in valid_specs()) and not any("live-" in v for _, v in side_choices())
     with pytest.raises(SideError) as e:
         parse_side(f"{A}+live-{'0' * 32}")
@@ -144,19 +151,34 @@ def test_stop_saves_the_steps_done_as_a_usable_side(env):
     assert run.zip_path().is_file()
 
 
-def test_a_frame_cut_short_by_a_stop_leaves_no_snapshot_behind(env):
+def test_a_frame_cut_short_by_a_stop_leaves_no_snapshot_behind(env, monkeypatch):
     """A frame's snapshot is saved when its measuring begins; a stop before it is measured removes it, so every
     snapshot folder on disk is one training.json lists (a side) and none is dead weight until the sweep."""
-    m = manager(frame_every_s=0.0, loss_every_s=0.0)  # a frame always being measured, a unit after each step
+    from embedlab import compute
+
+    measuring, release = threading.Event(), threading.Event()
+    measure = live.Manager.frame_vectors
+
+    def held(self, spec, texts):  # the second frame's vectors wait (as a slow frame does) until the stop
+        if "@" in spec and not measuring.is_set():
+            measuring.set()
+            release.wait(60)
+            compute.on_compute_thread(lambda: None)  # the next batch: dropped once the run stops
+        return measure(self, spec, texts)
+
+    monkeypatch.setattr(live.Manager, "frame_vectors", held)
+    m = manager(frame_every_s=0.0)
     run = m.submit("me", small(steps=200))
-    wait_until(lambda: len(run.frame.measured) >= 2, "a second frame")  # the next began at the step it was shown
-    shown_at = run.frame.step
-    wait_until(lambda: run.frame.step >= shown_at + 3, "three more steps")  # a frame takes ~90 steps here
+    assert measuring.wait(300)
+    wait_until(lambda: run.frame.step >= 3, "three steps")  # the training goes on meanwhile
     m.stop("me")
-    assert m.wait(run, 300) and run.state == "stopped"
+    release.set()
+    assert m.wait(run, 300) and run.state == "stopped" and run.frame.measured == [0]
     rec = json.loads((run.folder / "training.json").read_text())
     listed = {x["path"] for x in rec["snapshots"] if x["path"]}
-    assert {f"snapshots/{p.name}" for p in (run.folder / "snapshots").iterdir()} == listed and len(listed) >= 2
+    # the frame begun at step 1 went with its snapshot; the final weights' snapshot stays
+    assert {f"snapshots/{p.name}" for p in (run.folder / "snapshots").iterdir()} == listed
+    assert listed == {f"snapshots/step-{run.frame.step}"} and run.frame.step > 1
 
 
 def test_a_run_nobody_watches_stops(env):
@@ -205,7 +227,7 @@ def test_files_are_deleted_an_hour_after_their_last_use(env, tmp_path):
 
 def test_step_0_comes_from_the_labs_cached_base_vectors_before_the_model_loads(env, tmp_path):
     """The lab's base vectors of the built-in corpora (cached) plus the pair (embedded: 2 texts) give step 0 (the
-    base model: LoRA's B is zero); later frames are measured on the run's model."""
+    base model: LoRA's B is zero); later frames are their snapshots measured as sides."""
     from embedlab.corpora import builtin
     from embedlab.replay import replay_corpus
 
@@ -236,50 +258,57 @@ def test_step_0_comes_from_the_labs_cached_base_vectors_before_the_model_loads(e
     assert [(x["step"], x["path"]) for x in record["snapshots"]] == [(0, None), (2, "snapshots/step-2")]
 
 
-def test_a_frame_measured_in_slices_between_steps_measures_its_own_steps_weights(env, monkeypatch):
-    """A frame is measured a unit (one forward batch) at a time between later steps, with its own step's weights
-    swapped in for each unit: the same frames as measured at once, the same losses, and the live weights back."""
+def test_frames_are_their_snapshots_as_sides_measured_while_the_training_goes_on(env, monkeypatch):
+    """A frame is its step's snapshot measured as the side ``<spec>@<step>`` (by the lab's model, beside the run): the
+    training does not wait for it (steps go on while one is held), and what it shows is what that side gives."""
     pair = ("a man is playing a guitar", "a dog is running")
-    published = []  # (the frame's step, the step the run had reached when it was shown)
-    show = live.Manager._publish
+    held, release, specs = threading.Event(), threading.Event(), []
+    measure = live.Manager.frame_vectors
 
-    def recorded(self, run, probe, step, measured):
-        published.append((step, run.frame.step))
-        show(self, run, probe, step, measured)
+    def slow(self, spec, texts):
+        specs.append(spec)
+        if "@" in spec and not held.is_set():
+            held.set()
+            release.wait(60)
+        return measure(self, spec, texts)
 
-    monkeypatch.setattr(live.Manager, "_publish", recorded)
-    runs = []
-    for loss_every_s in (float("inf"), 0.0):  # every frame at once at every step; one unit after each step
-        m = manager(frame_every_s=0.0, loss_every_s=loss_every_s)
-        runs.append(m.submit(f"s{loss_every_s}", small(steps=12), pair=pair))
-        assert m.wait(runs[-1], 600) and runs[-1].state == "done", runs[-1].message
-    at_once, sliced = (r.frame for r in runs)
-    assert at_once.measured == list(range(13)) and sliced.measured[0] == 0 and sliced.measured[-1] == 12
-    assert len(sliced.measured) < 13 and any(now > step for step, now in published[13:])  # spread over steps
-    assert [v for _, v in sliced.loss_curve] == [v for _, v in at_once.loss_curve]  # measuring changes no weight
-    for i, step in enumerate(sliced.measured):
-        j = at_once.measured.index(step)
-        assert sliced.dev[i] == at_once.dev[j] and sliced.pair[i][1] == pytest.approx(at_once.pair[j][1], abs=1e-6)
-        np.testing.assert_allclose(sliced.cosines[i], at_once.cosines[j], atol=1e-6)
+    monkeypatch.setattr(live.Manager, "frame_vectors", slow)
+    m = manager(frame_every_s=0.0)
+    run = m.submit("me", small(steps=6), pair=pair)
+    assert held.wait(300)
+    wait_until(lambda: run.frame.step >= 4, "steps while a frame is measured")
+    assert run.frame.measured == [0]
+    release.set()
+    assert m.wait(run, 300) and run.state == "done", run.message
+    f = run.frame
+    assert f.measured[0] == 0 and f.measured[-1] == 6 and len(f.measured) < 7  # one frame at a time
+    assert specs[0] == A and all(s.startswith(run.spec + "@") for s in specs[1:])
+    probe = live.Probe(pair)
+    for i, step in enumerate(f.measured):
+        spec = A if step == 0 else f"{run.spec}@{step}"
+        dev, cos, _, pair_cos = probe.measure(measure(m, spec, probe.texts))
+        assert f.dev[i] == (step, dev) and f.pair[i][1] == pytest.approx(pair_cos, abs=1e-6)
+        np.testing.assert_allclose(f.cosines[i], cos, atol=1e-6)
 
 
 def test_a_runs_units_run_beside_the_compute_thread_not_before_its_compares(env, monkeypatch):
     """The run's model is its own copy, so its units need no place in the compute thread's queue: a compare queued
-    while a unit runs (here one held until the compare is answered) does not wait for it."""
+    while a unit runs (here an optimiser step held until the compare is answered) does not wait for it."""
     from embedlab import compute
+    from embedlab.training import Trainer
 
     held, answered, threads = threading.Event(), threading.Event(), []
-    unit = live.Probe._unit
+    step = Trainer._optimiser_step
 
-    def slow_unit(self, m, idx):
+    def slow_step(self):
         threads.append(threading.current_thread().name)
         if not held.is_set():
             held.set()
             answered.wait(60)  # what a long pass is to a compare queued meanwhile
-        return unit(self, m, idx)
+        return step(self)
 
-    monkeypatch.setattr(live.Probe, "_unit", slow_unit)
-    m = manager()
+    monkeypatch.setattr(Trainer, "_optimiser_step", slow_step)
+    m = manager(frame_every_s=3600.0)
     run = m.submit("me", small(steps=1))
     assert held.wait(300)
     result = []

@@ -17,7 +17,7 @@ from ..gradio_internals import client_address, client_gone_check, gate_api
 from ..corpora import builtin
 from ..lab import Lab
 from ..replay import replay_corpus, step_view
-from ..side import side_choices
+from ..side import parse_side, side_choices
 from .common import (Choice, Ctx, Number, Upload, UserError, download_folder,
                      gradio_errors, md, optional_text, scrub, slot, text, user_facing)
 
@@ -28,16 +28,20 @@ MANAGER: live.Manager | None = None  # the app's one manager, made by build() (t
 
 def manager(lab: Lab | None = None) -> live.Manager:
     """The app's manager (made on the first call); with ``lab``, a run's step 0 comes from its cached base
-    vectors of the built-in corpora (STSBenchmark's 10K sentences hold the dev pairs and the histogram's texts)."""
+    vectors of the built-in corpora (STSBenchmark's 10K sentences hold the dev pairs and the histogram's texts), and
+    its frames are measured by its models."""
     global MANAGER
     if MANAGER is None:
-        base = None
+        base = frames = None
         if lab is not None:
             corpora = [builtin("stsb"), replay_corpus("topics")]
 
             def base(model: str, texts: list[str]):
                 return lab.cached_base(model, texts, corpora)
-        MANAGER = live.Manager(base_vectors=base)
+
+            def frames(spec: str, texts: list[str]):  # a frame's snapshot, measured as the side it is
+                return lab.side_vectors(parse_side(spec), texts)
+        MANAGER = live.Manager(base_vectors=base, frame_vectors=frames)
     return MANAGER
 
 
