@@ -33,6 +33,9 @@ from typing import Callable, Hashable, Iterator, Sequence, TypeVar
 T = TypeVar("T")
 log = logging.getLogger(__name__)
 URGENT, INTERACTIVE, BACKGROUND = -10, 0, 10
+# Work that only runs in pauses of the interactive traffic, with no share under unbroken traffic (see _loop): a live
+# run's frames, which nobody waits for as a compare is waited for
+IDLE = 20
 _NAME = "embedlab-compute"
 _queue: queue.PriorityQueue = queue.PriorityQueue()
 _order = itertools.count()  # FIFO within one priority
@@ -159,7 +162,7 @@ def _oldest_background(q: queue.PriorityQueue) -> tuple | None:
     """Remove from ``q`` and return its first background entry (lowest priority value, then oldest), or None."""
     with q.mutex:  # PriorityQueue's own lock: the heap is a plain list under it
         heap = q.queue
-        waiting = [e for e in heap if e[0] >= BACKGROUND]
+        waiting = [e for e in heap if BACKGROUND <= e[0] < IDLE]
         if not waiting:
             return None
         first = min(waiting, key=lambda e: e[:2])
@@ -170,7 +173,7 @@ def _oldest_background(q: queue.PriorityQueue) -> tuple | None:
 
 def _has_background(q: queue.PriorityQueue) -> bool:
     with q.mutex:
-        return any(e[0] >= BACKGROUND for e in q.queue)
+        return any(BACKGROUND <= e[0] < IDLE for e in q.queue)
 
 
 def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = time.monotonic,
@@ -192,6 +195,10 @@ def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = tim
                 q.put(entry)  # its background share is due: one slice first, then this task
                 entry = bg
         elif (wait := last_interactive + GRACE_S - now) > 0:
+            if entry[0] >= IDLE:  # never a share: it waits for a pause in the traffic, however long
+                q.put(entry)
+                sleep(min(wait, 0.02))
+                continue
             starved_since = now if starved_since is None else starved_since
             if now - starved_since < BACKGROUND_SHARE_S:
                 # Users send requests in bursts (a click, then the next while they read). A background

@@ -27,7 +27,7 @@ import numpy as np
 from . import index as faiss_index
 from .adapters import AdapterError
 from .cache import CacheBusy, EmbeddingCache, embedding_key
-from .compute import BACKGROUND, INTERACTIVE
+from .compute import BACKGROUND, IDLE, INTERACTIVE
 from .corpora import Corpus, InputError
 from .encode import Encoder, tokenize
 from .files import signature
@@ -343,9 +343,9 @@ class Lab:
         with self.hold(a, b) as (ra, rb):
             return self.texts(ra, rb, texts)
 
-    def side_vectors(self, side: Side, texts: Sequence[str], priority: int = BACKGROUND) -> np.ndarray:
+    def side_vectors(self, side: Side, texts: Sequence[str], priority: int = IDLE) -> np.ndarray:
         """(N, d) float32 vectors of ``texts`` under one side, not cached: a live run's frame (its snapshot as a
-        side), at background priority so that compares go first, a batch at a time."""
+        side), a batch at a time in the pauses of the interactive traffic (IDLE), so that compares go first."""
         with self.hold(side) as (r,):
             return r.enc.embed(texts, r.adapter, priority=priority)
 

@@ -13,7 +13,8 @@ active adapter. So its work (passes, backwards, optimiser steps) runs on the man
 compute thread (:func:`embedlab.compute.beside`; the stop check before each unit), each on a core of its own while
 the run lasts (:func:`embedlab.compute.sharing_cores`): a compare never waits for the run's unit in progress. A frame
 is the run's snapshot of a step measured as the side it is, ``<spec>@<step>``, by the app's own model on the compute
-thread at background priority (``frame_vectors``): compares go first, and the training never pauses for a frame.
+thread in the pauses of the interactive traffic (``frame_vectors``, compute.IDLE): compares go first, and the
+training never pauses for a frame.
 
 Its folder ``<live_root>/<model>/live-<id>`` (:func:`embedlab.side.live_root`) is an adapter folder with
 ``snapshots/step-N`` for each frame, so ``<model>+live-<id>`` and ``<model>+live-<id>@<step>`` parse as sides for
@@ -239,7 +240,7 @@ class Manager:
         # comes in about a second, before the run's own copy of the model has loaded (see Probe)
         self.base_vectors = base_vectors
         # (side spec, texts) -> their (N, d) vectors under that side (a frame's snapshot, or the base model at step 0),
-        # computed beside the training: the app's Lab.side_vectors, at background priority (None: a Lab of its own)
+        # computed beside the training: the app's Lab.side_vectors, in the traffic's pauses (None: a Lab of its own)
         self._frame_vectors = frame_vectors
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
@@ -507,7 +508,7 @@ class Manager:
 
         def frame(step: int) -> None:
             """Measure the snapshot of ``step`` as a side (``frame_vectors``: the lab's copy of the model, on the
-            compute thread at background priority, beside the training) and show it. Dropped, its snapshot
+            compute thread in the traffic's pauses, beside the training) and show it. Dropped, its snapshot
             removed, once the run stops early (at the next batch)."""
             try:
                 with stop_when(lambda: self._should_stop(run) and trainer.done < trainer.total):

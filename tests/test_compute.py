@@ -402,6 +402,18 @@ def test_interactive_work_still_goes_first_when_background_work_has_had_its_shar
     assert ran[-1][1] >= 0.9 + GRACE_S - 1e-9
 
 
+def test_idle_work_gets_no_share_and_runs_in_the_first_pause():
+    """IDLE work (a live run's frames) waits for as long as the interactive traffic lasts, without the background share,
+    and runs once it pauses for GRACE_S; background work still gets its share meanwhile. On a fake clock."""
+    from embedlab.compute import GRACE_S, IDLE
+
+    interactive = [(INTERACTIVE, f"i{k}", 0.3) for k in range(40)]  # 12 s of work, queued all the time
+    ran = _drive([(IDLE, "idle", 0.5), (BACKGROUND, "bg", 0.5)] + interactive)
+    names = [n for n, _ in ran]
+    assert names[-1] == "idle" and names.index("bg") < len(names) - 2  # the background share came; idle waited
+    assert ran[-1][1] >= 12.5 + GRACE_S - 1e-9
+
+
 def test_a_task_longer_than_the_slow_unit_threshold_is_logged_with_its_name(monkeypatch, caplog):
     from embedlab import compute
 
