@@ -222,7 +222,9 @@ class Manager:
     """The app's live runs: one trains at a time (a worker thread), the others wait in FIFO order; one
     unfinished run per session. ``load``: the Trainer's model loader (tests pass a tiny model's);
     ``executor``: where every unit of work runs (:func:`embedlab.compute.beside`: on the manager's thread);
-    ``base_vectors``: where step 0's vectors may come from without the run's model (None: measured on it)."""
+    ``base_vectors``: where step 0's vectors may come from in a second, from caches (None, or None returned: measured
+    as every frame is); ``frame_vectors``: how a frame is measured, (side spec, texts) -> (N, d) vectors (the app's
+    Lab.side_vectors; None: a Lab of the manager's own, which loads the model once more)."""
 
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
                  executor: Callable[[Callable[[], Any]], Any] = beside, max_wall_s: float = MAX_WALL_S,
