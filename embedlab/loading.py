@@ -253,13 +253,15 @@ def attach_adapter(
         backbone = enc.model.get_base_model()
         prefixes = list(dict.fromkeys([getattr(backbone, "base_model_prefix", ""), "model"]))
         state = backbone_state(load_file(str(info.path / "adapter_model.safetensors")), set(expected), prefixes)
-        # assigned as they are: in float32, as PEFT makes adapter weights (autocast_adapter_dtype), whatever the file holds
-        state = {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
         result = set_peft_model_state_dict(enc.model, state, adapter_name=name, low_cpu_mem_usage=True)
         bad = [k for k in result.missing_keys if k in lora] + list(result.unexpected_keys)
         # Count what landed: every LoRA tensor of this adapter now holds the saved values (the tensors assigned, so
         # looked up again; one left on the meta device holds none)
         lora = {n: p for n, p in enc.model.named_parameters() if n in lora}
+        for k, v in state.items():  # assigning took the layer's dtype (bf16 weights): LoRA's are float32, as PEFT makes them
+            p = lora.get(expected.get(k, ""))
+            if p is not None and not p.is_meta and p.dtype != torch.float32 and v.is_floating_point():
+                p.data = v.to(device=p.device, dtype=torch.float32)
         applied = sum(not lora[expected[k]].is_meta and torch.equal(lora[expected[k]].detach().cpu(),
                                                                     v.to(lora[expected[k]].dtype))
                       for k, v in state.items())
