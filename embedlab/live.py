@@ -223,8 +223,8 @@ class Manager:
     unfinished run per session. ``load``: the Trainer's model loader (tests pass a tiny model's);
     ``executor``: where every unit of work runs (:func:`embedlab.compute.beside`: on the manager's thread);
     ``base_vectors``: where step 0's vectors may come from in a second, from caches (None, or None returned: measured
-    as every frame is); ``frame_vectors``: how a frame is measured, (side spec, texts) -> (N, d) vectors (the app's
-    Lab.side_vectors; None: a Lab of the manager's own, which loads the model once more)."""
+    as every frame is); ``lab``: what measures the frames (:meth:`frame_vectors`; the app's Lab, None: a Lab of the
+    manager's own, which loads the model once more)."""
 
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
                  executor: Callable[[Callable[[], Any]], Any] = beside, max_wall_s: float = MAX_WALL_S,
@@ -232,7 +232,7 @@ class Manager:
                  max_waiting: int = 8, device: str = "", maps: bool = True,
                  max_disk_mb: float = MAX_DISK_MB,
                  base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None,
-                 frame_vectors: Callable[[str, list[str]], np.ndarray] | None = None) -> None:
+                 lab: "Lab | None" = None) -> None:  # noqa: F821 (lab imports torch: lazily)
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
@@ -241,9 +241,7 @@ class Manager:
         # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
         # comes in about a second, before the run's own copy of the model has loaded (see Probe)
         self.base_vectors = base_vectors
-        # (side spec, texts) -> their (N, d) vectors under that side (a frame's snapshot, or the base model at step 0),
-        # computed beside the training: the app's Lab.side_vectors, in the traffic's pauses (None: a Lab of its own)
-        self._frame_vectors = frame_vectors
+        self.lab = lab
         self._lock = threading.Lock()
         self._wake = threading.Condition(self._lock)
         self._queue: deque[Run] = deque()
@@ -462,12 +460,13 @@ class Manager:
         trim_heap()
 
     def frame_vectors(self, spec: str, texts: list[str]) -> np.ndarray:
-        if self._frame_vectors is None:
+        """(N, d) vectors of ``texts`` under the side ``spec`` (a frame's snapshot, or the base model at step 0),
+        measured beside the training by the lab's model, in the traffic's pauses (Lab.side_vectors)."""
+        if self.lab is None:
             from .lab import Lab
 
-            lab = Lab(seed_dir=None)  # loads the run's model once more (the app passes its own Lab's)
-            self._frame_vectors = lambda spec, texts: lab.side_vectors(parse_side(spec), texts)
-        return self._frame_vectors(spec, texts)
+            self.lab = Lab(seed_dir=None)  # loads the run's model once more (the app passes its own)
+        return self.lab.side_vectors(parse_side(spec), texts)
 
     def _should_stop(self, run: Run) -> bool:
         t = time.monotonic()
@@ -485,7 +484,6 @@ class Manager:
             run.frame.version += 1
         run.started_at = t0 = time.monotonic()
         probe = Probe(run.pair)
-        done_frame = -1  # step 0's frame from the lab's caches: 0
         if self.base_vectors is not None:  # step 0 is the base model: from the lab's caches while the copy loads
             try:
                 v = self.base_vectors(run.settings.model, probe.texts)
@@ -494,7 +492,6 @@ class Manager:
                 v = None
             if v is not None:
                 self._publish(run, probe, 0, probe.measure(v))
-                done_frame = 0
         cfg = config(run.settings, run.folder, self.device)
         try:
             # named by the id's first characters: the log must not hold the whole secret id or the folder
@@ -531,7 +528,7 @@ class Manager:
 
         try:
             with stop_when(lambda: self._should_stop(run)):  # mid-step work is dropped once a stop is asked
-                if done_frame < 0 and not self._should_stop(run):
+                if not run.frame.measured and not self._should_stop(run):  # not from the lab's caches
                     begin_frame(0)  # the base model: measured while the first step trains
                 for info in trainer.steps(should_stop=lambda: self._should_stop(run), report_every=1):
                     f = run.frame
@@ -651,11 +648,6 @@ class Manager:
             z.writestr(CARD_FILE, card)
             z.writestr("training.json", json.dumps(rec, indent=2) + "\n")
         os.replace(tmp, dst)
-
-
-def _trained(model) -> list:
-    """The parameters training changes (LoRA's), in a fixed order."""
-    return [p for p in model.parameters() if p.requires_grad]
 
 
 class Probe:

@@ -17,7 +17,7 @@ from ..gradio_internals import client_address, client_gone_check, gate_api
 from ..corpora import builtin
 from ..lab import Lab
 from ..replay import replay_corpus, step_view
-from ..side import parse_side, side_choices
+from ..side import side_choices
 from .common import (Choice, Ctx, Number, Upload, UserError, download_folder,
                      gradio_errors, md, optional_text, scrub, slot, text, user_facing)
 
@@ -32,16 +32,13 @@ def manager(lab: Lab | None = None) -> live.Manager:
     its frames are measured by its models."""
     global MANAGER
     if MANAGER is None:
-        base = frames = None
+        base = None
         if lab is not None:
             corpora = [builtin("stsb"), replay_corpus("topics")]
 
             def base(model: str, texts: list[str]):
                 return lab.cached_base(model, texts, corpora)
-
-            def frames(spec: str, texts: list[str]):  # a frame's snapshot, measured as the side it is
-                return lab.side_vectors(parse_side(spec), texts)
-        MANAGER = live.Manager(base_vectors=base, frame_vectors=frames)
+        MANAGER = live.Manager(base_vectors=base, lab=lab)
     return MANAGER
 
 
