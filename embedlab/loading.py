@@ -248,7 +248,7 @@ def attach_adapter(
             enc.model = PeftModel(enc.model, config, adapter_name=name, low_cpu_mem_usage=True)
         else:
             enc.model.add_adapter(name, config, low_cpu_mem_usage=True)
-        lora = {n: p for n, p in enc.model.named_parameters() if "lora_" in n and f".{name}." in n}
+        lora = _lora_params(enc, name)
         expected = {n.replace(f".{name}.", "."): n for n in lora}
         backbone = enc.model.get_base_model()
         prefixes = list(dict.fromkeys([getattr(backbone, "base_model_prefix", ""), "model"]))
@@ -290,9 +290,14 @@ def attach_adapter(
     return info
 
 
+def _lora_params(enc: Encoder, name: str) -> dict[str, torch.nn.Parameter]:
+    """The LoRA parameters of the adapter loaded under ``name``, by their names in ``enc.model``."""
+    return {n: p for n, p in enc.model.named_parameters() if "lora_" in n and f".{name}." in n}
+
+
 def adapter_bytes(enc: Encoder, name: str) -> int:
     """Bytes of the LoRA weights loaded under ``name`` on ``enc`` (0 when none are)."""
-    return sum(p.numel() * p.element_size() for n, p in enc.model.named_parameters() if "lora_" in n and f".{name}." in n)
+    return sum(p.numel() * p.element_size() for p in _lora_params(enc, name).values())
 
 
 def detach_adapter(enc: Encoder, name: str) -> None:
