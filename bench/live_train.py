@@ -2,7 +2,7 @@
 
 Starts ``python app.py`` on a free loopback port (its own live-runs folder), waits for its warm-up (``--at-start``:
 does not), submits the default preset ("A few
-minutes": gemma3-270m, 40 steps x 32 triplets) or the settings given, follows the streamed progress, and prints:
+minutes": gemma3-270m, embedlab.live.PRESETS) or the settings given, follows the streamed progress, and prints:
 time to the first frame (the first progress with a measurement, after Train), the seconds between loss updates
 and between measured frames (dev, histogram, map, pair), the time to STSBenchmark dev 70 and 75 (dev on the
 frames' fixed 200-pair subset), the final dev, and the full STSBenchmark test score of the saved side
@@ -70,10 +70,11 @@ def main() -> None:
         if o["loss"] is not None:
             losses.setdefault(o["step"], t)
     losses = sorted(losses.items())
-    devs: dict[float, float] = {}
-    for t, o in events:
-        if o["dev"] is not None and o["dev"] not in devs.values():
-            devs[t] = o["dev"]
+    devs: dict[float, float] = {}  # when each frame was first shown -> its dev
+    shown = None
+    for t, o in events:  # a new frame: a new (dev, pair cosine), as two frames may share a dev to the digits shown
+        if o["dev"] is not None and (o["dev"], o["pair_cosine"]) != shown:
+            shown, devs[t] = (o["dev"], o["pair_cosine"]), o["dev"]
     gaps = [b - a for (_, a), (_, b) in zip(losses, losses[1:])]
     dev_times = sorted(devs)
     frame_gaps = [b - a for a, b in zip(dev_times, dev_times[1:])]

@@ -57,9 +57,10 @@ TTL_S = 3600.0  # a run's files go an hour after their last use
 # and the least recently used finished runs go sooner once all of them hold more than this: one run is ~5 MB with
 # the default preset, but up to ~150 MB at the caps (rank 64, a float16 snapshot per frame for 10 minutes)
 MAX_DISK_MB = 1024.0
-# a frame (dev, histogram, map, pair) begins at the first step's end this long after the one before began, once that
-# one is measured (and after the last step). It is measured beside the training (the lab's model, the compute thread's
-# core), ~10 s of one core on 2 here: the goal is a frame every 30 s; the loss comes after every step (~8 s)
+# a frame (dev, histogram, map, pair) begins this long after the one before began, once that one is measured, at the
+# next boundary between two units of the training (its snapshot is the last whole step's weights), and after the last
+# step. It is measured beside the training (the lab's model, on the compute thread's core): ~15 s of one core on 2
+# here (docs/live.md). The goal is a frame every 30 s; the loss comes after every step (~5-7 s)
 FRAME_EVERY_S = 20.0
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
@@ -75,10 +76,11 @@ CPU_TOKENS_PER_PASS = 256
 CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
                                         "lora_r": (1, 64), "temperature": (0.01, 1.0)}
 # "A few minutes": one model-independent preset, the shipped adapters' recipe (lr 3e-4, warmup 6, chunks of 96, 64
-# tokens) at batch 32 for 40 steps. Measured on gemma3-270m, bf16, 2 cores (docs/live.md, 2026-12-06): 25 x 64 gave
-# dev 78 in ~300 s with a loss every ~11 s; 40 x 32 gives dev 82 (75 by step 17) with a loss every ~6 s
+# tokens) at batch 24 for 54 steps (1,296 triplets). Measured on gemma3-270m, bf16, 2 cores (docs/live.md): 25 x 64
+# gave dev 78 in ~300 s with a loss every ~11 s; 40 x 32 dev 81 with a loss every 7-10 s on the run's one core (up to
+# 12 s on a slow evening), so 24 a step, for a loss well within the 10 s the tab promises
 PRESETS: dict[str, dict[str, Any]] = {
-    "A few minutes": dict(steps=40, batch_size=32, lr=3e-4, lora_r=8, temperature=0.05),
+    "A few minutes": dict(steps=54, batch_size=24, lr=3e-4, lora_r=8, temperature=0.05),
     "Advanced": {},
 }
 DEFAULT_PRESET = "A few minutes"
@@ -170,6 +172,7 @@ class Frame:
     dev: list[tuple[int, float]] = field(default_factory=list)  # (step, STSBenchmark dev Spearman x100, DEV_PAIRS pairs)
     pair: list[tuple[int, float]] = field(default_factory=list)  # (step, cosine of the Pairs tab's pair)
     measured: list[int] = field(default_factory=list)  # steps of the frames below (0 = the base model)
+    saved: list[int] = field(default_factory=list)  # steps whose snapshot is on disk (their ``@step`` parses)
     cosines: list[np.ndarray] = field(default_factory=list)  # (HIST_PAIRS',) random-pair cosines per measured step
     maps: dict[int, np.ndarray] = field(default_factory=dict)  # step -> (N, 2) topics map, aligned to the one before
     seconds: float = 0.0  # since the run started training
@@ -492,23 +495,19 @@ class Manager:
                 v = None
             if v is not None:
                 self._publish(run, probe, 0, probe.measure(v))
-        cfg = config(run.settings, run.folder, self.device)
-        try:
-            # named by the id's first characters: the log must not hold the whole secret id or the folder
-            trainer = Trainer(cfg, load=self.load or load_encoder, executor=self.executor,
-                              name=f"live run {run.id[:6]}")
-        except (ValueError, OSError) as e:  # DataError, ConfigError, SetupError: the user's settings or file
-            probe.shutdown(ended=False)
-            raise LiveError(str(e)) from None
-        probe.trainer = trainer
-        run.state, run.message = "training", ""
-        last_frame_t = t0
+        trainer = None  # set once the run's model has loaded
+        # when the last frame began: the first step's frame is due at once (the model's loading took ~10 s since
+        # step 0's frame, which came from the lab's caches)
+        last_frame_t = -math.inf
         pending: Future | None = None  # the frame being measured (on the frame worker)
+        begun: set[int] = set()  # steps whose frame has begun
+        training = True  # frames begin only while the steps go on (not in finish's saves)
 
         def frame(step: int) -> None:
             """Measure the snapshot of ``step`` as a side (``frame_vectors``: the lab's copy of the model, on the
             compute thread in the traffic's pauses, beside the training) and show it. Dropped, its snapshot
             removed, once the run stops early (at the next batch)."""
+            t = time.monotonic()
             try:
                 with stop_when(lambda: self._should_stop(run) and trainer.done < trainer.total):
                     v = self.frame_vectors(run.settings.model if step == 0 else f"{run.spec}@{step}", probe.texts)
@@ -517,15 +516,44 @@ class Manager:
                     shutil.rmtree(run.folder / "snapshots" / f"step-{step}", ignore_errors=True)
                 return
             self._publish(run, probe, step, probe.measure(v))
+            log.info("live run %s: frame of step %d measured in %.1f s (%.0f s into the run)", run.id[:6], step,
+                     time.monotonic() - t, time.monotonic() - t0)
             self._write_record(run, trainer.record())
 
         def begin_frame(step: int) -> None:
             nonlocal pending, last_frame_t
             last_frame_t = time.monotonic()  # the cadence counts from a frame's start
+            begun.add(step)
             probe.save_snapshot(run, step)
-            self._write_record(run, trainer.record())  # lists the step (the run's current one): its spec parses
+            self._write_record(run, trainer.record())  # lists the step: its spec parses
             pending = probe.frames.submit(frame, step)
 
+        def frame_due(step: int) -> bool:
+            """One frame at a time: the next begins once the one before is measured, FRAME_EVERY_S after its
+            start, on a step not shown yet."""
+            return (training and step not in begun and (pending is None or pending.done())
+                    and time.monotonic() - last_frame_t >= self.frame_every_s)
+
+        def unit(fn: Callable[[], Any]) -> Any:
+            """A unit of the run (a pass, a backward, an optimiser step; beside the compute thread); after it,
+            where the weights are still the last whole step's (mid-step), the next frame if it is due: a frame
+            then waits for one unit (~1-2 s), not for the step's end (up to a step, ~10 s on one core)."""
+            out = self.executor(fn)
+            step = run.frame.step
+            if trainer is not None and trainer.weights_step == step and step > 0 and frame_due(step):
+                begin_frame(step)
+            return out
+
+        cfg = config(run.settings, run.folder, self.device)
+        try:
+            # named by the id's first characters: the log must not hold the whole secret id or the folder
+            trainer = Trainer(cfg, load=self.load or load_encoder, executor=unit,
+                              name=f"live run {run.id[:6]}")
+        except (ValueError, OSError) as e:  # DataError, ConfigError, SetupError: the user's settings or file
+            probe.shutdown(ended=False)
+            raise LiveError(str(e)) from None
+        probe.trainer = trainer
+        run.state, run.message = "training", ""
         try:
             with stop_when(lambda: self._should_stop(run)):  # mid-step work is dropped once a stop is asked
                 if not run.frame.measured and not self._should_stop(run):  # not from the lab's caches
@@ -538,11 +566,8 @@ class Manager:
                         f.step, f.seconds = info.step, time.monotonic() - t0
                         f.eta_s = per_step * (info.steps - info.step)
                         f.version += 1
-                    last = info.step == info.steps
-                    # one frame at a time: the next begins once the one before is measured (and FRAME_EVERY_S after
-                    # its start), the last after the last step whatever is pending
-                    if last or ((pending is None or pending.done())
-                                and time.monotonic() - last_frame_t >= self.frame_every_s):
+                    # the last step's frame whatever is pending; the others when due (here or between two units)
+                    if (info.step == info.steps and info.step not in begun) or frame_due(info.step):
                         begin_frame(info.step)
         except Cancelled:
             pass  # a stop during a step: the steps before it are kept
@@ -550,6 +575,7 @@ class Manager:
             raise LiveError(f"The loss became NaN or infinite after step {trainer.done}; try a lower learning "
                             "rate.") from None
         finally:
+            training = False
             # a finished run waits for its last frame and map (seconds); a stopped one does not: a frame being
             # measured stops at its next batch, a layout in progress must not hold the stop (the next run's first
             # map then waits for it in the layout process, seconds)
@@ -591,6 +617,7 @@ class Manager:
                 one_numba_thread()  # where layouts run in this process (tests): not on every core
                 with f.lock:
                     prev = f.maps[max(f.maps)] if f.maps else None
+                t = time.monotonic()
                 try:
                     xy = probe.layout(topics, prev)
                 except Exception:  # nobody reads this future: a frame without its map, said in the log
@@ -599,6 +626,7 @@ class Manager:
                 with f.lock:
                     f.maps[step] = xy
                     f.version += 1
+                log.info("live run %s: map of step %d laid out in %.1f s", run.id[:6], step, time.monotonic() - t)
 
             probe.layouts.submit(lay_out)
 
@@ -609,7 +637,7 @@ class Manager:
         f = run.frame
         losses = dict(f.loss_curve)
         dev = dict(f.dev)
-        saved = set(run.frame.measured) | {f.step}
+        saved = set(f.measured) | set(f.saved)
         snaps = []
         for step in sorted(saved):
             path = None if step == 0 else f"snapshots/step-{step}"
@@ -720,6 +748,8 @@ class Probe:
         if step > 0:
             t.executor(lambda: save_adapter(model, run.folder / "snapshots" / f"step-{step}", t.spec, dtype=torch.float16))
         t.executor(lambda: save_adapter(model, run.folder, t.spec))
+        with run.frame.lock:
+            run.frame.saved.append(step)
         os.utime(run.folder)
 
 

@@ -425,6 +425,9 @@ class Trainer:
             acc.load_state(str(found[0]))  # LoRA weights, optimiser, scheduler, step/history, each rank's own RNG
             acc.print(f"resumed from {found[0].name} at step {self.state.step} ({self.name})")
         self.start = self.done = self.state.step
+        # the step the model's weights are at: ``done``, or ``done + 1`` between the optimiser step and the step's
+        # bookkeeping. A live run reads it between two units, where it may snapshot the weights mid-step
+        self.weights_step = self.done
         self.ckpt_step = self.start if found and cfg.resume else None  # step of the last checkpoint on disk
         # Snapshots before the final step (which is the adapter itself); steps past the end are dropped.
         self.wanted = snapshot_step_list(cfg.snapshot_steps)
@@ -454,6 +457,7 @@ class Trainer:
 
     def _optimiser_step(self) -> None:
         self.optimizer.step()
+        self.weights_step = self.done + 1
         self.scheduler.step()
         self.optimizer.zero_grad(set_to_none=True)
 

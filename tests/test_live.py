@@ -53,8 +53,8 @@ def wait_until(cond, what: str, timeout: float = 300.0) -> None:
 
 def test_settings_caps_and_bad_settings(env):
     s = live.settings()  # the default preset: the shipped gemma3-270m adapter's settings (model as loadable here)
-    assert (s.steps, s.batch_size, s.lr, s.lora_r, s.temperature) == (40, 32, 3e-4, 8, 0.05)
-    assert live.settings("A few minutes", A, steps=999).steps == 40  # a preset ignores the advanced values
+    assert (s.steps, s.batch_size, s.lr, s.lora_r, s.temperature) == (54, 24, 3e-4, 8, 0.05)
+    assert live.settings("A few minutes", A, steps=999).steps == 54  # a preset ignores the advanced values
     assert small().steps == 3 and A in live.trainable_models() and "tiny-bert" not in live.trainable_models()
     for bad, msg in [(dict(steps=0), "steps must be a whole number from 1 to 200"), (dict(steps=201), "steps"),
                      (dict(steps=2.5), "whole number"), (dict(batch_size=2), "batch size"),
@@ -251,11 +251,12 @@ def test_step_0_comes_from_the_labs_cached_base_vectors_before_the_model_loads(e
     m.base_vectors = lambda model, t: env[model].embed(t) if t == probe.texts else None
     run = m.submit("me", small(steps=2), pair=pair)
     assert m.wait(run, 300) and run.state == "done"
-    assert run.frame.measured == [0, 2]
+    assert run.frame.measured == [0, 1, 2]  # the first step's frame at once (step 0's came from the caches), the last
     dev, _, _, pair_cos = probe.measure(env[A].embed(probe.texts))
     assert run.frame.dev[0] == (0, dev) and run.frame.pair[0] == (0, pytest.approx(pair_cos))
     record = json.loads((run.folder / "training.json").read_text())
-    assert [(x["step"], x["path"]) for x in record["snapshots"]] == [(0, None), (2, "snapshots/step-2")]
+    assert [(x["step"], x["path"]) for x in record["snapshots"]] == [(0, None), (1, "snapshots/step-1"),
+                                                                      (2, "snapshots/step-2")]
 
 
 def test_frames_are_their_snapshots_as_sides_measured_while_the_training_goes_on(env, monkeypatch):
@@ -289,6 +290,60 @@ def test_frames_are_their_snapshots_as_sides_measured_while_the_training_goes_on
         dev, cos, _, pair_cos = probe.measure(measure(m, spec, probe.texts))
         assert f.dev[i] == (step, dev) and f.pair[i][1] == pytest.approx(pair_cos, abs=1e-6)
         np.testing.assert_allclose(f.cosines[i], cos, atol=1e-6)
+
+
+def test_a_frame_due_mid_step_snapshots_the_last_whole_step_without_waiting_for_the_steps_end(env, monkeypatch):
+    """A frame that falls due during a step (here: the one before is measured during step 2's first unit) begins at
+    the next boundary between two units, with step 1's weights, not at step 2's end: on one core a step is ~5-10 s,
+    a unit ~1 s."""
+    from safetensors.torch import load_file
+
+    from embedlab.training import Trainer
+
+    release, after, saves, holder = threading.Event(), {}, [], {}
+    measure = live.Manager.frame_vectors
+
+    def slow(self, spec, texts):
+        if spec == A:  # the base model's frame (no cached vectors here): held until step 2 has begun
+            release.wait(60)
+        return measure(self, spec, texts)
+
+    step = Trainer._optimiser_step
+
+    def key(name: str) -> str:  # a LoRA tensor's name from "layers." on, without PEFT's adapter name
+        return name[name.index("layers."):].replace(".default", "")
+
+    def stepping(self):
+        step(self)
+        after[self.done + 1] = {key(n): p.detach().clone() for n, p in self.model.named_parameters() if p.requires_grad}
+
+    save = live.Probe.save_snapshot
+
+    def saving(self, run, s):
+        saves.append((s, release.is_set(), len(after)))
+        return save(self, run, s)
+
+    def executor(fn):
+        out = fn()
+        if len(after) == 1 and not release.is_set() and getattr(fn, "__func__", None) is not stepping:
+            release.set()  # step 2's first unit: the base frame is measured now, and the next is due
+            wait_until(lambda: holder["run"].frame.measured == [0], "the base model's frame")
+        return out
+
+    monkeypatch.setattr(live.Manager, "frame_vectors", slow)
+    monkeypatch.setattr(Trainer, "_optimiser_step", stepping)
+    monkeypatch.setattr(live.Probe, "save_snapshot", saving)
+    m = manager(frame_every_s=0.0, executor=executor)
+    holder["run"] = run = m.submit("me", small(steps=3))
+    assert m.wait(run, 300) and run.state == "done", run.message
+    # step 1's snapshot was saved after step 2 had begun (the base frame released) and before its optimiser step
+    assert (1, True, 1) in saves and 1 in run.frame.measured
+    snap = {key(n): w for n, w in load_file(run.folder / "snapshots" / "step-1" / "adapter_model.safetensors").items()}
+    assert snap and set(snap) <= set(after[1])
+    for name, w in snap.items():
+        np.testing.assert_allclose(w.float().numpy(), after[1][name].float().numpy(), rtol=2e-3, atol=1e-4)
+    assert any(not np.allclose(after[1][n].numpy(), after[2][n].numpy(), atol=1e-4) for n in snap)  # step 2 moved
+    assert parse_side(f"{run.spec}@1").step == 1
 
 
 def test_a_runs_units_run_beside_the_compute_thread_not_before_its_compares(env, monkeypatch):
