@@ -29,7 +29,9 @@ once with the job's progress; the client asks again every 10 s, as a person woul
 The app runs with an embedding cache of its own (models shared), so "uncached" is true on every run. Prints,
 per case: the maximal request's time, compare p50/p95, errors, and the app's RSS before and after; then the
 RSS --settle seconds after the last case. Goals: compare p95 <= 2 s in every case, 0 errors, RSS back
-within 200 MiB of its start.
+within 200 MiB of its start. --passes 2 runs the cases twice: the first pass loads what its requests need once
+(the non-default pair's model, its corpus vectors and index, a live run's first map layout), the second shows
+whether memory then stays flat (its growth; goal <= 200 MiB). The end prints each process's RSS.
 
 --disk N: N requests that upload files (batch pairs from an uploaded file; every 25th a new corpus
 upload + a search in it), C at a time, against an app whose temporary folders are its own; reports
@@ -46,6 +48,7 @@ age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import random
 import statistics
@@ -72,6 +75,18 @@ def sentence(rng: random.Random) -> str:
 def pct(xs: list[float], q: float) -> float:
     xs = sorted(xs)
     return xs[min(len(xs) - 1, int(round(q * (len(xs) - 1))))]
+
+
+def rss_by_process(pid: int) -> list[tuple[str, float]]:
+    """(what, RSS MiB) of the app's process and each of its children (the layout process, ...)."""
+    import psutil
+
+    p = psutil.Process(pid)
+    out = [("app", p.memory_info().rss / 2**20)]
+    for c in p.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            out.append((" ".join(c.cmdline()[1:3])[:60] or c.name(), c.memory_info().rss / 2**20))
+    return out
 
 
 def app_rss_mib(pid: int) -> float:
@@ -262,8 +277,11 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
     clients = [Client(server.url, verbose=False, download_files=False) for _ in range(args.users)]
     pair = tuple(args.pair.split(","))
     rss0 = app_rss_mib(server.proc.pid)
+    print("RSS by process at start: " + ", ".join(f"{w} {m:.0f} MiB" for w, m in rss_by_process(server.proc.pid)))
     rows = []
-    for kind in ["idle"] + args.cases.split(","):
+    cases = args.cases.split(",")
+    passes: list[float] = []  # RSS after each pass
+    for i, kind in enumerate(["idle"] + cases * args.passes):
         stop = threading.Event()
         times: list[float] = []
         errors: list[str] = []
@@ -306,6 +324,8 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
               f"RSS {before:.0f} -> {after:.0f} MiB", flush=True)
         for e in errors[:5]:
             print(f"    error: {e}", flush=True)
+        if i and i % len(cases) == 0:
+            passes.append(after)
     time.sleep(args.settle)
     settled = app_rss_mib(server.proc.pid)
     print(f"\nworst single request, {args.users} users comparing with 5 s pauses; non-default pair {' vs '.join(pair)}")
@@ -316,6 +336,10 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
     print(f"\nRSS at start {rss0:.0f} MiB, after the last case {rows[-1][7]:.0f} MiB, {args.settle:.0f} s later "
           f"{settled:.0f} MiB ({settled - rss0:+.0f} MiB; goal within 200). Goals: p95 <= 2 s in every case, 0 errors: "
           f"{'met' if all(r[4] <= 2 and r[5] == 0 for r in rows) and settled - rss0 <= 200 else 'NOT met'}")
+    if len(passes) > 1:
+        print(f"RSS after each pass: {', '.join(f'{x:.0f}' for x in passes)} MiB; the last pass grew "
+              f"{passes[-1] - passes[-2]:+.0f} MiB (goal <= 200: {'met' if passes[-1] - passes[-2] <= 200 else 'NOT met'})")
+    print("RSS by process: " + ", ".join(f"{what} {mib:.0f} MiB" for what, mib in rss_by_process(server.proc.pid)))
 
 
 def report(times: dict, errors: list, names: list[str]) -> None:
@@ -450,6 +474,7 @@ def main() -> None:
     ap.add_argument("--worst", action="store_true", help="each maximal request in turn beside users comparing every 5 s")
     ap.add_argument("--cases", default="search,embed,batch_pairs,map,evaluate", help="--worst: the maximal requests, in order (also: train, a live run of the default preset)")
     ap.add_argument("--pair", default="minilm-l6,gemma3-270m", help="--worst: the non-default pair of the search and map")
+    ap.add_argument("--passes", type=int, default=1, help="--worst: run the cases this many times (memory: flat after the first?)")
     ap.add_argument("--settle", type=float, default=120, help="--worst: seconds after the last case before the last RSS")
     ap.add_argument("--clean", default="60,120", help="--disk: the app's EMBEDLAB_DELETE_CACHE (freq,age seconds)")
     ap.add_argument("--upload-cache-mb", default="16", help="--disk: the app's EMBEDLAB_UPLOAD_CACHE_MB")
