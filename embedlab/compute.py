@@ -437,15 +437,3 @@ def sharing_cores() -> Iterator[None]:
 def background_batch_tokens() -> int | None:
     """The cap set by :func:`configure_for_serving` (None: batches as large as for any other work)."""
     return _background_batch_tokens
-
-
-def idle_batch_tokens() -> int | None:
-    """Padded tokens per batch of :data:`IDLE` work (a live run's frames, never cached): the background cap, cut
-    in proportion while a run shares the cores (:func:`sharing_cores`), so that a batch takes about as long on the
-    compute thread's fewer intra-op threads. A compare that comes during one waits for it: at 256 tokens on one
-    thread of 2 a frame's batches took 1.0-1.3 s and compares' p95 beside a run was 1.8-2.1 s (docs/load.md).
-    Background work keeps its cap whatever runs: what a corpus job caches must not depend on it."""
-    cap = _background_batch_tokens
-    if cap is None or not _sharing or not _threads:
-        return cap
-    return max(32, cap * max(1, _threads - 1) // _threads)

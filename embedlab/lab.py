@@ -27,7 +27,7 @@ import numpy as np
 from . import index as faiss_index
 from .adapters import AdapterError
 from .cache import CacheBusy, EmbeddingCache, embedding_key
-from .compute import BACKGROUND, IDLE, INTERACTIVE, idle_batch_tokens
+from .compute import BACKGROUND, IDLE, INTERACTIVE
 from .corpora import Corpus, InputError
 from .encode import Encoder, tokenize
 from .files import signature
@@ -345,10 +345,9 @@ class Lab:
 
     def side_vectors(self, side: Side, texts: Sequence[str], priority: int = IDLE) -> np.ndarray:
         """(N, d) float32 vectors of ``texts`` under one side, not cached: a live run's frame (its snapshot as a
-        side), a batch at a time in the pauses of the interactive traffic (IDLE), so that compares go first; small
-        batches while a run shares the cores (compute.idle_batch_tokens), so that a compare waits little for one."""
+        side), a batch at a time in the pauses of the interactive traffic (IDLE), so that compares go first."""
         with self.hold(side) as (r,):
-            return r.enc.embed(texts, r.adapter, priority=priority, max_tokens=idle_batch_tokens())
+            return r.enc.embed(texts, r.adapter, priority=priority)
 
     def embed_bounded(self, a: Side, b: Side, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
         """:meth:`embed` for the /embed API, with its work bounded: at most MAX_EMBED_CHARS characters in all
