@@ -158,6 +158,15 @@ GRACE_S = 0.25  # background work starts only after this long without interactiv
 BACKGROUND_SHARE_S = 2.0
 
 
+_last_interactive = -float("inf")  # time.monotonic() when the compute thread last finished interactive work
+
+
+def seconds_since_interactive() -> float:
+    """Seconds since the compute thread last finished an interactive task (a compare, a search...): how recently
+    visitors used the app (inf: never)."""
+    return time.monotonic() - _last_interactive
+
+
 def _oldest_background(q: queue.PriorityQueue) -> tuple | None:
     """Remove from ``q`` and return its first background entry (lowest priority value, then oldest), or None."""
     with q.mutex:  # PriorityQueue's own lock: the heap is a plain list under it
@@ -210,6 +219,9 @@ def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = tim
         _run(q, entry)
         if entry[0] < BACKGROUND:
             last_interactive = clock()
+            if q is _queue:
+                global _last_interactive
+                _last_interactive = time.monotonic()
         else:  # the next slice of a job is usually queued just after this one returns: it starts a new wait then
             starved_since = clock() if _has_background(q) else None
         # not held while this thread waits for the next task: the last task's closure may hold a whole model

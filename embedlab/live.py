@@ -44,7 +44,7 @@ import numpy as np
 
 from . import ROOT, env_switch, precision
 from .files import folder_bytes
-from .compute import Cancelled, beside, sharing_cores, stop_when, trim_heap
+from .compute import Cancelled, beside, seconds_since_interactive, sharing_cores, stop_when, trim_heap
 from .registry import DEFAULT_MODEL, MODELS
 from .nli import BUILT_IN
 from .side import LIVE_PREFIX, kind, live_root, loadable_models, parse_side
@@ -62,6 +62,10 @@ MAX_DISK_MB = 1024.0
 # step. It is measured beside the training (the lab's model, on the compute thread's core): ~15 s of one core on 2
 # here (docs/live.md). The goal is a frame every 30 s; the loss comes after every step (~5-7 s)
 FRAME_EVERY_S = 20.0
+# while other visitors use the app (interactive work on the compute thread in the last FRAME_EVERY_S), frames come
+# at most this often: a frame is ~15-30 s of the compute thread's core, which their compares share (beside 8 users,
+# frames 20-30 s apart took all its pauses and compares' p95 was 1.8-2.1 s; docs/load.md)
+BUSY_FRAME_EVERY_S = 40.0
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
@@ -231,7 +235,8 @@ class Manager:
 
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
                  executor: Callable[[Callable[[], Any]], Any] = beside, max_wall_s: float = MAX_WALL_S,
-                 ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
+                 ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S,
+                 busy_frame_every_s: float = BUSY_FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
                  max_disk_mb: float = MAX_DISK_MB,
                  base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None,
@@ -239,6 +244,7 @@ class Manager:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
+        self.busy_frame_every_s = busy_frame_every_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
         self.max_disk_bytes = int(max_disk_mb * 2**20)
         # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
@@ -530,9 +536,13 @@ class Manager:
 
         def frame_due(step: int) -> bool:
             """One frame at a time: the next begins once the one before is measured, FRAME_EVERY_S after its
-            start, on a step not shown yet."""
-            return (training and step not in begun and (pending is None or pending.done())
-                    and time.monotonic() - last_frame_t >= self.frame_every_s)
+            start (BUSY_FRAME_EVERY_S while other visitors use the app), on a step not shown yet."""
+            if not training or step in begun or (pending is not None and not pending.done()):
+                return False
+            every = self.frame_every_s
+            if seconds_since_interactive() < self.frame_every_s:
+                every = max(every, self.busy_frame_every_s)
+            return time.monotonic() - last_frame_t >= every
 
         def unit(fn: Callable[[], Any]) -> Any:
             """A unit of the run (a pass, a backward, an optimiser step; beside the compute thread); after it,

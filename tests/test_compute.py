@@ -428,3 +428,14 @@ def test_a_task_longer_than_the_slow_unit_threshold_is_logged_with_its_name(monk
         on_compute_thread(lambda: 1)  # a short one is not logged
     slow = [r.getMessage() for r in caplog.records if r.name == "embedlab.compute"]
     assert len(slow) == 1 and "a_long_backward" in slow[0] and f"priority {BACKGROUND}" in slow[0], slow
+
+
+def test_the_compute_thread_says_how_recently_it_served_interactive_work(monkeypatch):
+    """seconds_since_interactive: what a live run reads to space its frames while visitors use the app."""
+    from embedlab import compute
+
+    monkeypatch.setattr(compute, "_last_interactive", -float("inf"))
+    compute.on_compute_thread(lambda: 1, priority=compute.BACKGROUND)
+    assert compute.seconds_since_interactive() == float("inf")  # background work is not a visitor's
+    compute.on_compute_thread(lambda: 1)  # interactive
+    assert compute.seconds_since_interactive() < 60.0
