@@ -62,10 +62,12 @@ MAX_DISK_MB = 1024.0
 # step. It is measured beside the training (the lab's model, on the compute thread's core): ~15 s of one core on 2
 # here (docs/live.md). The goal is a frame every 30 s; the loss comes after every step (~5-7 s)
 FRAME_EVERY_S = 20.0
-# while other visitors use the app (interactive work on the compute thread in the last FRAME_EVERY_S), frames come
-# at most this often: a frame is ~15-30 s of the compute thread's core, which their compares share (beside 8 users,
-# frames 20-30 s apart took all its pauses and compares' p95 was 1.8-2.1 s; docs/load.md)
-BUSY_FRAME_EVERY_S = 40.0
+# while other visitors use the app (interactive work on the compute thread in the last FRAME_EVERY_S), the next frame
+# begins only this long after the one before was measured: in their pauses a frame takes 20-45 s of the compute
+# thread's core, and back to back (or every 40 s from their starts) frames took all of it: compares beside a run
+# waited for a frame's batch (~1 s) at p50 0.6-1.1 s, p95 1.8-2.1 s, against 0.45 / 1.04 s without frames
+# (docs/load.md)
+BUSY_FRAME_REST_S = 30.0
 # a run nobody watches for this long stops. Generous: a watcher on a busy host may be late (it draws figures in the
 # same worker); a closed tab is caught at once by the watcher's client_gone_check
 HEARTBEAT_S = 30.0
@@ -236,7 +238,7 @@ class Manager:
     def __init__(self, root: Path | None = None, *, load: Callable | None = None,
                  executor: Callable[[Callable[[], Any]], Any] = beside, max_wall_s: float = MAX_WALL_S,
                  ttl_s: float = TTL_S, frame_every_s: float = FRAME_EVERY_S,
-                 busy_frame_every_s: float = BUSY_FRAME_EVERY_S, heartbeat_s: float = HEARTBEAT_S,
+                 busy_frame_rest_s: float = BUSY_FRAME_REST_S, heartbeat_s: float = HEARTBEAT_S,
                  max_waiting: int = 8, device: str = "", maps: bool = True,
                  max_disk_mb: float = MAX_DISK_MB,
                  base_vectors: Callable[[str, list[str]], np.ndarray | None] | None = None,
@@ -244,7 +246,7 @@ class Manager:
         self._root = root
         self.load, self.executor = load, executor
         self.max_wall_s, self.ttl_s, self.frame_every_s, self.heartbeat_s = max_wall_s, ttl_s, frame_every_s, heartbeat_s
-        self.busy_frame_every_s = busy_frame_every_s
+        self.busy_frame_rest_s = busy_frame_rest_s
         self.max_waiting, self.device, self.maps = max_waiting, device, maps
         self.max_disk_bytes = int(max_disk_mb * 2**20)
         # (model, texts) -> the base model's (N, d) vectors from the lab's caches, or None: step 0's frame then
@@ -505,6 +507,7 @@ class Manager:
         # when the last frame began: the first step's frame is due at once (the model's loading took ~10 s since
         # step 0's frame, which came from the lab's caches)
         last_frame_t = -math.inf
+        last_frame_end = -math.inf  # when the last frame was measured
         pending: Future | None = None  # the frame being measured (on the frame worker)
         begun: set[int] = set()  # steps whose frame has begun
         training = True  # frames begin only while the steps go on (not in finish's saves)
@@ -521,6 +524,8 @@ class Manager:
                 if step:
                     shutil.rmtree(run.folder / "snapshots" / f"step-{step}", ignore_errors=True)
                 return
+            nonlocal last_frame_end
+            last_frame_end = time.monotonic()
             self._publish(run, probe, step, probe.measure(v))
             log.info("live run %s: frame of step %d measured in %.1f s (%.0f s into the run)", run.id[:6], step,
                      time.monotonic() - t, time.monotonic() - t0)
@@ -536,13 +541,13 @@ class Manager:
 
         def frame_due(step: int) -> bool:
             """One frame at a time: the next begins once the one before is measured, FRAME_EVERY_S after its
-            start (BUSY_FRAME_EVERY_S while other visitors use the app), on a step not shown yet."""
+            start, and while other visitors use the app BUSY_FRAME_REST_S after its end; on a step not shown yet."""
             if not training or step in begun or (pending is not None and not pending.done()):
                 return False
-            every = self.frame_every_s
-            if seconds_since_interactive() < self.frame_every_s:
-                every = max(every, self.busy_frame_every_s)
-            return time.monotonic() - last_frame_t >= every
+            now = time.monotonic()
+            if now - last_frame_t < self.frame_every_s:
+                return False
+            return seconds_since_interactive() >= self.frame_every_s or now - last_frame_end >= self.busy_frame_rest_s
 
         def unit(fn: Callable[[], Any]) -> Any:
             """A unit of the run (a pass, a backward, an optimiser step; beside the compute thread); after it,

@@ -348,10 +348,10 @@ def test_a_frame_due_mid_step_snapshots_the_last_whole_step_without_waiting_for_
 
 def test_frames_come_less_often_while_other_visitors_use_the_app(env, monkeypatch):
     """While the compute thread served interactive work within FRAME_EVERY_S (other visitors comparing), the next
-    frame waits BUSY_FRAME_EVERY_S: frames share that thread's core with their compares. The last step's frame
-    still comes."""
+    frame waits BUSY_FRAME_REST_S after the one before was measured: frames share that thread's core with their
+    compares. The last step's frame still comes."""
     monkeypatch.setattr(live, "seconds_since_interactive", lambda: 0.0)
-    m = manager(frame_every_s=1e-6, busy_frame_every_s=3600.0)
+    m = manager(frame_every_s=1e-6, busy_frame_rest_s=3600.0)
     run = m.submit("me", small(steps=4))
     assert m.wait(run, 300) and run.state == "done", run.message
     assert run.frame.measured == [0, 4]
