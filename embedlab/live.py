@@ -516,6 +516,7 @@ class Manager:
             """Measure the snapshot of ``step`` as a side (``frame_vectors``: the lab's copy of the model, on the
             compute thread in the traffic's pauses, beside the training) and show it. Dropped, its snapshot
             removed, once the run stops early (at the next batch)."""
+            nonlocal last_frame_end
             t = time.monotonic()
             try:
                 with stop_when(lambda: self._should_stop(run) and trainer.done < trainer.total):
@@ -524,7 +525,6 @@ class Manager:
                 if step:
                     shutil.rmtree(run.folder / "snapshots" / f"step-{step}", ignore_errors=True)
                 return
-            nonlocal last_frame_end
             last_frame_end = time.monotonic()
             self._publish(run, probe, step, probe.measure(v))
             log.info("live run %s: frame of step %d measured in %.1f s (%.0f s into the run)", run.id[:6], step,
