@@ -44,6 +44,9 @@ CSS = """
   /* tighter gaps and padding: the first result ends ~740 px down an 844 px phone screen (822 px before) */
   .column, .row, .tabs, .tabitem, .form {--layout-gap: 8px !important; --block-padding: 6px 8px !important}
   #status {font-size: 0.8em}
+  /* at most two lines of it (a warm-up's or a corpus job's progress runs longer): the first result stays on the
+     first screen whatever the line says */
+  #status p {display: -webkit-box; -webkit-line-clamp: 2; line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden}
   #pair-out :is(td, th) {padding: 4px 6px !important}
   #pair-out td code {font-size: 0.85em; padding: 0 2px; word-break: break-all}
   /* fewer columns on a phone, the rest wide enough for whole words: What moved without "#" and "label", the
