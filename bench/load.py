@@ -79,8 +79,6 @@ def pct(xs: list[float], q: float) -> float:
 
 def rss_by_process(pid: int) -> list[tuple[str, float]]:
     """(what, RSS MiB) of the app's process and each of its children (the layout process, ...)."""
-    import psutil
-
     p = psutil.Process(pid)
     out = [("app", p.memory_info().rss / 2**20)]
     for c in p.children(recursive=True):
@@ -90,8 +88,8 @@ def rss_by_process(pid: int) -> list[tuple[str, float]]:
 
 
 def app_rss_mib(pid: int) -> float:
-    p = psutil.Process(pid)
-    return (p.memory_info().rss + sum(c.memory_info().rss for c in p.children(recursive=True))) / 2**20
+    """RSS of the app's process and its children together, MiB."""
+    return sum(mib for _, mib in rss_by_process(pid))
 
 
 def user(c, adapter: str, n: int, seed: int, times: dict, errors: list, lock: threading.Lock,

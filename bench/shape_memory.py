@@ -14,10 +14,11 @@ import argparse
 import gc
 import os
 
+import psutil
+
 
 def rss_mib() -> int:
-    with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) // 1024 for line in f if line.startswith("VmRSS"))
+    return psutil.Process().memory_info().rss // 2**20
 
 
 def main() -> None:

@@ -189,6 +189,7 @@ def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = tim
           sleep: Callable[[float], None] = time.sleep) -> None:
     """The compute thread's loop over ``q`` (default: the module's queue); ``clock`` and ``sleep`` are
     parameters so that a test can drive the schedule with a fake clock."""
+    global _last_interactive
     q = _queue if q is None else q
     last_interactive = -float("inf")
     starved_since: float | None = None  # when waiting background work last ran or began to wait; None: none waits
@@ -220,7 +221,6 @@ def _loop(q: queue.PriorityQueue | None = None, clock: Callable[[], float] = tim
         if entry[0] < BACKGROUND:
             last_interactive = clock()
             if q is _queue:
-                global _last_interactive
                 _last_interactive = time.monotonic()
         else:  # the next slice of a job is usually queued just after this one returns: it starts a new wait then
             starved_since = clock() if _has_background(q) else None
