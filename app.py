@@ -11,18 +11,27 @@ import logging
 import os
 import threading
 
-import gradio as gr
+# Kernels cached per input shape, read when torch first runs one (so set before anything imports torch): oneDNN's
+# primitives and torch's own (ideep) cache, 1,024 entries each by default. Every new (batch, length) shape of a
+# compare, an evaluation or a training step adds kernels and buffers, and they stayed: after bench/load.py --worst
+# the app held 1,960 MiB of anonymous memory (911 at its start), 951 MiB with 16 of each (issue 20; docs/load.md).
+# bench/shape_memory.py (58 new shapes): +45 MiB instead of +212, at 134-138 ms a batch against 130 ms when every
+# shape is cached. A host may set either variable itself.
+os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "16")
+os.environ.setdefault("LRU_CACHE_CAPACITY", "16")
 
-from embedlab import gradio_internals, warmup
-from embedlab.compute import configure_for_serving
-from embedlab.corpora import BUILTINS
-from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, status, train
-from embedlab.lab import Lab
-from embedlab.projection import layouts_in_a_process
-from embedlab.projection import warm_up as warm_up_layouts
-from embedlab.registry import DEFAULT_PAIR
-from embedlab.side import valid_specs
-from embedlab.sweep import gradio_folder, sweep_forever
+import gradio as gr  # noqa: E402
+
+from embedlab import gradio_internals, warmup  # noqa: E402
+from embedlab.compute import configure_for_serving  # noqa: E402
+from embedlab.corpora import BUILTINS  # noqa: E402
+from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, status, train  # noqa: E402
+from embedlab.lab import Lab  # noqa: E402
+from embedlab.projection import layouts_in_a_process  # noqa: E402
+from embedlab.projection import warm_up as warm_up_layouts  # noqa: E402
+from embedlab.registry import DEFAULT_PAIR  # noqa: E402
+from embedlab.side import valid_specs  # noqa: E402
+from embedlab.sweep import gradio_folder, sweep_forever  # noqa: E402
 
 CSS = """
 .gradio-container {max-width: 1400px !important}

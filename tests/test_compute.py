@@ -98,6 +98,27 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     in_a_new_process(code)
 
 
+def test_the_app_bounds_the_per_shape_kernel_caches_before_torch_loads():
+    """app.py caps oneDNN's and torch's per-shape kernel caches (each new input shape's kernels stayed, 1,024 of
+    each: hundreds of MiB, issue 20). The variables are read when torch starts, so they must be set before anything
+    imports it; a host's own values win. In a subprocess: the check hooks the first import of torch."""
+    code = (
+        "import builtins, os, sys\n"
+        "seen = {}\n"
+        "real = builtins.__import__\n"
+        "def spy(name, *a, **k):\n"
+        "    if name.split('.')[0] == 'torch' and 'torch' not in sys.modules and not seen:\n"
+        "        seen.update((v, os.environ.get(v)) for v in ('ONEDNN_PRIMITIVE_CACHE_CAPACITY', 'LRU_CACHE_CAPACITY'))\n"
+        "    return real(name, *a, **k)\n"
+        "builtins.__import__ = spy\n"
+        "os.environ['LRU_CACHE_CAPACITY'] = '7'  # a host's setting\n"
+        "from embedlab import ROOT; sys.path.insert(0, str(ROOT)); import app\n"
+        "assert seen == {'ONEDNN_PRIMITIVE_CACHE_CAPACITY': '16', 'LRU_CACHE_CAPACITY': '7'}, seen\n"
+        "print('ok')\n"
+    )
+    in_a_new_process(code)
+
+
 def test_beside_a_live_run_the_compute_thread_takes_one_core_and_gets_its_own_back():
     """sharing_cores (a live run's block): the compute thread on one intra-op thread while it lasts (nested blocks
     too), its own count back after, even when the block's stop check says stop; threads started later still take
