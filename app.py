@@ -134,6 +134,7 @@ def main() -> None:
     threading.Thread(target=warmup.warm, args=(lab,), daemon=True, name="warm-up",
                      kwargs={"corpora": corpora, "then": [("maps", warm_up_layouts)]}).start()
     # what delete_cache leaves (embedlab/sweep.py)
+    threading.Thread(target=lab.release_idle_forever, daemon=True, name="idle-release").start()
     sweep_forever(gradio_dir, *DELETE_CACHE, keep=lambda: gradio_internals.kept_files(demo))
     # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value
     # of each output, e.g. a map's plot JSON) until 10,000 sessions: on a public Space memory grew

@@ -60,6 +60,11 @@ def embedding_key(enc: Encoder, adapter: str | None, corpus_sha: str) -> str:
     return f"{enc.spec.key}-{tag}-{settings}-{corpus_sha[:16]}"
 
 
+def model_of(key: str) -> str:
+    """The registry key of the model an :func:`embedding_key` belongs to."""
+    return key.rsplit("-", 3)[0]
+
+
 def _write_checked(path: Path, data: bytes) -> str:
     """Write ``data`` whole or not at all; returns its sha256 (what a manifest records)."""
     files.write_bytes(path, data)
@@ -199,6 +204,13 @@ class EmbeddingCache:
         self._progress: dict[str, str] = {}
         self._jobs: dict[str, Job] = {}  # key -> the background job computing it now
         self._guard = threading.Lock()
+
+    def forget(self, models: Sequence[str]) -> None:
+        """Drop ``models``' vectors from memory (a model let go by the Lab); the disk keeps them."""
+        with self._guard:
+            for lru in (self._memory, self._texts):
+                for key in [k for k in lru if model_of(k) in models]:
+                    lru.pop(key)
 
     def jobs(self) -> list[Job]:
         """The background jobs running now, oldest first."""

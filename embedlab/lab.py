@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import gc
 import logging
 import os
 import threading
@@ -26,8 +27,8 @@ import numpy as np
 
 from . import index as faiss_index
 from .adapters import AdapterError
-from .cache import CacheBusy, EmbeddingCache, embedding_key
-from .compute import BACKGROUND, IDLE, INTERACTIVE
+from .cache import CacheBusy, EmbeddingCache, embedding_key, model_of
+from .compute import BACKGROUND, IDLE, INTERACTIVE, trim_heap
 from .corpora import Corpus, InputError
 from .encode import Encoder, tokenize
 from .files import signature
@@ -56,6 +57,12 @@ CANCELLED_NOTE_S = 60.0  # the status line says which jobs were cancelled, and h
 # anyone names (a snapshot, a live run's frame, a Hub adapter) attaches its adapter, and without a bound they piled up
 # for as long as the model stayed loaded. A shipped rank-8 adapter is 1.4-1.8 MB, a rank-64 live run's ~12 MB.
 ADAPTER_MEMORY_MB = 64.0
+# What nobody has used for this long is let go (Lab.release_idle): a model that is not one of the default sides',
+# with the vectors and indexes the caches hold in memory for it (the vectors stay on disk), and an adapter that is
+# not the default sides' (a live run's frames, snapshots, Hub adapters). So memory comes back after a burst of use
+# of other models or of a live run (issue 20: within 200 MiB of its start, within 2 minutes); the price is a reload
+# for the next request that names them (minilm-l6 ~1 s, an adapter well under one). 0: never.
+IDLE_RELEASE_S = float(os.environ.get("EMBEDLAB_IDLE_RELEASE_S", "60"))
 JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
 
 
@@ -108,6 +115,8 @@ class Lab:
         self.model_budget = int(model_bytes if model_bytes is not None else MODEL_MEMORY_MB * 2**20)
         self.max_models = max_models
         self.resident: set[str] = set()  # models never evicted (the default sides', set by prepare)
+        self.resident_adapters: set[tuple[str, str]] = set()  # (model, adapter name) never let go when idle (prepare)
+        self._used: dict = {}  # model, or (model, adapter name) -> time.monotonic() it was last held or let go
         self.device = device
         self._models: OrderedDict[str, Encoder] = OrderedDict()
         self._bytes: dict[str, int] = {}  # model -> its measured weight bytes (kept after eviction, for the next load)
@@ -210,12 +219,14 @@ class Lab:
         e.g. from a background job's thread."""
         with self._slots:
             self._pins.update(keys)
+            self._used.update(dict.fromkeys(keys, time.monotonic()))
         done = threading.Event()
 
         def release() -> None:
             if not done.is_set():
                 done.set()
                 with self._slots:
+                    self._used.update(dict.fromkeys(keys, time.monotonic()))
                     self._pins.subtract(keys)
                     for k in keys:
                         if self._pins[k] <= 0:  # no zero entries left behind: adapters' keys come and go
@@ -282,6 +293,51 @@ class Lab:
                 for memo in [m for m, n in self._attached.items() if m[0] == model and n == victim[1]]:
                     del self._attached[memo]
             detach_adapter(enc, victim[1])
+
+    def release_idle(self, idle_s: float = IDLE_RELEASE_S) -> list[str]:
+        """Let go of what nobody has held for ``idle_s`` seconds: models that are not resident, with the vectors
+        and indexes the caches keep in memory for them (their vectors stay on disk), and adapters that are not
+        the default sides'; never anything in use. Then the heap is trimmed. Returns what went, for the log."""
+        now = time.monotonic()
+
+        def idle(key: object) -> bool:
+            return not self._pins[key] and now - self._used.get(key, now) >= idle_s
+
+        with self._attaching:  # no adapter attached or pinned meanwhile (as in _trim_adapters)
+            with self._lock:
+                models = [k for k in self._models if k not in self.resident and idle(k)]
+                for k in models:
+                    del self._models[k]
+                    for key in [key for key in self._adapters if key[0] == k]:
+                        del self._adapters[key]
+                    for key in [key for key in self._indexes if model_of(key) == k]:
+                        self._indexes.pop(key)
+                adapters = [key for key in self._adapters if key not in self.resident_adapters and idle(key)]
+                encs = {key: self._models[key[0]] for key in adapters}
+                for key in adapters:
+                    del self._adapters[key]
+                gone_names = {(m, n) for m, n in adapters} | {(k, None) for k in models}
+                for memo in [m for m, n in self._attached.items() if (m[0], n) in gone_names or (m[0], None) in gone_names]:
+                    del self._attached[memo]
+            for key, enc in encs.items():
+                detach_adapter(enc, key[1])
+        if models:
+            self.embeddings.forget(models)
+        gone = models + [f"{m} adapter {n}" for m, n in adapters]
+        if gone:
+            gc.collect()  # a model's modules hold reference cycles
+            trim_heap()
+            log.info("let go of %s (unused for %.0f s)", ", ".join(gone), idle_s)
+        return gone
+
+    def release_idle_forever(self, every_s: float = 15.0) -> None:
+        """:meth:`release_idle` every ``every_s`` seconds, for ever (the app's daemon thread; IDLE_RELEASE_S 0: never)."""
+        while IDLE_RELEASE_S > 0:
+            time.sleep(every_s)
+            try:
+                self.release_idle()
+            except Exception:  # a thread of its own: log, never stop
+                log.exception("letting go of idle models failed")
 
     # --- embeddings -------------------------------------------------------------------------------
     def texts(self, a: Ready, b: Ready, texts: Sequence[str],

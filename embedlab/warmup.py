@@ -2,11 +2,13 @@
 maps and indexes), and the same work exported as the shipped seed cache (``python -m embedlab build-cache``)."""
 from __future__ import annotations
 
+import gc
 import logging
 import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .compute import trim_heap
 from .corpora import builtin
 from .files import swap_folder
 from .features.maps import map_key, save_map, twin_map
@@ -23,8 +25,8 @@ def prepare(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[
     a, b = sides or default_sides()
     lab.resident.update((a.model, b.model))  # the default sides' models are never evicted
     lab.status["model"] = f"loading {a.spec} and {b.spec}…"
-    with lab.hold(a, b):
-        pass
+    with lab.hold(a, b) as readies:  # nor their adapters let go when idle (Lab.release_idle)
+        lab.resident_adapters.update((r.side.model, r.adapter) for r in readies if r.adapter is not None)
     lab.status["model"] = "ready"
     lab.status["anisotropy"] = "embedding"
     with lab.hold(a, b) as readies:  # computed here, waiting: a request's path gives up after JOB_WAIT_S
@@ -68,6 +70,8 @@ def warm(lab: Lab, sides: tuple[Side, Side] | None = None, corpora: Sequence[str
             lab.status.pop(what, None)
         else:
             lab.status[what] = "ready"
+    gc.collect()  # what the warm-up made and dropped goes back to the system now, not at the next periodic trim
+    trim_heap()
 
 
 def export_seeds(lab: Lab, pairs: Sequence[tuple[tuple[Side, Side], Sequence[str]]] | None = None,

@@ -2,20 +2,24 @@
 pair wait for another request's models; the first embedding of a large corpus is a visible, cancellable
 background job, not a long request. On tiny random models."""
 import dataclasses
+import os
 import re
 import threading
 import time
+from pathlib import Path
 
+import numpy as np
 import pytest
 
 import embedlab.lab as lab_mod
 import embedlab.side as side_mod
 from embedlab.features import common, pairs, search
+from embedlab.cache import model_of
 from embedlab.corpora import Corpus
 from embedlab.lab import Lab, ModelsBusy, model_bytes
 from embedlab.registry import MODELS
 from embedlab.side import parse_side
-from tiny import A, B, tiny_encoder, tiny_models
+from tiny import A, B, make_adapter, tiny_encoder, tiny_models
 
 C = "tiny-3"
 
@@ -85,6 +89,40 @@ def test_the_pool_evicts_by_memory_keeps_resident_models_and_refuses_what_cannot
             pass
 
 
+
+
+def test_what_nobody_uses_is_let_go_when_idle_and_comes_back_when_asked(tmp_path, three, adapter):
+    """Issue 20, memory: after a burst of requests for other models (the worst-request bench's search and map on
+    minilm-l6, a live run's frames) the app's memory comes back. Lab.release_idle lets go of models that are not
+    resident and adapters that are not the default sides', with the vectors and indexes kept in memory for those
+    models, once nobody has held them for the idle time; never what is in use. They load again when asked."""
+    make_adapter(Path(os.environ["EMBEDLAB_ADAPTER_DIRS"]) / "tiny-other", seed=5)  # a snapshot, a live run's frame
+    lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
+    lab.resident.add(A)
+    a, b, tuned, other = (parse_side(s) for s in (A, B, adapter, f"{A}+tiny-other"))
+    corpus = _corpus(40)
+    with lab.hold(a, tuned) as (_, rt):  # what the warm-up does for the default sides
+        lab.resident_adapters.add((A, rt.adapter))
+    for sides in ((a, b), (other,)):
+        with lab.hold(*sides) as readies:
+            for r in readies:
+                lab.index(r, corpus)
+    frame = readies[0].adapter
+    cached = lab.corpus_vectors(a, b, corpus)
+    assert set(lab._models) == {A, B} and len(lab._adapters) == 2 and len(lab._indexes) == 3
+    assert lab.release_idle(idle_s=3600) == []  # all used a moment ago
+    with lab.hold(b):  # in use: stays, however long ago it was last let go
+        assert lab.release_idle(idle_s=0) == [f"{A} adapter {frame}"]
+        assert B in lab._models
+    assert lab.release_idle(idle_s=0) == [B] and set(lab._models) == {A}
+    assert list(lab._adapters) == [(A, rt.adapter)]  # the default side's adapter stays
+    assert set(three[A].adapters) == {rt.adapter}  # the frame's LoRA weights are gone from A
+    assert {model_of(k) for k in lab._indexes} == {A} and {model_of(k) for k in lab.embeddings._memory} == {A}
+    loads = len(three["loads"])
+    with lab.hold(b, other) as (rb, ro):  # asked again: loaded and attached again, the same vectors
+        np.testing.assert_array_equal(lab.corpus(rb, corpus), cached[1])
+        assert ro.adapter in three[A].adapters
+    assert len(three["loads"]) == loads + 1
 
 
 def _corpus(n: int) -> Corpus:
