@@ -316,8 +316,8 @@ class Lab:
                 encs = {key: self._models[key[0]] for key in adapters}
                 for key in adapters:
                     del self._adapters[key]
-                gone_names = {(m, n) for m, n in adapters} | {(k, None) for k in models}
-                for memo in [m for m, n in self._attached.items() if (m[0], n) in gone_names or (m[0], None) in gone_names]:
+                    self._used.pop(key, None)  # a live run's frames come and go: no entry left behind
+                for memo in [m for m, n in self._attached.items() if m[0] in models or (m[0], n) in adapters]:
                     del self._attached[memo]
             for key, enc in encs.items():
                 detach_adapter(enc, key[1])
