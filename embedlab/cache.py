@@ -200,10 +200,21 @@ class EmbeddingCache:
         self._memory: LRU[str, np.ndarray] = LRU(max_size=memory_bytes, size=lambda a: a.nbytes)  # read-only (N, d)
         # (text, side) key -> its (d,) vector; 8192 of a 576-d model hold ~19 MB
         self._texts: LRU[str, np.ndarray] = LRU(max_items=memory_texts)
+        self._texts_used = time.monotonic()  # when a request last asked for text vectors
         self._locks: dict[str, threading.Lock] = {}
         self._progress: dict[str, str] = {}
         self._jobs: dict[str, Job] = {}  # key -> the background job computing it now
         self._guard = threading.Lock()
+
+    def forget_texts_if_idle(self, idle_s: float) -> int:
+        """Empty the text vectors once no request has asked for any for ``idle_s`` seconds: they serve a visitor
+        editing a pair or a query, seconds apart (8,192 of them held ~25 MiB with their keys). Returns how many went."""
+        with self._guard:
+            if time.monotonic() - self._texts_used < idle_s:
+                return 0
+            n = len(self._texts)
+            self._texts.clear()
+            return n
 
     def forget(self, models: Sequence[str]) -> None:
         """Drop ``models``' vectors from memory (a model let go by the Lab); the disk keeps them."""
@@ -372,6 +383,7 @@ class EmbeddingCache:
         new: on a CPU the forward pass is most of a compare's time.
         """
         texts = validate_texts(texts)
+        self._texts_used = time.monotonic()
         adapters = list(adapters)
         for a in adapters:
             enc.check_adapter(a)

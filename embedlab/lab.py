@@ -58,10 +58,11 @@ CANCELLED_NOTE_S = 60.0  # the status line says which jobs were cancelled, and h
 # for as long as the model stayed loaded. A shipped rank-8 adapter is 1.4-1.8 MB, a rank-64 live run's ~12 MB.
 ADAPTER_MEMORY_MB = 64.0
 # What nobody has used for this long is let go (Lab.release_idle): a model that is not one of the default sides',
-# with the vectors and indexes the caches hold in memory for it (the vectors stay on disk), and an adapter that is
-# not the default sides' (a live run's frames, snapshots, Hub adapters). So memory comes back after a burst of use
-# of other models or of a live run (issue 20: within 200 MiB of its start, within 2 minutes); the price is a reload
-# for the next request that names them (minilm-l6 ~1 s, an adapter well under one). 0: never.
+# with the vectors and indexes the caches hold in memory for it (the vectors stay on disk), an adapter that is not
+# the default sides' (a live run's frames, snapshots, Hub adapters), and the text vectors of requests. So memory
+# comes back after a burst of use of other models or of a live run (issue 20: within 200 MiB of its start, within
+# 2 minutes); the price is a reload for the next request that names them (minilm-l6 ~1 s, an adapter well under
+# one). 0: never.
 IDLE_RELEASE_S = float(os.environ.get("EMBEDLAB_IDLE_RELEASE_S", "60"))
 JOB_WAIT_S = 8.0  # a request whose corpus is not embedded yet waits this long for its background job, then is told how far it is
 
@@ -296,8 +297,9 @@ class Lab:
 
     def release_idle(self, idle_s: float = IDLE_RELEASE_S) -> list[str]:
         """Let go of what nobody has held for ``idle_s`` seconds: models that are not resident, with the vectors
-        and indexes the caches keep in memory for them (their vectors stay on disk), and adapters that are not
-        the default sides'; never anything in use. Then the heap is trimmed. Returns what went, for the log."""
+        and indexes the caches keep in memory for them (their vectors stay on disk), adapters that are not the
+        default sides', and the text vectors of requests; never anything in use. Then the heap is trimmed.
+        Returns what went, for the log."""
         now = time.monotonic()
 
         def idle(key: object) -> bool:
@@ -324,6 +326,8 @@ class Lab:
         if models:
             self.embeddings.forget(models)
         gone = models + [f"{m} adapter {n}" for m, n in adapters]
+        if texts := self.embeddings.forget_texts_if_idle(idle_s):
+            gone.append(f"{texts:,} text vectors")
         if gone:
             gc.collect()  # a model's modules hold reference cycles
             trim_heap()

@@ -95,7 +95,8 @@ def test_what_nobody_uses_is_let_go_when_idle_and_comes_back_when_asked(tmp_path
     """Issue 20, memory: after a burst of requests for other models (the worst-request bench's search and map on
     minilm-l6, a live run's frames) the app's memory comes back. Lab.release_idle lets go of models that are not
     resident and adapters that are not the default sides', with the vectors and indexes kept in memory for those
-    models, once nobody has held them for the idle time; never what is in use. They load again when asked."""
+    models, and the text vectors of requests, once nobody has used them for the idle time; never what is in use.
+    They load again when asked."""
     make_adapter(Path(os.environ["EMBEDLAB_ADAPTER_DIRS"]) / "tiny-other", seed=5)  # a snapshot, a live run's frame
     lab = Lab(cache_dir=tmp_path / "cache", seed_dir=None)
     lab.resident.add(A)
@@ -109,10 +110,11 @@ def test_what_nobody_uses_is_let_go_when_idle_and_comes_back_when_asked(tmp_path
                 lab.index(r, corpus)
     frame = readies[0].adapter
     cached = lab.corpus_vectors(a, b, corpus)
+    lab.embed(a, b, ["a man plays", "a dog runs"])  # a compare's texts: 2 under each side
     assert set(lab._models) == {A, B} and len(lab._adapters) == 2 and len(lab._indexes) == 3
     assert lab.release_idle(idle_s=3600) == []  # all used a moment ago
     with lab.hold(b):  # in use: stays, however long ago it was last let go
-        assert lab.release_idle(idle_s=0) == [f"{A} adapter {frame}"]
+        assert lab.release_idle(idle_s=0) == [f"{A} adapter {frame}", "4 text vectors"]
         assert B in lab._models
     assert lab.release_idle(idle_s=0) == [B] and set(lab._models) == {A}
     assert list(lab._adapters) == [(A, rt.adapter)]  # the default side's adapter stays
