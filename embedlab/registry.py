@@ -227,7 +227,7 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 # What a first visitor sees: a base model vs that model with its shipped adapter (side specs, embedlab.side).
-# Gemma 3 shows the strongest effect of the shipped adapters (STSBenchmark test 12.1 -> 79.9; SmolLM2 18.4 -> 76.6).
+# Gemma 3 shows the strongest effect of the shipped adapters (STSBenchmark test 12.1 -> 81.4; SmolLM2 18.4 -> 76.6).
 DEFAULT_PAIR: tuple[str, str] = ("gemma3-270m", "gemma3-270m+nli-cft")
 DEFAULT_MODEL = DEFAULT_PAIR[0]
 

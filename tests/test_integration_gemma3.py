@@ -30,7 +30,7 @@ def test_bos_and_eos_and_embeddings(enc):
 
 
 def test_shipped_adapter_replays_its_training_from_the_shipped_cache():
-    """Gemma's adapter ships snapshots 10, 25, 50 and 100 (plus the base and the final step 160) and their replays
+    """Gemma's adapter ships snapshots 10, 25, 50, 100 and 160 (plus the base and the final step 229) and their replays
     of the built-in corpora come precomputed: nothing to embed when a visitor scrubs."""
     from embedlab import ROOT
     from embedlab.adapters import snapshots
@@ -38,11 +38,11 @@ def test_shipped_adapter_replays_its_training_from_the_shipped_cache():
     from embedlab.replay import load_replay
 
     adapter = ROOT / "assets/adapters/gemma3-270m/nli-cft"
-    steps = (0, 10, 25, 50, 100, 160)
+    steps = (0, 10, 25, 50, 100, 160, 229)
     assert tuple(s.step for s in snapshots(adapter)) == steps
     for corpus in ("topics", "snli"):
         r = load_replay(get_spec("gemma3-270m"), adapter, corpus)
         assert r.steps == steps and r.xy.shape[:2] == (len(steps), len(r.corpus))
         dev = dict(r.dev)
-        assert dev[0] < dev[10] < dev[25] < dev[160] and set(dev) == set(steps)
+        assert dev[0] < dev[10] < dev[25] < dev[229] and set(dev) == set(steps)
         assert r.cosines[-1].mean() < r.cosines[0].mean() - 0.2  # training spreads unrelated sentences apart
