@@ -131,18 +131,18 @@ def _breakdown(label: str) -> dict:
 
 
 def release() -> None:
-    """Drop what the app could let go of when idle: models that are not resident, the in-memory caches."""
+    """Drop what the app lets go of when idle (Lab.release_idle with no idle time: models that are not resident,
+    other adapters, text vectors; it collects and trims the heap), and the default sides' caches too."""
+    from embedlab.compute import trim_heap
+
     lab = _lab()
     if lab is not None:
-        with lab._lock:
-            for k in [k for k in lab._models if k not in lab.resident and not lab._pins[k]]:
-                del lab._models[k]
+        lab.release_idle(idle_s=0)
         lab.embeddings._memory.clear()
-        lab.embeddings._texts.clear()
         lab._indexes.clear()
         lab._maps.clear()
     gc.collect()
-    ctypes.CDLL("libc.so.6").malloc_trim(0)
+    trim_heap()
 
 
 def _write(label: str) -> None:
