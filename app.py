@@ -27,8 +27,7 @@ from embedlab.compute import configure_for_serving  # noqa: E402
 from embedlab.corpora import BUILTINS  # noqa: E402
 from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, status, train  # noqa: E402
 from embedlab.lab import Lab  # noqa: E402
-from embedlab.projection import layouts_in_a_process  # noqa: E402
-from embedlab.projection import warm_up as warm_up_layouts  # noqa: E402
+from embedlab.projection import layouts_in_a_process, release_if_grown, warm_up as warm_up_layouts  # noqa: E402
 from embedlab.registry import DEFAULT_PAIR  # noqa: E402
 from embedlab.side import valid_specs  # noqa: E402
 from embedlab.sweep import gradio_folder, sweep_forever  # noqa: E402
@@ -134,7 +133,8 @@ def main() -> None:
     threading.Thread(target=warmup.warm, args=(lab,), daemon=True, name="warm-up",
                      kwargs={"corpora": corpora, "then": [("maps", warm_up_layouts)]}).start()
     # what delete_cache leaves (embedlab/sweep.py)
-    threading.Thread(target=lab.release_idle_forever, daemon=True, name="idle-release").start()
+    threading.Thread(target=lab.release_idle_forever, kwargs={"also": [release_if_grown]}, daemon=True,
+                     name="idle-release").start()
     sweep_forever(gradio_dir, *DELETE_CACHE, keep=lambda: gradio_internals.kept_files(demo))
     # Gradio keeps every session it has seen (a ~150 KB copy of the page config plus the last value
     # of each output, e.g. a map's plot JSON) until 10,000 sessions: on a public Space memory grew

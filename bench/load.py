@@ -49,6 +49,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import os
 import random
 import signal
@@ -355,8 +356,16 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
     probe(server, args, signal.SIGUSR2)
     if args.probe:
         print("\nthe app's memory (bench/memory_probe.py; MiB): at the start, at the end, at the end less what it may drop")
+        first: set[str] | None = None
         for line in Path(args.probe).read_text().splitlines():
-            print(line)
+            dump = json.loads(line)
+            mods = set(dump.pop("modules", []))
+            print(json.dumps(dump))
+            if first is None:
+                first = mods
+            elif new := mods - first:  # code a first request imported: it stays for the process's life
+                tops = sorted({m.split(".")[0] for m in new})
+                print(f"  {len(new)} modules imported since the start, from: {', '.join(tops)}")
 
 
 def probe(server: AppServer, args: argparse.Namespace, sig: int) -> None:

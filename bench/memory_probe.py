@@ -4,7 +4,8 @@ Loaded into the app's own process (``python -c "import bench.memory_probe as p; 
 SIGUSR1 writes a breakdown to $EMBEDLAB_MEMORY_PROBE (JSON, appended as one line): the process's RSS split
 into anonymous and file-backed memory, glibc's heap (in use / free / mmapped), the model pool (models and
 their weight bytes), the Lab's caches (corpus vectors, text vectors, FAISS indexes, maps, adapters), and every
-torch tensor and numpy array reachable from Python, by total bytes, split into the pool's weights and the rest.
+torch tensor and numpy array reachable from Python, by total bytes, split into the pool's weights and the rest;
+the most numerous kinds of Python object and the modules imported (code a first request imports stays).
 SIGUSR2 first lets go of what the app may drop when idle (models that are not resident, the caches), collects
 and trims the heap, then writes the same breakdown: what the app's memory would be without them.
 Diagnostic only: never part of the served app.
@@ -127,7 +128,16 @@ def breakdown(label: str) -> dict:
 
 def _breakdown(label: str) -> dict:
     return {"label": label, "t": time.strftime("%H:%M:%S"), "rss": _rollup(), "files": _files(), "heap": _heap(), "lab": _caches(),
-            "arrays": _arrays(), "threads": threading.active_count()}
+            "arrays": _arrays(), "threads": threading.active_count(), "objects": _objects(),
+            "modules": sorted(sys.modules)}
+
+
+def _objects(top: int = 12) -> dict[str, int]:
+    """The most numerous kinds of object the garbage collector tracks (what holds heap no array accounts for)."""
+    from collections import Counter
+
+    n = Counter(type(o).__name__ for o in gc.get_objects())
+    return {"all": sum(n.values()), **dict(n.most_common(top))}
 
 
 def release() -> None:

@@ -334,14 +334,16 @@ class Lab:
             log.info("let go of %s (unused for %.0f s)", ", ".join(gone), idle_s)
         return gone
 
-    def release_idle_forever(self, every_s: float = 15.0) -> None:
-        """:meth:`release_idle` every ``every_s`` seconds, for ever (the app's daemon thread; IDLE_RELEASE_S 0: never)."""
+    def release_idle_forever(self, every_s: float = 15.0, also: Sequence[Callable[[float], object]] = ()) -> None:
+        """:meth:`release_idle` every ``every_s`` seconds, for ever, then each of ``also`` with the idle time (e.g.
+        projection.release_if_grown): the app's daemon thread; IDLE_RELEASE_S 0: never."""
         while IDLE_RELEASE_S > 0:
             time.sleep(every_s)
-            try:
-                self.release_idle()
-            except Exception:  # a thread of its own: log, never stop
-                log.exception("letting go of idle models failed")
+            for release in (self.release_idle, *also):
+                try:
+                    release(IDLE_RELEASE_S)
+                except Exception:  # a thread of its own: log, never stop
+                    log.exception("letting go of what is idle failed (%s)", getattr(release, "__name__", release))
 
     # --- embeddings -------------------------------------------------------------------------------
     def texts(self, a: Ready, b: Ready, texts: Sequence[str],

@@ -769,7 +769,13 @@ class Probe:
 
 
 def one_numba_thread() -> None:
-    """Parallel numba code started from this thread (UMAP's) runs on one thread (numba's setting is per thread)."""
+    """Parallel numba code started from this thread (UMAP's) runs on one thread (numba's setting is per thread).
+    Nothing where layouts run in the layout process (the app): importing numba here would only cost this process
+    ~20 MiB that it never uses (bench/load.py --probe found numba and llvmlite loaded after a live run)."""
+    from .projection import layouts_elsewhere
+
+    if layouts_elsewhere():
+        return
     try:
         import numba
     except ImportError:  # no numba: no UMAP threads to limit

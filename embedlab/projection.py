@@ -11,6 +11,7 @@ import logging
 import os
 import sys
 import threading
+import time
 import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -173,6 +174,13 @@ LAYOUT_TIMEOUT_S = 300.0
 _pool: ProcessPoolExecutor | None = None
 _pool_lock = threading.Lock()
 _in_process = False
+# A layout process keeps some of what its layouts allocate (numba's specialisations, the allocator's pages): +75 MiB of
+# anonymous memory over one worst-request sequence (bench/load.py --worst --probe, 2026-12-07). Idle for the app's
+# idle time and more than this above its size after its warm-up, it is replaced by a fresh one (release_if_grown).
+LAYOUT_REGROW_MIB = 48.0
+_busy = 0  # layouts submitted and not returned yet
+_last_used = 0.0  # time.monotonic() when the last layout returned
+_warm_mib: float | None = None  # the layout process's anonymous memory after its warm-up
 
 
 class LayoutError(RuntimeError):
@@ -258,20 +266,62 @@ def _exit_with(parent: int) -> None:
 
 def warm_up() -> None:
     """Compile UMAP's code (numba: ~20 s of one core, once per process; where layouts run) on a small random map,
-    so that a first map or live run does not wait for it."""
+    so that a first map or live run does not wait for it; then note the layout process's size (release_if_grown)."""
+    global _warm_mib
     v = np.random.default_rng(0).normal(size=(96, 8)).astype(np.float32)
     aligned_umap([v, v + 0.1], 15, 0.1, 0, 0.1)
+    with _pool_lock:
+        _warm_mib = _anonymous_mib(_pool)
+
+
+def layouts_elsewhere() -> bool:
+    """Whether layouts run in the layout process (the app), not in the calling process."""
+    return _in_process
+
+
+def _anonymous_mib(pool: ProcessPoolExecutor | None) -> float | None:
+    """The layout process's anonymous resident memory (MiB; Linux's RssAnon), None when unknown."""
+    for pid in list((getattr(pool, "_processes", None) or {}).keys()):
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
+        except (OSError, StopIteration, ValueError, IndexError):
+            return None
+    return None
+
+
+def release_if_grown(idle_s: float) -> bool:
+    """Replace the layout process by a fresh, warmed-up one when no layout has run for ``idle_s`` seconds and it
+    holds more than LAYOUT_REGROW_MIB of anonymous memory above its size after its warm-up (what its layouts left
+    behind, which no trim returns). The warm-up (~20-30 s of one core, at the layout process's lower priority) runs
+    in the calling thread; a layout asked for meanwhile waits for it, as at the app's start. True when replaced."""
+    global _pool
+    with _pool_lock:
+        pool, warm = _pool, _warm_mib
+        if pool is None or warm is None or _busy or time.monotonic() - _last_used < idle_s:
+            return False
+        size = _anonymous_mib(pool)
+        if size is None or size - warm <= LAYOUT_REGROW_MIB:
+            return False
+        _pool = None
+    _stop(pool)
+    log.info("the layout process held %.0f MiB, %.0f more than after its warm-up: replaced by a fresh one",
+             size, size - warm)
+    warm_up()
+    return True
 
 
 def laid_out(fn: Callable[..., Any], *args: Any) -> Any:
     """``fn(*args)`` (a module-level function of this module, picklable arguments) in the layout process when
     :func:`layouts_in_a_process` is on, else here. A process that died (killed for memory) or stopped answering
     (LAYOUT_TIMEOUT_S) is replaced at the next call; this call raises LayoutError."""
-    global _pool
+    global _pool, _busy, _last_used
     if not _in_process:
         return fn(*args)
-    pool = _layout_pool()
+    with _pool_lock:
+        _busy += 1
     try:
+        pool = _layout_pool()
         return pool.submit(_then_trim, fn, *args).result(timeout=LAYOUT_TIMEOUT_S)  # submit raises BrokenProcessPool too
     except (BrokenProcessPool, TimeoutError) as e:
         with _pool_lock:
@@ -281,6 +331,10 @@ def laid_out(fn: Callable[..., Any], *args: Any) -> Any:
         why = "stopped answering" if isinstance(e, TimeoutError) else "stopped"
         log.error("the layout process %s; a new one starts at the next layout", why)
         raise LayoutError(f"the map layout failed on the server (its process {why}); try again") from None
+    finally:
+        with _pool_lock:
+            _busy -= 1
+            _last_used = time.monotonic()
 
 
 def _then_trim(fn: Callable[..., Any], *args: Any) -> Any:

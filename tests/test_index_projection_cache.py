@@ -327,3 +327,48 @@ def test_the_layout_process_ends_with_the_server_that_started_it(tmp_path):
         server.terminate()
         server.wait(20)
     assert child.wait(10) is not None or not child.is_running()  # gone within ~1 s of its parent
+
+
+def test_an_idle_layout_process_that_grew_is_replaced_by_a_fresh_warmed_one(monkeypatch):
+    """What layouts leave in the layout process (numba specialisations, allocator pages; no trim returns them) is
+    bounded: once no layout has run for the idle time and it holds more than LAYOUT_REGROW_MIB above its size after
+    its warm-up, it is replaced by a fresh process, warmed up again. Never while a layout runs or soon after one,
+    never when it has not grown."""
+    import os
+
+    from embedlab import projection
+
+    warmed = []
+    monkeypatch.setattr(projection, "warm_up", lambda: warmed.append(projection.laid_out(os.getpid)))
+    projection.layouts_in_a_process()
+    try:
+        child = projection.laid_out(os.getpid)
+        size = projection._anonymous_mib(projection._pool)
+        assert size and size > 1
+        monkeypatch.setattr(projection, "_warm_mib", size)  # as warm_up notes it
+        assert not projection.release_if_grown(0.0)  # not grown
+        monkeypatch.setattr(projection, "_warm_mib", size - projection.LAYOUT_REGROW_MIB - 10)  # grown
+        assert not projection.release_if_grown(3600.0)  # a layout ran within the idle time
+        projection._busy += 1  # a layout running now
+        try:
+            assert not projection.release_if_grown(0.0)
+        finally:
+            projection._busy -= 1
+        assert projection.release_if_grown(0.0) and warmed  # idle and grown: replaced, and the new one warmed
+        new = projection.laid_out(os.getpid)
+        assert new not in (child, os.getpid()) and warmed == [new]
+    finally:
+        projection.layouts_in_a_process(False)
+
+
+def test_the_serving_process_never_imports_numba_for_a_live_run_s_layouts():
+    """numba and llvmlite cost a process ~20 MiB: where layouts run in the layout process (the app), a live run's
+    map thread must not import them (one_numba_thread is for layouts in this process: tests, the command line)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from embedlab import projection; from embedlab.live import one_numba_thread; "
+            "projection._in_process = True; one_numba_thread(); a = 'numba' in sys.modules; "
+            "projection._in_process = False; one_numba_thread(); print(a, 'numba' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["False", "True"]
