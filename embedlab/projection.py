@@ -238,10 +238,15 @@ def _layout_pool() -> ProcessPoolExecutor:
 
 def _stop(pool: ProcessPoolExecutor) -> None:
     """Shut ``pool`` down without waiting, killing its child: a stuck layout would otherwise run on (3.11's
-    executor has no terminate_workers; ``_processes`` is its map of pid -> Process)."""
-    for proc in list((getattr(pool, "_processes", None) or {}).values()):
+    executor has no terminate_workers)."""
+    for proc in _children(pool).values():
         proc.kill()
     pool.shutdown(wait=False, cancel_futures=True)
+
+
+def _children(pool: ProcessPoolExecutor | None) -> dict:
+    """The pool's child processes, pid -> multiprocessing.Process (3.11's executor keeps them in ``_processes``)."""
+    return dict(getattr(pool, "_processes", None) or {})
 
 
 def _init_layout_process(parent: int) -> None:
@@ -281,7 +286,7 @@ def layouts_elsewhere() -> bool:
 
 def _anonymous_mib(pool: ProcessPoolExecutor | None) -> float | None:
     """The layout process's anonymous resident memory (MiB; Linux's RssAnon), None when unknown."""
-    for pid in list((getattr(pool, "_processes", None) or {}).keys()):
+    for pid in _children(pool):
         try:
             with open(f"/proc/{pid}/status") as f:
                 return next(int(line.split()[1]) / 1024 for line in f if line.startswith("RssAnon:"))
