@@ -23,7 +23,7 @@ os.environ.setdefault("LRU_CACHE_CAPACITY", "16")
 import gradio as gr  # noqa: E402
 
 from embedlab import gradio_internals, warmup  # noqa: E402
-from embedlab.compute import configure_for_serving  # noqa: E402
+from embedlab.compute import BACKGROUND_BATCH_S, configure_for_serving  # noqa: E402
 from embedlab.corpora import BUILTINS  # noqa: E402
 from embedlab.features import common, evaluate, export, howitworks, maps, pairs, replay, search, sides, status, train  # noqa: E402
 from embedlab.lab import Lab  # noqa: E402
@@ -117,7 +117,7 @@ def build(lab: Lab) -> gr.Blocks:
 def main() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     lab = Lab()
-    configure_for_serving(background_batch_tokens=256 if lab.device in (None, "cpu") else None,
+    configure_for_serving(background_batch_s=BACKGROUND_BATCH_S if lab.device in (None, "cpu") else None,
                           threads=int(os.environ.get("EMBEDLAB_COMPUTE_THREADS", "0")) or None)
     # Gradio's upload/cache folder, this app's alone unless the host chose one: the sweep below deletes
     # every file in it older than DELETE_CACHE's age, like Gradio's delete_cache but thoroughly.

@@ -41,7 +41,11 @@ _queue: queue.PriorityQueue = queue.PriorityQueue()
 _order = itertools.count()  # FIFO within one priority
 _started = threading.Lock()
 _thread: threading.Thread | None = None
-_background_batch_tokens: int | None = None
+_background_batch_s: float | None = None  # configure_for_serving's budget per background batch (None: no cap)
+BACKGROUND_BATCH_TOKENS = (32, 256)  # the least and most padded tokens of a capped background batch
+# What the app asks a background batch to take (configure_for_serving): about one compare's pass under load, so that
+# a compare arriving during one waits at most about as long again (docs/load.md, 2026-12-07 AMD fp32)
+BACKGROUND_BATCH_S = 0.25
 # The calling request's "has my client gone?" test (see stop_when); checked before each task runs.
 _stop_check: contextvars.ContextVar[Callable[[], bool] | None] = contextvars.ContextVar("embedlab_stop_check", default=None)
 # What INTERACTIVE means for the calling request (see urgent).
@@ -154,7 +158,7 @@ SWITCH_INTERVAL_S = float(os.environ.get("EMBEDLAB_SWITCH_INTERVAL", "0.0002")) 
 GRACE_S = 0.25  # background work starts only after this long without interactive work...
 # ...or, under interactive traffic that never pauses that long, once it has waited this long since its last slice:
 # a corpus job otherwise stalled for as long as the traffic lasted. An interactive task then waits for one
-# background slice at most (a batch of configure_for_serving's capped size, ~0.5 s on 2 cores).
+# background slice at most (a batch sized to configure_for_serving's budget, ~0.25 s).
 BACKGROUND_SHARE_S = 2.0
 
 
@@ -349,13 +353,15 @@ def _trim_heap_forever(every_s: float) -> None:
         trim_heap()
 
 
-def configure_for_serving(background_batch_tokens: int | None, threads: int | None = None,
+def configure_for_serving(background_batch_s: float | None, threads: int | None = None,
                           heap_arenas: int | None = 2, trim_heap_every_s: float | None = 60.0) -> None:
     """Settings for a process that serves interactive users (the web app); the command line keeps the defaults.
 
-    ``background_batch_tokens``: padded tokens per batch of background work, so that an
-    interactive request never waits long behind one (a 4096-token batch takes ~5 s on
-    2 cores; 256 tokens ~0.5 s, at ~10% fewer sentences/s). None: no cap.
+    ``background_batch_s``: the seconds one batch of background work should take, since an interactive
+    request may wait for the batch in progress. Each encoder sizes its background batches from what its
+    own batches cost (:func:`background_batch_tokens`), between ``BACKGROUND_BATCH_TOKENS`` padded tokens:
+    a 4096-token batch takes ~5 s on 2 cores, 256 tokens ~0.2 s in bf16 with AMX but 0.4-0.65 s in float32 on
+    an AVX2-only CPU (docs/load.md). None: no cap.
     ``threads``: intra-op threads of the compute thread (torch, and FAISS through the same
     OpenMP setting); None keeps torch's default (all cores). Measured on 2 cores: one
     thread is robust to a busy neighbour process (122 ms per compare either way, against
@@ -368,7 +374,7 @@ def configure_for_serving(background_batch_tokens: int | None, threads: int | No
     with it. Two arenas plus a periodic ``malloc_trim`` kept the free part at 23-27 MiB.
     Call before the server starts its threads.
     """
-    global _background_batch_tokens
+    global _background_batch_s
     from .precision import requested
 
     requested()  # a bad $EMBEDLAB_PRECISION stops the server here, naming the valid values, not at a first request
@@ -380,7 +386,7 @@ def configure_for_serving(background_batch_tokens: int | None, threads: int | No
     libc = _glibc()
     if libc is not None and heap_arenas:  # first: arenas are made as new threads first allocate
         libc.mallopt(-8, heap_arenas)  # M_ARENA_MAX
-    _background_batch_tokens = background_batch_tokens
+    _background_batch_s = background_batch_s
     import torch
 
     # Only the compute thread runs torch's kernels on every core; any other thread that runs a torch op (a model
@@ -446,6 +452,18 @@ def sharing_cores() -> Iterator[None]:
                 _compute_threads(_threads)
 
 
-def background_batch_tokens() -> int | None:
-    """The cap set by :func:`configure_for_serving` (None: batches as large as for any other work)."""
-    return _background_batch_tokens
+def background_batch_tokens(s_per_token: float | None) -> int | None:
+    """Padded tokens for the next background batch of an encoder whose background batches have cost
+    ``s_per_token`` seconds per padded token (None: none measured yet): as many as fit in
+    :func:`configure_for_serving`'s ``background_batch_s``, within ``BACKGROUND_BATCH_TOKENS``. None: no cap
+    (not a serving process, or one that set none).
+
+    Measured on the cap's own batches, the cost per token includes each pass's fixed part, so the cap settles
+    where a batch takes the budget (a pass of ``t = a + b * tokens`` s: ``tokens = (budget - a) / b``) and
+    follows the machine: a slower precision, the compute thread on one core beside a live run."""
+    if _background_batch_s is None:
+        return None
+    lo, hi = BACKGROUND_BATCH_TOKENS
+    if not s_per_token or s_per_token <= 0:
+        return hi
+    return int(min(hi, max(lo, _background_batch_s / s_per_token)))

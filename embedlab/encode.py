@@ -12,7 +12,7 @@ import logging
 import re
 import time
 from dataclasses import dataclass, field
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -143,19 +143,23 @@ def embed_batch(model: torch.nn.Module, batch: dict[str, torch.Tensor], spec: Mo
     return F.normalize(vec, dim=-1)
 
 
-def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int) -> Iterator[list[int]]:
+def length_batches(lengths: Sequence[int], batch_size: int, max_tokens: int | Callable[[], int]) -> Iterator[list[int]]:
     """Indices grouped into batches of similar length (longest first).
 
-    A batch holds at most ``batch_size`` texts and ``max_tokens`` padded tokens,
-    so a few long texts do not force padding on many short ones.
+    A batch holds at most ``batch_size`` texts and ``max_tokens`` padded tokens (one text at least),
+    so a few long texts do not force padding on many short ones. ``max_tokens`` may be a function,
+    asked as each batch is formed: a consumer that measures each batch sizes the next.
     """
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    cap = max_tokens if callable(max_tokens) else lambda: max_tokens
     cur: list[int] = []
+    limit = cap()
     for i in order:
         width = lengths[cur[0]] if cur else lengths[i]
-        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > max_tokens):
+        if cur and (len(cur) >= batch_size or width * (len(cur) + 1) > limit):
             yield cur
             cur = []
+            limit = cap()  # asked once the consumer is done with the batch before
         cur.append(i)
     if cur:
         yield cur
@@ -220,6 +224,9 @@ class Encoder:
     precision: Precision = field(default_factory=lambda: Precision("fp32", "fp32"))
     # (model, its modules named by spec.bf16_fp32_modules): found at the first bf16 pass, again if the model changes
     _fp32_found: tuple | None = field(default=None, init=False, repr=False, compare=False)
+    # seconds per padded token of this encoder's recent background batches (a moving average; None: none yet),
+    # which sizes the next one in a serving process (compute.background_batch_tokens)
+    _s_per_token: float | None = field(default=None, init=False, repr=False, compare=False)
 
     @property
     def dim(self) -> int:
@@ -263,8 +270,8 @@ class Encoder:
         CPU a short request then costs one read of the weights rather than one per side). Each text
         gets its adapter's training prompt (:meth:`prompt_for`). Texts longer than ``max_length``
         tokens are truncated and counted in the report (and logged). ``max_tokens``: padded tokens
-        per batch; by default 4096, or for background work in a serving process the cap
-        :func:`embedlab.compute.configure_for_serving` set.
+        per batch; by default 4096, or for background work in a serving process as many as this encoder's
+        last background batches say fit in :func:`embedlab.compute.configure_for_serving`'s seconds.
 
         Each length-sorted batch is one entry on the compute thread, so work of a higher priority can
         run between two batches of a long job; interactive entries queued at the same moment share
@@ -280,8 +287,11 @@ class Encoder:
                 raise ValueError(f"{len(texts)} texts but {len(names)} adapter names")
         for a in dict.fromkeys(names):
             self.check_adapter(a)
+        # background work in a serving process: each batch as large as fits the time budget, from what this
+        # encoder's background batches have cost so far (timed in _forward_rows)
+        timed = max_tokens is None and priority != INTERACTIVE and background_batch_tokens(None) is not None
         if max_tokens is None:
-            max_tokens = (background_batch_tokens() if priority != INTERACTIVE else None) or MAX_TOKENS
+            max_tokens = MAX_TOKENS
         # Each side is embedded with its own prompt: the adapter's training prompt, the registry's for the base.
         prompts = [self.prompt_for(n) for n in names]
         ids: list[list[int]] = [[] for _ in texts]
@@ -296,10 +306,11 @@ class Encoder:
             log.warning("%d of %d texts truncated to %d tokens", n_trunc, len(texts), self.max_length)
         lengths = [len(x) for x in ids]
         out = np.empty((len(texts), self.dim), dtype=np.float32)
-        run = functools.partial(self._forward_rows, batch_size=batch_size, max_tokens=max_tokens)
-        key = ("encode", id(self), batch_size, max_tokens)
+        run = functools.partial(self._forward_rows, batch_size=batch_size, max_tokens=max_tokens, timed=timed)
+        key = ("encode", id(self), batch_size, max_tokens, timed)
+        cap = (lambda: background_batch_tokens(self._s_per_token)) if timed else max_tokens
         bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
-        for idx in length_batches(lengths, batch_size, max_tokens):
+        for idx in length_batches(lengths, batch_size, cap):
             # Interactive rows may share a pass with other requests' rows (up to batch_size in all); a
             # background batch runs alone, so what a job writes to a cache does not depend on its neighbours.
             share = batch_size if priority == INTERACTIVE else len(idx)
@@ -338,16 +349,23 @@ class Encoder:
             return {}
         return {"adapter_names": [_PEFT_BASE if n is None else n for n in names]}
 
-    def _forward_rows(self, rows: list[tuple[list[int], str | None]], batch_size: int, max_tokens: int) -> np.ndarray:
+    def _forward_rows(self, rows: list[tuple[list[int], str | None]], batch_size: int, max_tokens: int,
+                      timed: bool = False) -> np.ndarray:
         """Compute thread: (token ids, adapter name or None) per row -> (N, d) float32, in length-sorted
-        batches of at most ``batch_size`` rows and ``max_tokens`` padded tokens."""
+        batches of at most ``batch_size`` rows and ``max_tokens`` padded tokens. ``timed``: each batch's
+        seconds per padded token go into the encoder's average, which sizes its background batches."""
         if self.model.training:  # walking ~5K modules costs 10 ms: only if something left training on
             self.model.eval()
         ids = [r[0] for r in rows]
         out = np.empty((len(rows), self.dim), dtype=np.float32)
         for idx in length_batches([len(x) for x in ids], batch_size, max_tokens):
+            start = time.perf_counter()
             batch = collate([ids[i] for i in idx], self.pad_id, left=self.spec.causal, device=self.device)
             with torch.inference_mode(), self._numerics():
                 vec = embed_batch(self.model, batch, self.spec, **self._route([rows[i][1] for i in idx]))
             out[idx] = vec.cpu().numpy()
+            if timed:
+                cost = (time.perf_counter() - start) / (len(idx) * max(len(ids[i]) for i in idx))
+                last = self._s_per_token
+                self._s_per_token = cost if last is None else 0.7 * last + 0.3 * cost  # one slow batch smoothed out
         return out

@@ -78,6 +78,9 @@ HIST_PAIRS = 2000
 # is the longest unit of a step, what a compare waits behind. bench.load --worst --cases train (docs/load.md): compare
 # p95 2.39 s at 512 (units up to 2.1 s), 2.28 s at 256, 2.01 s at 128 but 52% more training time
 CPU_TOKENS_PER_PASS = 256
+# The training thread's niceness over the server's (Linux; per thread): on a shared core, the compute thread (a
+# compare) and the web server's threads go first and a run takes what they leave; alone on its core it runs as fast
+TRAIN_NICE = 5
 # (lowest, highest) of each setting a visitor chooses ("Advanced"); the preset's values lie inside
 CAPS: dict[str, tuple[float, float]] = {"steps": (1, 200), "batch_size": (4, 128), "lr": (1e-5, 1e-3),
                                         "lora_r": (1, 64), "temperature": (0.01, 1.0)}
@@ -438,6 +441,7 @@ class Manager:
 
     # --- the worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
+        lower_this_threads_priority(TRAIN_NICE)
         while True:
             with self._lock:
                 while not self._queue:
@@ -766,6 +770,17 @@ class Probe:
         with run.frame.lock:
             run.frame.saved.append(step)
         os.utime(run.folder)
+
+
+def lower_this_threads_priority(nice: int) -> None:
+    """Make the calling thread ``nice`` steps less urgent to the scheduler than it is (Linux: niceness is per
+    thread, set through its thread id; elsewhere, or where refused, nothing changes). Only ever lowered: an
+    unprivileged process cannot raise it back, so only for a thread that does nothing else."""
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
+    except (AttributeError, OSError):  # no setpriority (Windows), or refused
+        log.info("could not lower the live training thread's priority")
 
 
 def one_numba_thread() -> None:

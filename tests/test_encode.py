@@ -89,6 +89,55 @@ def test_length_batches_bounds_and_coverage():
     assert widths == sorted(widths, reverse=True)
 
 
+def test_length_batches_asks_a_function_cap_once_per_batch_after_the_one_before_is_used():
+    """A cap given as a function is asked as each batch is formed, after the consumer is done with the batch
+    before: a consumer that times each batch sizes the next (the serving app's background batches)."""
+    caps = iter([40, 10, 10, 10, 10, 10, 10, 10, 10, 10, 10])
+    sizes = []
+    for b in length_batches([10] * 12, batch_size=64, max_tokens=lambda: next(caps)):
+        sizes.append(len(b))
+    assert sizes == [4, 1, 1, 1, 1, 1, 1, 1, 1]
+
+
+def test_background_batches_in_a_serving_process_are_sized_to_the_time_budget(monkeypatch):
+    """In a serving process (compute.configure_for_serving's seconds per background batch) an encoder times its
+    background batches and sizes the next from their cost per padded token, within BACKGROUND_BATCH_TOKENS; its
+    interactive passes are neither capped nor timed, and the vectors are the same either way. A fake clock makes
+    every padded token cost 1 ms."""
+    import types
+
+    from embedlab import compute, encode
+
+    enc = tiny_encoder("llama")
+    texts = [f"sentence {i} is about a dog" for i in range(60)]
+    widths = []
+    clock = [0.0]
+    real = encode.embed_batch
+
+    def timed_pass(model, batch, spec, **extra):
+        n, width = batch["input_ids"].shape
+        widths.append((n, width))
+        clock[0] += 0.001 * n * width
+        return real(model, batch, spec, **extra)
+
+    monkeypatch.setattr(encode, "embed_batch", timed_pass)
+    monkeypatch.setattr(encode, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    want = enc.embed(texts)  # interactive: one pass, untimed
+    assert len(widths) == 1 and enc._s_per_token is None
+    monkeypatch.setattr(compute, "_background_batch_s", 0.1)
+    widths.clear()
+    got = enc.embed(texts, priority=compute.BACKGROUND)
+    assert np.allclose(got, want, atol=1e-5)
+    padded = [n * w for n, w in widths]
+    lo, hi = compute.BACKGROUND_BATCH_TOKENS
+    assert padded[0] <= hi and enc._s_per_token == pytest.approx(0.001)
+    assert all(p <= 100 for p in padded[1:]) and max(padded[1:]) > 2 * lo, padded  # 0.1 s at 1 ms a token
+    monkeypatch.setattr(compute, "_background_batch_s", 0.001)  # less than a batch of the least size takes
+    widths.clear()
+    enc.embed(texts[:20], priority=compute.IDLE)
+    assert all(n * w <= lo for n, w in widths[1:]) and all(n * w > lo // 2 for n, w in widths[1:-1]), widths
+
+
 def _switched_reference(enc, texts, adapter, batch_size=64, max_tokens=4096):
     """The former forward path (before ``Encoder.embed``): the adapter switched on the model
     (``set_adapter``, or PEFT's ``disable_adapter`` for the base), then plain forward passes over the

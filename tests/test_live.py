@@ -387,6 +387,30 @@ def test_a_runs_units_run_beside_the_compute_thread_not_before_its_compares(env,
     assert threads and compute._NAME not in threads
 
 
+def test_a_run_trains_at_a_lower_cpu_priority_than_the_server(env, monkeypatch):
+    """The run's thread is TRAIN_NICE steps nicer than the server's threads (Linux, per thread): on a shared core a
+    compare and the web server go first (bench.load --worst --cases train, docs/load.md); the server's own threads
+    keep their priority."""
+    import os
+
+    from embedlab.training import Trainer
+
+    seen = []
+    step = Trainer._optimiser_step
+
+    def noting_step(self):
+        seen.append(os.getpriority(os.PRIO_PROCESS, threading.get_native_id()))
+        return step(self)
+
+    monkeypatch.setattr(Trainer, "_optimiser_step", noting_step)
+    mine = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+    m = manager(frame_every_s=3600.0)
+    run = m.submit("me", small(steps=1))
+    assert m.wait(run, 300) and run.state == "done", run.message
+    assert seen and set(seen) == {min(19, mine + live.TRAIN_NICE)}, seen
+    assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+
+
 def test_over_the_disk_cap_the_least_recently_used_runs_go_first(env):
     m = manager()
     runs = []

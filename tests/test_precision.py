@@ -83,7 +83,7 @@ def test_the_server_start_up_refuses_a_bad_precision(monkeypatch):
     monkeypatch.setenv(precision.ENV, "half")
     monkeypatch.setattr(compute.sys, "setswitchinterval", lambda s: pytest.fail("configured despite a bad setting"))
     with pytest.raises(PrecisionError, match="auto, bf16, fp32"):
-        compute.configure_for_serving(background_batch_tokens=256)
+        compute.configure_for_serving(background_batch_s=0.25)
 
 
 def test_records_and_the_status_line_say_the_precision(native, monkeypatch, tmp_path):
