@@ -312,7 +312,8 @@ class Encoder:
         bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
         for idx in length_batches(lengths, batch_size, cap):
             # Interactive rows may share a pass with other requests' rows (up to batch_size in all); a
-            # background batch runs alone, so what a job writes to a cache does not depend on its neighbours.
+            # background batch runs alone, so what a job writes to a cache does not depend on its neighbours
+            # (its size may follow the time budget: a vector's last float bits may differ from another batching's).
             share = batch_size if priority == INTERACTIVE else len(idx)
             out[idx] = np.stack(run_rows(key, [(ids[i], names[i]) for i in idx], run, priority, share))
             bar.update(len(idx))
