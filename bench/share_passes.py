@@ -71,7 +71,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=20)
     ap.add_argument("--rounds", type=int, default=2)
     args = ap.parse_args()
-    compute.configure_for_serving(background_batch_tokens=256)  # the app's process settings
+    compute.configure_for_serving(background_batch_s=compute.BACKGROUND_BATCH_S)  # the app's process settings
     lab = Lab()
     a, b = default_sides()
     lab.embed(a, b, ["warm up", "the model"])

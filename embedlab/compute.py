@@ -454,9 +454,10 @@ def sharing_cores() -> Iterator[None]:
 
 def background_batch_tokens(s_per_token: float | None) -> int | None:
     """Padded tokens for the next background batch of an encoder whose background batches have cost
-    ``s_per_token`` seconds per padded token (None: none measured yet): as many as fit in
-    :func:`configure_for_serving`'s ``background_batch_s``, within ``BACKGROUND_BATCH_TOKENS``. None: no cap
-    (not a serving process, or one that set none).
+    ``s_per_token`` seconds per padded token (None: none measured yet, the least): as many as fit in
+    :func:`configure_for_serving`'s ``background_batch_s``, within ``BACKGROUND_BATCH_TOKENS`` (a single text
+    longer than that is a batch of its own, up to the model's ``max_length``). None: no cap (not a serving
+    process, or one that set none).
 
     Measured on the cap's own batches, the cost per token includes each pass's fixed part, so the cap settles
     where a batch takes the budget (a pass of ``t = a + b * tokens`` s: ``tokens = (budget - a) / b``) and
@@ -464,6 +465,6 @@ def background_batch_tokens(s_per_token: float | None) -> int | None:
     if _background_batch_s is None:
         return None
     lo, hi = BACKGROUND_BATCH_TOKENS
-    if not s_per_token or s_per_token <= 0:
-        return hi
+    if not s_per_token or s_per_token <= 0:  # nothing measured yet (a model just loaded): the least, then as measured
+        return lo
     return int(min(hi, max(lo, _background_batch_s / s_per_token)))

@@ -308,7 +308,7 @@ class Encoder:
         out = np.empty((len(texts), self.dim), dtype=np.float32)
         run = functools.partial(self._forward_rows, batch_size=batch_size, max_tokens=max_tokens, timed=timed)
         key = ("encode", id(self), batch_size, max_tokens, timed)
-        cap = (lambda: background_batch_tokens(self._s_per_token)) if timed else max_tokens
+        cap = (lambda: background_batch_tokens(self._s_per_token) or MAX_TOKENS) if timed else max_tokens
         bar = tqdm(total=len(texts), desc=f"encode {self.spec.key}", unit="text", disable=not progress)
         for idx in length_batches(lengths, batch_size, cap):
             # Interactive rows may share a pass with other requests' rows (up to batch_size in all); a
@@ -365,7 +365,7 @@ class Encoder:
             with torch.inference_mode(), self._numerics():
                 vec = embed_batch(self.model, batch, self.spec, **self._route([rows[i][1] for i in idx]))
             out[idx] = vec.cpu().numpy()
-            if timed:
+            if timed:  # only ever on the compute thread (run_rows): one writer; readers see a whole float
                 cost = (time.perf_counter() - start) / (len(idx) * max(len(ids[i]) for i in idx))
                 last = self._s_per_token
                 self._s_per_token = cost if last is None else 0.7 * last + 0.3 * cost  # one slow batch smoothed out

@@ -44,7 +44,8 @@ import numpy as np
 
 from . import ROOT, env_switch, precision
 from .files import folder_bytes
-from .compute import Cancelled, beside, seconds_since_interactive, sharing_cores, stop_when, trim_heap
+from .compute import (URGENT, Cancelled, beside, on_compute_thread, seconds_since_interactive, sharing_cores, stop_when,
+                      trim_heap)
 from .registry import DEFAULT_MODEL, MODELS
 from .nli import BUILT_IN
 from .side import LIVE_PREFIX, kind, live_root, loadable_models, parse_side
@@ -441,6 +442,9 @@ class Manager:
 
     # --- the worker -------------------------------------------------------------------------------------
     def _work(self) -> None:
+        # the compute thread, if this thread were the first to queue work, would inherit this thread's niceness
+        # (the app starts it at once; a test or the command line may not): started before this thread lowers its own
+        on_compute_thread(lambda: None, priority=URGENT)
         lower_this_threads_priority(TRAIN_NICE)
         while True:
             with self._lock:

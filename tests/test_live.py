@@ -4,6 +4,7 @@ session, id scoping, the watcher's heartbeat, files deleted after their time, an
 bit-identical while a run trains."""
 import json
 import os
+import sys
 import threading
 import time
 import zipfile
@@ -387,12 +388,11 @@ def test_a_runs_units_run_beside_the_compute_thread_not_before_its_compares(env,
     assert threads and compute._NAME not in threads
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="niceness per thread is Linux's")
 def test_a_run_trains_at_a_lower_cpu_priority_than_the_server(env, monkeypatch):
     """The run's thread is TRAIN_NICE steps nicer than the server's threads (Linux, per thread): on a shared core a
     compare and the web server go first (bench.load --worst --cases train, docs/load.md); the server's own threads
     keep their priority."""
-    import os
-
     from embedlab.training import Trainer
 
     seen = []
@@ -409,6 +409,10 @@ def test_a_run_trains_at_a_lower_cpu_priority_than_the_server(env, monkeypatch):
     assert m.wait(run, 300) and run.state == "done", run.message
     assert seen and set(seen) == {min(19, mine + live.TRAIN_NICE)}, seen
     assert os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) == mine
+    from embedlab import compute
+
+    tid = compute.on_compute_thread(threading.get_native_id)  # compares: never niced by a run
+    assert os.getpriority(os.PRIO_PROCESS, tid) == mine
 
 
 def test_over_the_disk_cap_the_least_recently_used_runs_go_first(env):
