@@ -360,8 +360,8 @@ def configure_for_serving(background_batch_s: float | None, threads: int | None 
     ``background_batch_s``: the seconds one batch of background work should take, since an interactive
     request may wait for the batch in progress. Each encoder sizes its background batches from what its
     own batches cost (:func:`background_batch_tokens`), between ``BACKGROUND_BATCH_TOKENS`` padded tokens:
-    a 4096-token batch takes ~5 s on 2 cores, 256 tokens ~0.2 s in bf16 with AMX but 0.4-0.65 s in float32 on
-    an AVX2-only CPU (docs/load.md). None: no cap.
+    a 4096-token batch took ~5 s on 2 cores, 256 tokens ~0.5 s (the fixed cap this replaces), and 0.4-1.9 s in
+    float32 on an AVX2-only CPU beside a live run (docs/load.md). None: no cap.
     ``threads``: intra-op threads of the compute thread (torch, and FAISS through the same
     OpenMP setting); None keeps torch's default (all cores). Measured on 2 cores: one
     thread is robust to a busy neighbour process (122 ms per compare either way, against
