@@ -452,6 +452,19 @@ def sharing_cores() -> Iterator[None]:
                 _compute_threads(_threads)
 
 
+def lower_priority(by: int, than: int | None = None) -> bool:
+    """Make the calling thread ``by`` steps nicer to the scheduler than thread or process ``than`` (its id; None: the
+    calling thread itself), never less nice than it is (an unprivileged process cannot lower niceness back). Linux:
+    niceness is per thread, set through its thread id; elsewhere, or where refused, nothing changes (False)."""
+    try:
+        me = threading.get_native_id()
+        base = os.getpriority(os.PRIO_PROCESS, me if than is None else than)
+        os.setpriority(os.PRIO_PROCESS, me, min(19, max(os.getpriority(os.PRIO_PROCESS, me), base + by)))
+        return True
+    except (AttributeError, OSError):  # no setpriority (Windows), the process ``than`` has gone, or refused
+        return False
+
+
 def background_batch_tokens(s_per_token: float | None) -> int | None:
     """Padded tokens for the next background batch of an encoder whose background batches have cost
     ``s_per_token`` seconds per padded token (None: none measured yet, the least): as many as fit in

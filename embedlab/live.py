@@ -44,7 +44,7 @@ import numpy as np
 
 from . import ROOT, env_switch, precision
 from .files import folder_bytes
-from .compute import (URGENT, Cancelled, beside, on_compute_thread, seconds_since_interactive, sharing_cores, stop_when,
+from .compute import (URGENT, Cancelled, beside, lower_priority, on_compute_thread, seconds_since_interactive, sharing_cores, stop_when,
                       trim_heap)
 from .registry import DEFAULT_MODEL, MODELS
 from .nli import BUILT_IN
@@ -445,7 +445,8 @@ class Manager:
         # the compute thread, if this thread were the first to queue work, would inherit this thread's niceness
         # (the app starts it at once; a test or the command line may not): started before this thread lowers its own
         on_compute_thread(lambda: None, priority=URGENT)
-        lower_this_threads_priority(TRAIN_NICE)
+        if not lower_priority(TRAIN_NICE):
+            log.info("could not lower the live training thread's priority")
         while True:
             with self._lock:
                 while not self._queue:
@@ -774,17 +775,6 @@ class Probe:
         with run.frame.lock:
             run.frame.saved.append(step)
         os.utime(run.folder)
-
-
-def lower_this_threads_priority(nice: int) -> None:
-    """Make the calling thread ``nice`` steps less urgent to the scheduler than it is (Linux: niceness is per
-    thread, set through its thread id; elsewhere, or where refused, nothing changes). Only ever lowered: an
-    unprivileged process cannot raise it back, so only for a thread that does nothing else."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, min(19, os.getpriority(os.PRIO_PROCESS, tid) + nice))
-    except (AttributeError, OSError):  # no setpriority (Windows), or refused
-        log.info("could not lower the live training thread's priority")
 
 
 def one_numba_thread() -> None:

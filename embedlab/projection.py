@@ -252,11 +252,9 @@ def _children(pool: ProcessPoolExecutor | None) -> dict:
 def _init_layout_process(parent: int) -> None:
     # LAYOUT_NICE over the server's main thread, not over the thread that started this process (a live run's map
     # thread runs nicer still, live.TRAIN_NICE, and a child inherits its starter's niceness)
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, min(19, max(os.getpriority(os.PRIO_PROCESS, 0),
-                                                       os.getpriority(os.PRIO_PROCESS, parent) + LAYOUT_NICE)))
-    except OSError:  # the parent has gone (the watch below ends this process), or refused
-        pass
+    from .compute import lower_priority
+
+    lower_priority(LAYOUT_NICE, than=parent)  # False when the parent has gone: the watch below ends this process
     # A server stopped by a signal does not shut its pool down: the child must not outlive it (~500 MB)
     threading.Thread(target=_exit_with, args=(parent,), daemon=True, name="parent-watch").start()
     try:
