@@ -141,7 +141,8 @@ def test_a_run_becomes_a_private_side_with_frames_a_zip_and_a_reproducible_recor
 def test_stop_saves_the_steps_done_as_a_usable_side(env):
     m = manager(frame_every_s=3600.0)
     run = m.submit("me", small(steps=200))
-    wait_until(lambda: run.frame.step >= 2, "two steps")
+    # a trained step's frame measured: its snapshot is attached to the lab's model, the one the lab embeds with
+    wait_until(lambda: run.frame.step >= 2 and any(s > 0 for s in run.frame.measured), "a step's frame")
     assert m.stop("me") is run
     assert m.wait(run, 300) and run.state == "stopped" and "Stop or the page closed" in run.message
     done = run.frame.step
@@ -442,13 +443,20 @@ def test_other_users_embeddings_stay_bit_identical_while_a_run_trains(env, tmp_p
     before = lab.embed(base, base, texts)[0]
     m = manager(frame_every_s=0.0)
     run = m.submit("me", small(steps=200))
-    wait_until(lambda: run.frame.step >= 2, "two steps")
+    # a trained step's frame measured: its snapshot is attached to the lab's model, the one the lab embeds with
+    wait_until(lambda: run.frame.step >= 2 and any(s > 0 for s in run.frame.measured), "a step's frame")
     lab.embeddings._memory.clear() if hasattr(lab.embeddings, "_memory") else None
     during = [env[A].embed(texts) for _ in range(3)]  # straight through the lab's encoder: no cache in between
     m.stop("me")
     assert m.wait(run, 300)
     assert all(np.array_equal(before, d) for d in during)
-    assert not env[A].model.training and not env[A].adapters  # nothing of the run leaked into the lab's model
+    # nothing of the run leaked into the lab's model: not in training mode, the base weights as before, and the
+    # only adapters on it are the frames' snapshots, attached by the frames' lab as sides (which keeps them, within
+    # its adapter budget)
+    enc = env[A]
+    assert not enc.model.training and np.array_equal(enc.embed(texts), before)
+    snaps = (run.folder / "snapshots").resolve()
+    assert enc.adapters and all(i.path.resolve().parent == snaps for i in enc.adapters.values())
 
 
 def test_the_tabs_start_refuses_bad_choices_with_a_message(env):
