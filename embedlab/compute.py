@@ -465,6 +465,12 @@ def lower_priority(by: int, than: int | None = None) -> bool:
         return False
 
 
+def background_batches_timed() -> bool:
+    """Whether background batches are sized by time (:func:`background_batch_tokens`): in a serving process that
+    set a budget (:func:`configure_for_serving`); not on the command line."""
+    return _background_batch_s is not None
+
+
 def background_batch_tokens(s_per_token: float | None) -> int | None:
     """Padded tokens for the next background batch of an encoder whose background batches have cost
     ``s_per_token`` seconds per padded token (None: none measured yet, the least): as many as fit in
@@ -475,7 +481,7 @@ def background_batch_tokens(s_per_token: float | None) -> int | None:
     Measured on the cap's own batches, the cost per token includes each pass's fixed part, so the cap settles
     where a batch takes the budget (a pass of ``t = a + b * tokens`` s: ``tokens = (budget - a) / b``) and
     follows the machine: a slower precision, the compute thread on one core beside a live run."""
-    if _background_batch_s is None:
+    if not background_batches_timed():
         return None
     lo, hi = BACKGROUND_BATCH_TOKENS
     if not s_per_token or s_per_token <= 0:  # nothing measured yet (a model just loaded): the least, then as measured

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from .compute import INTERACTIVE, background_batch_tokens, run_rows
+from .compute import INTERACTIVE, background_batch_tokens, background_batches_timed, run_rows
 from .precision import Precision
 from .registry import ModelSpec
 
@@ -289,7 +289,7 @@ class Encoder:
             self.check_adapter(a)
         # background work in a serving process: each batch as large as fits the time budget, from what this
         # encoder's background batches have cost so far (timed in _forward_rows)
-        timed = max_tokens is None and priority != INTERACTIVE and background_batch_tokens(None) is not None
+        timed = max_tokens is None and priority != INTERACTIVE and background_batches_timed()
         if max_tokens is None:
             max_tokens = MAX_TOKENS
         # Each side is embedded with its own prompt: the adapter's training prompt, the registry's for the base.

@@ -86,10 +86,11 @@ def test_serving_settings_bound_the_heap_and_keep_computing():
     code = (
         "import sys, threading, embedlab.compute as c\n"
         "assert c.on_compute_thread(lambda: 1) == 1 and sys.getswitchinterval() == 0.005  # the CLI, training: untouched\n"
-        "assert c.background_batch_tokens(0.001) is None  # not serving: no cap\n"
+        "assert c.background_batch_tokens(0.001) is None and not c.background_batches_timed()  # not serving: no cap\n"
         "c.configure_for_serving(0.25, threads=1, trim_heap_every_s=0.05)\n"
         "assert abs(sys.getswitchinterval() - c.SWITCH_INTERVAL_S) < 1e-6\n"
-        "assert c.background_batch_tokens(None) == 32 and c.background_batch_tokens(0.001) == 250\n"
+        "assert c.background_batches_timed() and c.background_batch_tokens(None) == 32\n"
+        "assert c.background_batch_tokens(0.001) == 250\n"
         "assert c._glibc() is not None, 'this test expects glibc (Linux)'\n"
         "assert any(t.name == 'heap-trim' for t in threading.enumerate())\n"
         "import time; time.sleep(0.2)\n"
