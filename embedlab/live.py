@@ -497,7 +497,9 @@ class Manager:
         from .loading import load_encoder
         from .training import LossNotFinite, Trainer
 
-        if run.stop_requested.is_set():
+        if run.stop_requested.is_set():  # stopped after the worker took it off the queue (stop() found it gone)
+            run.state, run.message = "stopped", "Stopped before it started."
+            shutil.rmtree(run.folder, ignore_errors=True)
             return
         run.state, run.message = "loading", "Loading the model…"
         with run.frame.lock:

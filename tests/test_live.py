@@ -322,13 +322,25 @@ def test_a_frame_due_mid_step_snapshots_the_last_whole_step_without_waiting_for_
 
     def saving(self, run, s):
         saves.append((s, release.is_set(), len(after)))
+        if s == 0:  # the base frame's future, submitted next: what the run asks (frame_due) before the next frame
+            submit = self.frames.submit
+
+            def keep(*a, **kw):
+                f = submit(*a, **kw)
+                holder.setdefault("f0", f)
+                return f
+
+            self.frames.submit = keep
         return save(self, run, s)
 
     def executor(fn):
         out = fn()
         if len(after) == 1 and not release.is_set() and getattr(fn, "__func__", None) is not stepping:
             release.set()  # step 2's first unit: the base frame is measured now, and the next is due
-            wait_until(lambda: holder["run"].frame.measured == [0], "the base model's frame")
+            # the frame's whole task done (measured, shown, its record written), not only shown: else the run may
+            # find it pending after this unit and take the next frame a step later
+            wait_until(lambda: "f0" in holder and holder["f0"].done(), "the base model's frame")
+            assert holder["run"].frame.measured == [0]
         return out
 
     monkeypatch.setattr(live.Manager, "frame_vectors", slow)
@@ -345,6 +357,22 @@ def test_a_frame_due_mid_step_snapshots_the_last_whole_step_without_waiting_for_
         np.testing.assert_allclose(w.float().numpy(), after[1][name].float().numpy(), rtol=2e-3, atol=1e-4)
     assert any(not np.allclose(after[1][n].numpy(), after[2][n].numpy(), atol=1e-4) for n in snap)  # step 2 moved
     assert parse_side(f"{run.spec}@1").step == 1
+
+
+def test_a_run_stopped_after_the_worker_took_it_before_it_began_ends_stopped_and_leaves_no_folder(env, monkeypatch):
+    """A Stop in the gap between the worker taking the run off the queue and its start: stop() no longer finds it
+    queued, so the worker ends it (not "queued" for ever, its folder not left behind)."""
+    real = live.Manager._train
+
+    def stopped_first(self, run):
+        run.stop_requested.set()  # the Stop lands in the gap
+        return real(self, run)
+
+    monkeypatch.setattr(live.Manager, "_train", stopped_first)
+    m = manager()
+    run = m.submit("me", small())
+    assert m.wait(run, 300) and run.state == "stopped" and run.message == "Stopped before it started."
+    assert not run.saved and not run.folder.exists() and m.latest("me") is run
 
 
 def test_frames_come_less_often_while_other_visitors_use_the_app(env, monkeypatch):
