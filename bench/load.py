@@ -29,7 +29,8 @@ once with the job's progress; the client asks again every 10 s, as a person woul
 The app runs with an embedding cache of its own (models shared), so "uncached" is true on every run. Prints,
 per case: the maximal request's time, compare p50/p95, errors, and the app's RSS before and after; then the
 RSS --settle seconds after the last case. Goals: compare p95 <= 2 s in every case, 0 errors, RSS back
-within 200 MiB of its start. --passes 2 runs the cases twice: the first pass loads what its requests need once
+within 200 MiB of its start. --trace adds, per case, what the compute thread did: the compares' queue wait
+and pass, and the background batches' runs (EMBEDLAB_TRACE_COMPUTE). --passes 2 runs the cases twice: the first pass loads what its requests need once
 (the non-default pair's model, its corpus vectors and index, a live run's first map layout), the second shows
 whether memory then stays flat (its growth; goal <= 200 MiB). The end prints each process's RSS.
 
@@ -42,7 +43,7 @@ age and EMBEDLAB_UPLOAD_CACHE_MB, not by N).
     python -m bench.load [--users 16] [--requests 25] [--rounds 3] [--churn [--max-sessions 16]]
     python -m bench.load --expensive [--users 16] [--requests 10] [--think 5]
     python -m bench.load --disk 1000 [--clients 4] [--pairs-per-file 5]
-    python -m bench.load --worst [--users 8] [--cases search,embed,batch_pairs,map,evaluate] [--settle 120]
+    python -m bench.load --worst [--users 8] [--cases search,embed,batch_pairs,map,evaluate] [--settle 120] [--trace]
 (run it from the repository root: `-m` puts the root on the import path, for tests/app_server.py)
 """
 from __future__ import annotations
@@ -288,6 +289,7 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
     rows = []
     cases = args.cases.split(",")
     passes: list[float] = []  # RSS after each pass
+    windows: list[tuple] = []  # (case, start, end), unix s: the trace's lines per case
     for i, kind in enumerate(["idle"] + cases * args.passes):
         stop = threading.Event()
         times: list[float] = []
@@ -309,6 +311,7 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
                 stop.wait(5)
 
         before, anon_before = app_rss_mib(server.proc.pid), app_rss_mib(server.proc.pid, anonymous=True)
+        windows.append((kind, time.time()))
         users = [threading.Thread(target=comparer, args=(u,), daemon=True) for u in range(args.users)]
         for t in users:
             t.start()
@@ -323,6 +326,7 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
         stop.set()
         for t in users:
             t.join()
+        windows[-1] += (time.time(),)
         after, anon_after = app_rss_mib(server.proc.pid), app_rss_mib(server.proc.pid, anonymous=True)
         p50 = statistics.median(times) if times else float("nan")
         p95 = pct(times, 0.95) if times else float("nan")
@@ -352,6 +356,8 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
     print("RSS by process: " + ", ".join(f"{what} {mib:.0f} MiB" for what, mib in rss_by_process(server.proc.pid)))
     print("anonymous by process: " + ", ".join(f"{what} {mib:.0f} MiB" for what, mib in
                                                rss_by_process(server.proc.pid, anonymous=True)))
+    if args.trace:
+        trace_table(args.trace, windows)
     probe(server, args, signal.SIGUSR1)
     probe(server, args, signal.SIGUSR2)
     if args.probe:
@@ -366,6 +372,39 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
             elif new := mods - first:  # code a first request imported: it stays for the process's life
                 tops = sorted({m.split(".")[0] for m in new})
                 print(f"  {len(new)} modules imported since the start, from: {', '.join(tops)}")
+
+
+def trace_table(path: str, windows: list[tuple]) -> None:
+    """--trace: per case, what the compute thread did (EMBEDLAB_TRACE_COMPUTE, embedlab/compute.py): the compares'
+    passes (urgent) and the other requests' interactive work, their queue wait and run; the background and idle
+    tasks (long work's batches, a live run's frames), their run, which is what a compare arriving meanwhile waits for."""
+    from embedlab.compute import BACKGROUND, IDLE, INTERACTIVE
+
+    lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+
+    def group(p: int) -> str:
+        return ("urgent" if p < INTERACTIVE else "interactive" if p < BACKGROUND else "background" if p < IDLE
+                else "idle")
+
+    print("\nthe compute thread per case (--trace; seconds): tasks, queue wait p50/p95, run p50/p95/max")
+    print("| case | tasks | urgent wait | urgent run | interactive wait | interactive run | background run | idle run |")
+    print("|---|---:|---|---|---|---|---|---|")
+    for kind, start, end in windows:
+        mine = [x for x in lines if start <= x["t"] <= end]
+        by: dict[str, list[dict]] = defaultdict(list)
+        for x in mine:
+            by[group(x["priority"])].append(x)
+
+        def cell(g: str, field: str, top: bool = False) -> str:
+            xs = [x[field] for x in by[g]]
+            if not xs:
+                return "–"
+            out = f"n {len(xs)}: {pct(xs, 0.5):.2f} / {pct(xs, 0.95):.2f}"
+            return out + (f" / {max(xs):.2f}" if top else "")
+
+        print(f"| {kind} | {len(mine)} | {cell('urgent', 'wait_s')} | {cell('urgent', 'run_s')} | "
+              f"{cell('interactive', 'wait_s')} | {cell('interactive', 'run_s')} | {cell('background', 'run_s', True)} | "
+              f"{cell('idle', 'run_s', True)} |")
 
 
 def probe(server: AppServer, args: argparse.Namespace, sig: int) -> None:
@@ -515,6 +554,8 @@ def main() -> None:
     ap.add_argument("--settle", type=float, default=120, help="--worst: seconds after the last case before the last RSS")
     ap.add_argument("--probe", action="store_true",
                     help="--worst: at the start and the end, what the app's memory holds (bench/memory_probe.py)")
+    ap.add_argument("--trace", action="store_true",
+                    help="--worst: per case, the compute thread's queue waits and runs (EMBEDLAB_TRACE_COMPUTE)")
     ap.add_argument("--clean", default="60,120", help="--disk: the app's EMBEDLAB_DELETE_CACHE (freq,age seconds)")
     ap.add_argument("--upload-cache-mb", default="16", help="--disk: the app's EMBEDLAB_UPLOAD_CACHE_MB")
     args = ap.parse_args()
@@ -533,6 +574,8 @@ def main() -> None:
         env.update({"TMPDIR": str(tmp), "GRADIO_TEMP_DIR": str(tmp / "gradio"), "EMBEDLAB_DELETE_CACHE": args.clean,
                     "EMBEDLAB_UPLOAD_CACHE_MB": args.upload_cache_mb, "EMBEDLAB_CACHE": str(cache)})
     python_args = None
+    if args.trace:
+        env["EMBEDLAB_TRACE_COMPUTE"] = args.trace = str(tmp / "compute-trace.jsonl")
     if args.probe:
         env["EMBEDLAB_MEMORY_PROBE"] = args.probe = str(tmp / "memory-probe.jsonl")
         python_args = ["-c", "import bench.memory_probe as p; p.run_app('app.py')"]

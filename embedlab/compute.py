@@ -21,6 +21,7 @@ import ctypes
 import functools
 import heapq
 import itertools
+import json
 import logging
 import os
 import queue
@@ -146,7 +147,7 @@ def _run_coalesced(entries: list[tuple]) -> None:
             entry[3].set_exception(e)
         return
     finally:
-        _note_slow(live[0][2].run, live[0][0], time.perf_counter() - start)
+        _observed(live[0][2].run, live[0][0], [e[3] for e in live], start, len(rows))
     i = 0
     for entry in live:
         n = len(entry[2].rows)
@@ -249,7 +250,7 @@ def _run(q: queue.PriorityQueue, entry: tuple) -> None:
         fut.set_result(fn())
     except BaseException as e:  # handed to the caller, which re-raises it
         fut.set_exception(e)
-    _note_slow(fn, priority, time.perf_counter() - start)
+    _observed(fn, priority, [fut], start, 1)
 
 
 # Every task runs to its end once started, so the longest background task is what an interactive request may wait
@@ -264,13 +265,35 @@ def _slow_unit_s() -> float:
 
 
 SLOW_UNIT_S = _slow_unit_s()
+# EMBEDLAB_TRACE_COMPUTE=FILE appends a JSON line per task to FILE: when it ended (unix s), its priority, what it
+# was, the requests and rows that shared it, how long its oldest request waited in the queue, and how long it ran.
+# What split a compare's time beside long work into queueing and its own pass (docs/load.md); bench/load.py
+# --trace summarises it per case. Off by default: the file grows with the traffic.
+TRACE_PATH = os.environ.get("EMBEDLAB_TRACE_COMPUTE") or None
+_trace_file = None  # opened by the compute thread at its first task, its only writer
 
 
-def _note_slow(fn: Callable, priority: int, seconds: float) -> None:
-    if seconds > SLOW_UNIT_S:
-        fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
-        name = getattr(fn, "__qualname__", type(fn).__name__)
-        log.warning("compute: %s (priority %d) ran %.2f s", name, priority, seconds)
+def _observed(fn: Callable, priority: int, futures: list[Future], start: float, rows: int) -> None:
+    """After a task that started at ``start`` (perf_counter s) for the requests of ``futures``: the slow-unit
+    log and the trace."""
+    global _trace_file
+    end = time.perf_counter()
+    if end - start <= SLOW_UNIT_S and TRACE_PATH is None:
+        return
+    fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
+    name = getattr(fn, "__qualname__", type(fn).__name__)
+    if end - start > SLOW_UNIT_S:
+        log.warning("compute: %s (priority %d) ran %.2f s", name, priority, end - start)
+    if TRACE_PATH is not None:
+        queued = min(getattr(f, "queued_at", start) for f in futures)
+        line = {"t": round(time.time(), 3), "priority": priority, "what": name, "requests": len(futures),
+                "rows": rows, "wait_s": round(start - queued, 4), "run_s": round(end - start, 4)}
+        try:
+            if _trace_file is None or _trace_file.name != TRACE_PATH:
+                _trace_file = open(TRACE_PATH, "a", buffering=1)  # noqa: SIM115 (kept open: one line per task)
+            _trace_file.write(json.dumps(line) + "\n")
+        except OSError:  # a trace never fails the work it traces
+            log.exception("writing the compute trace failed")
 
 
 def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:
@@ -325,6 +348,7 @@ def _submit(fn: Callable[[], T] | _Rows, priority: int):
             _thread = threading.Thread(target=_loop, name=_NAME, daemon=True)
             _thread.start()
     fut: Future = Future()
+    fut.queued_at = time.perf_counter()  # type: ignore[attr-defined]  # the trace's wait (_observed)
     _queue.put((priority, next(_order), fn, fut, check))
     return fut.result()
 

@@ -453,6 +453,30 @@ def test_a_task_longer_than_the_slow_unit_threshold_is_logged_with_its_name(monk
     assert len(slow) == 1 and "a_long_backward" in slow[0] and f"priority {BACKGROUND}" in slow[0], slow
 
 
+def test_the_trace_has_a_line_per_task_with_its_queue_wait_and_run(monkeypatch, tmp_path):
+    """EMBEDLAB_TRACE_COMPUTE: what each task was, its priority, the requests and rows it served, its wait, its run."""
+    import json
+
+    from embedlab import compute
+
+    path = tmp_path / "trace.jsonl"
+    monkeypatch.setattr(compute, "TRACE_PATH", str(path))
+
+    def a_long_backward() -> int:
+        time.sleep(0.05)
+        return 3
+
+    assert on_compute_thread(a_long_backward, BACKGROUND) == 3
+    assert compute.run_rows(("k",), [1, 2, 3], lambda rows: [r * 2 for r in rows]) == [2, 4, 6]
+    monkeypatch.setattr(compute, "TRACE_PATH", None)
+    on_compute_thread(lambda: 1)  # not traced once it is off
+    first, second = (json.loads(x) for x in path.read_text().splitlines())
+    assert first["what"].endswith("a_long_backward") and first["priority"] == BACKGROUND
+    assert first["run_s"] >= 0.05 and first["wait_s"] >= 0 and (first["requests"], first["rows"]) == (1, 1)
+    assert second["priority"] == INTERACTIVE and (second["requests"], second["rows"]) == (1, 3)
+    assert second["t"] >= first["t"] > time.time() - 600
+
+
 def test_the_compute_thread_says_how_recently_it_served_interactive_work(monkeypatch):
     """seconds_since_interactive: what a live run reads to space its frames while visitors use the app."""
     from embedlab import compute
