@@ -1,5 +1,6 @@
 """The Training replay tab in headless Debian Chromium: the slider moves the figures, no console errors,
 screenshots at 1400 and 390 px (the shipped adapter's snapshots and assets/cache/replay)."""
+import contextlib
 import json
 import re
 
@@ -44,6 +45,18 @@ SIZES_JS = """() => ['replay-curves', 'replay-hist', 'replay-map'].map(id => {
 })"""
 
 
+def sizes(page, max_width: int = 100_000) -> list:
+    """Each replay figure's [drawn width, box width] (px) once all are drawn as wide as their boxes and at most
+    ``max_width`` (plotly draws and resizes a moment after the data or the viewport change: polled up to 30 s on a
+    slow machine), else as they are then, for the assertion to show."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    ok = f"() => ({SIZES_JS})().every(s => s && Math.abs(s[0] - s[1]) <= 2 && s[1] <= {max_width})"
+    with contextlib.suppress(PlaywrightTimeout):
+        page.wait_for_function(ok, timeout=30_000)
+    return page.evaluate(SIZES_JS)
+
+
 def steps_of(spec: str) -> list[str]:
     """The training steps of the snapshots a side's adapter lists (its training.json), as the picker shows them."""
     from embedlab.adapters import snapshots
@@ -66,8 +79,7 @@ def test_slider_moves_the_map_the_histogram_and_the_curves(page):
     # the picker shows the default adapter's training steps, the last one checked
     steps = steps_of(TUNED)
     assert shown_steps(page) == (steps, steps[-1])
-    page.wait_for_timeout(1000)
-    for size in page.evaluate(SIZES_JS):  # drawn while shown: each figure as wide as its box
+    for size in sizes(page):  # drawn while shown: each figure as wide as its box
         assert size and abs(size[0] - size[1]) <= 2, size
     last = state(page)
     assert last["map"] and len(last["hist"]) == 2  # the final step over the base model
@@ -86,9 +98,10 @@ def test_slider_moves_the_map_the_histogram_and_the_curves(page):
     page.wait_for_timeout(1000)  # let plotly draw before the screenshot
     page.screenshot(path=str(SHOTS / "replay.png"), full_page=True)
     page.set_viewport_size({"width": 390, "height": 844})
-    page.wait_for_timeout(1500)
+    phone = sizes(page, max_width=390)
+    page.wait_for_timeout(500)  # let plotly finish drawing before the screenshot
     page.screenshot(path=str(SHOTS / "replay_phone.png"), full_page=True)
-    for size in page.evaluate(SIZES_JS):  # the map panel is not cut off on a phone
+    for size in phone:  # the map panel is not cut off on a phone
         assert size and size[1] <= 390 and abs(size[0] - size[1]) <= 2, size
     page.set_viewport_size({"width": 1400, "height": 1000})
 
@@ -116,12 +129,12 @@ def test_replay_follows_side_b_to_another_model(page):
     page.locator(".side-card details", has_text=other).first.wait_for(state="attached", timeout=60_000)
     page.get_by_role("tab", name="Training replay").click()
     page.wait_for_selector(f"#replay-note >> text=/Step {steps[-1]}/", timeout=300_000)
-    page.wait_for_timeout(2000)
+    drawn = sizes(page)
     assert shown_steps(page) == (steps, steps[-1])
     curves = page.evaluate("""() => { const p = document.querySelector('#replay-curves .js-plotly-plot');
         return p._fullLayout.xaxis.range[1]; }""")
     assert curves >= int(steps[-1]), curves  # the curves reach the last step (they stopped short when drawn hidden)
-    for size in page.evaluate(SIZES_JS):
+    for size in drawn:
         assert size and abs(size[0] - size[1]) <= 2, size
     pick_step(page, 0)
     page.wait_for_selector("#replay-note >> text=Step 0", timeout=120_000)

@@ -21,18 +21,15 @@ def test_runs_on_one_thread_and_propagates_errors():
 
 def test_interactive_request_overtakes_a_long_background_job():
     order = []
-    gate = threading.Event()
-    blocker = threading.Thread(target=on_compute_thread, args=(gate.wait,))
-    blocker.start()  # occupy the compute thread so both kinds of work queue up behind it
-    time.sleep(0.05)
+    gate, blocker = _block_compute_thread()  # both kinds of work queue up behind it
     jobs = [threading.Thread(target=on_compute_thread, args=(lambda i=i: order.append(f"bg{i}"), BACKGROUND))
             for i in range(5)]
     for j in jobs:
         j.start()
-    time.sleep(0.05)
+    _wait_queued(5)
     fast = threading.Thread(target=on_compute_thread, args=(lambda: order.append("interactive"), INTERACTIVE))
     fast.start()
-    time.sleep(0.05)
+    _wait_queued(6)
     gate.set()
     for t in [blocker, fast, *jobs]:
         t.join(5)

@@ -1,6 +1,8 @@
 """The lab's shared models behind every feature: failed loads reported, the pool and the status line, the warm-up's
 exported seeds."""
 
+import time
+
 import numpy as np
 import pytest
 
@@ -67,6 +69,10 @@ def test_at_most_two_models_are_loaded_and_the_status_line_says_which_one_loads(
         t.start()
         t.join(1.0)
         assert t.is_alive() and not loading.is_set()  # waits: both slots are held by this cross-model request
+        for _ in range(600):  # the compare reaches the wait for a slot (at once here; later on a loaded machine)
+            if "waiting for tiny-3" in lab.status_line():
+                break
+            time.sleep(0.05)
         assert "waiting for tiny-3" in lab.status_line()
     assert loading.wait(10)
     assert "Loading tiny-3" in lab.status_line()
