@@ -376,17 +376,22 @@ def run_worst(server: AppServer, adapter: str, args: argparse.Namespace) -> None
 
 def trace_table(path: str, windows: list[tuple]) -> None:
     """--trace: per case, what the compute thread did (EMBEDLAB_TRACE_COMPUTE, embedlab/compute.py): the compares'
-    passes (urgent) and the other requests' interactive work, their queue wait and run; the background and idle
-    tasks (long work's batches, a live run's frames), their run, which is what a compare arriving meanwhile waits for."""
+    passes (urgent) and the other requests' interactive work, each request's queue wait (a pass several requests
+    shared counts once per request) and each pass's run; the background and idle tasks (long work's batches, a live
+    run's frames), their run, which is what a compare arriving meanwhile waits for."""
     from embedlab.compute import BACKGROUND, IDLE, INTERACTIVE
 
-    lines = [json.loads(x) for x in Path(path).read_text().splitlines() if x.strip()]
+    lines = []
+    for x in Path(path).read_text().splitlines():
+        with contextlib.suppress(ValueError):  # the app may be writing the last line now
+            lines.append(json.loads(x))
 
     def group(p: int) -> str:
         return ("urgent" if p < INTERACTIVE else "interactive" if p < BACKGROUND else "background" if p < IDLE
                 else "idle")
 
-    print("\nthe compute thread per case (--trace; seconds): tasks, queue wait p50/p95, run p50/p95/max")
+    print("\nthe compute thread per case (--trace; seconds): tasks; n and p50 / p95 of the requests' queue waits, "
+          "of the passes' runs (and their max)")
     print("| case | tasks | urgent wait | urgent run | interactive wait | interactive run | background run | idle run |")
     print("|---|---:|---|---|---|---|---|---|")
     for kind, start, end in windows:
@@ -396,14 +401,14 @@ def trace_table(path: str, windows: list[tuple]) -> None:
             by[group(x["priority"])].append(x)
 
         def cell(g: str, field: str, top: bool = False) -> str:
-            xs = [x[field] for x in by[g]]
+            xs = [w for x in by[g] for w in x["waits"]] if field == "waits" else [x[field] for x in by[g]]
             if not xs:
                 return "–"
             out = f"n {len(xs)}: {pct(xs, 0.5):.2f} / {pct(xs, 0.95):.2f}"
             return out + (f" / {max(xs):.2f}" if top else "")
 
-        print(f"| {kind} | {len(mine)} | {cell('urgent', 'wait_s')} | {cell('urgent', 'run_s')} | "
-              f"{cell('interactive', 'wait_s')} | {cell('interactive', 'run_s')} | {cell('background', 'run_s', True)} | "
+        print(f"| {kind} | {len(mine)} | {cell('urgent', 'waits')} | {cell('urgent', 'run_s')} | "
+              f"{cell('interactive', 'waits')} | {cell('interactive', 'run_s')} | {cell('background', 'run_s', True)} | "
               f"{cell('idle', 'run_s', True)} |")
 
 
@@ -575,6 +580,8 @@ def main() -> None:
                     "EMBEDLAB_UPLOAD_CACHE_MB": args.upload_cache_mb, "EMBEDLAB_CACHE": str(cache)})
     python_args = None
     if args.trace:
+        if not args.worst:
+            ap.error("--trace goes with --worst")
         env["EMBEDLAB_TRACE_COMPUTE"] = args.trace = str(tmp / "compute-trace.jsonl")
     if args.probe:
         env["EMBEDLAB_MEMORY_PROBE"] = args.probe = str(tmp / "memory-probe.jsonl")

@@ -143,16 +143,17 @@ def _run_coalesced(entries: list[tuple]) -> None:
     try:
         results = live[0][2].run(rows)
     except BaseException as e:  # every request in the call sees the error
+        end = time.perf_counter()
         for entry in live:
             entry[3].set_exception(e)
-        return
-    finally:
-        _observed(live[0][2].run, live[0][0], [e[3] for e in live], start, len(rows))
-    i = 0
-    for entry in live:
-        n = len(entry[2].rows)
-        entry[3].set_result(results[i : i + n])
-        i += n
+    else:
+        end = time.perf_counter()
+        i = 0
+        for entry in live:
+            n = len(entry[2].rows)
+            entry[3].set_result(results[i : i + n])
+            i += n
+    _observed(live[0][2].run, live[0][0], [e[3] for e in live], start, end, len(rows))  # after: nobody waits for it
 
 
 SWITCH_INTERVAL_S = float(os.environ.get("EMBEDLAB_SWITCH_INTERVAL", "0.0002"))  # seconds
@@ -247,10 +248,14 @@ def _run(q: queue.PriorityQueue, entry: tuple) -> None:
         return
     start = time.perf_counter()
     try:
-        fut.set_result(fn())
+        out = fn()
     except BaseException as e:  # handed to the caller, which re-raises it
+        end = time.perf_counter()
         fut.set_exception(e)
-    _observed(fn, priority, [fut], start, 1)
+    else:
+        end = time.perf_counter()
+        fut.set_result(out)
+    _observed(fn, priority, [fut], start, end, 1)
 
 
 # Every task runs to its end once started, so the longest background task is what an interactive request may wait
@@ -266,34 +271,37 @@ def _slow_unit_s() -> float:
 
 SLOW_UNIT_S = _slow_unit_s()
 # EMBEDLAB_TRACE_COMPUTE=FILE appends a JSON line per task to FILE: when it ended (unix s), its priority, what it
-# was, the requests and rows that shared it, how long its oldest request waited in the queue, and how long it ran.
+# was, the rows it computed, each request's wait in the queue (one per request that shared the pass), and its run.
 # What split a compare's time beside long work into queueing and its own pass (docs/load.md); bench/load.py
-# --trace summarises it per case. Off by default: the file grows with the traffic.
+# --worst --trace summarises it per case. Off by default: the file grows with the traffic.
 TRACE_PATH = os.environ.get("EMBEDLAB_TRACE_COMPUTE") or None
-_trace_file = None  # opened by the compute thread at its first task, its only writer
+# Opened at the first traced task. Its only writer is the compute thread (a task queued from the compute thread
+# itself runs inline, untraced); a test driving _loop on a queue of its own runs with the trace off.
+_trace_file = None
 
 
-def _observed(fn: Callable, priority: int, futures: list[Future], start: float, rows: int) -> None:
-    """After a task that started at ``start`` (perf_counter s) for the requests of ``futures``: the slow-unit
-    log and the trace."""
-    global _trace_file
-    end = time.perf_counter()
-    if end - start <= SLOW_UNIT_S and TRACE_PATH is None:
+def _observed(fn: Callable, priority: int, futures: list[Future], start: float, end: float, rows: int) -> None:
+    """After a task that ran from ``start`` to ``end`` (perf_counter s) for the requests of ``futures``, their
+    results handed out: the slow-unit log and the trace. Never raises: it runs on the compute thread's loop."""
+    global _trace_file, TRACE_PATH
+    path = TRACE_PATH  # once: a test may turn the trace off meanwhile
+    if end - start <= SLOW_UNIT_S and path is None:
         return
-    fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
-    name = getattr(fn, "__qualname__", type(fn).__name__)
-    if end - start > SLOW_UNIT_S:
-        log.warning("compute: %s (priority %d) ran %.2f s", name, priority, end - start)
-    if TRACE_PATH is not None:
-        queued = min(getattr(f, "queued_at", start) for f in futures)
-        line = {"t": round(time.time(), 3), "priority": priority, "what": name, "requests": len(futures),
-                "rows": rows, "wait_s": round(start - queued, 4), "run_s": round(end - start, 4)}
-        try:
-            if _trace_file is None or _trace_file.name != TRACE_PATH:
-                _trace_file = open(TRACE_PATH, "a", buffering=1)  # noqa: SIM115 (kept open: one line per task)
+    try:
+        fn = getattr(fn, "func", fn)  # a functools.partial: what it calls
+        name = getattr(fn, "__qualname__", type(fn).__name__)
+        if end - start > SLOW_UNIT_S:
+            log.warning("compute: %s (priority %d) ran %.2f s", name, priority, end - start)
+        if path is not None:
+            waits = [round(start - getattr(f, "queued_at", start), 4) for f in futures]
+            line = {"t": round(time.time(), 3), "priority": priority, "what": name, "rows": rows, "waits": waits,
+                    "run_s": round(end - start, 4)}
+            if _trace_file is None or _trace_file.name != path:
+                _trace_file = open(path, "a", buffering=1)  # noqa: SIM115 (kept open: one line per task)
             _trace_file.write(json.dumps(line) + "\n")
-        except OSError:  # a trace never fails the work it traces
-            log.exception("writing the compute trace failed")
+    except Exception:  # a trace never fails the work it traces: off after the first failure, said once
+        log.exception("the compute trace failed; tracing is off")
+        TRACE_PATH = None
 
 
 def on_compute_thread(fn: Callable[[], T], priority: int = INTERACTIVE) -> T:

@@ -497,7 +497,8 @@ class Manager:
         from .loading import load_encoder
         from .training import LossNotFinite, Trainer
 
-        if run.stop_requested.is_set():  # stopped after the worker took it off the queue (stop() found it gone)
+        # stopped after the worker took it off the queue (stop() found it gone), or its page closed while it waited
+        if self._should_stop(run):
             run.state, run.message = "stopped", "Stopped before it started."
             shutil.rmtree(run.folder, ignore_errors=True)
             return

@@ -21,15 +21,18 @@ def test_runs_on_one_thread_and_propagates_errors():
 
 def test_interactive_request_overtakes_a_long_background_job():
     order = []
+    from embedlab import compute
+
     gate, blocker = _block_compute_thread()  # both kinds of work queue up behind it
+    q0 = compute._queue.qsize()
     jobs = [threading.Thread(target=on_compute_thread, args=(lambda i=i: order.append(f"bg{i}"), BACKGROUND))
             for i in range(5)]
     for j in jobs:
         j.start()
-    _wait_queued(5)
+    _wait_queued(q0 + 5)
     fast = threading.Thread(target=on_compute_thread, args=(lambda: order.append("interactive"), INTERACTIVE))
     fast.start()
-    _wait_queued(6)
+    _wait_queued(q0 + 6)
     gate.set()
     for t in [blocker, fast, *jobs]:
         t.join(5)
@@ -450,28 +453,59 @@ def test_a_task_longer_than_the_slow_unit_threshold_is_logged_with_its_name(monk
     assert len(slow) == 1 and "a_long_backward" in slow[0] and f"priority {BACKGROUND}" in slow[0], slow
 
 
-def test_the_trace_has_a_line_per_task_with_its_queue_wait_and_run(monkeypatch, tmp_path):
-    """EMBEDLAB_TRACE_COMPUTE: what each task was, its priority, the requests and rows it served, its wait, its run."""
+def test_the_trace_has_a_line_per_task_with_each_request_s_queue_wait_and_its_run(monkeypatch, tmp_path):
+    """EMBEDLAB_TRACE_COMPUTE: what each task was, its priority, the rows it computed, each request's wait, its run;
+    a trace that cannot be written turns itself off and the work goes on."""
     import json
 
     from embedlab import compute
 
     path = tmp_path / "trace.jsonl"
     monkeypatch.setattr(compute, "TRACE_PATH", str(path))
+    monkeypatch.setattr(compute, "_trace_file", None)
 
     def a_long_backward() -> int:
         time.sleep(0.05)
         return 3
 
+    def doubled(rows):
+        return [r * 2 for r in rows]
+
     assert on_compute_thread(a_long_backward, BACKGROUND) == 3
-    assert compute.run_rows(("k",), [1, 2, 3], lambda rows: [r * 2 for r in rows]) == [2, 4, 6]
+    gate, blocker = _block_compute_thread()  # two requests' rows queue up and share one pass
+    q0 = compute._queue.qsize()
+    outs: list = []
+    sharers = [threading.Thread(target=lambda r=r: outs.append(compute.run_rows(("k",), r, doubled)))
+               for r in ([1, 2, 3], [4])]
+    for t in sharers:
+        t.start()
+    _wait_queued(q0 + 2)
+    gate.set()
+    for t in [blocker, *sharers]:
+        t.join(10)
+    assert sorted(outs) == [[2, 4, 6], [8]]
+
+    def barrier() -> None:  # a task queued after theirs: their lines are written (after their results) once it ran
+        on_compute_thread(lambda: None)
+
+    barrier()
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    (long,) = [x for x in lines if x["what"].endswith("a_long_backward")]
+    (shared,) = [x for x in lines if x["what"].endswith("doubled")]
+    assert long["priority"] == BACKGROUND and long["run_s"] >= 0.05 and long["rows"] == 1 and len(long["waits"]) == 1
+    assert shared["priority"] == INTERACTIVE and shared["rows"] == 4 and len(shared["waits"]) == 2
+    assert all(w >= 0 for w in shared["waits"]) and shared["t"] >= long["t"] > time.time() - 600
     monkeypatch.setattr(compute, "TRACE_PATH", None)
+    barrier()
+    n = len(path.read_text().splitlines())
     on_compute_thread(lambda: 1)  # not traced once it is off
-    first, second = (json.loads(x) for x in path.read_text().splitlines())
-    assert first["what"].endswith("a_long_backward") and first["priority"] == BACKGROUND
-    assert first["run_s"] >= 0.05 and first["wait_s"] >= 0 and (first["requests"], first["rows"]) == (1, 1)
-    assert second["priority"] == INTERACTIVE and (second["requests"], second["rows"]) == (1, 3)
-    assert second["t"] >= first["t"] > time.time() - 600
+    barrier()
+    assert len(path.read_text().splitlines()) == n
+    monkeypatch.setattr(compute, "TRACE_PATH", str(tmp_path / "no-such-folder" / "trace.jsonl"))
+    assert on_compute_thread(lambda: 5) == 5  # unwritable: the work done, the trace off
+    barrier()
+    assert compute.TRACE_PATH is None
+    compute._trace_file.close()
 
 
 def test_the_compute_thread_says_how_recently_it_served_interactive_work(monkeypatch):
