@@ -238,6 +238,13 @@ def test_phone_width_screenshots(page, app_server):
       + 'gemma3-270m+nli-cft on stsb: 3,200 of 10,000 texts (32%, about 40 s left), in the background (other views '
       + 'work meanwhile) · Preparing in the background (other views work meanwhile): anisotropy: embedding; snli: '
       + 'embedding 4,096/10,000; stsb: building map… · Precision: bf16 (auto)' }""")
+    # the side pickers (~150 px each): the model's name ends clear of the arrow (it ran under it), cut by an ellipsis
+    for side in ("#side-a", "#side-b"):
+        text_end, arrow, cut = pg.evaluate(f"""() => {{ const i = document.querySelector('{side} input'),
+            a = document.querySelector('{side} .icon-wrap'), s = getComputedStyle(i);
+            return [i.getBoundingClientRect().right - parseFloat(s.paddingRight), a.getBoundingClientRect().left,
+                    s.textOverflow]; }}""")
+        assert text_end <= arrow + 1 and cut == "ellipsis", (side, text_end, arrow, cut)
     bottom = pg.evaluate("() => document.querySelector('#pair-out table').getBoundingClientRect().bottom + window.scrollY")
     assert bottom <= 844 - 64, f"the first result ends {bottom:.0f} px down a 844 px phone screen"
     pg.screenshot(path=str(SHOTS / "phone_pairs.png"), full_page=True)
