@@ -52,10 +52,12 @@ CSS = """
   /* tighter gaps and padding: the first result ends ~740 px down an 844 px phone screen (822 px before) */
   .column, .row, .tabs, .tabitem, .form {--layout-gap: 8px !important; --block-padding: 6px 8px !important}
   #status {font-size: 0.8em}
-  /* the side pickers, ~150 px wide: the model's name clear of the arrow (it ran under it), cut with an ellipsis */
-  :is(#side-a, #side-b) .wrap-inner {padding-left: 8px !important; padding-right: 4px !important}
-  :is(#side-a, #side-b) .icon-wrap {right: 4px !important}
-  :is(#side-a, #side-b) input {font-size: 12px !important; text-overflow: ellipsis; padding-right: 18px !important}
+  /* dropdowns in half-width columns (~150 px: the side pickers, the corpus): the value ends clear of the arrow (it
+     ran under it), cut with an ellipsis; the side pickers' in a smaller font, so that "gemma3-270m…" shows whole */
+  .wrap-inner:has(> .secondary-wrap) {padding-left: 8px !important; padding-right: 4px !important}
+  .secondary-wrap .icon-wrap {right: 4px !important}
+  .secondary-wrap input {text-overflow: ellipsis; padding-right: 18px !important}
+  :is(#side-a, #side-b) input {font-size: 12px !important}
   /* at most two lines of it (a warm-up's or a corpus job's progress runs longer): the first result stays on the
      first screen whatever the line says */
   #status p {display: -webkit-box; -webkit-line-clamp: 2; line-clamp: 2; -webkit-box-orient: vertical; overflow: hidden}

@@ -34,6 +34,10 @@ def top_k(lab: Lab, a: Side, b: Side, corpus: Corpus, query: str, k: int = 10) -
     return res
 
 
+# a side's hits: rank, cosine to the query, the text, its label, its rank under the other side (">k": not in its top k)
+HIT_COLUMNS = ["#", "cosine", "text", "label", "# other side"]
+
+
 @user_facing
 def search(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpus | None, query: str, k: Any):
     a, b = sides(side_a, side_b)
@@ -43,8 +47,8 @@ def search(lab: Lab, side_a: Any, side_b: Any, corpus_name: str, upload: Corpus 
     rank_a = {i: n for n, (i, _) in enumerate(r["a"], 1)}
     rank_b = {i: n for n, (i, _) in enumerate(r["b"], 1)}
     def table(hits, other):  # noqa: E306
-        return pd.DataFrame([{"#": n, "cosine": round(sc, 3), "text": c.texts[i], "label": c.labels[i],
-                              "# other side": other.get(i, f">{r['k']}")} for n, (i, sc) in enumerate(hits, 1)])
+        return pd.DataFrame([(n, round(sc, 3), c.texts[i], c.labels[i], other.get(i, f">{r['k']}"))
+                             for n, (i, sc) in enumerate(hits, 1)], columns=HIT_COLUMNS)
     def idx(which: str) -> str:  # noqa: E306
         kind, rec = r["index"][which], r["recall_at_10"][which]
         return "exact (flat)" if kind == "exact" else f"{kind} (recall@10 vs exact {rec:.3f})"
@@ -70,10 +74,11 @@ def build(ctx: Ctx) -> None:
         search_note = gr.Markdown()
         with gr.Row():
             widths = ["8%", "12%", "52%", "14%", "14%"]
-            res_a = gr.Dataframe(label="Side A", interactive=False, wrap=True, column_widths=widths,
-                                 elem_id="search-a", elem_classes="hits")
-            res_b = gr.Dataframe(label="Side B", interactive=False, wrap=True, column_widths=widths,
-                                 elem_id="search-b", elem_classes="hits")
+            # empty until a search, under the hits' own headers (not Gradio's default "1 2 3")
+            res_a = gr.Dataframe(pd.DataFrame(columns=HIT_COLUMNS), label="Side A", interactive=False, wrap=True,
+                                 column_widths=widths, elem_id="search-a", elem_classes="hits")
+            res_b = gr.Dataframe(pd.DataFrame(columns=HIT_COLUMNS), label="Side B", interactive=False, wrap=True,
+                                 column_widths=widths, elem_id="search-b", elem_classes="hits")
         search_files = gr.File(label="Download (CSV + reproducibility JSON)", file_count="multiple")
     inputs = [*ctx.sides, search_corpus, ctx.parts["upload_state"], query, k]
     outputs = [res_a, res_b, search_note, search_files]
