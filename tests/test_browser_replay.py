@@ -6,7 +6,7 @@ import re
 
 import pytest
 
-from test_browser import BASE, SHOTS, TUNED, page  # noqa: F401  (page: the module-scoped browser page fixture)
+from test_browser import BASE, SHOTS, TUNED, page, reload  # noqa: F401  (page: the module-scoped browser page fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.browser]
 
@@ -107,8 +107,7 @@ def test_slider_moves_the_map_the_histogram_and_the_curves(page):
 
 
 def test_corpus_change_redraws_at_the_last_step(page):
-    page.reload()  # a fresh 1400-px layout after the phone-width screenshot
-    page.wait_for_selector("text=embedlab", timeout=60_000)
+    reload(page)  # a fresh 1400-px layout after the phone-width screenshot
     page.get_by_role("tab", name="Training replay").click()
     page.locator("#replay-corpus input").click()
     page.get_by_role("option", name="SNLI triplets (900)").click()
@@ -123,8 +122,7 @@ def test_replay_follows_side_b_to_another_model(page):
 
     other = other_tuned()
     steps = steps_of(other)
-    page.reload()
-    page.wait_for_selector("text=embedlab", timeout=60_000)
+    reload(page)
     pick_side(page, "B", other)  # on the Pairs tab: the replay tab is hidden
     page.locator(".side-card details", has_text=other).first.wait_for(state="attached", timeout=60_000)
     page.get_by_role("tab", name="Training replay").click()
