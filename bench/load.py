@@ -30,9 +30,10 @@ The app runs with an embedding cache of its own (models shared), so "uncached" i
 per case: the maximal request's time, compare p50/p95, errors, and the app's RSS before and after; then the
 RSS --settle seconds after the last case. Goals: compare p95 <= 2 s in every case, 0 errors, RSS back
 within 200 MiB of its start. --trace adds, per case, what the compute thread did: the compares' queue wait
-and pass, and the background batches' runs (EMBEDLAB_TRACE_COMPUTE). --passes 2 runs the cases twice: the first pass loads what its requests need once
-(the non-default pair's model, its corpus vectors and index, a live run's first map layout), the second shows
-whether memory then stays flat (its growth; goal <= 200 MiB). The end prints each process's RSS.
+and pass, and the background batches' runs (EMBEDLAB_TRACE_COMPUTE). --passes 2 runs the cases twice: the
+first pass loads what its requests need once (the non-default pair's model, its corpus vectors and index, a
+live run's first map layout), the second shows whether memory then stays flat (its growth; goal <= 200 MiB).
+The end prints each process's RSS.
 
 --disk N: N requests that upload files (batch pairs from an uploaded file; every 25th a new corpus
 upload + a search in it), C at a time, against an app whose temporary folders are its own; reports
