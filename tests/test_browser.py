@@ -273,13 +273,13 @@ def test_phone_width_screenshots(page, app_server):
             pg.locator(".overflow-dropdown button", has_text=tab).click()
         pg.wait_for_timeout(1500)
         pg.screenshot(path=str(SHOTS / f"phone_{tab.lower().replace(' ', '_')}.png"), full_page=True)
-    # nothing wider than the window: a horizontal scrollbar on a phone hides half of every row
         assert not pg.evaluate(UNDER_ARROW_JS), (tab, pg.evaluate(UNDER_ARROW_JS))
         if tab in ("Map", "Search", "Benchmarks"):  # tables: no word or number broken mid-way
             broken = pg.evaluate(BROKEN_CELLS_JS)
             assert not broken, f"{tab}: cells broken mid-word: {broken[:5]}"
         if tab == "Benchmarks":  # the training records fit the phone (fewer columns), no sideways scrolling
             assert pg.evaluate(RECORDS_OVERFLOW_JS) <= 1
+    # nothing wider than the window: a horizontal scrollbar on a phone hides half of every row
     overflow = pg.evaluate("document.documentElement.scrollWidth - window.innerWidth")
     pg.close()
     assert overflow <= 0, f"the page is {overflow} px wider than a 390 px window"
